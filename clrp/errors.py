@@ -1,0 +1,13 @@
+"""Exception hierarchy of clrp. Every error raised on purpose by the package derives from ClrpError."""
+
+
+class ClrpError(Exception):
+    """Base class of every error clrp raises on purpose."""
+
+
+class DatasetError(ClrpError):
+    """A dataset (folder, archive, annotation file) cannot be read or is inconsistent."""
+
+
+class UnsafeArchive(DatasetError):
+    """An archive was refused: path traversal, absolute path, link, or size/count/ratio limits exceeded."""
