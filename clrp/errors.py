@@ -11,3 +11,15 @@ class DatasetError(ClrpError):
 
 class UnsafeArchive(DatasetError):
     """An archive was refused: path traversal, absolute path, link, or size/count/ratio limits exceeded."""
+
+
+class UnsupportedModel(ClrpError):
+    """The model contains a layer or a topology the engine cannot propagate through."""
+
+
+class InvalidTarget(ClrpError):
+    """A class index, layer name or channel that does not exist in the model."""
+
+
+class InvalidInput(ClrpError):
+    """Inputs of the wrong shape, dtype or device."""
