@@ -1,0 +1,274 @@
+"""Common record types of the dataset readers.
+
+Box convention (every reader converts to it)
+--------------------------------------------
+``Obj.box = (x0, y0, x1, y1)`` in 0-based *pixel-edge* coordinates with an EXCLUSIVE end:
+the box covers the pixel columns ``x0 .. x1-1`` and rows ``y0 .. y1-1`` when the values are
+integers (a box of one pixel at the top-left corner is ``(0, 0, 1, 1)``). Width is ``x1 - x0``.
+This is the COCO convention (``[x, y, w, h]`` -> ``(x, y, x + w, y + h)``) and what NumPy
+slicing expects. PASCAL VOC XML boxes are 1-based inclusive, so VOC ``xmin..xmax`` becomes
+``(xmin - 1, ..., xmax, ...)``. Non-integer boxes are rasterised to every pixel they touch
+(``floor(x0) .. ceil(x1) - 1``), clipped to the image.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from ..errors import DatasetError
+
+Box = tuple  # (x0, y0, x1, y1), floats, 0-based, exclusive end
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def box_to_mask(box: Sequence[float], height: int, width: int) -> np.ndarray:
+    """Rasterise a box (0-based, exclusive end) to a bool [height, width] mask, clipped."""
+    x0, y0, x1, y1 = box
+    c0 = max(0, int(math.floor(x0)))
+    r0 = max(0, int(math.floor(y0)))
+    c1 = min(width, int(math.ceil(x1)))
+    r1 = min(height, int(math.ceil(y1)))
+    m = np.zeros((height, width), dtype=np.bool_)
+    if c1 > c0 and r1 > r0:
+        m[r0:r1, c0:c1] = True
+    return m
+
+
+class Obj:
+    """One annotated object.
+
+    ``mask`` is an optional bool [H, W] array; readers with segmentations (COCO) decode it lazily
+    on first access (``mask_loader``), so iterating a dataset never decodes masks you don't use.
+    ``iscrowd`` marks COCO crowd regions (kept as ground truth: the region does show the class).
+    """
+
+    __slots__ = ("class_name", "box", "difficult", "iscrowd", "_mask", "_mask_loader")
+
+    def __init__(self, class_name: str, box: Sequence[float], difficult: bool = False,
+                 mask: Optional[np.ndarray] = None, iscrowd: bool = False,
+                 mask_loader: Optional[Callable[[], np.ndarray]] = None):
+        self.class_name = str(class_name)
+        self.box = tuple(float(v) for v in box)
+        self.difficult = bool(difficult)
+        self.iscrowd = bool(iscrowd)
+        self._mask = None if mask is None else np.asarray(mask, dtype=np.bool_)
+        self._mask_loader = mask_loader
+
+    @property
+    def mask(self) -> Optional[np.ndarray]:
+        if self._mask is None and self._mask_loader is not None:
+            self._mask = np.asarray(self._mask_loader(), dtype=np.bool_)
+            self._mask_loader = None
+        return self._mask
+
+    @property
+    def has_mask(self) -> bool:
+        return self._mask is not None or self._mask_loader is not None
+
+    def region(self, height: int, width: int, use_mask: bool = True) -> np.ndarray:
+        """Bool [H, W] ground-truth region: the mask if available (and ``use_mask``), else the box."""
+        if use_mask and self.has_mask:
+            m = self.mask
+            if m.shape != (height, width):
+                raise DatasetError(f"mask shape {m.shape} != image size {(height, width)}")
+            return m
+        return box_to_mask(self.box, height, width)
+
+    def __repr__(self):
+        return (f"Obj({self.class_name!r}, box={self.box}, difficult={self.difficult}"
+                f"{', iscrowd=True' if self.iscrowd else ''}{', mask' if self.has_mask else ''})")
+
+    def __eq__(self, other):
+        return (isinstance(other, Obj) and self.class_name == other.class_name
+                and self.box == other.box and self.difficult == other.difficult
+                and self.iscrowd == other.iscrowd)
+
+
+@dataclass
+class Sample:
+    """One image of a dataset. The image itself is loaded on demand (``load_image``).
+
+    ``labels``: the image-level class names (for class-folder trees, the folder name; for
+    annotated datasets, every class with at least one object, difficult or not).
+    """
+
+    image_id: str
+    path: Optional[str]
+    width: Optional[int]
+    height: Optional[int]
+    objects: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    loader: Optional[Callable[[], object]] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not self.labels and self.objects:
+            seen = []
+            for o in self.objects:
+                if o.class_name not in seen:
+                    seen.append(o.class_name)
+            self.labels = seen
+
+    @property
+    def classes(self) -> list:
+        return list(self.labels)
+
+    def load_image(self):
+        """The image as an RGB ``PIL.Image``. Raises ``DatasetError`` if it cannot be decoded."""
+        if self.loader is not None:
+            return self.loader()
+        if self.path is None:
+            raise DatasetError(f"{self.image_id}: no image path")
+        return load_rgb(self.path)
+
+    def ensure_size(self) -> tuple:
+        """Fill ``width``/``height`` from the image header if the annotation lacks them."""
+        if self.width is None or self.height is None:
+            if self.path is None:
+                img = self.load_image()
+                self.width, self.height = img.size
+            else:
+                from PIL import Image
+                try:
+                    with Image.open(self.path) as im:  # reads the header only
+                        self.width, self.height = im.size
+                except Exception as e:
+                    raise DatasetError(f"{os.path.basename(self.path)}: cannot read image size ({e})") from e
+        return self.width, self.height
+
+    def objects_of(self, class_name: str, include_difficult: bool = False) -> list:
+        return [o for o in self.objects if o.class_name == class_name
+                and (include_difficult or not o.difficult)]
+
+    def gt_mask(self, class_name: str, use_masks: bool = True) -> Optional[np.ndarray]:
+        """Union of the class's non-difficult objects (masks where present, else boxes).
+
+        Returns None when the class has no non-difficult object in this image (the Pointing Game
+        skips such a class). Reads the image header if the size is not annotated.
+        """
+        objs = self.objects_of(class_name)
+        if not objs:
+            return None
+        self.ensure_size()
+        m = np.zeros((self.height, self.width), dtype=np.bool_)
+        for o in objs:
+            m |= o.region(self.height, self.width, use_masks)
+        return m
+
+
+@dataclass
+class Problem:
+    """A file that was skipped, and why."""
+
+    file: str
+    reason: str
+
+    def __str__(self):
+        return f"{self.file}: {self.reason}"
+
+
+# A cap on decoded image size: defends against decompression bombs in user datasets.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def load_rgb(path: str):
+    """Open an image file as RGB, refusing non-images and decompression bombs (DatasetError)."""
+    from PIL import Image
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_IMAGE_PIXELS:
+                    raise DatasetError(f"{os.path.basename(path)}: image too large "
+                                       f"({im.width}x{im.height})")
+                im.load()
+                return im.convert("RGB")
+    except DatasetError:
+        raise
+    except FileNotFoundError as e:
+        raise DatasetError(f"{os.path.basename(path)}: missing image file") from e
+    except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
+        raise DatasetError(f"{os.path.basename(path)}: cannot decode image ({type(e).__name__}: {e})") from e
+
+
+class Dataset:
+    """Base class of the readers: lazy iteration over ``Sample`` records.
+
+    * ``iter(ds)`` / ``ds.samples()`` yield samples without loading images; broken annotations
+      are appended to ``ds.problems`` (``Problem(file, reason)``) and skipped.
+    * ``ds.iter_images()`` yields ``(sample, PIL image)`` and skips (and reports) images that
+      cannot be decoded.
+    * ``ds.class_names()`` lists the dataset's classes; ``ds.map_classes(model_class_names,
+      mapping=None)`` maps them to a model's outputs (``ClassMapping`` with the unmapped ones).
+    * Datasets opened from an archive own a temporary extraction folder; ``close()`` (or a
+      ``with`` block) removes it.
+    """
+
+    format = "base"
+
+    def __init__(self, root: str):
+        self.root = root
+        self.problems: list = []
+        self._problem_keys: set = set()
+        self._cleanup: Optional[Callable[[], None]] = None
+
+    # --- problems -----------------------------------------------------------------------------
+    def report(self, file: str, reason: str) -> None:
+        key = (file, reason)
+        if key not in self._problem_keys:  # iterating twice must not duplicate problems
+            self._problem_keys.add(key)
+            self.problems.append(Problem(file, reason))
+
+    # --- iteration ----------------------------------------------------------------------------
+    def samples(self) -> Iterator[Sample]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Sample]:
+        return self.samples()
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def iter_images(self) -> Iterator[tuple]:
+        for s in self.samples():
+            try:
+                img = s.load_image()
+            except DatasetError as e:
+                self.report(s.path or s.image_id, str(e))
+                continue
+            if s.width is None or s.height is None:
+                s.width, s.height = img.size
+            elif (s.width, s.height) != img.size:
+                self.report(s.path or s.image_id,
+                            f"annotated size {s.width}x{s.height} != image size {img.size[0]}x{img.size[1]}")
+                continue
+            yield s, img
+
+    def class_names(self) -> list:
+        raise NotImplementedError
+
+    def map_classes(self, model_class_names: Sequence[str], mapping: Optional[dict] = None):
+        from .classmap import map_classes
+
+        return map_classes(self.class_names(), model_class_names, mapping)
+
+    # --- resources ----------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._cleanup is not None:
+            fn, self._cleanup = self._cleanup, None
+            fn()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"{type(self).__name__}(root={self.root!r})"

@@ -1,0 +1,99 @@
+"""Mapping a dataset's class names to a model's output indices.
+
+Automatic matching is by name, insensitive to case, whitespace, ``_`` and ``-`` (so VOC
+``tvmonitor`` matches ``TV monitor`` and ``pottedplant`` matches ``potted_plant``). A model class
+name with commas (ImageNet style ``"tench, Tinca tinca"``) matches any of its comma-separated
+synonyms. An explicit ``mapping`` (dataset name -> model class name or index) takes precedence;
+an explicit entry that names no model class is an error. Dataset classes that match nothing
+are *reported* in ``ClassMapping.unmapped`` (never silently dropped); evaluation code skips
+them and says so.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from ..errors import DatasetError
+
+
+def normalize_name(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", str(name)).lower()
+
+
+@dataclass
+class ClassMapping:
+    index: dict = field(default_factory=dict)        # dataset class -> model output index
+    unmapped: list = field(default_factory=list)     # dataset classes with no model output
+    how: dict = field(default_factory=dict)          # dataset class -> "explicit" | "name" | "synonym"
+    ambiguous: dict = field(default_factory=dict)    # dataset class -> candidate indices (first used)
+    model_class_names: list = field(default_factory=list)
+
+    def __contains__(self, name):
+        return name in self.index
+
+    def __getitem__(self, name):
+        return self.index[name]
+
+    def get(self, name, default=None):
+        return self.index.get(name, default)
+
+    def report(self) -> str:
+        lines = [f"{len(self.index)} dataset classes mapped to model outputs, {len(self.unmapped)} unmapped"]
+        if self.unmapped:
+            lines.append("unmapped (skipped in evaluation): " + ", ".join(self.unmapped))
+        for k, v in self.ambiguous.items():
+            lines.append(f"ambiguous: {k!r} matches outputs {v}; using {v[0]}")
+        return "\n".join(lines)
+
+
+def map_classes(dataset_classes: Sequence[str], model_class_names: Sequence[str],
+                mapping: Optional[dict] = None) -> ClassMapping:
+    model_class_names = [str(c) for c in model_class_names]
+    exact: dict = {}
+    synonyms: dict = {}
+    for i, c in enumerate(model_class_names):
+        exact.setdefault(normalize_name(c), []).append(i)
+        if "," in c:
+            for part in c.split(","):
+                if part.strip():
+                    synonyms.setdefault(normalize_name(part), []).append(i)
+    explicit = dict(mapping or {})
+    out = ClassMapping(model_class_names=model_class_names)
+    for name in dataset_classes:
+        if name in out.index or name in out.unmapped:
+            continue
+        if name in explicit:
+            target = explicit[name]
+            if isinstance(target, bool) or not isinstance(target, (int, str)):
+                raise DatasetError(f"mapping for {name!r} must be a model class name or index, got {target!r}")
+            if isinstance(target, int):
+                if not 0 <= target < len(model_class_names):
+                    raise DatasetError(f"mapping {name!r} -> {target}: index out of range "
+                                       f"(model has {len(model_class_names)} classes)")
+                idx = target
+            else:
+                if target in model_class_names:
+                    idx = model_class_names.index(target)
+                else:
+                    cands = exact.get(normalize_name(target))
+                    if not cands:
+                        raise DatasetError(f"mapping {name!r} -> {target!r}: no such model class")
+                    idx = cands[0]
+            out.index[name] = idx
+            out.how[name] = "explicit"
+            continue
+        key = normalize_name(name)
+        cands = exact.get(key)
+        how = "name"
+        if not cands:
+            cands = synonyms.get(key)
+            how = "synonym"
+        if not cands:
+            out.unmapped.append(name)
+            continue
+        if len(cands) > 1:
+            out.ambiguous[name] = list(cands)
+        out.index[name] = cands[0]
+        out.how[name] = how
+    return out

@@ -1,0 +1,167 @@
+"""PASCAL VOC reader (also ImageNet validation boxes, which use the same XML).
+
+Layout: ``root/Annotations/*.xml`` + ``root/JPEGImages/*`` (+ optional
+``root/ImageSets/Main/<split>.txt``). XML is parsed with ``defusedxml`` (entity declarations and
+external entities/DTDs are refused, so billion-laughs and XXE files are reported, never expanded).
+VOC boxes (1-based, inclusive) are converted to the package convention (0-based, exclusive end):
+``(xmin - 1, ymin - 1, xmax, ymax)``.
+
+Problems reported (file skipped, iteration goes on): unparsable or unsafe XML, missing image,
+malformed box (non-numeric, empty, outside the image), missing class name. Objects whose class is
+not in ``classes`` (when given) are dropped and reported as "unknown class".
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterator, Optional, Sequence
+
+from ..errors import DatasetError
+from .base import IMAGE_EXTENSIONS, Dataset, Obj, Sample
+
+MAX_XML_BYTES = 4 * 1024 ** 2
+
+
+def parse_voc_xml(data: bytes, name: str = "<xml>"):
+    """Parse one VOC annotation; returns (filename, width, height, [(class, box, difficult)]).
+
+    Raises ``DatasetError`` with the reason for anything malformed or unsafe.
+    """
+    import defusedxml
+    import defusedxml.ElementTree as ET
+    from xml.etree.ElementTree import ParseError
+
+    if len(data) > MAX_XML_BYTES:
+        raise DatasetError(f"annotation larger than {MAX_XML_BYTES} bytes")
+    try:
+        root = ET.fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    except defusedxml.DefusedXmlException as e:
+        raise DatasetError(f"unsafe XML refused ({type(e).__name__})") from e
+    except (ParseError, ValueError) as e:
+        raise DatasetError(f"malformed XML ({e})") from e
+    if root.tag != "annotation":
+        raise DatasetError(f"root element is <{root.tag}>, expected <annotation>")
+    filename = (root.findtext("filename") or "").strip() or None
+    width = height = None
+    size = root.find("size")
+    if size is not None:
+        try:
+            w, h = size.findtext("width"), size.findtext("height")
+            if w is not None and h is not None:
+                width, height = int(float(w)), int(float(h))
+                if width <= 0 or height <= 0:
+                    width = height = None  # some VOC files say 0x0; take the size from the image
+        except ValueError as e:
+            raise DatasetError(f"bad <size> ({e})") from e
+    objects = []
+    for i, o in enumerate(root.findall("object")):
+        cname = (o.findtext("name") or "").strip()
+        if not cname:
+            raise DatasetError(f"object {i}: missing <name>")
+        diff_txt = (o.findtext("difficult") or "0").strip()
+        try:
+            difficult = bool(int(float(diff_txt)))
+        except ValueError:
+            raise DatasetError(f"object {i} ({cname}): bad <difficult> {diff_txt!r}")
+        bb = o.find("bndbox")
+        if bb is None:
+            raise DatasetError(f"object {i} ({cname}): missing <bndbox>")
+        try:
+            xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (TypeError, ValueError):
+            raise DatasetError(f"object {i} ({cname}): bad box (missing or non-numeric coordinate)")
+        if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
+            raise DatasetError(f"object {i} ({cname}): bad box (non-finite coordinate)")
+        if xmax < xmin or ymax < ymin:
+            raise DatasetError(f"object {i} ({cname}): bad box (xmax < xmin or ymax < ymin): "
+                               f"{xmin:g},{ymin:g},{xmax:g},{ymax:g}")
+        box = (xmin - 1.0, ymin - 1.0, xmax, ymax)
+        if width is not None and (box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height):
+            raise DatasetError(f"object {i} ({cname}): bad box (outside the {width}x{height} image)")
+        objects.append((cname, box, difficult))
+    return filename, width, height, objects
+
+
+class VocDataset(Dataset):
+    format = "voc"
+
+    def __init__(self, root: str, split: Optional[str] = None, classes: Optional[Sequence[str]] = None,
+                 annotations_dir: str = "Annotations", images_dir: str = "JPEGImages"):
+        super().__init__(root)
+        self.ann_dir = os.path.join(root, annotations_dir)
+        self.img_dir = os.path.join(root, images_dir)
+        if not os.path.isdir(self.ann_dir):
+            raise DatasetError(f"{root}: no {annotations_dir}/ folder (not a VOC dataset)")
+        self.classes_filter = list(classes) if classes is not None else None
+        self.split = split
+        if split is not None:
+            lst = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+            if not os.path.isfile(lst):
+                raise DatasetError(f"{root}: no ImageSets/Main/{split}.txt")
+            with open(lst, encoding="utf-8", errors="replace") as f:
+                # lines are "<id>" or, in per-class lists, "<id> <label>" (keep every id once)
+                ids = []
+                seen = set()
+                for line in f:
+                    parts = line.split()
+                    if parts and parts[0] not in seen:
+                        seen.add(parts[0])
+                        ids.append(parts[0])
+            self.ids = ids
+        else:
+            self.ids = sorted(os.path.splitext(n)[0] for n in os.listdir(self.ann_dir)
+                              if n.lower().endswith(".xml") and not n.startswith("."))
+        self._class_names: Optional[list] = None
+
+    def __len__(self):
+        return len(self.ids)
+
+    def _image_path(self, image_id: str, filename: Optional[str]) -> Optional[str]:
+        if filename:
+            p = os.path.join(self.img_dir, os.path.basename(filename))
+            if os.path.isfile(p):
+                return p
+        for ext in IMAGE_EXTENSIONS:
+            for e in (ext, ext.upper()):
+                p = os.path.join(self.img_dir, image_id + e)
+                if os.path.isfile(p):
+                    return p
+        return None
+
+    def read(self, image_id: str) -> Sample:
+        """Parse one annotation; raises ``DatasetError`` (with the reason) if it is unusable."""
+        xml_path = os.path.join(self.ann_dir, image_id + ".xml")
+        try:
+            with open(xml_path, "rb") as f:
+                data = f.read(MAX_XML_BYTES + 1)
+        except OSError as e:
+            raise DatasetError(f"cannot read annotation ({e.strerror or e})") from e
+        filename, width, height, raw = parse_voc_xml(data, xml_path)
+        img = self._image_path(image_id, filename)
+        if img is None:
+            raise DatasetError(f"missing image {filename or image_id + '.jpg'}")
+        objs = []
+        for cname, box, difficult in raw:
+            if self.classes_filter is not None and cname not in self.classes_filter:
+                self.report(os.path.basename(xml_path), f"unknown class {cname!r} (object dropped)")
+                continue
+            objs.append(Obj(cname, box, difficult))
+        return Sample(image_id=image_id, path=img, width=width, height=height, objects=objs)
+
+    def samples(self) -> Iterator[Sample]:
+        for image_id in self.ids:
+            try:
+                yield self.read(image_id)
+            except DatasetError as e:
+                self.report(image_id + ".xml", str(e))
+
+    def class_names(self) -> list:
+        """Every class named in the annotations (scans the XML files once; images not opened)."""
+        if self.classes_filter is not None:
+            return list(self.classes_filter)
+        if self._class_names is None:
+            names = set()
+            for s in self.samples():
+                names.update(o.class_name for o in s.objects)
+            self._class_names = sorted(names)
+        return list(self._class_names)
