@@ -23,3 +23,11 @@ class InvalidTarget(ClrpError):
 
 class InvalidInput(ClrpError):
     """Inputs of the wrong shape, dtype or device."""
+
+
+class InvalidImage(ClrpError):
+    """A user image was refused: not an image, truncated/corrupt, unsupported, or a decompression bomb."""
+
+
+class ModelLoadError(ClrpError):
+    """A model could not be built or its weights/class names/config could not be loaded."""
