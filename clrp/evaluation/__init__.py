@@ -1,0 +1,8 @@
+"""Evaluation of explanations: Pointing Game, region perturbation (AOPC), hidden-layer feature
+ablation, class-discriminativeness. Functions work per image / per batch and return plain rows
+(dicts / DataFrames) so a resumable runner can append results incrementally."""
+from .pointing import (
+    CENTER, DEFAULT_TOLERANCE, PointingTarget, argmax_point, center_point, nearest_distance,
+    per_class_table, pointing_game, pointing_hit, pointing_row, pointing_rows, pointing_summary,
+    pointing_targets, resize_map, scaled_tolerance,
+)

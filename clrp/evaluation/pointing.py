@@ -1,0 +1,273 @@
+"""Pointing Game (Zhang et al. 2016), implemented as in docs/spec evaluation.md.
+
+Protocol
+--------
+* For each (image, class present in the image) the class's map is reduced over channels (sum),
+  resized to the ORIGINAL image size with bilinear interpolation (``align_corners=False``), and
+  its arg-max point taken. Ties: the FIRST maximum in raster order (smallest row, then smallest
+  column), i.e. ``numpy.argmax`` on the row-major flattened map. NaN values never win; a map that
+  is all NaN is a miss.
+* Hit if a ground-truth pixel of the class lies within ``tolerance`` pixels of the point:
+  Euclidean distance between pixel indices (row, col) ``<= tolerance`` (a pixel exactly at the
+  tolerance is a hit, one just beyond is a miss). Default 15 px; :func:`scaled_tolerance` gives
+  15 px per 224 px of the image's shorter side.
+* Ground truth: union of the class's NON-difficult boxes, or of its segmentation masks where the
+  dataset has them. A class whose objects are all difficult is skipped (no row). A class whose
+  ground truth is empty (e.g. a degenerate mask) gets a row with ``skipped`` set and ``hit``
+  False, and is EXCLUDED from the scores: an empty ground truth is never counted as a hit.
+* Score: per-class accuracy = hits / (hits + misses); the summary's headline number is the MEAN
+  OF PER-CLASS accuracies (classes without any pair in a subset do not enter that subset's mean).
+* Subsets: ``all``, and ``difficult`` = pairs where the class's ground truth covers less than a
+  quarter of the image (area of the union region / image area < 0.25) and at least one other
+  class is present (another class with a non-difficult object in the same image).
+* Baseline ``center``: the point is the geometric image centre ``((H-1)/2, (W-1)/2)`` (between
+  pixels for even sizes; distances are measured from that point).
+
+Rows are plain dicts / a DataFrame with one row per (image, class, method), so a runner can
+compute them per batch, append them to a file and resume.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+DEFAULT_TOLERANCE = 15.0
+DIFFICULT_COVERAGE = 0.25
+CENTER = "center"
+
+ROW_COLUMNS = ["image_id", "class_name", "method", "hit", "point_y", "point_x", "distance",
+               "tolerance", "coverage", "other_classes", "difficult", "height", "width", "skipped"]
+
+
+def scaled_tolerance(height: int, width: int, base: float = DEFAULT_TOLERANCE, reference: int = 224) -> float:
+    """``base`` pixels at a ``reference``-pixel shorter side, scaled proportionally:
+    ``base * min(height, width) / reference`` (15 px at 224 px -> 30 px at 448 px)."""
+    return float(base) * min(int(height), int(width)) / float(reference)
+
+
+def _to_numpy_2d(saliency) -> np.ndarray:
+    try:
+        import torch
+        if isinstance(saliency, torch.Tensor):
+            saliency = saliency.detach().to("cpu", torch.float64).numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    a = np.asarray(saliency, dtype=np.float64)
+    while a.ndim > 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 3:
+        a = a.sum(axis=0)  # channel sum (linear, so the same before or after resizing)
+    if a.ndim != 2:
+        raise ValueError(f"saliency map must be [H, W] or [C, H, W], got shape {a.shape}")
+    return a
+
+
+def resize_map(saliency, height: int, width: int) -> np.ndarray:
+    """Channel-sum a map ([H, W], [C, H, W] or [1, C, H, W]; NumPy or torch) and resize it to
+    (height, width) with bilinear interpolation (``align_corners=False``). Returns float64."""
+    a = _to_numpy_2d(saliency)
+    if a.shape == (height, width):
+        return a
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(a))[None, None]
+    out = F.interpolate(t, size=(int(height), int(width)), mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def argmax_point(saliency) -> Optional[tuple]:
+    """(row, col) of the maximum; ties -> first in raster order; NaN ignored; None if all NaN."""
+    a = _to_numpy_2d(saliency)
+    flat = a.reshape(-1)
+    nan = np.isnan(flat)
+    if nan.all():
+        return None
+    if nan.any():
+        flat = np.where(nan, -np.inf, flat)
+    i = int(np.argmax(flat))
+    return divmod(i, a.shape[1])
+
+
+def center_point(height: int, width: int) -> tuple:
+    return ((height - 1) / 2.0, (width - 1) / 2.0)
+
+
+def nearest_distance(point, gt_mask: np.ndarray, radius: Optional[float] = None) -> float:
+    """Euclidean distance from ``point`` (row, col; may be fractional) to the nearest True pixel of
+    ``gt_mask``; ``inf`` if none (within ``radius`` when given, which bounds the search window)."""
+    gt = np.asarray(gt_mask, dtype=np.bool_)
+    if point is None or not gt.any():
+        return math.inf
+    py, px = float(point[0]), float(point[1])
+    h, w = gt.shape
+    if radius is not None and math.isfinite(radius):
+        r = int(math.ceil(radius)) + 1
+        y0, y1 = max(0, int(math.floor(py)) - r), min(h, int(math.ceil(py)) + r + 1)
+        x0, x1 = max(0, int(math.floor(px)) - r), min(w, int(math.ceil(px)) + r + 1)
+    else:
+        y0, y1, x0, x1 = 0, h, 0, w
+    if y1 <= y0 or x1 <= x0:
+        return math.inf
+    ys, xs = np.nonzero(gt[y0:y1, x0:x1])
+    if ys.size == 0:
+        return math.inf
+    d2 = (ys + y0 - py) ** 2 + (xs + x0 - px) ** 2
+    return float(math.sqrt(d2.min()))
+
+
+def pointing_hit(point, gt_mask: np.ndarray, tolerance: float = DEFAULT_TOLERANCE) -> bool:
+    """Hit iff a ground-truth pixel lies within ``tolerance`` (Euclidean, inclusive) of ``point``.
+    An empty ground truth or a missing point (all-NaN map) is never a hit."""
+    d = nearest_distance(point, gt_mask, radius=tolerance)
+    # the tiny slack absorbs float error of sqrt for integer offsets at exactly the tolerance
+    return d <= tolerance + 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PointingTarget:
+    """The ground truth of one (image, class) pair for the Pointing Game."""
+
+    class_name: str
+    mask: np.ndarray          # bool [H, W] at the original image size (may be empty)
+    coverage: float           # mask area / image area
+    other_classes: int        # number of other evaluated classes in the image
+    difficult: bool           # member of the "difficult" subset
+
+
+def pointing_targets(sample, *, use_masks: bool = True, classes: Optional[Iterable[str]] = None) -> list:
+    """Per-class ground truth of a ``clrp.datasets.Sample``. Classes whose objects are all
+    difficult are skipped. ``classes`` restricts to these class names (e.g. the mapped ones);
+    the "other class present" test still counts every evaluated class of the image."""
+    present = []
+    for o in sample.objects:
+        if not o.difficult and o.class_name not in present:
+            present.append(o.class_name)
+    if not present:
+        return []
+    h, w = sample.ensure_size()
+    keep = None if classes is None else set(classes)
+    out = []
+    for c in present:
+        if keep is not None and c not in keep:
+            continue
+        m = sample.gt_mask(c, use_masks=use_masks)
+        cov = float(m.sum()) / float(h * w)
+        others = len(present) - 1
+        out.append(PointingTarget(c, m, cov, others, cov < DIFFICULT_COVERAGE and others >= 1))
+    return out
+
+
+def pointing_row(image_id, target: PointingTarget, method: str, saliency=None, *,
+                 tolerance: float = DEFAULT_TOLERANCE, point=None) -> dict:
+    """One result row. Give ``saliency`` (any size; resized to the ground truth's size) or an
+    explicit ``point`` (row, col) -- e.g. :func:`center_point` for the baseline."""
+    h, w = target.mask.shape
+    if point is None:
+        if saliency is None:
+            raise ValueError("give a saliency map or a point")
+        point = argmax_point(resize_map(saliency, h, w))
+    skipped = None
+    if not target.mask.any():
+        skipped = "empty ground truth"
+    elif point is None:
+        pass  # all-NaN map: counted as a miss
+    d = nearest_distance(point, target.mask)
+    hit = skipped is None and point is not None and d <= tolerance + 1e-9
+    return {
+        "image_id": str(image_id), "class_name": target.class_name, "method": method,
+        "hit": bool(hit),
+        "point_y": float("nan") if point is None else float(point[0]),
+        "point_x": float("nan") if point is None else float(point[1]),
+        "distance": d, "tolerance": float(tolerance), "coverage": target.coverage,
+        "other_classes": target.other_classes, "difficult": target.difficult,
+        "height": h, "width": w, "skipped": skipped,
+    }
+
+
+def pointing_rows(image_id, targets: Sequence[PointingTarget], maps: Mapping[str, Mapping[str, object]], *,
+                  tolerance: float | str = DEFAULT_TOLERANCE, center: bool = True) -> list:
+    """Rows for one image. ``maps``: method -> {class_name -> map}; a class missing from a
+    method's dict is not evaluated for that method. ``center=True`` adds the centre baseline.
+    ``tolerance="scaled"`` uses :func:`scaled_tolerance` of the image size."""
+    rows = []
+    for t in targets:
+        h, w = t.mask.shape
+        tol = scaled_tolerance(h, w) if tolerance == "scaled" else float(tolerance)
+        if center:
+            rows.append(pointing_row(image_id, t, CENTER, point=center_point(h, w), tolerance=tol))
+        for method, per_class in maps.items():
+            if t.class_name in per_class:
+                rows.append(pointing_row(image_id, t, method, per_class[t.class_name], tolerance=tol))
+    return rows
+
+
+def pointing_game(samples: Iterable, explain: Callable, methods: Sequence[str], *,
+                  tolerance: float | str = DEFAULT_TOLERANCE, use_masks: bool = True,
+                  classes: Optional[Iterable[str]] = None, center: bool = True):
+    """Simple in-memory loop (the resumable runner does the same per batch).
+
+    ``explain(sample, class_names, method) -> {class_name: map}`` computes the maps of one image.
+    Returns the rows DataFrame (see :func:`pointing_summary`).
+    """
+    import pandas as pd
+
+    rows = []
+    for s in samples:
+        targets = pointing_targets(s, use_masks=use_masks, classes=classes)
+        if not targets:
+            continue
+        names = [t.class_name for t in targets]
+        maps = {m: explain(s, names, m) for m in methods}
+        rows.extend(pointing_rows(s.image_id, targets, maps, tolerance=tolerance, center=center))
+    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+
+
+def pointing_summary(rows, per_class: bool = True):
+    """Summary per method: mean of per-class accuracies on ``all`` and ``difficult``, pair
+    counts, and (``per_class``) each class's accuracy on ``all`` as extra columns.
+
+    ``rows``: a DataFrame with the :data:`ROW_COLUMNS` (or a list of row dicts). Rows with
+    ``skipped`` set are excluded. Also returns the settings in ``DataFrame.attrs``.
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
+    if len(df) == 0:
+        return pd.DataFrame(columns=["all", "difficult", "n_all", "n_difficult", "n_classes"])
+    df = df[df["skipped"].isna()] if "skipped" in df else df
+    out = []
+    for method, g in df.groupby("method", sort=False):
+        acc_all = g.groupby("class_name")["hit"].mean()
+        gd = g[g["difficult"].astype(bool)]
+        acc_diff = gd.groupby("class_name")["hit"].mean()
+        rec = {"method": method,
+               "all": float(acc_all.mean()) if len(acc_all) else float("nan"),
+               "difficult": float(acc_diff.mean()) if len(acc_diff) else float("nan"),
+               "n_all": int(len(g)), "n_difficult": int(len(gd)), "n_classes": int(len(acc_all))}
+        if per_class:
+            for c, v in acc_all.items():
+                rec[f"class:{c}"] = float(v)
+        out.append(rec)
+    res = pd.DataFrame(out).set_index("method")
+    tols = sorted(df["tolerance"].unique().tolist()) if "tolerance" in df else []
+    res.attrs["settings"] = (
+        "Pointing Game: mean of per-class accuracies; hit = ground-truth pixel within "
+        f"tolerance (Euclidean, inclusive) of the arg-max; tolerance(s) {tols} px; "
+        "difficult = class region < 1/4 of image and another class present")
+    return res
+
+
+def per_class_table(rows):
+    """Per-class accuracies: index class, columns (method, subset)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
+    df = df[df["skipped"].isna()]
+    a = df.groupby(["class_name", "method"])["hit"].mean().unstack("method")
+    d = df[df["difficult"].astype(bool)].groupby(["class_name", "method"])["hit"].mean().unstack("method")
+    return pd.concat({"all": a, "difficult": d}, axis=1)

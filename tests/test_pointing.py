@@ -1,0 +1,205 @@
+"""Pointing Game: known answers computed by hand."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clrp.datasets import Obj, Sample
+from clrp.evaluation.pointing import (
+    CENTER, PointingTarget, argmax_point, center_point, pointing_game, pointing_hit, pointing_row,
+    pointing_rows, pointing_summary, pointing_targets, resize_map, scaled_tolerance, per_class_table,
+)
+
+
+def _mask(h, w, pixels):
+    m = np.zeros((h, w), bool)
+    for y, x in pixels:
+        m[y, x] = True
+    return m
+
+
+def _target(mask, name="a", difficult=False, others=0):
+    return PointingTarget(name, mask, float(mask.mean()), others, difficult)
+
+
+def test_tolerance_edges_exact_and_just_beyond():
+    # arg-max at (2, 3); ground-truth pixel at offset (3, 4): distance exactly 5
+    gt = _mask(40, 40, [(5, 7)])
+    assert pointing_hit((2, 3), gt, tolerance=5)
+    assert not pointing_hit((2, 3), gt, tolerance=4.99)
+    gt2 = _mask(40, 40, [(5, 8)])          # offset (3, 5): sqrt(34) = 5.83
+    assert not pointing_hit((2, 3), gt2, tolerance=5)
+    assert pointing_hit((2, 3), gt2, tolerance=5.84)
+    assert pointing_hit((2, 3), _mask(40, 40, [(2, 18)]), tolerance=15)      # 15 exactly
+    assert not pointing_hit((2, 3), _mask(40, 40, [(2, 19)]), tolerance=15)  # 16
+    assert not pointing_hit((2, 3), _mask(40, 40, [(13, 14)]), tolerance=15)  # 11*sqrt2 = 15.56
+    assert pointing_hit((2, 3), _mask(40, 40, [(12, 14)]), tolerance=15)      # sqrt(221) = 14.87
+    # zero tolerance: only the pixel itself
+    assert pointing_hit((2, 3), _mask(40, 40, [(2, 3)]), tolerance=0)
+    assert not pointing_hit((2, 3), _mask(40, 40, [(2, 4)]), tolerance=0)
+
+
+def test_row_uses_argmax_of_map():
+    sal = np.zeros((30, 30))
+    sal[10, 10] = 1.0
+    gt = _mask(30, 30, [(10, 24)])
+    r = pointing_row("img", _target(gt), "m", sal, tolerance=15)
+    assert r["hit"] and (r["point_y"], r["point_x"]) == (10, 10) and r["distance"] == 14
+    r = pointing_row("img", _target(gt), "m", sal, tolerance=13.9)
+    assert not r["hit"]
+
+
+def test_ties_first_in_raster_order_and_nan():
+    a = np.zeros((5, 6))
+    a[3, 0] = a[1, 5] = 7.0
+    assert argmax_point(a) == (1, 5)
+    a[0, 2] = np.nan
+    assert argmax_point(a) == (1, 5)
+    assert argmax_point(np.zeros((4, 4))) == (0, 0)
+    assert argmax_point(np.full((3, 3), np.nan)) is None
+    gt = _mask(3, 3, [(0, 0)])
+    r = pointing_row("i", _target(gt), "m", np.full((3, 3), np.nan))
+    assert not r["hit"] and r["skipped"] is None  # all-NaN map: a miss, counted
+
+
+def test_resize_bilinear_known_values_and_channel_sum():
+    a = np.array([[0.0, 0.0], [0.0, 1.0]])
+    out = resize_map(a, 4, 4)
+    # align_corners=False: sample positions -0.25, 0.25, 0.75, 1.25 -> weights 0, .25, .75, 1
+    w = np.array([0.0, 0.25, 0.75, 1.0])
+    assert np.allclose(out, np.outer(w, w))
+    t = torch.zeros(1, 3, 2, 2)
+    t[0, 0, 1, 1] = 0.5
+    t[0, 2, 1, 1] = 0.5
+    assert np.allclose(resize_map(t, 4, 4), np.outer(w, w))
+    # the point is found at the original resolution, not the map's
+    sal = torch.zeros(7, 7)
+    sal[6, 0] = 1
+    gt = _mask(70, 70, [(69, 0)])
+    # 7 -> 70 bilinear: rows 65..69 x cols 0..4 form a plateau of 1s (edge clamping); the
+    # first maximum in raster order is (65, 0), 4 px from the ground-truth pixel
+    r = pointing_row("i", _target(gt), "m", sal, tolerance=4)
+    assert r["hit"] and (r["point_y"], r["point_x"]) == (65, 0)
+    assert not pointing_row("i", _target(gt), "m", sal, tolerance=3.9)["hit"]
+
+
+def test_empty_ground_truth_never_a_hit_and_not_scored():
+    gt = np.zeros((10, 10), bool)
+    r = pointing_row("i", _target(gt), "m", np.ones((10, 10)), tolerance=100)
+    assert r["hit"] is False and r["skipped"] == "empty ground truth"
+    assert not pointing_hit((0, 0), gt, tolerance=1e9)
+    ok = pointing_row("j", _target(_mask(10, 10, [(9, 9)])), "m", np.eye(10), tolerance=0)
+    assert not ok["hit"]  # argmax of eye is (0, 0)
+    s = pointing_summary([r, ok])
+    assert s.loc["m", "all"] == 0.0 and s.loc["m", "n_all"] == 1
+
+
+def test_center_baseline():
+    t = _target(_mask(11, 11, [(5, 10)]))
+    assert center_point(11, 11) == (5.0, 5.0)
+    rows = pointing_rows("i", [t], {}, tolerance=5)
+    assert [r["method"] for r in rows] == [CENTER] and rows[0]["hit"]
+    rows = pointing_rows("i", [t], {}, tolerance=4.9)
+    assert not rows[0]["hit"]
+    # even size: the centre is between pixels, (4.5, 4.5); pixel (0, 0) is 4.5*sqrt(2) = 6.36 away
+    t2 = _target(_mask(10, 10, [(0, 0)]))
+    assert not pointing_rows("i", [t2], {}, tolerance=6.3)[0]["hit"]
+    assert pointing_rows("i", [t2], {}, tolerance=6.4)[0]["hit"]
+    assert pointing_rows("i", [t2], {}, tolerance=6.4, center=False) == []
+
+
+def test_mean_of_per_class_accuracies_not_per_sample():
+    # class "a": 3 pairs, all hits; class "b": 1 pair, a miss.
+    # per-class mean = (1 + 0) / 2 = 0.5, per-sample would be 3/4.
+    hit_t = _target(_mask(20, 20, [(0, 0)]), "a")
+    miss_t = _target(_mask(20, 20, [(19, 19)]), "b")
+    sal = np.zeros((20, 20))
+    sal[0, 0] = 1
+    rows = [pointing_row(f"img{i}", hit_t, "m", sal, tolerance=2) for i in range(3)]
+    rows.append(pointing_row("img3", miss_t, "m", sal, tolerance=2))
+    s = pointing_summary(pd.DataFrame(rows))
+    assert s.loc["m", "all"] == pytest.approx(0.5)
+    assert s.loc["m", "class:a"] == 1.0 and s.loc["m", "class:b"] == 0.0
+    assert s.loc["m", "n_all"] == 4 and s.loc["m", "n_classes"] == 2
+    assert "per-class" in s.attrs["settings"]
+    pc = per_class_table(rows)
+    assert pc.loc["a", ("all", "m")] == 1.0
+
+
+def _sample():
+    # 100 x 100 image: "small" 10x10 box (1 %), "big" 60x60 box (36 %), "hard" only difficult
+    return Sample("s1", None, 100, 100, objects=[
+        Obj("small", (0, 0, 10, 10)),
+        Obj("big", (40, 40, 100, 100)),
+        Obj("hard", (0, 50, 20, 70), difficult=True),
+        Obj("big", (0, 90, 5, 100), difficult=True),  # difficult box of a present class: not in GT
+    ])
+
+
+def test_targets_difficult_subset_and_difficult_boxes():
+    ts = {t.class_name: t for t in pointing_targets(_sample())}
+    assert set(ts) == {"small", "big"}          # "hard" has only difficult boxes: skipped
+    assert ts["small"].coverage == pytest.approx(0.01) and ts["small"].difficult
+    assert ts["big"].coverage == pytest.approx(0.36) and not ts["big"].difficult
+    assert not ts["big"].mask[95, 2]            # the difficult box is not ground truth
+    alone = Sample("s2", None, 100, 100, objects=[Obj("small", (0, 0, 10, 10)),
+                                                  Obj("hard", (50, 50, 60, 60), difficult=True)])
+    (t,) = pointing_targets(alone)
+    assert t.coverage < 0.25 and not t.difficult  # no other (non-difficult) class present
+    # exactly one quarter is not "less than a quarter"
+    q = Sample("s3", None, 100, 100, objects=[Obj("q", (0, 0, 50, 50)), Obj("x", (90, 90, 91, 91))])
+    tq = {t.class_name: t for t in pointing_targets(q)}
+    assert tq["q"].coverage == 0.25 and not tq["q"].difficult and tq["x"].difficult
+    assert [t.class_name for t in pointing_targets(_sample(), classes=["big"])] == ["big"]
+    assert pointing_targets(Sample("e", None, 10, 10, objects=[Obj("h", (0, 0, 2, 2), difficult=True)])) == []
+
+
+def test_summary_difficult_subset_by_hand():
+    s = _sample()
+
+    def explain(sample, names, method):
+        out = {}
+        for c in names:
+            m = np.zeros((50, 50))           # half resolution, resized to 100x100
+            if method == "good" or c == "big":
+                y, x = (2, 2) if c == "small" else (35, 35)
+            else:
+                y, x = (49, 0)               # "bad" misses "small"
+            m[y, x] = 1
+            out[c] = torch.from_numpy(m)
+        return out
+
+    df = pointing_game([s, s], explain, ["good", "bad"], tolerance=15)
+    assert len(df) == 2 * 2 * 3  # 2 images x 2 classes x (center, good, bad)
+    summ = pointing_summary(df)
+    assert summ.loc["good", "all"] == 1.0 and summ.loc["good", "difficult"] == 1.0
+    # bad: small 0/2, big 2/2 -> all = 0.5 ; difficult subset contains only "small" -> 0.0
+    assert summ.loc["bad", "all"] == 0.5 and summ.loc["bad", "difficult"] == 0.0
+    assert summ.loc["bad", "n_difficult"] == 2
+    # center (49.5, 49.5): inside "big" -> hit; "small" (nearest pixel (9, 9), 57 px away) -> miss
+    assert summ.loc[CENTER, "all"] == 0.5 and summ.loc[CENTER, "difficult"] == 0.0
+
+
+def test_scaled_tolerance_and_string_option():
+    assert scaled_tolerance(224, 300) == 15
+    assert scaled_tolerance(448, 600) == 30
+    assert scaled_tolerance(600, 112) == 7.5
+    t = _target(_mask(448, 448, [(0, 25)]))
+    sal = np.zeros((448, 448))
+    sal[0, 0] = 1
+    (_, r) = pointing_rows("i", [t], {"m": {"a": sal}}, tolerance="scaled")
+    assert r["tolerance"] == 30 and r["hit"]
+    (_, r) = pointing_rows("i", [t], {"m": {"a": sal}})
+    assert r["tolerance"] == 15 and not r["hit"]
+
+
+def test_masks_used_when_available():
+    m = np.zeros((20, 20), bool)
+    m[15, 15] = True
+    s = Sample("m", None, 20, 20, objects=[Obj("a", (0, 0, 20, 20), mask=m)])
+    (t,) = pointing_targets(s)
+    assert t.mask.sum() == 1
+    (t,) = pointing_targets(s, use_masks=False)
+    assert t.mask.sum() == 400
