@@ -1,0 +1,450 @@
+"""explain(), the method registry, hidden-neuron explanations and layer relevances.
+
+Every method is a seed plus a backward mode over the engine's one propagation mechanism:
+LRP-family methods differ only in their output-layer seed (and CLRP's dual), gradient-family
+methods only in how ReLUs pass the signal back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import engine
+from .engine import DECONVNET, GRADIENT, GUIDED, LRP, RowOp, backward, plan_for, run_forward
+from .errors import ClrpError, InvalidTarget
+from .rules import IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BOX, box_from_normalization, resolve_composite
+
+__all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "REGISTRY"]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    family: str  # "relevance" (LRP family) | "gradient" | "cam"
+    options: dict  # option name -> default
+    run: Callable
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def _register(name, description, family, options, run):
+    REGISTRY[name] = Method(name, description, family, dict(options), run)
+
+
+@dataclass
+class _Ctx:
+    plan: engine.Plan
+    x: torch.Tensor
+    targets: torch.Tensor
+    rules: object
+    box: tuple
+    opts: dict
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points
+
+def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", **options) -> torch.Tensor:
+    """Relevance of every input element for each sample's target class.
+
+    Returns a float tensor shaped like ``inputs`` [N, C, H, W] on the inputs' device. ``targets`` is
+    an int, a sequence or a tensor with one class per sample; a single image with K targets is
+    explained K times (one forward pass). See ``METHODS`` for the methods and their options.
+    """
+    if method not in REGISTRY:
+        raise ClrpError(f"unknown method {method!r}; known methods: {', '.join(REGISTRY)}")
+    spec = REGISTRY[method]
+    plan = plan_for(model)
+    x, t = _batch(plan, inputs, targets)
+    ctx = _Ctx(plan, x, t, resolve_composite(rules), _resolve_box(options.pop("box", None)),
+               _options(spec, options))
+    return spec.run(ctx)
+
+
+def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, rules="paper",
+                    spatial: bool = False, **options) -> torch.Tensor:
+    """Relevance of each channel (unit) of ``layer`` for the target: [N, K] (or the full map with
+    ``spatial=True``). Contrastive methods give the signed difference target - dual."""
+    spec = REGISTRY.get(method)
+    if spec is None or spec.family != "relevance":
+        raise ClrpError(f"layer relevance needs an LRP-family method ({', '.join(_family('relevance'))})")
+    plan = plan_for(model)
+    x, t = _batch(plan, inputs, targets)
+    opts = _options(spec, options)
+    ctx = _Ctx(plan, x, t, resolve_composite(rules), _resolve_box(opts.pop("box", None)), opts)
+    idx = plan.layer_index(layer)
+    R = _relevance(ctx, method, stop_at=idx)
+    if spatial or R.ndim == 2:
+        return R
+    return R.sum(dim=tuple(range(2, R.ndim)))
+
+
+def explain_neuron(model, inputs, layer: str, channel: int, *, position=None, contrast=None, rules="paper",
+                   output: str = "clamp", box=None) -> torch.Tensor:
+    """Explain the activation of ``channel`` of ``layer`` (optionally at one spatial ``position``).
+
+    ``contrast=None`` explains the neuron alone; ``"rest"`` subtracts the explanation of the layer's
+    other channels and an int ``j`` that of channel j (the CLRP1 analogue: the dual carries the same
+    total activation). ``output`` for contrasts: "clamp" (max(0, target - dual)) or "signed".
+    """
+    plan = plan_for(model)
+    idx = plan.layer_index(layer)
+    fwd = run_forward(plan, inputs, stop=idx)
+    A = fwd.expand(fwd.acts[idx + 1])
+    k = A.shape[1]
+    _check_channel(channel, k, layer)
+    sel = torch.zeros_like(A)
+    pos = _position_index(position, A, layer)
+    sel[(slice(None), channel, *pos)] = 1
+    R = A * sel
+    if contrast is not None:
+        if isinstance(contrast, str) and contrast == "rest":
+            other = torch.ones_like(A)
+            other[:, channel] = 0
+        elif isinstance(contrast, (int, np.integer)) and not isinstance(contrast, bool):
+            _check_channel(int(contrast), k, layer)
+            if int(contrast) == channel:
+                raise InvalidTarget("contrast channel must differ from the explained channel")
+            other = torch.zeros_like(A)
+            other[:, int(contrast)] = 1
+        else:
+            raise ClrpError("contrast must be None, 'rest' or a channel index")
+        if pos:
+            keep = torch.zeros_like(A)
+            keep[(slice(None), slice(None), *pos)] = 1
+            other = other * keep
+        dual = A * other
+        R = R - dual * _ratio(_total(R), _total(dual)).view(-1, *([1] * (A.ndim - 1)))
+    composite = resolve_composite(rules)
+    out = backward(plan, fwd, R, start=idx, rules=plan.rules_for(composite), box=_resolve_box(box))
+    if contrast is not None and output == "clamp":
+        out = out.clamp(min=0)
+    elif output not in ("clamp", "signed"):
+        raise ClrpError("output must be 'clamp' or 'signed'")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# LRP family
+
+def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor:
+    plan, o = ctx.plan, ctx.opts
+    last = len(plan.layers) - 1
+    fwd = run_forward(plan, ctx.x)
+    logits = fwd.logits
+    t = _check_targets(ctx.targets, logits.shape[1])
+    rules = plan.rules_for(ctx.rules)
+    condition = _condition(plan, fwd, o.get("condition"), logits)
+
+    def output_step(seed):
+        return backward(plan, fwd, seed, start=last, stop=last, rules=rules, box=ctx.box)
+
+    n_cls = logits.shape[1]
+    onehot = F.one_hot(t, n_cls).to(logits.dtype)
+    y_t = logits.gather(1, t[:, None])
+    if o.get("seed", "logit") == "abs_logit":
+        y_t = y_t.abs()
+    elif o.get("seed", "logit") != "logit":
+        raise ClrpError("seed must be 'logit' or 'abs_logit'")
+
+    contrast = o.get("contrast", "clamp")
+    if kind == "lrp":
+        low = output_step(onehot * y_t)
+    elif kind == "sglrp":
+        p = logits.softmax(1)
+        p_t = p.gather(1, t[:, None])
+        low = output_step(torch.where(onehot.bool(), p_t * (1 - p_t), -p_t * p))
+    else:
+        low_t = output_step(onehot * y_t)
+        low_d = _dual(ctx, kind, plan, fwd, rules, logits, t, onehot, y_t, last, output_step)
+        if contrast == "reference":
+            low = low_t * _ratio(1.0, _total(low_t)).view(-1, *[1] * (low_t.ndim - 1)) - \
+                low_d * _ratio(1.0, _total(low_d)).view(-1, *[1] * (low_d.ndim - 1))
+        elif contrast in ("clamp", "signed"):
+            low = low_t - low_d
+        else:
+            raise ClrpError("contrast must be 'clamp', 'signed' or 'reference'")
+
+    if stop_at is not None:
+        if stop_at >= last:
+            raise InvalidTarget("choose a hidden layer (not the output layer) for layer relevance")
+        return backward(plan, fwd, low, start=last - 1, stop=stop_at + 1, rules=rules, box=ctx.box,
+                        condition=condition)
+    R = backward(plan, fwd, low, start=last - 1, stop=0, rules=rules, box=ctx.box, condition=condition)
+    if kind in ("clrp1", "clrp2"):
+        if contrast == "clamp":
+            R = R.clamp(min=0)
+        elif contrast == "reference":
+            peak = R.flatten(1).amax(1).view(-1, *[1] * (R.ndim - 1))
+            R = torch.where(peak > 0, R / peak.clamp(min=torch.finfo(R.dtype).tiny), torch.zeros_like(R)).clamp(min=0)
+    return R
+
+
+def _dual(ctx, kind, plan, fwd, rules, logits, t, onehot, y_t, last, output_step):
+    """Lower-layer relevance of CLRP's dual concept, carrying the same total seed as the target."""
+    n_cls = logits.shape[1]
+    if kind == "clrp1":
+        if n_cls < 2:
+            raise InvalidTarget("CLRP1 needs a model with at least two classes")
+        others = 1 - onehot
+        dual = ctx.opts.get("dual", "uniform")
+        if dual == "uniform":
+            weights = others / (n_cls - 1)
+        elif dual == "abs_logits":
+            weights = logits.abs() * others
+            weights = weights * _ratio(1.0, weights.sum(1)).view(-1, 1)
+        else:
+            raise ClrpError("dual must be 'uniform' or 'abs_logits'")
+        return output_step(weights * y_t)
+    # clrp2: the output layer with the target's weights negated, seeded with the target score.
+    layer = plan.layers[last]
+    if layer.kind != "linear":
+        raise ClrpError("CLRP2 needs a dense (Linear) output layer")
+    w, b = plan.weight(last)
+    op = RowOp(-w.index_select(0, t), None if b is None else -b.index_select(0, t), box=ctx.box)
+    a = fwd.expand(fwd.acts[last])
+    return rules[last].relevance(op, a, y_t, op.forward(a, op.weight, op.bias))
+
+
+def _total(R):
+    return R.flatten(1).sum(1)
+
+
+def _ratio(num, den):
+    den = torch.as_tensor(den)
+    safe = torch.where(den == 0, torch.ones_like(den), den)
+    return torch.where(den == 0, torch.zeros_like(den), num / safe)
+
+
+def _condition(plan, fwd, condition, logits):
+    if condition is None:
+        return None
+    try:
+        layer, channels = condition
+    except (TypeError, ValueError):
+        raise ClrpError("condition must be (layer_name, channels)") from None
+    idx = plan.layer_index(layer)
+    if idx >= len(plan.layers) - 1:
+        raise InvalidTarget("condition on a hidden layer, not the output layer")
+    out = fwd.acts[idx + 1]
+    channels = [channels] if isinstance(channels, (int, np.integer)) else list(channels)
+    for c in channels:
+        _check_channel(c, out.shape[1], layer)
+    mask = torch.zeros((1, out.shape[1], *[1] * (out.ndim - 2)), dtype=out.dtype, device=out.device)
+    mask[0, channels] = 1
+    return {idx: mask}
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradient family
+
+def _gradient(ctx: _Ctx, mode: str, x=None, targets=None) -> torch.Tensor:
+    plan = ctx.plan
+    x = ctx.x if x is None else x
+    targets = ctx.targets if targets is None else targets
+    fwd = run_forward(plan, x)
+    logits = fwd.logits
+    t = _check_targets(targets, logits.shape[1])
+    seed = F.one_hot(t, logits.shape[1]).to(logits.dtype)
+    return backward(plan, fwd, seed, start=len(plan.layers) - 1, mode=mode)
+
+
+def _batched_gradients(ctx, points: torch.Tensor, weights, batch_size):
+    """Sum_k weights[k] * grad(points[k]) for points [S, N, ...]; gradients taken in chunks."""
+    s, n = points.shape[:2]
+    flat = points.reshape(s * n, *points.shape[2:])
+    targets = ctx.targets.repeat(s)
+    w = torch.as_tensor(weights, dtype=points.dtype, device=points.device).repeat_interleave(n)
+    total = torch.zeros((n, *points.shape[2:]), dtype=points.dtype, device=points.device)
+    step = max(1, int(batch_size or 16 * n))
+    for i in range(0, s * n, step):
+        g = _gradient(ctx, GRADIENT, flat[i:i + step], targets[i:i + step])
+        g = g * w[i:i + step].view(-1, *[1] * (g.ndim - 1))
+        idx = torch.arange(i, min(i + step, s * n), device=points.device) % n
+        total.index_add_(0, idx, g)
+    return total
+
+
+def _integrated_gradients(ctx: _Ctx) -> torch.Tensor:
+    o = ctx.opts
+    x = ctx.x
+    baseline = o["baseline"]
+    baseline = torch.zeros_like(x) if baseline is None else torch.as_tensor(baseline, dtype=x.dtype,
+                                                                           device=x.device).expand_as(x)
+    steps = int(o["steps"])
+    alphas, weights = _path_coefficients(o["integration"], steps)
+    a = torch.as_tensor(alphas, dtype=x.dtype, device=x.device).view(-1, *[1] * x.ndim)
+    points = baseline.unsqueeze(0) + a * (x - baseline).unsqueeze(0)
+    return (x - baseline) * _batched_gradients(ctx, points, weights, o["batch_size"])
+
+
+def _path_coefficients(method, n):
+    """Alphas and step weights of the path integral (the same quadratures as captum)."""
+    if method == "gausslegendre":
+        nodes, w = np.polynomial.legendre.leggauss(n)
+        return (0.5 * (1 + nodes)).tolist(), (0.5 * w).tolist()
+    if n < 2:
+        raise ClrpError("integrated gradients needs at least 2 steps with a Riemann rule")
+    if method == "riemann_trapezoid":
+        w = [1 / n] * n
+        w[0] /= 2
+        w[-1] /= 2
+        return torch.linspace(0, 1, n).tolist(), w
+    alphas = {"riemann_left": torch.linspace(0, 1 - 1 / n, n), "riemann_right": torch.linspace(1 / n, 1, n),
+              "riemann_middle": torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n)}.get(method)
+    if alphas is None:
+        raise ClrpError("integration must be gausslegendre, riemann_left, riemann_right, riemann_middle "
+                        "or riemann_trapezoid")
+    return alphas.tolist(), [1 / n] * n
+
+
+def _smoothgrad(ctx: _Ctx) -> torch.Tensor:
+    o = ctx.opts
+    x = ctx.x
+    n = int(o["samples"])
+    gen = torch.Generator(device="cpu").manual_seed(int(o["random_state"]))
+    span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, *[1] * (x.ndim - 1))
+    noise = torch.randn((n, *x.shape), generator=gen, dtype=x.dtype).to(x.device)
+    points = x.unsqueeze(0) + noise * (float(o["noise"]) * span).unsqueeze(0)
+    return _batched_gradients(ctx, points, [1 / n] * n, o["batch_size"])
+
+
+def default_cam_layer(plan: engine.Plan) -> int:
+    """Grad-CAM's default layer: the last ReLU (else conv) whose output is still a feature map."""
+    flat = next((i for i, l in enumerate(plan.layers) if l.kind == "flatten" or l.kind == "linear"), len(plan.layers))
+    for kinds in (("relu",), ("conv",)):
+        for i in range(flat - 1, -1, -1):
+            if plan.layers[i].kind in kinds:
+                return i
+    raise ClrpError("Grad-CAM needs a convolutional layer")
+
+
+def _gradcam(ctx: _Ctx) -> torch.Tensor:
+    plan, o, x = ctx.plan, ctx.opts, ctx.x
+    idx = default_cam_layer(plan) if o["layer"] is None else plan.layer_index(o["layer"])
+    fwd = run_forward(plan, x)
+    logits = fwd.logits
+    t = _check_targets(ctx.targets, logits.shape[1])
+    seed = F.one_hot(t, logits.shape[1]).to(logits.dtype)
+    g = backward(plan, fwd, seed, start=len(plan.layers) - 1, stop=idx + 1, mode=GRADIENT)
+    A = fwd.expand(fwd.acts[idx + 1])
+    if A.ndim != 4:
+        raise ClrpError(f"Grad-CAM layer {plan.layers[idx].name!r} must output a feature map [N, K, h, w]")
+    cam = (g.mean(dim=(2, 3), keepdim=True) * A).sum(1, keepdim=True)
+    if o["relu"]:
+        cam = cam.clamp(min=0)
+    mode = o["interpolation"]
+    cam = F.interpolate(cam, size=x.shape[2:], mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+    # Spread over channels so that the channel sum (how heatmaps are drawn) is the CAM itself.
+    return (cam / x.shape[1]).expand(-1, x.shape[1], -1, -1).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry
+
+_LRP_OPTS = {"seed": "logit", "condition": None, "box": None}
+_CLRP_OPTS = {**_LRP_OPTS, "contrast": "clamp"}
+_BATCH = {"batch_size": None}
+
+_register("lrp", "Layer-wise Relevance Propagation of the target logit (rule preset via `rules`)",
+          "relevance", _LRP_OPTS, lambda c: _relevance(c, "lrp"))
+_register("clrp1", "Contrastive LRP, dual = all other classes (dual='uniform' as the paper, 'abs_logits' as its code)",
+          "relevance", {**_CLRP_OPTS, "dual": "uniform"}, lambda c: _relevance(c, "clrp1"))
+_register("clrp2", "Contrastive LRP, dual = the target's output weights negated",
+          "relevance", _CLRP_OPTS, lambda c: _relevance(c, "clrp2"))
+_register("sglrp", "Softmax-gradient LRP (Iwana et al. 2019): seeded with the softmax gradient",
+          "relevance", {"condition": None, "box": None}, lambda c: _relevance(c, "sglrp"))
+_register("gradient", "Vanilla gradient of the target logit (Simonyan et al.)", "gradient", {},
+          lambda c: _gradient(c, GRADIENT))
+_register("gradient_x_input", "Gradient times input", "gradient", {}, lambda c: _gradient(c, GRADIENT) * c.x)
+_register("deconvnet", "DeConvNet (Zeiler & Fergus): ReLUs pass the positive part of the upper signal",
+          "gradient", {}, lambda c: _gradient(c, DECONVNET))
+_register("guided_backprop", "Guided backpropagation (Springenberg et al.)", "gradient", {},
+          lambda c: _gradient(c, GUIDED))
+_register("gradcam", "Grad-CAM (Selvaraju et al.) at the last convolutional feature map, upsampled", "cam",
+          {"layer": None, "relu": True, "interpolation": "bilinear"}, _gradcam)
+_register("integrated_gradients", "Integrated Gradients (Sundararajan et al.), zero baseline by default",
+          "gradient", {"steps": 50, "baseline": None, "integration": "gausslegendre", **_BATCH}, _integrated_gradients)
+_register("smoothgrad", "SmoothGrad (Smilkov et al.): gradient averaged over noisy copies", "gradient",
+          {"samples": 25, "noise": 0.15, "random_state": 0, **_BATCH}, _smoothgrad)
+
+METHODS = MappingProxyType({name: m.description for name, m in REGISTRY.items()})
+
+
+def _family(family):
+    return [n for n, m in REGISTRY.items() if m.family == family]
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checking
+
+def _options(spec: Method, given: dict) -> dict:
+    unknown = set(given) - set(spec.options) - {"box"}
+    if unknown:
+        allowed = ", ".join(sorted(spec.options)) or "none"
+        raise ClrpError(f"method {spec.name!r} has no option {', '.join(sorted(unknown))}; its options: {allowed}")
+    return {**spec.options, **given}
+
+
+def _resolve_box(box):
+    if box is None:
+        return box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
+    if isinstance(box, str):
+        if box == "reference":
+            return REFERENCE_BOX
+        raise ClrpError("box must be (low, high) or 'reference'")
+    low, high = box
+    return low, high
+
+
+def _batch(plan, inputs, targets):
+    x = engine.check_inputs(plan, inputs)
+    n = x.shape[0]
+    if isinstance(targets, (int, np.integer)) and not isinstance(targets, bool):
+        t = torch.full((n,), int(targets), dtype=torch.long)
+    else:
+        try:
+            t = torch.as_tensor(targets)
+        except (TypeError, ValueError, RuntimeError):
+            raise InvalidTarget(f"targets must be an int, a sequence or a tensor of class indices, "
+                                f"got {targets!r}") from None
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise InvalidTarget("targets must be integer class indices")
+        t = t.reshape(-1).long()
+        if t.numel() != n:
+            if n == 1 and t.numel() > 0:
+                x = x.expand(t.numel(), *x.shape[1:])  # one image, several targets: one forward
+            else:
+                raise InvalidTarget(f"got {t.numel()} targets for {n} inputs; give one target per sample")
+    return x, t.to(x.device)
+
+
+def _check_targets(t, n_cls):
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_cls):
+        bad = t[(t < 0) | (t >= n_cls)][0].item()
+        raise InvalidTarget(f"class index {bad} is out of range: the model has {n_cls} classes (0..{n_cls - 1})")
+    return t
+
+
+def _check_channel(c, k, layer):
+    if not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not 0 <= int(c) < k:
+        raise InvalidTarget(f"channel {c!r} does not exist in layer {layer!r} (it has {k} channels)")
+
+
+def _position_index(position, A, layer):
+    if position is None:
+        return ()
+    if A.ndim != 4 or len(position) != 2:
+        raise InvalidTarget(f"position (row, col) applies only to feature maps; layer {layer!r} has shape "
+                            f"{tuple(A.shape[1:])}")
+    r, c = (int(p) for p in position)
+    if not (0 <= r < A.shape[2] and 0 <= c < A.shape[3]):
+        raise InvalidTarget(f"position {position} is outside the {A.shape[2]}x{A.shape[3]} map of {layer!r}")
+    return (r, c)

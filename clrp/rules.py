@@ -1,0 +1,350 @@
+"""LRP rules, rule presets and per-layer rule assignment.
+
+A rule maps the relevance R at the output of a linear layer (conv or dense) to its input.
+Every rule is written against a small operator interface (``op.forward(x, w, b)`` and
+``op.transpose(s, w)``), so the same rule serves convolutions, dense layers and the
+per-sample output rows used by CLRP2. All rules are linear in R for a fixed forward pass,
+which is what lets CLRP cost one backward pass.
+
+Parameter conventions follow zennit (the reference PyTorch LRP library) so that presets of the
+same name give the same numbers: the stabiliser adds ``eps * sign(z)`` (sign(0) = +1), and
+``bias=True`` includes the (modified) bias in the denominator as zennit does by default.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from .errors import ClrpError
+
+__all__ = [
+    "Rule", "ZPlus", "ZBox", "Epsilon", "Gamma", "AlphaBeta", "Flat", "WSquare",
+    "Composite", "RULES", "RULE_NAMES", "make_rule", "resolve_composite",
+    "box_from_normalization", "IMAGENET_MEAN", "IMAGENET_STD", "REFERENCE_BOX",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The reference CLRP code uses one scalar box for all channels: the extremes of ImageNet normalisation.
+REFERENCE_BOX = (-2.1179, 2.64)
+
+
+def box_from_normalization(mean, std):
+    """zB bounds (low, high) per channel for inputs normalised as (x - mean) / std, x in [0, 1]."""
+    mean = torch.as_tensor(mean, dtype=torch.float32)
+    std = torch.as_tensor(std, dtype=torch.float32)
+    return (0 - mean) / std, (1 - mean) / std
+
+
+def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
+    # zennit's convention: shift away from zero by eps with the sign of z, zero counted as positive.
+    return z + eps * ((z >= 0).to(z.dtype) * 2 - 1)
+
+
+def _pos(t):
+    return None if t is None else t.clamp(min=0)
+
+
+def _neg(t):
+    return None if t is None else t.clamp(max=0)
+
+
+class Rule:
+    """Base class. Subclasses implement ``relevance(op, a, R, out)``.
+
+    ``a`` is the layer input (rows may be shared by several relevance rows: ``op.expand`` maps
+    them), ``R`` the relevance at the layer output, ``out`` the layer's forward output (with bias)
+    for the unique input rows.
+    """
+
+    name = "rule"
+
+    def relevance(self, op, a, R, out):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __repr__(self):
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self):
+        return hash((type(self).__name__, tuple(sorted((k, repr(v)) for k, v in vars(self).items()))))
+
+
+class Epsilon(Rule):
+    """R_i = sum_j a_i w_ij / (z_j + eps sign z_j) R_j, z_j including the bias."""
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 1e-6, bias: bool = True):
+        self.epsilon = epsilon
+        self.bias = bias
+
+    def relevance(self, op, a, R, out):
+        w = op.weight
+        z = out if (self.bias or op.bias is None) else op.forward(a, w, None)
+        s = R / stabilize(op.expand(z), self.epsilon)
+        return op.expand(a) * op.transpose(s, w)
+
+
+class AlphaBeta(Rule):
+    """alpha * (positive contributions) - beta * (negative contributions); z+ is alpha=1, beta=0.
+
+    Inputs of either sign are handled as zennit does: positive part = a+ w+ + a- w-.
+    """
+
+    name = "alpha_beta"
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, bias: bool = True):
+        if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-9:
+            raise ClrpError("alpha-beta rule needs alpha >= 0, beta >= 0 and alpha - beta = 1")
+        self.alpha = alpha
+        self.beta = beta
+        self.stabilizer = stabilizer
+        self.bias = bias
+
+    def _part(self, op, a_pos, a_neg, R, w_main, w_other, b):
+        # One signed part: denominator from (a+ w_main + b) + (a- w_other); relevance back to a.
+        z = op.forward(a_pos, op.modified(w_main), b)
+        if a_neg is not None:
+            z = z + op.forward(a_neg, op.modified(w_other), None)
+        s = R / stabilize(op.expand(z), self.stabilizer)
+        r = op.expand(a_pos) * op.transpose(s, op.modified(w_main))
+        if a_neg is not None:
+            r = r + op.expand(a_neg) * op.transpose(s, op.modified(w_other))
+        return r
+
+    def relevance(self, op, a, R, out):
+        a_pos, a_neg = _split_input(a)
+        b = op.bias if self.bias else None
+        r = self._part(op, a_pos, a_neg, R, "pos", "neg", _pos(b))
+        if self.alpha != 1:
+            r = self.alpha * r
+        if self.beta:
+            r = r - self.beta * self._part(op, a_pos, a_neg, R, "neg", "pos", _neg(b))
+        return r
+
+
+class ZPlus(AlphaBeta):
+    """z+ rule: only positive contributions (alpha=1, beta=0)."""
+
+    name = "zplus"
+
+    def __init__(self, stabilizer: float = 1e-6, bias: bool = True):
+        super().__init__(1.0, 0.0, stabilizer, bias)
+
+
+class Gamma(Rule):
+    """Generalised gamma rule (as zennit): w + gamma w+ for positive outputs, w + gamma w- for negative."""
+
+    name = "gamma"
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6, bias: bool = True):
+        self.gamma = gamma
+        self.stabilizer = stabilizer
+        self.bias = bias
+
+    def relevance(self, op, a, R, out):
+        g = self.gamma
+        w_up = op.modified(("gamma_pos", g))  # w + g w+
+        w_dn = op.modified(("gamma_neg", g))  # w + g w-
+        b = op.bias if self.bias else None
+        b_up = None if b is None else b + g * b.clamp(min=0)
+        b_dn = None if b is None else b + g * b.clamp(max=0)
+        a_pos, a_neg = _split_input(a)
+        out_e = op.expand(out)
+        r = 0
+        for mask, w_main, w_other, bias in ((out_e > 0, w_up, w_dn, b_up), (out_e < 0, w_dn, w_up, b_dn)):
+            z = op.forward(a_pos, w_main, bias)
+            if a_neg is not None:
+                z = z + op.forward(a_neg, w_other, None)
+            s = mask.to(R.dtype) * R / stabilize(op.expand(z), self.stabilizer)
+            r = r + op.expand(a_pos) * op.transpose(s, w_main)
+            if a_neg is not None:
+                r = r + op.expand(a_neg) * op.transpose(s, w_other)
+        return r
+
+
+class ZBox(Rule):
+    """zB rule for a bounded input domain [low, high] (first layer).
+
+    Bounds are scalars or per-channel; ``None`` means "use the box given to explain()".
+    """
+
+    name = "zbox"
+
+    def __init__(self, low=None, high=None, stabilizer: float = 1e-6):
+        self.low = low
+        self.high = high
+        self.stabilizer = stabilizer
+
+    def relevance(self, op, a, R, out):
+        low, high = op.box if self.low is None else (self.low, self.high)
+        lo = _bound_like(low, a)
+        hi = _bound_like(high, a)
+        w, wp, wn = op.weight, op.modified("pos"), op.modified("neg")
+        # Biases cancel in zB (b - b+ - b- = 0), so none enter here.
+        z = op.forward(a, w, None) - op.forward(lo, wp, None) - op.forward(hi, wn, None)
+        s = R / stabilize(op.expand(z), self.stabilizer)
+        return op.expand(a) * op.transpose(s, w) - lo * op.transpose(s, wp) - hi * op.transpose(s, wn)
+
+
+class Flat(Rule):
+    """Uniform redistribution over the receptive field (weights and inputs set to one)."""
+
+    name = "flat"
+
+    def __init__(self, stabilizer: float = 1e-6, bias: bool = True):
+        self.stabilizer = stabilizer
+        self.bias = bias
+
+    def relevance(self, op, a, R, out):
+        w = op.modified("ones")
+        b = torch.ones_like(op.bias) if (self.bias and op.bias is not None) else None
+        z = op.forward(torch.ones_like(a[:1]), w, b)
+        return op.transpose(R / stabilize(z, self.stabilizer), w)
+
+
+class WSquare(Rule):
+    """w^2 rule: input-independent redistribution proportional to squared weights."""
+
+    name = "wsquare"
+
+    def __init__(self, stabilizer: float = 1e-6, bias: bool = True):
+        self.stabilizer = stabilizer
+        self.bias = bias
+
+    def relevance(self, op, a, R, out):
+        w = op.modified("square")
+        b = op.bias ** 2 if (self.bias and op.bias is not None) else None
+        z = op.forward(torch.ones_like(a[:1]), w, b)
+        return op.transpose(R / stabilize(z, self.stabilizer), w)
+
+
+class Gradient(Rule):
+    """Plain transpose (the gradient): used by the gradient-family methods."""
+
+    name = "gradient"
+
+    def relevance(self, op, a, R, out):
+        return op.transpose(R, op.weight)
+
+
+def _split_input(a):
+    # Post-ReLU inputs are non-negative: skip the negative half (half the work) when it is empty.
+    if bool((a < 0).any()):
+        return a.clamp(min=0), a.clamp(max=0)
+    return a, None
+
+
+def _bound_like(bound, a):
+    t = torch.as_tensor(bound, dtype=a.dtype, device=a.device)
+    if t.ndim == 1:
+        t = t.view(1, -1, *([1] * (a.ndim - 2)))
+    return t.expand(1, *a.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Rule names, presets and per-layer assignment
+
+RULE_NAMES: dict[str, Any] = {
+    "zplus": ZPlus,
+    "z+": ZPlus,
+    "zb": ZBox,
+    "zbox": ZBox,
+    "epsilon": Epsilon,
+    "lrp0": lambda: Epsilon(0.0),
+    "gamma": Gamma,
+    "alpha2beta1": lambda: AlphaBeta(2.0, 1.0),
+    "alpha1beta0": lambda: AlphaBeta(1.0, 0.0),
+    "flat": Flat,
+    "wsquare": WSquare,
+    "gradient": Gradient,
+}
+
+
+def make_rule(spec) -> Rule:
+    """A Rule from a Rule instance or a rule name (see RULE_NAMES)."""
+    if isinstance(spec, Rule):
+        return spec
+    if isinstance(spec, str) and spec.lower() in RULE_NAMES:
+        return RULE_NAMES[spec.lower()]()
+    raise ClrpError(f"unknown LRP rule {spec!r}; known rules: {', '.join(sorted(RULE_NAMES))}")
+
+
+@dataclass
+class Composite:
+    """Which rule each conv/dense layer gets.
+
+    ``first`` applies to the first conv/dense layer in forward order (None: same as the others),
+    ``conv`` and ``linear`` to the rest; ``overrides`` maps a layer name (fnmatch pattern, e.g.
+    ``"classifier.*"``) or a module type to a rule and wins over everything else, first match first.
+    """
+
+    description: str
+    conv: Rule
+    linear: Rule
+    first: Rule | None = None
+    overrides: dict = field(default_factory=dict)
+
+    def rule_for(self, name: str, module, kind: str, is_first: bool) -> Rule:
+        for key, rule in self.overrides.items():
+            if isinstance(key, str):
+                if fnmatch.fnmatchcase(name, key):
+                    return rule
+            elif isinstance(key, type) and isinstance(module, key):
+                return rule
+        if is_first and self.first is not None:
+            return self.first
+        return self.conv if kind == "conv" else self.linear
+
+
+RULES: dict[str, Composite] = {
+    "paper": Composite(
+        "Reference code of Gu et al.: zB on the first conv, z+ on every other conv and dense layer, "
+        "biases ignored, stabiliser 1e-9",
+        conv=ZPlus(1e-9, bias=False), linear=ZPlus(1e-9, bias=False), first=ZBox(stabilizer=1e-9)),
+    "epsilon_plus": Composite(
+        "zennit EpsilonPlus: z+ on convs, epsilon (1e-6) on dense layers",
+        conv=ZPlus(), linear=Epsilon()),
+    "epsilon_gamma_box": Composite(
+        "zennit EpsilonGammaBox: zB first conv, gamma (0.25) on other convs, epsilon on dense layers",
+        conv=Gamma(0.25), linear=Epsilon(), first=ZBox()),
+    "epsilon_plus_flat": Composite(
+        "zennit EpsilonPlusFlat: flat first layer, z+ on convs, epsilon on dense layers",
+        conv=ZPlus(), linear=Epsilon(), first=Flat()),
+    "epsilon_alpha2_beta1": Composite(
+        "zennit EpsilonAlpha2Beta1: alpha2-beta1 on convs, epsilon on dense layers",
+        conv=AlphaBeta(2.0, 1.0), linear=Epsilon()),
+    "epsilon_alpha2_beta1_flat": Composite(
+        "zennit EpsilonAlpha2Beta1Flat: flat first layer, alpha2-beta1 on convs, epsilon on dense layers",
+        conv=AlphaBeta(2.0, 1.0), linear=Epsilon(), first=Flat()),
+    "zplus": Composite(
+        "z+ everywhere including the first layer (biases ignored)",
+        conv=ZPlus(1e-9, bias=False), linear=ZPlus(1e-9, bias=False)),
+}
+
+
+def resolve_composite(rules) -> Composite:
+    """Accepts a preset name, a Composite, or a dict of per-layer overrides.
+
+    A dict may name its base preset under the key ``"preset"`` (default ``"paper"``); every other
+    key is a layer-name pattern or a module type, every value a Rule or rule name.
+    """
+    if isinstance(rules, Composite):
+        return rules
+    if isinstance(rules, str):
+        if rules not in RULES:
+            raise ClrpError(f"unknown rule preset {rules!r}; known presets: {', '.join(RULES)}")
+        return RULES[rules]
+    if isinstance(rules, Mapping):
+        rules = dict(rules)
+        base = resolve_composite(rules.pop("preset", "paper"))
+        return Composite(base.description + " (with per-layer overrides)", base.conv, base.linear, base.first,
+                         {**{k: make_rule(v) for k, v in rules.items()}, **base.overrides})
+    raise ClrpError(f"rules must be a preset name, a Composite or a dict of overrides, not {type(rules).__name__}")
