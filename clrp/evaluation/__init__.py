@@ -6,3 +6,11 @@ from .pointing import (
     per_class_table, pointing_game, pointing_hit, pointing_row, pointing_rows, pointing_summary,
     pointing_targets, resize_map, scaled_tolerance,
 )
+from .perturbation import (
+    BASELINES, ORDERS, PerturbationCurve, aopc, aopc_summary, make_baseline, patch_order,
+    patch_scores, perturbation_curves, perturbation_rows, region_perturbation,
+    region_perturbation_naive,
+)
+from .discriminativeness import (
+    discriminativeness_rows, discriminativeness_summary, max_abs_diff, pearson, top_iou, top_mask,
+)
