@@ -347,13 +347,15 @@ def generate_scene(seed: int, size: int = SCENE_SIZE, n_objects: int | None = No
     for ci, cov, mask in placed:
         local = img[mask].mean(axis=0)
         colour = _object_colour(rng, local)
-        # object texture: shading gradient + own noise
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        # object texture: shading gradient + own noise, computed on the coverage's bounding box
+        cys, cxs = np.nonzero(cov > 0)
+        ya, yb, xa, xb = int(cys.min()), int(cys.max()) + 1, int(cxs.min()), int(cxs.max()) + 1
+        yy, xx = np.mgrid[ya:yb, xa:xb].astype(np.float32)
         g = (np.cos(rng.uniform(0, 2 * math.pi)) * xx + np.sin(rng.uniform(0, 2 * math.pi)) * yy) / size
         tex = colour[None, None, :] + (g[..., None] * rng.uniform(-40, 40))
         tex = tex + rng.normal(0, rng.uniform(2, 10), size=tex.shape).astype(np.float32)
-        a = cov[..., None]
-        img = img * (1 - a) + np.clip(tex, 0, 255) * a
+        a = cov[ya:yb, xa:xb, None]
+        img[ya:yb, xa:xb] = img[ya:yb, xa:xb] * (1 - a) + np.clip(tex, 0, 255) * a
         ys, xs = np.nonzero(mask)
         box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
         objects.append(SceneObject(CLASS_NAMES[ci], ci, box, mask))

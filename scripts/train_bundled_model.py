@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Retrain the bundled scene classifier from scratch, deterministically, on CPU.
+
+    python scripts/train_bundled_model.py            # defaults = the shipped model
+    python scripts/train_bundled_model.py --steps 200 --out /tmp/m   # quick smoke run
+
+``--train-scenes`` scenes (seeds 0 .. n-1, disjoint from the held-out seeds 10_000_000+ and the
+metrics seeds 20_000_000+) are generated once (in ``--workers`` processes; each scene is a pure
+function of its seed, so the cache does not depend on the number of workers) and kept in memory
+at the model's input geometry; batches are drawn from it with a seeded permutation and random
+horizontal flips, and the model trains with a fixed number of torch threads. Multi-label: one logit per class,
+BCEWithLogitsLoss; AdamW with a one-cycle learning rate. At the end the held-out mAP and
+per-class AP are printed and written with the weights (state_dict, ``torch.save``) and a JSON
+metadata file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clrp import scenes  # noqa: E402
+from clrp.models import bundled  # noqa: E402
+from clrp.models.bundled_metrics import evaluate_model, format_metrics  # noqa: E402
+
+
+def _render_chunk(args):
+    """Scenes ``start .. stop-1`` -> (uint8 [n, 96, 96, 3] at input geometry, float32 labels [n, C])."""
+    start, stop = args
+    torch.set_num_threads(1)
+    pp = bundled.bundled_preprocessing()
+    xs, ys = [], []
+    for seed in range(start, stop):
+        sc = scenes.generate_scene(seed)
+        xs.append(pp.display_array(sc.image))
+        ys.append(sc.labels)
+    return np.stack(xs), np.stack(ys)
+
+
+def build_cache(n: int, seed_base: int, workers: int):
+    """Generate ``n`` training scenes (seeds ``seed_base ..``) at the model's input geometry."""
+    chunk = 1000
+    jobs = [(seed_base + i, seed_base + min(i + chunk, n)) for i in range(0, n, chunk)]
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_render_chunk, jobs)
+    else:
+        parts = [_render_chunk(j) for j in jobs]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=5e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="processes generating the training scenes")
+    ap.add_argument("--train-scenes", type=int, default=50000, help="distinct training scenes (cached in memory)")
+    ap.add_argument("--heldout", type=int, default=1000, help="held-out scenes for the final metrics")
+    ap.add_argument("--out", type=Path, default=bundled.ASSETS_DIR)
+    ap.add_argument("--log-every", type=int, default=100)
+    a = ap.parse_args(argv)
+
+    torch.manual_seed(a.seed)
+    np.random.seed(a.seed)
+    torch.set_num_threads(a.threads)
+    torch.use_deterministic_algorithms(True)
+
+    cfg = dict(bundled.DEFAULT_CONFIG)
+    cfg["num_classes"] = len(scenes.CLASS_NAMES)
+    model = bundled.build_model(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params} parameters, config {cfg}", flush=True)
+
+    n = a.train_scenes
+    assert bundled.TRAIN_SEED_BASE + n <= bundled.HELDOUT_SEED_BASE
+    t0 = time.time()
+    cache_x, cache_y = build_cache(n, bundled.TRAIN_SEED_BASE, a.workers)
+    gen_s = time.time() - t0
+    print(f"generated {n} training scenes in {gen_s:.0f} s ({cache_x.nbytes / 1e9:.2f} GB)", flush=True)
+    pp = bundled.bundled_preprocessing()
+    g = torch.Generator().manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+
+    def batches():
+        done = 0
+        while True:
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n - a.batch + 1, a.batch):
+                idx = perm[i:i + a.batch].numpy()
+                flips = torch.rand(a.batch, generator=g).numpy() < 0.5
+                xb = cache_x[idx].copy()
+                xb[flips] = xb[flips][:, :, ::-1]
+                yield pp.normalize(xb), torch.from_numpy(cache_y[idx])
+                done += 1
+                if done == a.steps:
+                    return
+
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps, pct_start=0.15)
+    lossf = torch.nn.BCEWithLogitsLoss()
+
+    t0 = time.time()
+    model.train()
+    run = 0.0
+    for step, (x, y) in enumerate(batches(), 1):
+        loss = lossf(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        run = 0.98 * run + 0.02 * loss.item() if step > 1 else loss.item()
+        if step % a.log_every == 0 or step == a.steps:
+            el = time.time() - t0
+            print(f"step {step}/{a.steps} loss {run:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                  f"elapsed {el / 60:.1f} min eta {el / step * (a.steps - step) / 60:.1f} min", flush=True)
+    train_s = time.time() - t0
+    model.eval()
+
+    t1 = time.time()
+    metrics = evaluate_model(model, n=a.heldout, seed=bundled.HELDOUT_SEED_BASE)
+    print(f"scene generation {gen_s / 60:.1f} min, training {train_s / 60:.1f} min; "
+          f"held-out evaluation {time.time() - t1:.0f} s")
+    print(format_metrics(metrics))
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    wpath = a.out / bundled.WEIGHTS_FILE.name
+    torch.save(model.state_dict(), wpath)
+    meta = {
+        "name": "bundled",
+        "description": "VGG-style CNN (no batch norm) trained multi-label on clrp's procedural shape scenes",
+        "class_names": list(scenes.CLASS_NAMES),
+        "preprocessing": bundled.bundled_preprocessing().to_dict(),
+        "scene_size": scenes.SCENE_SIZE,
+        "architecture": cfg,
+        "training": {
+            "seed": a.seed, "steps": a.steps, "batch": a.batch, "lr": a.lr, "weight_decay": a.weight_decay,
+            "optimizer": "AdamW + OneCycleLR(pct_start=0.15)", "loss": "BCEWithLogitsLoss",
+            "train_scene_seeds": [bundled.TRAIN_SEED_BASE, bundled.TRAIN_SEED_BASE + n - 1],
+            "augmentation": "horizontal flip (p=0.5, from the seeded generator)",
+            "threads": a.threads, "workers": a.workers, "generation_seconds": round(gen_s, 1),
+            "train_seconds": round(train_s, 1),
+            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        },
+        "heldout_metrics": {
+            "scene_seeds": [bundled.HELDOUT_SEED_BASE, bundled.HELDOUT_SEED_BASE + a.heldout - 1],
+            "n_scenes": a.heldout,
+            "mAP": metrics["mAP"],
+            "per_class_AP": metrics["per_class_AP"],
+        },
+    }
+    (a.out / bundled.META_FILE.name).write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {wpath} ({os.path.getsize(wpath) / 1e6:.2f} MB) and {a.out / bundled.META_FILE.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
