@@ -14,3 +14,4 @@ from .perturbation import (
 from .discriminativeness import (
     discriminativeness_rows, discriminativeness_summary, max_abs_diff, pearson, top_iou, top_mask,
 )
+from .ablation import DEFAULT_KS, ablation_summary, feature_ablation
