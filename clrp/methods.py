@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from . import engine
 from .engine import DECONVNET, GRADIENT, GUIDED, LRP, RowOp, backward, plan_for, run_forward
 from .errors import ClrpError, InvalidTarget
-from .rules import IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BOX, box_from_normalization, resolve_composite
+from .rules import Epsilon, Gradient, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BOX, box_from_normalization, resolve_composite
 
 __all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "REGISTRY"]
 
@@ -207,6 +207,11 @@ def _dual(ctx, kind, plan, fwd, rules, logits, t, onehot, y_t, last, output_step
     layer = plan.layers[last]
     if layer.kind != "linear":
         raise ClrpError("CLRP2 needs a dense (Linear) output layer")
+    if isinstance(rules[last], (Epsilon, Gradient)):
+        raise ClrpError(
+            f"CLRP2 is identically zero when the output layer {layer.name!r} uses the {rules[last].name} rule: negating "
+            f"the weights negates both numerator and denominator, so the dual equals the target. Use z+ or "
+            f"alpha-beta there, e.g. rules={{'preset': ..., {layer.name!r}: 'zplus'}}")
     w, b = plan.weight(last)
     op = RowOp(-w.index_select(0, t), None if b is None else -b.index_select(0, t), box=ctx.box)
     a = fwd.expand(fwd.acts[last])
