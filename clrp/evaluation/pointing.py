@@ -79,6 +79,30 @@ def resize_map(saliency, height: int, width: int) -> np.ndarray:
     return out[0, 0].numpy()
 
 
+def map_to_image(saliency, height: int, width: int, crop_box=None) -> np.ndarray:
+    """Place a map on the original image's pixel grid.
+
+    ``crop_box=(x0, y0, x1, y1)`` (original-image pixel coordinates, exclusive end) is the region
+    the model input (and so the map) covers, e.g. after a resize + centre crop; pixels outside it
+    are NaN (never chosen as the arg-max). ``None`` = the map covers the whole image (the map is
+    simply resized, bilinear).
+    """
+    if crop_box is None:
+        return resize_map(saliency, height, width)
+    x0, y0, x1, y1 = (float(v) for v in crop_box)
+    if (x0, y0, x1, y1) == (0.0, 0.0, float(width), float(height)):
+        return resize_map(saliency, height, width)
+    c0, r0 = int(round(x0)), int(round(y0))
+    c1, r1 = int(round(x1)), int(round(y1))
+    out = np.full((height, width), np.nan)
+    if c1 <= c0 or r1 <= r0:
+        return out
+    inner = resize_map(saliency, r1 - r0, c1 - c0)
+    ys, xs = slice(max(r0, 0), min(r1, height)), slice(max(c0, 0), min(c1, width))
+    out[ys, xs] = inner[ys.start - r0:ys.stop - r0, xs.start - c0:xs.stop - c0]
+    return out
+
+
 def argmax_point(saliency) -> Optional[tuple]:
     """(row, col) of the maximum; ties -> first in raster order; NaN ignored; None if all NaN."""
     a = _to_numpy_2d(saliency)

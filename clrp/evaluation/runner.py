@@ -1,0 +1,486 @@
+"""Resumable evaluation runner: dataset x model x methods -> result files, batch by batch.
+
+``run_evaluation(dataset, model, out_dir, ...)`` iterates the dataset lazily, explains each
+(image, class) pair with every method ONCE per batch and feeds the same maps to the chosen
+protocols (``pointing``, ``discriminativeness``, ``perturbation``, ``ablation``). After each
+batch it writes one Parquet part per protocol and then appends the batch's image ids to
+``progress.jsonl``; a later call with the same settings skips the recorded images (resume), and
+removes part files of a batch that was interrupted before its progress line was written.
+
+Output folder::
+
+    config.json          settings, model class names, dataset location (checked on resume)
+    mapping.json         dataset class -> model output, unmapped classes (skipped, reported)
+    progress.jsonl       {"batch": i, "image_ids": [...], "skipped": [...]} per finished batch
+    problems.jsonl       files skipped by the reader (broken image / annotation) and why
+    <protocol>/part-000001.parquet ...   result rows (see the protocol modules)
+
+``load_results(out_dir)`` reads the rows back; ``summarize(out_dir)`` gives the summary tables.
+
+Which classes are evaluated in an image: the classes with at least one non-difficult object
+(datasets with boxes/masks), or the image labels (class-folder trees: no Pointing Game, no
+discriminativeness with a single label). Classes that do not map to a model output are skipped
+and listed in ``mapping.json``.
+
+Geometry: ``geometry="full"`` (default) feeds the whole image resized to the model's input size
+(aspect not kept), so a map covers the whole image -- the usual Pointing Game setting.
+``geometry="model"`` uses the model's own preprocessing (e.g. resize 256 + centre crop 224); the
+map then covers only the crop, the rest of the image is NaN for the Pointing Game (never the
+arg-max), and ground truth outside the crop can only be missed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ClrpError
+from . import ablation as _abl
+from . import discriminativeness as _disc
+from . import perturbation as _pert
+from . import pointing as _pt
+
+PROTOCOLS = ("pointing", "discriminativeness", "perturbation", "ablation")
+_PART = re.compile(r"part-(\d{6})\.parquet$")
+
+
+@dataclass
+class RunConfig:
+    methods: tuple = ("lrp", "clrp1", "clrp2")
+    protocols: tuple = ("pointing", "discriminativeness")
+    rules: str = "paper"
+    method_options: dict = field(default_factory=dict)   # method -> {option: value}
+    mapping: Optional[dict] = None                       # dataset class -> model class name/index
+    geometry: str = "full"                               # "full" | "model"
+    batch_size: int = 8                                  # images per batch (and per part file)
+    explain_batch: int = 16                              # (image, class) pairs per explain call
+    limit: Optional[int] = None                          # at most this many images in total
+    seed: int = 0
+    # Pointing Game
+    tolerance: object = _pt.DEFAULT_TOLERANCE            # pixels, or "scaled"
+    use_masks: bool = True
+    center: bool = True
+    # class-discriminativeness
+    q: float = _disc.DEFAULT_Q
+    # region perturbation
+    patch: int = 8
+    steps: Optional[int] = 100
+    patches_per_step: int = 1
+    baseline: str = "mean"
+    orders: tuple = _pert.ORDERS
+    perturbation_batch: int = 32
+    score: str = "logit"
+    # feature ablation
+    layer: Optional[str] = None                          # default: last ReLU before the classifier
+    ks: tuple = _abl.DEFAULT_KS
+    random_repeats: int = 5
+    ablation_method: Optional[str] = None                # default: every LRP-family method in methods
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+
+@dataclass
+class RunResult:
+    out_dir: str
+    images_done: int
+    images_new: int
+    images_skipped: int
+    problems: list          # every problem the dataset reader reported (also in problems.jsonl)
+    mapping: object
+
+    def load(self) -> dict:
+        return load_results(self.out_dir)
+
+    def summary(self) -> dict:
+        return summarize(self.out_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+def _model_parts(model):
+    m = getattr(model, "model", model)
+    names = getattr(model, "class_names", None)
+    pp = getattr(model, "preprocessing", None)
+    if names is None or pp is None:
+        raise ClrpError("model must be a clrp.models.LoadedModel (model, class_names, preprocessing)")
+    return m, list(names), pp
+
+
+def _eval_preprocessing(pp, geometry: str):
+    if geometry == "full":
+        return dataclasses.replace(pp, resize=None)
+    if geometry == "model":
+        return pp
+    raise ClrpError(f"geometry must be 'full' or 'model', got {geometry!r}")
+
+
+def _crop_box(pp, width: int, height: int):
+    """Region of the original image the input covers, in original pixel coordinates."""
+    g = pp.geometry(width, height)
+    rw, rh = g["resized"]
+    l, t, r, b = g["crop"]
+    sx, sy = width / rw, height / rh
+    return (l * sx, t * sy, r * sx, b * sy)
+
+
+def default_ablation_layer(model) -> str:
+    from .. import engine
+
+    plan = engine.plan_for(model)
+    kinds = [l.kind for l in plan.layers]
+    first_linear = kinds.index("linear") if "linear" in kinds else len(kinds)
+    relus = [i for i in range(first_linear) if kinds[i] == "relu"]
+    if not relus:
+        convs = [i for i in range(first_linear) if kinds[i] == "conv"]
+        if not convs:
+            raise ClrpError("no convolutional layer to ablate; pass layer=")
+        return plan.layers[convs[-1]].name
+    return plan.layers[relus[-1]].name
+
+
+def _read_progress(out_dir):
+    done, batches = set(), set()
+    p = os.path.join(out_dir, "progress.jsonl")
+    if os.path.exists(p):
+        with open(p, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line from a crash: that batch is redone
+                batches.add(int(rec["batch"]))
+                done.update(rec.get("image_ids", []))
+                done.update(rec.get("skipped", []))
+    return done, batches
+
+
+def _cleanup_orphans(out_dir, batches):
+    for proto in PROTOCOLS:
+        d = os.path.join(out_dir, proto)
+        if not os.path.isdir(d):
+            continue
+        for fn in os.listdir(d):
+            m = _PART.match(fn)
+            if (m and int(m.group(1)) not in batches) or fn.endswith(".tmp"):
+                os.remove(os.path.join(d, fn))
+
+
+def _write_part(out_dir, proto, batch_no, rows):
+    import pandas as pd
+
+    if not rows:
+        return
+    d = os.path.join(out_dir, proto)
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, f"part-{batch_no:06d}.parquet")
+    df = pd.DataFrame(rows)
+    df.to_parquet(path + ".tmp", index=False)
+    os.replace(path + ".tmp", path)
+
+
+def _append_jsonl(path, rec):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sample_classes(sample) -> list:
+    if sample.objects:
+        out = []
+        for o in sample.objects:
+            if not o.difficult and o.class_name not in out:
+                out.append(o.class_name)
+        return out
+    return list(sample.labels)
+
+
+# ---------------------------------------------------------------------------------------------
+def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = None, *,
+                   resume: bool = True, progress: bool | Callable = False, **overrides) -> RunResult:
+    """Evaluate ``model`` (a ``LoadedModel``) on ``dataset`` (a ``clrp.datasets.Dataset``).
+
+    Settings: a ``RunConfig`` and/or keyword overrides of its fields. ``resume=True`` continues a
+    previous run in ``out_dir`` (same settings required; otherwise ``ClrpError``); ``False``
+    refuses a non-empty ``out_dir``. ``progress``: True for a tqdm bar, or a callable
+    ``(images_done, images_total)``.
+    """
+    import clrp
+
+    cfg = dataclasses.replace(config or RunConfig(), **overrides)
+    for p in cfg.protocols:
+        if p not in PROTOCOLS:
+            raise ClrpError(f"unknown protocol {p!r}; choose from {PROTOCOLS}")
+    for m in cfg.methods:
+        if m not in clrp.METHODS:
+            raise ClrpError(f"unknown method {m!r}; choose from {', '.join(clrp.METHODS)}")
+    net, class_names, pp0 = _model_parts(model)
+    pp = _eval_preprocessing(pp0, cfg.geometry)
+    mapping = dataset.map_classes(class_names, cfg.mapping)
+    if not mapping.index:
+        raise ClrpError("no dataset class maps to a model output; " + mapping.report()
+                        + "; pass mapping={dataset class: model class}")
+    layer = cfg.layer
+    if "ablation" in cfg.protocols and layer is None:
+        layer = default_ablation_layer(net)
+
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {"config": cfg.to_json(), "model_class_names": class_names,
+            "preprocessing": pp.to_dict() if hasattr(pp, "to_dict") else repr(pp),
+            "dataset": {"format": getattr(dataset, "format", "?"), "root": getattr(dataset, "root", None)},
+            "ablation_layer": layer, "clrp_version": getattr(clrp, "__version__", "?")}
+    cfg_path = os.path.join(out_dir, "config.json")
+    if os.path.exists(cfg_path):
+        if not resume:
+            raise ClrpError(f"{out_dir} already holds results; use resume=True or another folder")
+        with open(cfg_path, encoding="utf-8") as f:
+            old = json.load(f)
+        keep = dict(meta, config={k: v for k, v in meta["config"].items() if k != "limit"})
+        was = dict(old, config={k: v for k, v in old.get("config", {}).items() if k != "limit"})
+        was["dataset"] = keep["dataset"] = None  # an archive is extracted to a new folder each time
+        if json.loads(json.dumps(keep)) != was:
+            raise ClrpError(f"{out_dir} holds results of different settings; use another folder")
+    else:
+        with open(cfg_path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+        os.replace(cfg_path + ".tmp", cfg_path)
+    with open(os.path.join(out_dir, "mapping.json"), "w", encoding="utf-8") as f:
+        json.dump({"index": mapping.index, "unmapped": mapping.unmapped, "how": mapping.how,
+                   "ambiguous": mapping.ambiguous}, f, indent=2)
+
+    done, batches = _read_progress(out_dir)
+    _cleanup_orphans(out_dir, batches)
+    batch_no = max(batches, default=0) + 1
+    n_done_before = len(done)
+    problems_path = os.path.join(out_dir, "problems.jsonl")
+    written = set()
+    if os.path.exists(problems_path):
+        with open(problems_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    written.add((rec["file"], rec["reason"]))
+                except (ValueError, KeyError):
+                    pass
+
+    def write_problems():
+        for prob in dataset.problems:
+            if (prob.file, prob.reason) not in written:
+                written.add((prob.file, prob.reason))
+                _append_jsonl(problems_path, {"file": prob.file, "reason": prob.reason})
+
+    total = None
+    try:
+        total = len(dataset)
+    except Exception:
+        pass
+    if cfg.limit is not None:
+        total = cfg.limit if total is None else min(total, cfg.limit)
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=min(n_done_before, total or n_done_before), unit="img")
+
+    def samples():
+        count = len(done)
+        for s in dataset.samples():
+            if s.image_id in done:
+                continue
+            if cfg.limit is not None and count >= cfg.limit:
+                return
+            count += 1
+            yield s
+
+    buf = []
+    new = skipped_total = 0
+
+    def flush(buf):
+        nonlocal batch_no, new, skipped_total
+        rows, ids, skipped = _process_batch(buf, net, class_names, pp, mapping, cfg, layer)
+        for proto, r in rows.items():
+            _write_part(out_dir, proto, batch_no, r)
+        write_problems()
+        _append_jsonl(os.path.join(out_dir, "progress.jsonl"),
+                      {"batch": batch_no, "image_ids": ids, "skipped": skipped})
+        done.update(ids)
+        done.update(skipped)
+        batch_no += 1
+        new += len(ids)
+        skipped_total += len(skipped)
+        if bar is not None:
+            bar.update(len(ids) + len(skipped))
+        elif callable(progress):
+            progress(len(done), total)
+
+    image_iter = _iter_images(dataset, samples())
+    for item in image_iter:
+        buf.append(item)
+        if len(buf) >= max(1, cfg.batch_size):
+            flush(buf)
+            buf = []
+    if buf:
+        flush(buf)
+    # problems found after the last batch (e.g. broken trailing files)
+    write_problems()
+    if bar is not None:
+        bar.close()
+    return RunResult(out_dir, len(done), new, skipped_total, list(dataset.problems), mapping)
+
+
+def _iter_images(dataset, samples):
+    """Like Dataset.iter_images but over a filtered sample iterator."""
+    from ..errors import DatasetError
+
+    for s in samples:
+        try:
+            img = s.load_image()
+        except DatasetError as e:
+            dataset.report(s.path or s.image_id, str(e))
+            continue
+        if s.width is None or s.height is None:
+            s.width, s.height = img.size
+        elif (s.width, s.height) != img.size:
+            dataset.report(s.path or s.image_id,
+                           f"annotated size {s.width}x{s.height} != image size {img.size[0]}x{img.size[1]}")
+            continue
+        yield s, img
+
+
+def _explain_pairs(net, x_rows, targets, method, cfg, pp):
+    import clrp
+
+    opts = dict(cfg.method_options.get(method, {}))
+    opts.setdefault("box", pp.box)
+    maps = []
+    for a in range(0, len(targets), max(1, cfg.explain_batch)):
+        xb = torch.cat(x_rows[a:a + cfg.explain_batch], 0)
+        tb = targets[a:a + cfg.explain_batch]
+        r = clrp.explain(net, xb, tb, method, rules=cfg.rules, **opts)
+        maps.extend(r.detach().to("cpu", torch.float32).sum(1).numpy())
+    return maps
+
+
+def _process_batch(items, net, class_names, pp, mapping, cfg, layer):
+    rows = {p: [] for p in cfg.protocols}
+    ids, skipped = [], []
+    pairs = []      # (item index, class name, target index)
+    inputs = []     # per item: [1, 3, h, w]
+    for i, (s, img) in enumerate(items):
+        classes = [c for c in _sample_classes(s) if c in mapping]
+        if not classes:
+            skipped.append(s.image_id)
+            inputs.append(None)
+            continue
+        ids.append(s.image_id)
+        inputs.append(pp.to_tensor(img).to(next(net.parameters()).dtype))
+        pairs.extend((i, c, mapping[c]) for c in classes)
+    if not pairs:
+        return rows, ids, skipped
+    x_rows = [inputs[i] for i, _, _ in pairs]
+    targets = [t for _, _, t in pairs]
+    need_maps = any(p in cfg.protocols for p in ("pointing", "discriminativeness", "perturbation"))
+    maps = {m: _explain_pairs(net, x_rows, targets, m, cfg, pp) for m in cfg.methods} if need_maps else {}
+
+    per_item = {}
+    for k, (i, c, t) in enumerate(pairs):
+        per_item.setdefault(i, []).append((k, c, t))
+
+    for i, plist in per_item.items():
+        s, img = items[i]
+        if "pointing" in cfg.protocols and s.objects:
+            targets_i = _pt.pointing_targets(s, use_masks=cfg.use_masks, classes=[c for _, c, _ in plist])
+            crop = None if cfg.geometry == "full" else _crop_box(pp, s.width, s.height)
+            kidx = {c: k for k, c, _ in plist}
+            mdict = {m: {t.class_name: _pt.map_to_image(maps[m][kidx[t.class_name]], s.height, s.width, crop)
+                         for t in targets_i} for m in cfg.methods}
+            r = _pt.pointing_rows(s.image_id, targets_i, mdict, tolerance=cfg.tolerance, center=cfg.center)
+            for row in r:
+                row["target"] = mapping[row["class_name"]]
+            rows["pointing"].extend(r)
+        if "discriminativeness" in cfg.protocols and len(plist) >= 2:
+            mdict = {m: {c: maps[m][k] for k, c, _ in plist} for m in cfg.methods}
+            rows["discriminativeness"].extend(_disc.discriminativeness_rows(s.image_id, mdict, q=cfg.q))
+        if "perturbation" in cfg.protocols:
+            for k, c, t in plist:
+                for m in cfg.methods:
+                    curves = _pert.perturbation_curves(
+                        lambda xb: _forward(net, xb), inputs[i][0], maps[m][k], t, orders=cfg.orders,
+                        patch=cfg.patch, steps=cfg.steps, patches_per_step=cfg.patches_per_step,
+                        baseline=cfg.baseline, seed=cfg.seed, batch_size=cfg.perturbation_batch,
+                        score=cfg.score)
+                    for row in _pert.perturbation_rows(s.image_id, m, t, curves):
+                        row["class_name"] = c
+                        rows["perturbation"].append(row)
+    if "ablation" in cfg.protocols:
+        from ..methods import REGISTRY
+
+        abl_methods = ([cfg.ablation_method] if cfg.ablation_method else
+                       [m for m in cfg.methods if getattr(REGISTRY.get(m), "family", None) == "relevance"])
+        x = torch.cat(x_rows, 0)
+        pair_ids = [items[i][0].image_id for i, _, _ in pairs]
+        for mi, m in enumerate(abl_methods):
+            opts = dict(cfg.method_options.get(m, {}))
+            opts.setdefault("box", pp.box)
+            r = _abl.feature_ablation(net, x, targets, layer, method=m, rules=cfg.rules, ks=cfg.ks,
+                                      random_repeats=cfg.random_repeats, seed=cfg.seed,
+                                      image_ids=pair_ids, **opts)
+            for row in r:
+                if mi > 0 and row["ranking"] == "random":
+                    continue  # the random baseline does not depend on the method: keep it once
+                row["class_name"] = class_names[row["target"]]
+                rows["ablation"].append(row)
+    return rows, ids, skipped
+
+
+@torch.no_grad()
+def _forward(net, x):
+    from .. import engine
+
+    return engine.forward(net, x)
+
+
+# ---------------------------------------------------------------------------------------------
+def load_results(out_dir: str) -> dict:
+    """``{protocol: DataFrame}`` of every recorded part (orphans of an interrupted batch excluded)."""
+    import pandas as pd
+
+    _, batches = _read_progress(out_dir)
+    out = {}
+    for proto in PROTOCOLS:
+        d = os.path.join(out_dir, proto)
+        if not os.path.isdir(d):
+            continue
+        parts = sorted(fn for fn in os.listdir(d) if _PART.match(fn) and int(_PART.match(fn).group(1)) in batches)
+        if parts:
+            out[proto] = pd.concat([pd.read_parquet(os.path.join(d, fn)) for fn in parts], ignore_index=True)
+    return out
+
+
+def summarize(results) -> dict:
+    """Summary tables per protocol from ``load_results`` output or an output folder."""
+    if isinstance(results, (str, os.PathLike)):
+        results = load_results(str(results))
+    out = {}
+    if "pointing" in results:
+        out["pointing"] = _pt.pointing_summary(results["pointing"])
+    if "discriminativeness" in results:
+        out["discriminativeness"] = _disc.discriminativeness_summary(results["discriminativeness"])
+    if "perturbation" in results:
+        out["perturbation"] = _pert.aopc_summary(results["perturbation"].to_dict("records"))[0]
+    if "ablation" in results:
+        out["ablation"] = _abl.ablation_summary(results["ablation"])
+    return out
