@@ -203,3 +203,18 @@ def test_masks_used_when_available():
     assert t.mask.sum() == 1
     (t,) = pointing_targets(s, use_masks=False)
     assert t.mask.sum() == 400
+
+
+def test_map_to_image_crop_box():
+    from clrp.evaluation.pointing import map_to_image
+
+    sal = np.zeros((4, 4))
+    sal[0, 0] = 1
+    full = map_to_image(sal, 8, 8)
+    assert full.shape == (8, 8) and not np.isnan(full).any()
+    # the map covers columns 2..5 and rows 0..7 of an 8x8 image (a centre crop of a wider input)
+    out = map_to_image(sal, 8, 8, crop_box=(2, 0, 6, 8))
+    assert np.isnan(out[:, :2]).all() and np.isnan(out[:, 6:]).all()
+    assert argmax_point(out) == (0, 2)
+    assert not pointing_hit(argmax_point(out), _mask(8, 8, [(0, 0)]), tolerance=1.5)
+    assert pointing_hit(argmax_point(out), _mask(8, 8, [(0, 0)]), tolerance=2)

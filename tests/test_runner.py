@@ -147,3 +147,33 @@ def test_settings_mismatch_and_bad_arguments(tmp_path):
         bad = LoadedModel(model=lm.model, class_names=["a", "b", "c"], preprocessing=lm.preprocessing)
         R.run_evaluation(VocDataset(str(tmp_path / "voc")), bad, str(tmp_path / "y"))
     assert R.default_ablation_layer(lm.model) == "4"
+
+
+def test_model_geometry_crop_and_folder_dataset(tmp_path):
+    from clrp.datasets import FolderDataset
+
+    lm = _model()
+    crop = LoadedModel(model=lm.model, class_names=lm.class_names,
+                       preprocessing=Preprocessing(input_size=(16, 16), resize=16))
+    # 40x30 image: shorter side 30 -> 16, resized 21x16, centre crop 16x16 at x = 2..18
+    assert R._crop_box(crop.preprocessing, 40, 30) == pytest.approx((2 * 40 / 21, 0, 18 * 40 / 21, 30))
+    _voc(str(tmp_path / "voc"), n=2)
+    out = str(tmp_path / "o")
+    R.run_evaluation(VocDataset(str(tmp_path / "voc")), crop, out, methods=("lrp",), protocols=("pointing",),
+                     geometry="model")
+    pts = R.load_results(out)["pointing"]
+    got = pts[pts["method"] == "lrp"]
+    assert len(got) == 4
+    lo, hi = 2 * 40 / 21 - 1, 18 * 40 / 21
+    assert ((got["point_x"] >= lo) & (got["point_x"] <= hi)).all()  # arg-max inside the crop
+
+    for c, n in (("Dog", 2), ("cat", 1)):
+        for i in range(n):
+            os.makedirs(tmp_path / "f" / c, exist_ok=True)
+            Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(tmp_path / "f" / c / f"{i}.png")
+    res = R.run_evaluation(FolderDataset(str(tmp_path / "f")), lm, str(tmp_path / "fo"), methods=("lrp",),
+                           protocols=("pointing", "perturbation", "ablation"), steps=2, patch=8, ks=(1,))
+    assert res.images_new == 3
+    frames = R.load_results(str(tmp_path / "fo"))
+    assert "pointing" not in frames                    # labels only: no ground-truth regions
+    assert len(frames["perturbation"]) == 3 * 3 and set(frames["ablation"]["class_name"]) == {"Dog", "cat"}
