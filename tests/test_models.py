@@ -34,6 +34,16 @@ def _tiny_state_dict(model: nn.Module, seed: int, real: tuple[str, ...] = ()):
     return sd
 
 
+def _tv_model(name, **kw):
+    """An uninitialised torchvision model (skipping the slow random init; the test overwrites
+    every tensor with _tiny_state_dict)."""
+    import torchvision
+
+    with torch.device("meta"):
+        m = getattr(torchvision.models, name)(weights=None, **kw)
+    return m.to_empty(device="cpu")
+
+
 def _same_params(a: nn.Module, b: nn.Module):
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
@@ -119,7 +129,7 @@ def test_imagenet_entries_from_hub_cache(hub, name):
     assert isinstance(ei.value, ClrpError)
     assert {i.name: i for i in available_models()}[name].available is False
 
-    ref = getattr(torchvision.models, name)(weights=None)
+    ref = _tv_model(name)
     hub.mkdir(parents=True, exist_ok=True)
     torch.save(_tiny_state_dict(ref, seed=3), hub / fname)
     assert {i.name: i for i in available_models()}[name].available is True
@@ -141,7 +151,7 @@ def test_wrong_weights_for_architecture(hub):
     import torchvision
 
     hub.mkdir(parents=True)
-    torch.save(_tiny_state_dict(torchvision.models.alexnet(weights=None), 1), hub / zoo.imagenet_weights_path("vgg16").name)
+    torch.save(_tiny_state_dict(_tv_model("alexnet"), 1), hub / zoo.imagenet_weights_path("vgg16").name)
     with pytest.raises(ModelLoadError, match="do not fit"):
         load("vgg16")
 
@@ -202,7 +212,7 @@ def vgg16_5(tmp_path_factory):
     import torchvision
 
     d = tmp_path_factory.mktemp("ft")
-    ref = torchvision.models.vgg16(weights=None, num_classes=5)
+    ref = _tv_model("vgg16", num_classes=5)
     sd = _tiny_state_dict(ref, seed=11, real=("classifier.6.weight", "classifier.6.bias"))
     # a DataParallel-style checkpoint wrapped in a dict
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, d / "vgg16_5.pt")

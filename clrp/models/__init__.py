@@ -167,8 +167,16 @@ ARCHITECTURES: dict[str, dict] = {
 IMAGENET_MODELS: tuple[str, ...] = ("vgg16", "vgg16_bn", "vgg19", "alexnet")
 
 
-def build_architecture(architecture: str, num_classes: int, config: dict | None = None) -> nn.Module:
-    """An untrained model of ``architecture`` whose last layer has ``num_classes`` outputs."""
+def build_architecture(architecture: str, num_classes: int, config: dict | None = None, *,
+                       initialize: bool = True) -> nn.Module:
+    """An untrained model of ``architecture`` whose last layer has ``num_classes`` outputs.
+
+    ``initialize=False`` skips the (slow, for VGG16: seconds) random initialisation: the
+    parameters are left uninitialised, to be overwritten by a strict ``load_state_dict``."""
+    if not initialize:
+        with torch.device("meta"):
+            model = build_architecture(architecture, num_classes, config)
+        return model.to_empty(device="cpu")
     arch = architecture.lower()
     if arch not in ARCHITECTURES:
         raise ModelLoadError(f"unknown architecture {architecture!r}; supported: {', '.join(ARCHITECTURES)}")
@@ -290,7 +298,7 @@ def _load_bundled() -> LoadedModel:
             "(reinstall clrp, or retrain them with `python scripts/train_bundled_model.py`)"
         )
     meta = json.loads(bundled.META_FILE.read_text())
-    model = bundled.build_model(meta["architecture"])
+    model = build_architecture("scene_vgg", len(meta["class_names"]), meta["architecture"], initialize=False)
     _apply_state_dict(model, load_state_dict(bundled.WEIGHTS_FILE), bundled.WEIGHTS_FILE)
     return LoadedModel(
         model=model.eval(),
@@ -317,7 +325,7 @@ def _load_imagenet(name: str, weights: str | os.PathLike | None = None) -> Loade
             f"{fname} (from {w.url}) at {path} — that is torch.hub.get_dir()/checkpoints/, which follows "
             f"$TORCH_HOME — or pass weights=<path to {fname}>."
         )
-    model = build_architecture(name, len(w.meta["categories"]))
+    model = build_architecture(name, len(w.meta["categories"]), initialize=False)
     _apply_state_dict(model, load_state_dict(path), path)
     return LoadedModel(
         model=model.eval(),
@@ -364,7 +372,7 @@ def load_finetuned(architecture: str, weights: str | os.PathLike, class_names: s
     names = read_class_names(class_names)
     path = Path(weights).expanduser()
     sd = load_state_dict(path)
-    model = build_architecture(arch, len(names), arch_config)
+    model = build_architecture(arch, len(names), arch_config, initialize=False)
     # a helpful message when the last layer does not match the class list
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     for k, v in model.state_dict().items():
