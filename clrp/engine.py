@@ -56,6 +56,12 @@ class Plan:
             for n in (layer.name, *layer.aliases):
                 self.index[n] = i
         self.first_param_layer = next((i for i, l in enumerate(layers) if l.has_rule), None)
+        # nonnegative[i]: layer i's input is >= 0 by construction (after a ReLU, through pools and
+        # reshapes), so rules can skip their negative-input half without looking at the data.
+        self.nonnegative = [False]
+        for layer in layers[:-1]:
+            keeps = layer.kind in ("maxpool", "avgpool", "adaptive_avgpool", "flatten", "identity")
+            self.nonnegative.append(layer.kind == "relu" or (keeps and self.nonnegative[-1]))
         self._weights: dict = {}
         self._lock = threading.Lock()
 
@@ -297,6 +303,7 @@ class Forward:
     saved: dict
     inv: torch.Tensor | None
     n: int
+    masked: bool = False  # ablation masks applied: inputs may lose their static sign
 
     def expand(self, t):
         if self.inv is None or t.shape[0] != self.acts[0].shape[0]:
@@ -371,7 +378,7 @@ def run_forward(plan: Plan, x: torch.Tensor, *, ablate: dict | None = None, stop
             if i in masks:
                 h = h * masks[i]
             acts.append(h)
-    return Forward(x, acts, saved, inv, x.shape[0])
+    return Forward(x, acts, saved, inv, x.shape[0], masked=bool(masks))
 
 
 def _forward_layer(plan, i, layer, h, saved):
@@ -421,6 +428,7 @@ class LinearOp:
         self.weight, self.bias = plan.weight(i)
         self.box = box
         self.in_shape = fwd.acts[i].shape[1:]
+        self.nonnegative_input = plan.nonnegative[i] and not fwd.masked
 
     def expand(self, t):
         return self.fwd.expand(t)

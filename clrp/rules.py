@@ -40,8 +40,9 @@ def box_from_normalization(mean, std):
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    # zennit's convention: shift away from zero by eps with the sign of z, zero counted as positive.
-    return z + eps * ((z >= 0).to(z.dtype) * 2 - 1)
+    # zennit's convention: shift away from zero by eps with the sign of z (zero counted as positive;
+    # -0.0 gets -eps, which cannot matter: such a unit has only zero contributions).
+    return z + torch.copysign(torch.tensor(eps, dtype=z.dtype, device=z.device), z)
 
 
 def _pos(t):
@@ -89,7 +90,7 @@ class Epsilon(Rule):
         w = op.weight
         z = out if (self.bias or op.bias is None) else op.forward(a, w, None)
         s = R / stabilize(op.expand(z), self.epsilon)
-        return op.expand(a) * op.transpose(s, w)
+        return op.transpose(s, w).mul_(op.expand(a))
 
 
 class AlphaBeta(Rule):
@@ -108,25 +109,25 @@ class AlphaBeta(Rule):
         self.stabilizer = stabilizer
         self.bias = bias
 
-    def _part(self, op, a_pos, a_neg, R, w_main, w_other, b):
-        # One signed part: denominator from (a+ w_main + b) + (a- w_other); relevance back to a.
+    def _part(self, op, a_pos, a_neg, R, w_main, w_other, b, sign):
+        # One signed part: denominator from (a+ w_main + b) + (a- w_other), whose sign is known.
         z = op.forward(a_pos, op.modified(w_main), b)
         if a_neg is not None:
             z = z + op.forward(a_neg, op.modified(w_other), None)
-        s = R / stabilize(op.expand(z), self.stabilizer)
-        r = op.expand(a_pos) * op.transpose(s, op.modified(w_main))
+        s = torch.div(R, op.expand(z).add_(sign * self.stabilizer))
+        r = op.transpose(s, op.modified(w_main)).mul_(op.expand(a_pos))
         if a_neg is not None:
             r = r + op.expand(a_neg) * op.transpose(s, op.modified(w_other))
         return r
 
     def relevance(self, op, a, R, out):
-        a_pos, a_neg = _split_input(a)
+        a_pos, a_neg = _split_input(op, a)
         b = op.bias if self.bias else None
-        r = self._part(op, a_pos, a_neg, R, "pos", "neg", _pos(b))
+        r = self._part(op, a_pos, a_neg, R, "pos", "neg", _pos(b), 1.0)
         if self.alpha != 1:
             r = self.alpha * r
         if self.beta:
-            r = r - self.beta * self._part(op, a_pos, a_neg, R, "neg", "pos", _neg(b))
+            r = r - self.beta * self._part(op, a_pos, a_neg, R, "neg", "pos", _neg(b), -1.0)
         return r
 
 
@@ -156,7 +157,7 @@ class Gamma(Rule):
         b = op.bias if self.bias else None
         b_up = None if b is None else b + g * b.clamp(min=0)
         b_dn = None if b is None else b + g * b.clamp(max=0)
-        a_pos, a_neg = _split_input(a)
+        a_pos, a_neg = _split_input(op, a)
         out_e = op.expand(out)
         r = 0
         for mask, w_main, w_other, bias in ((out_e > 0, w_up, w_dn, b_up), (out_e < 0, w_dn, w_up, b_dn)):
@@ -191,7 +192,7 @@ class ZBox(Rule):
         # Biases cancel in zB (b - b+ - b- = 0), so none enter here.
         z = op.forward(a, w, None) - op.forward(lo, wp, None) - op.forward(hi, wn, None)
         s = R / stabilize(op.expand(z), self.stabilizer)
-        return op.expand(a) * op.transpose(s, w) - lo * op.transpose(s, wp) - hi * op.transpose(s, wn)
+        return op.transpose(s, w).mul_(op.expand(a)) - lo * op.transpose(s, wp) - hi * op.transpose(s, wn)
 
 
 class Flat(Rule):
@@ -235,9 +236,9 @@ class Gradient(Rule):
         return op.transpose(R, op.weight)
 
 
-def _split_input(a):
+def _split_input(op, a):
     # Post-ReLU inputs are non-negative: skip the negative half (half the work) when it is empty.
-    if bool((a < 0).any()):
+    if not getattr(op, "nonnegative_input", False) and bool(a.amin() < 0):
         return a.clamp(min=0), a.clamp(max=0)
     return a, None
 
