@@ -74,7 +74,7 @@ class RunConfig:
     patches_per_step: int = 1
     baseline: str = "mean"
     orders: tuple = _pert.ORDERS
-    perturbation_batch: int = 32
+    perturbation_batch: Optional[int] = None             # None: 8 on CPU, 32 on GPU
     score: str = "logit"
     # feature ablation
     layer: Optional[str] = None                          # default: last ReLU before the classifier
