@@ -1,5 +1,4 @@
 """Pointing Game: known answers computed by hand."""
-import math
 
 import numpy as np
 import pandas as pd

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 DEFAULT_KS = (1, 2, 4, 8, 16, 32)

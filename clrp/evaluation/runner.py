@@ -35,9 +35,8 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from ..errors import ClrpError
