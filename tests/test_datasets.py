@@ -1,6 +1,7 @@
 """Dataset readers, class mapping and safe archive extraction (fixtures written by the tests)."""
 import io
 import json
+import math
 import os
 import stat
 import tarfile
@@ -228,8 +229,10 @@ def test_coco_reader(tmp_path):
     assert tl.class_name == "traffic light" and tl.box == (2, 1, 6, 4)
     assert tb.iscrowd and (tb.mask == crowd).all()
     assert (pe.mask == comp).all() and pe.mask.shape == (10, 20)
-    poly = tl.mask
-    assert poly[1, 2] and poly[3, 5] and not poly[0, 2] and not poly[1, 6]
+    poly = tl.mask  # polygon (2,1)-(5,3) in pixel-edge coordinates = columns 2..4, rows 1..2
+    expect = np.zeros((10, 20), bool)
+    expect[1:3, 2:5] = True
+    assert (poly == expect).all()
     assert (s.gt_mask("toothbrush") == crowd).all()
     gt_box = s.gt_mask("traffic light", use_masks=False)
     assert gt_box.sum() == 4 * 3 and gt_box[1:4, 2:6].all()
@@ -239,6 +242,22 @@ def test_coco_reader(tmp_path):
     assert "bad bbox" in r["b.jpg"]
     assert "missing image" in r["missing.jpg"]
     assert any("unknown image" in p.reason for p in ds.problems)
+
+
+def test_polygon_rasterisation_area():
+    from clrp.datasets import polygons_to_mask
+
+    m = polygons_to_mask([[2, 1, 5, 1, 5, 3, 2, 3]], 6, 8)
+    assert m.sum() == 6 and m[1:3, 2:5].all()
+    # two parts, union; a 100x100 square and a right triangle of area 5000 (+ half-covered diagonal)
+    two = polygons_to_mask([[0, 0, 100, 0, 100, 100, 0, 100], [200, 200, 300, 200, 300, 300]], 400, 400)
+    assert two[:100, :100].all() and abs(two.sum() - 15000) <= 100
+    pts = [v for k in range(200) for v in (50 + 30 * math.cos(2 * math.pi * k / 200),
+                                           40 + 30 * math.sin(2 * math.pi * k / 200))]
+    assert abs(polygons_to_mask([pts], 100, 100).sum() - math.pi * 900) < 0.02 * math.pi * 900
+    # clipped to the image; degenerate polygon -> empty
+    assert polygons_to_mask([[-10, -10, 5, -10, 5, 5, -10, 5]], 10, 10).sum() == 25
+    assert polygons_to_mask([[1, 1, 4, 1, 7, 1]], 10, 10).sum() == 0
 
 
 def test_coco_not_a_coco_file(tmp_path):
