@@ -126,6 +126,10 @@ def _modify(w, key):
         return torch.ones_like(w)
     if key == "square":
         return w * w
+    if key == "zbox_forward":
+        return torch.cat([w, -w.clamp(min=0), -w.clamp(max=0)], dim=1)
+    if key == "zbox_transpose":
+        return torch.cat([w, w.clamp(min=0), w.clamp(max=0)], dim=1)
     if isinstance(key, tuple) and key[0] == "gamma_pos":
         return w + key[1] * w.clamp(min=0)
     if isinstance(key, tuple) and key[0] == "gamma_neg":
@@ -429,6 +433,8 @@ class LinearOp:
         self.box = box
         self.in_shape = fwd.acts[i].shape[1:]
         self.nonnegative_input = plan.nonnegative[i] and not fwd.masked
+        # Inputs may be stacked on the channel axis (zB) unless channels are split into groups.
+        self.stackable = self.layer.kind == "linear" or self.layer.args.get("groups", 1) == 1
 
     def expand(self, t):
         return self.fwd.expand(t)
@@ -441,11 +447,11 @@ class LinearOp:
             return F.conv2d(x, w, b, **self.layer.args)
         return F.linear(x, w, b)
 
-    def transpose(self, s, w):
+    def transpose(self, s, w, channels=None):
         if self.layer.kind == "conv":
             a = self.layer.args
-            return torch.nn.grad.conv2d_input((s.shape[0], *self.in_shape), w, s, a["stride"], a["padding"],
-                                              a["dilation"], a["groups"])
+            shape = (s.shape[0], channels or self.in_shape[0], *self.in_shape[1:])
+            return torch.nn.grad.conv2d_input(shape, w, s, a["stride"], a["padding"], a["dilation"], a["groups"])
         return s @ w
 
 

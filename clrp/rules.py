@@ -188,8 +188,16 @@ class ZBox(Rule):
         low, high = op.box if self.low is None else (self.low, self.high)
         lo = _bound_like(low, a)
         hi = _bound_like(high, a)
-        w, wp, wn = op.weight, op.modified("pos"), op.modified("neg")
         # Biases cancel in zB (b - b+ - b- = 0), so none enter here.
+        if getattr(op, "stackable", False):
+            # One forward and one transpose over [x, low, high] stacked on the channel axis.
+            n, c = a.shape[:2]
+            stacked = torch.cat([a, lo.expand(a.shape), hi.expand(a.shape)], dim=1)
+            z = op.forward(stacked, op.modified("zbox_forward"), None)
+            s = R / stabilize(op.expand(z), self.stabilizer)
+            g = op.transpose(s, op.modified("zbox_transpose"), channels=3 * c)
+            return g[:, :c].mul_(op.expand(a)) - lo * g[:, c:2 * c] - hi * g[:, 2 * c:]
+        w, wp, wn = op.weight, op.modified("pos"), op.modified("neg")
         z = op.forward(a, w, None) - op.forward(lo, wp, None) - op.forward(hi, wn, None)
         s = R / stabilize(op.expand(z), self.stabilizer)
         return op.transpose(s, w).mul_(op.expand(a)) - lo * op.transpose(s, wp) - hi * op.transpose(s, wn)
