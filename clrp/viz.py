@@ -1,0 +1,338 @@
+"""Heatmap rendering for relevance maps: colormaps, colour scales, overlays, PNG/NPY export.
+
+Plain NumPy + matplotlib colormaps (+ plotly for interactive figures, imported lazily); this
+module never imports Streamlit. Conventions:
+
+- A *map* is a 2-D float array ``H x W``. Relevance tensors ``[N, C, H, W]`` / ``[C, H, W]`` are
+  reduced to maps by summing over colour channels (:func:`channel_sum`), as heatmaps usually are.
+- Signed maps (anything with negative values: CLRP with ``contrast="signed"``, gradients, ...)
+  are drawn with a *diverging* colormap centred at 0 (symmetric limits ``[-m, m]``), so white /
+  the middle colour always means zero. Non-negative maps use a *sequential* colormap on
+  ``[0, m]``.
+- ``scale="shared"`` gives every map of a set the same limits (so magnitudes can be compared
+  across methods/classes); ``scale="per_map"`` scales each map to its own maximum.
+- ``clip`` (a percentile, default 100 = the maximum) makes the limits robust to a few extreme
+  pixels; values beyond the limits saturate.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "COLORMAPS", "DIVERGING", "SEQUENTIAL", "Limits", "channel_sum", "is_signed", "default_colormap",
+    "colormap_kind", "color_limits", "normalize", "colorize", "overlay", "to_png", "npy_bytes",
+    "colorbar_png", "plotly_colorscale", "heatmap_figure", "render_grid_png", "settings_json",
+]
+
+#: Diverging colormaps (for signed maps, centred at 0) and sequential ones (non-negative maps).
+DIVERGING: tuple[str, ...] = ("bwr", "seismic", "coolwarm", "RdBu_r", "PiYG")
+SEQUENTIAL: tuple[str, ...] = ("hot", "inferno", "viridis", "magma", "Reds", "gray")
+COLORMAPS: dict[str, str] = {**{c: "diverging" for c in DIVERGING}, **{c: "sequential" for c in SEQUENTIAL}}
+
+_LUT_SIZE = 256
+_LUTS: dict[str, np.ndarray] = {}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Colour limits of one map: ``vmin``/``vmax`` (symmetric around 0 for diverging maps)."""
+
+    vmin: float
+    vmax: float
+
+    def as_tuple(self) -> tuple[float, float]:
+        return (self.vmin, self.vmax)
+
+
+# ---------------------------------------------------------------------------------------------
+# Maps and limits
+
+def channel_sum(relevance) -> np.ndarray:
+    """``[1, C, H, W]`` / ``[C, H, W]`` tensor or array -> ``H x W`` float32 (sum over channels).
+    A 2-D input is returned as float32 unchanged."""
+    if hasattr(relevance, "detach"):
+        relevance = relevance.detach().to("cpu").float().numpy()
+    a = np.asarray(relevance, dtype=np.float32)
+    if a.ndim == 4:
+        if a.shape[0] != 1:
+            raise ValueError(f"channel_sum takes one map; got a batch of {a.shape[0]}")
+        a = a[0]
+    if a.ndim == 3:
+        a = a.sum(0)
+    if a.ndim != 2:
+        raise ValueError(f"expected a map [H, W], [C, H, W] or [1, C, H, W]; got shape {a.shape}")
+    return a
+
+
+def is_signed(maps) -> bool:
+    """True if any map has a negative (finite) value."""
+    for m in _as_list(maps):
+        a = np.asarray(m)
+        if a.size and np.nanmin(np.where(np.isfinite(a), a, 0)) < 0:
+            return True
+    return False
+
+
+def colormap_kind(cmap: str) -> str:
+    """``"diverging"`` or ``"sequential"`` (unknown matplotlib names are taken as sequential)."""
+    return COLORMAPS.get(cmap, "sequential")
+
+
+def default_colormap(maps) -> str:
+    """``"bwr"`` for signed maps, ``"hot"`` for non-negative ones."""
+    return "bwr" if is_signed(maps) else "hot"
+
+
+def _as_list(maps) -> list:
+    if isinstance(maps, np.ndarray) and maps.ndim == 2:
+        return [maps]
+    if hasattr(maps, "ndim") and getattr(maps, "ndim", 0) == 2:
+        return [maps]
+    return list(maps)
+
+
+def _peak(a: np.ndarray, clip: float, signed: bool) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return 0.0
+    v = np.abs(a) if signed else np.clip(a, 0, None)
+    return float(np.percentile(v, clip)) if clip < 100 else float(v.max())
+
+
+def color_limits(maps, *, scale: str = "shared", cmap: str | None = None, clip: float = 100.0,
+                 signed: bool | None = None) -> list[Limits]:
+    """Colour limits for each of ``maps``.
+
+    ``scale``: ``"shared"`` (one pair of limits for all maps) or ``"per_map"``. ``signed``: draw as
+    signed (symmetric ``[-m, m]``); default: True if the colormap is diverging or any map is
+    negative. ``clip``: percentile of |values| taken as the maximum (100 = the true maximum).
+    A map that is all zeros gets limits ``(-1, 1)`` / ``(0, 1)`` so it renders as zero, not noise.
+    """
+    if scale not in ("shared", "per_map"):
+        raise ValueError("scale must be 'shared' or 'per_map'")
+    if not 0 < clip <= 100:
+        raise ValueError("clip must be a percentile in (0, 100]")
+    ms = [np.asarray(m) for m in _as_list(maps)]
+    if signed is None:
+        signed = (cmap is not None and colormap_kind(cmap) == "diverging") or is_signed(ms)
+    peaks = [_peak(m, clip, signed) for m in ms]
+    if scale == "shared":
+        top = max(peaks, default=0.0)
+        peaks = [top] * len(ms)
+
+    def lim(p):
+        p = p if p > 0 and np.isfinite(p) else 1.0
+        return Limits(-p, p) if signed else Limits(0.0, p)
+
+    return [lim(p) for p in peaks]
+
+
+def normalize(a, vmin: float, vmax: float) -> np.ndarray:
+    """``a`` mapped linearly to [0, 1] (clipped; NaN stays NaN)."""
+    a = np.asarray(a, dtype=np.float32)
+    span = float(vmax) - float(vmin)
+    if span <= 0:
+        span = 1.0
+    return np.clip((a - float(vmin)) / span, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Colours
+
+def _lut(cmap: str) -> np.ndarray:
+    """``_LUT_SIZE x 3`` uint8 lookup table of a matplotlib colormap (cached)."""
+    lut = _LUTS.get(cmap)
+    if lut is None:
+        import matplotlib
+
+        try:
+            cm = matplotlib.colormaps[cmap]
+        except KeyError:
+            raise ValueError(f"unknown colormap {cmap!r}; e.g. {', '.join(COLORMAPS)}") from None
+        lut = (cm(np.linspace(0, 1, _LUT_SIZE))[:, :3] * 255).round().astype(np.uint8)
+        _LUTS[cmap] = lut
+    return lut
+
+
+def colorize(a, cmap: str = "bwr", vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """A map -> RGB uint8 ``H x W x 3``. Limits default to :func:`color_limits` of the map alone.
+    NaN pixels are drawn black."""
+    a = channel_sum(a)
+    if vmin is None or vmax is None:
+        lim = color_limits([a], scale="per_map", cmap=cmap)[0]
+        vmin = lim.vmin if vmin is None else vmin
+        vmax = lim.vmax if vmax is None else vmax
+    n = normalize(a, vmin, vmax)
+    nan = ~np.isfinite(n)
+    idx = np.rint(np.where(nan, 0, n) * (_LUT_SIZE - 1)).astype(np.intp)
+    rgb = _lut(cmap)[idx]
+    if nan.any():
+        rgb[nan] = 0
+    return rgb
+
+
+def _resize_rgb(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def overlay(image, a, cmap: str = "bwr", vmin: float | None = None, vmax: float | None = None,
+            opacity: float = 0.6, gray: bool = False) -> np.ndarray:
+    """The colorised map blended over ``image`` (RGB uint8 ``H x W x 3``):
+    ``(1 - opacity) * image + opacity * colours``. ``opacity=1`` is the heatmap alone, ``0`` the
+    image. ``gray=True`` desaturates the image first so the colours stand out. The image is
+    resized to the map if their sizes differ."""
+    if not 0 <= opacity <= 1:
+        raise ValueError("opacity must be in [0, 1]")
+    heat = colorize(a, cmap, vmin, vmax).astype(np.float32)
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = img[..., :3].astype(np.uint8)
+    if img.shape[:2] != heat.shape[:2]:
+        img = _resize_rgb(img, *heat.shape[:2])
+    img = img.astype(np.float32)
+    if gray:
+        img = np.repeat((img @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None], 3, axis=2)
+    out = (1.0 - opacity) * img + opacity * heat
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+def to_png(rgb: np.ndarray, *, scale: int = 1) -> bytes:
+    """RGB(A) uint8 array -> PNG bytes (``scale`` > 1 enlarges with nearest-neighbour, so pixels
+    stay crisp)."""
+    from PIL import Image
+
+    a = np.asarray(rgb)
+    if a.dtype != np.uint8:
+        raise ValueError("to_png takes uint8 images; colorize or overlay maps first")
+    img = Image.fromarray(np.ascontiguousarray(a))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def npy_bytes(array) -> bytes:
+    """A tensor/array as ``.npy`` file bytes (float32, shape kept)."""
+    if hasattr(array, "detach"):
+        array = array.detach().to("cpu").float().numpy()
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def colorbar_png(cmap: str, vmin: float, vmax: float, *, width: int = 320, height: int = 56,
+                 label: str = "relevance") -> bytes:
+    """A horizontal colorbar with tick labels, as PNG bytes (matplotlib, Agg backend)."""
+    from matplotlib.figure import Figure
+    from matplotlib.colors import Normalize
+    from matplotlib.cm import ScalarMappable
+
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    ax = fig.add_axes([0.05, 0.55, 0.9, 0.3])
+    fig.colorbar(ScalarMappable(norm=Normalize(vmin, vmax), cmap=cmap), cax=ax, orientation="horizontal")
+    ax.tick_params(labelsize=7)
+    if label:
+        ax.set_title(label, fontsize=7, pad=2)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def render_grid_png(tiles: Sequence[np.ndarray], titles: Sequence[str] | None = None, *, columns: int = 4,
+                    pad: int = 4, scale: int = 1) -> bytes:
+    """Several RGB tiles (same size) side by side in a grid, titles drawn above, as PNG bytes."""
+    from PIL import Image, ImageDraw
+
+    tiles = [np.asarray(t) for t in tiles]
+    if not tiles:
+        raise ValueError("no tiles to render")
+    h, w = tiles[0].shape[:2]
+    columns = max(1, min(columns, len(tiles)))
+    rows = -(-len(tiles) // columns)
+    title_h = 14 if titles else 0
+    canvas = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + pad + title_h) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, columns)
+        x, y = pad + c * (w + pad), pad + r * (h + pad + title_h)
+        if titles:
+            draw.text((x, y), str(titles[i])[: max(4, w // 6)], fill=(0, 0, 0))
+        tile = t if t.shape[:2] == (h, w) else _resize_rgb(t, h, w)
+        canvas.paste(Image.fromarray(np.ascontiguousarray(tile[..., :3])), (x, y + title_h))
+    out = np.asarray(canvas)
+    return to_png(out, scale=scale)
+
+
+def settings_json(settings: dict) -> str:
+    """Settings as pretty JSON (tuples -> lists, numpy scalars -> Python numbers)."""
+    def conv(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, (set, frozenset)):
+            return sorted(o)
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+
+    return json.dumps(settings, indent=2, default=conv, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Interactive (plotly)
+
+def plotly_colorscale(cmap: str, n: int = 11) -> list:
+    """A plotly colorscale ``[[pos, 'rgb(r,g,b)'], ...]`` sampled from a matplotlib colormap."""
+    lut = _lut(cmap)
+    idx = np.linspace(0, _LUT_SIZE - 1, n).round().astype(int)
+    return [[float(i / (n - 1)), f"rgb({lut[j][0]},{lut[j][1]},{lut[j][2]})"] for i, j in enumerate(idx)]
+
+
+def heatmap_figure(a, image=None, *, cmap: str = "bwr", vmin: float | None = None, vmax: float | None = None,
+                   opacity: float = 0.6, title: str | None = None, show_colorbar: bool = True, height: int = 300,
+                   hover_label: str = "relevance"):
+    """A plotly figure: the map (optionally over ``image``) whose hover shows each pixel's value.
+
+    With an ``image``, the picture is drawn as a background trace and the map as a heatmap on top
+    with ``opacity``; the colours match :func:`overlay`'s alpha blending.
+    """
+    import plotly.graph_objects as go
+
+    a = channel_sum(a)
+    if vmin is None or vmax is None:
+        lim = color_limits([a], scale="per_map", cmap=cmap)[0]
+        vmin = lim.vmin if vmin is None else vmin
+        vmax = lim.vmax if vmax is None else vmax
+    h, w = a.shape
+    traces = []
+    if image is not None:
+        img = np.asarray(image)[..., :3]
+        if img.shape[:2] != (h, w):
+            img = _resize_rgb(img.astype(np.uint8), h, w)
+        traces.append(go.Image(z=img, hoverinfo="skip"))
+    traces.append(go.Heatmap(
+        z=a, zmin=vmin, zmax=vmax, colorscale=plotly_colorscale(cmap),
+        opacity=float(opacity) if image is not None else 1.0, showscale=show_colorbar,
+        colorbar=dict(thickness=10, len=0.9, tickfont=dict(size=9)),
+        hovertemplate=f"x=%{{x}}, y=%{{y}}<br>{hover_label}=%{{z:.4g}}<extra></extra>",
+    ))
+    fig = go.Figure(traces)
+    fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor="x", constrain="domain")
+    fig.update_xaxes(showticklabels=False, constrain="domain")
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=28 if title else 4, b=0),
+                      title=dict(text=title, font=dict(size=13), x=0.02) if title else None,
+                      plot_bgcolor="white")
+    return fig

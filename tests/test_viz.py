@@ -1,0 +1,131 @@
+"""clrp.viz: colour limits, colormaps, overlays, export."""
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clrp import viz
+
+
+def test_no_streamlit_import():
+    import subprocess
+
+    code = "import sys, clrp.viz; assert 'streamlit' not in sys.modules, 'viz imported streamlit'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_channel_sum_shapes():
+    t = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)
+    m = viz.channel_sum(t)
+    assert m.shape == (3, 4) and m.dtype == np.float32
+    np.testing.assert_allclose(m, t[0].sum(0).numpy())
+    assert viz.channel_sum(t[0]).shape == (3, 4)
+    assert viz.channel_sum(np.ones((5, 6))).shape == (5, 6)
+    with pytest.raises(ValueError):
+        viz.channel_sum(torch.zeros(2, 3, 4, 4))
+    with pytest.raises(ValueError):
+        viz.channel_sum(np.zeros(5))
+
+
+def test_limits_shared_vs_per_map_and_signed():
+    a = np.array([[0.0, 1.0], [0.5, 0.25]])
+    b = np.array([[0.0, 4.0], [0.5, 0.25]])
+    shared = viz.color_limits([a, b], scale="shared")
+    assert [l.as_tuple() for l in shared] == [(0.0, 4.0), (0.0, 4.0)]
+    per = viz.color_limits([a, b], scale="per_map")
+    assert [l.as_tuple() for l in per] == [(0.0, 1.0), (0.0, 4.0)]
+    s = np.array([[-3.0, 1.0], [0.0, 2.0]])
+    lim = viz.color_limits([s], scale="per_map")[0]
+    assert lim.as_tuple() == (-3.0, 3.0)  # symmetric around 0
+    # a diverging colormap forces symmetric limits even for non-negative maps
+    assert viz.color_limits([a], cmap="bwr")[0].as_tuple() == (-1.0, 1.0)
+    # all-zero map: finite, non-degenerate limits
+    assert viz.color_limits([np.zeros((2, 2))])[0].as_tuple() == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        viz.color_limits([a], scale="global")
+
+
+def test_clip_percentile_robust_to_outlier():
+    a = np.ones((10, 10))
+    a[0, 0] = 1000
+    assert viz.color_limits([a], clip=100)[0].vmax == 1000
+    assert viz.color_limits([a], clip=95)[0].vmax == pytest.approx(1.0)
+
+
+def test_colorize_diverging_zero_is_centre():
+    a = np.array([[-1.0, 0.0, 1.0]])
+    rgb = viz.colorize(a, "bwr", -1, 1)
+    assert rgb.shape == (1, 3, 3) and rgb.dtype == np.uint8
+    assert tuple(rgb[0, 0]) == (0, 0, 255)       # blue for negative
+    assert tuple(rgb[0, 2]) == (255, 0, 0)       # red for positive
+    assert rgb[0, 1].min() >= 250                # white-ish at zero
+    # saturates outside the limits
+    assert tuple(viz.colorize(np.array([[5.0]]), "bwr", -1, 1)[0, 0]) == (255, 0, 0)
+    # NaN drawn black
+    assert tuple(viz.colorize(np.array([[np.nan, 1.0]]), "hot", 0, 1)[0, 0]) == (0, 0, 0)
+    with pytest.raises(ValueError):
+        viz.colorize(a, "no_such_colormap")
+
+
+def test_default_colormap():
+    assert viz.default_colormap([np.array([[0.0, 1.0]])]) == "hot"
+    assert viz.default_colormap([np.array([[-0.1, 1.0]])]) == "bwr"
+    assert viz.colormap_kind("seismic") == "diverging" and viz.colormap_kind("inferno") == "sequential"
+
+
+def test_overlay_opacity_endpoints():
+    img = np.full((4, 4, 3), 100, np.uint8)
+    a = np.full((4, 4), 1.0)
+    assert np.array_equal(viz.overlay(img, a, "hot", 0, 1, opacity=0.0), img)
+    assert np.array_equal(viz.overlay(img, a, "hot", 0, 1, opacity=1.0), viz.colorize(a, "hot", 0, 1))
+    half = viz.overlay(img, a, "hot", 0, 1, opacity=0.5).astype(int)
+    expected = (img.astype(float) * 0.5 + viz.colorize(a, "hot", 0, 1) * 0.5).round().astype(int)
+    assert np.abs(half - expected).max() <= 1
+    # image of a different size is resized to the map
+    big = np.zeros((8, 8, 3), np.uint8)
+    assert viz.overlay(big, a, opacity=0.3).shape == (4, 4, 3)
+    with pytest.raises(ValueError):
+        viz.overlay(img, a, opacity=1.5)
+
+
+def test_png_and_npy_roundtrip():
+    rgb = viz.colorize(np.random.default_rng(0).normal(size=(16, 20)), "bwr")
+    png = viz.to_png(rgb)
+    back = np.asarray(Image.open(io.BytesIO(png)))
+    assert np.array_equal(back, rgb)
+    assert Image.open(io.BytesIO(viz.to_png(rgb, scale=2))).size == (40, 32)
+    t = torch.randn(1, 3, 5, 5)
+    arr = np.load(io.BytesIO(viz.npy_bytes(t)), allow_pickle=False)
+    assert arr.shape == (1, 3, 5, 5) and np.allclose(arr, t.numpy())
+    with pytest.raises(ValueError):
+        viz.to_png(np.zeros((2, 2, 3), np.float32))
+
+
+def test_colorbar_and_grid_png():
+    cb = Image.open(io.BytesIO(viz.colorbar_png("bwr", -2, 2)))
+    assert cb.size[0] > 100 and cb.format == "PNG"
+    tiles = [np.zeros((10, 10, 3), np.uint8)] * 5
+    grid = Image.open(io.BytesIO(viz.render_grid_png(tiles, ["a", "b", "c", "d", "e"], columns=3)))
+    assert grid.size[0] >= 30 and grid.size[1] >= 20
+
+
+def test_heatmap_figure_hover_values_and_scale():
+    a = np.array([[-2.0, 0.0], [1.0, 2.0]])
+    img = np.zeros((2, 2, 3), np.uint8)
+    fig = viz.heatmap_figure(a, img, cmap="bwr", vmin=-4, vmax=4, opacity=0.4, title="m")
+    heat = fig.data[-1]
+    assert heat.type == "heatmap" and heat.zmin == -4 and heat.zmax == 4 and heat.opacity == 0.4
+    np.testing.assert_allclose(np.asarray(heat.z), a)
+    assert "%{z" in heat.hovertemplate
+    assert fig.data[0].type == "image"
+    fig2 = viz.heatmap_figure(a, cmap="hot")
+    assert len(fig2.data) == 1 and fig2.data[0].zmin == -2 and fig2.data[0].zmax == 2  # signed map
+
+
+def test_settings_json():
+    s = json.loads(viz.settings_json({"a": (1, 2), "b": np.float32(0.5), "c": {3, 1}}))
+    assert s == {"a": [1, 2], "b": 0.5, "c": [1, 3]}
