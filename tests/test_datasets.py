@@ -453,3 +453,34 @@ def test_box_to_mask_fractional_and_clipped():
     m = box_to_mask((0.5, 1.2, 2.1, 2.0), 4, 4)
     assert m.tolist() == [[False] * 4, [True, True, True, False], [False] * 4, [False] * 4]
     assert box_to_mask((-5, -5, 100, 2), 4, 4).sum() == 8
+
+
+def test_voc_masks_from_scene_export_and_segmentation_object(tmp_path):
+    scenes = pytest.importorskip("clrp.scenes")
+    sc = [scenes.generate_scene(s) for s in (11, 12, 13)]
+    z = tmp_path / "scenes.zip"
+    scenes.export_voc(sc, z, split="test")
+    with open_dataset(str(z), split="test") as ds:
+        got = list(ds)
+        assert len(got) == 3 and ds.problems == []
+        for scene, s in zip(sc, got):
+            assert len(s.objects) == len(scene.objects)
+            for so, o in zip(scene.objects, s.objects):
+                x0, y0, x1, y1 = so.box  # scenes: 0-based inclusive -> ours: exclusive end
+                assert o.box == (x0, y0, x1 + 1, y1 + 1)
+                assert o.has_mask and (o.mask == so.mask).all()
+                assert (box_to_mask(o.box, s.height, s.width) >= o.mask).all()
+    # VOC SegmentationObject: pixel value k+1 = k-th object, 255 = void
+    make_voc(str(tmp_path / "v"), extra=False)
+    seg = np.zeros((30, 40), np.uint8)
+    seg[0:3, 0:4] = 1
+    seg[25, 35] = 3
+    seg[10:30, 20:40][0, 0] = 2
+    seg[5, 5] = 255
+    img = Image.fromarray(seg, mode="L").convert("P")
+    os.makedirs(tmp_path / "v" / "SegmentationObject")
+    img.save(tmp_path / "v" / "SegmentationObject" / "000001.png")
+    s = next(iter(VocDataset(str(tmp_path / "v"))))
+    assert s.objects[0].mask.sum() == 12 and s.objects[2].mask.sum() == 1 and s.objects[1].mask.sum() == 1
+    assert s.gt_mask("dog").sum() == 13 and not s.gt_mask("dog")[5, 5]
+    assert VocDataset(str(tmp_path / "v"), use_masks=False).read("000001").objects[0].has_mask is False

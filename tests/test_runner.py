@@ -177,3 +177,25 @@ def test_model_geometry_crop_and_folder_dataset(tmp_path):
     frames = R.load_results(str(tmp_path / "fo"))
     assert "pointing" not in frames                    # labels only: no ground-truth regions
     assert len(frames["perturbation"]) == 3 * 3 and set(frames["ablation"]["class_name"]) == {"Dog", "cat"}
+
+
+def test_broken_mask_reported_and_image_skipped(tmp_path):
+    _voc(str(tmp_path / "voc"), n=3)
+    os.makedirs(tmp_path / "voc" / "Masks")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "voc" / "Masks" / "001_0.png")  # wrong size
+    (tmp_path / "voc" / "Masks" / "002_0.png").write_bytes(b"not a png")
+    ok = np.zeros((30, 40), np.uint8)
+    ok[2:5, 2:5] = 255
+    Image.fromarray(ok).save(tmp_path / "voc" / "Masks" / "000_0.png")
+    lm = _model()
+    res = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, str(tmp_path / "o"), methods=("lrp",),
+                           protocols=("pointing",))
+    assert res.images_new == 1 and res.images_skipped == 2
+    reasons = " | ".join(f"{p.file}: {p.reason}" for p in res.problems)
+    assert "001.jpg: ground truth" in reasons and "002.jpg: ground truth" in reasons
+    pts = R.load_results(str(tmp_path / "o"))["pointing"]
+    assert set(pts["image_id"]) == {"000"}
+    dog = pts[(pts["class_name"] == "dog") & (pts["method"] == "center")].iloc[0]
+    assert dog["coverage"] == pytest.approx(9 / 1200)  # the 3x3 mask, not the box
+    logged = [json.loads(l) for l in open(tmp_path / "o" / "problems.jsonl")]
+    assert sum("ground truth" in r["reason"] for r in logged) == 2

@@ -6,6 +6,11 @@ external entities/DTDs are refused, so billion-laughs and XXE files are reported
 VOC boxes (1-based, inclusive) are converted to the package convention (0-based, exclusive end):
 ``(xmin - 1, ymin - 1, xmax, ymax)``.
 
+Object masks, when present, are attached lazily (``Obj.mask``; the Pointing Game then uses them
+instead of boxes): ``Masks/<id>_<k>.png`` (clrp's scene export: one 0/255 PNG per object, ``k`` =
+object order in the XML) or VOC's ``SegmentationObject/<id>.png`` (pixel value ``k + 1`` = the
+k-th object; 255 = void, not part of any object). ``use_masks=False`` ignores them.
+
 Problems reported (file skipped, iteration goes on): unparsable or unsafe XML, missing image,
 malformed box (non-numeric, empty, outside the image), missing class name. Objects whose class is
 not in ``classes`` (when given) are dropped and reported as "unknown class".
@@ -86,8 +91,15 @@ class VocDataset(Dataset):
     format = "voc"
 
     def __init__(self, root: str, split: Optional[str] = None, classes: Optional[Sequence[str]] = None,
-                 annotations_dir: str = "Annotations", images_dir: str = "JPEGImages"):
+                 annotations_dir: str = "Annotations", images_dir: str = "JPEGImages",
+                 use_masks: bool = True):
         super().__init__(root)
+        self.masks_dir = os.path.join(root, "Masks") if use_masks else None
+        self.segobj_dir = os.path.join(root, "SegmentationObject") if use_masks else None
+        if self.masks_dir and not os.path.isdir(self.masks_dir):
+            self.masks_dir = None
+        if self.segobj_dir and not os.path.isdir(self.segobj_dir):
+            self.segobj_dir = None
         self.ann_dir = os.path.join(root, annotations_dir)
         self.img_dir = os.path.join(root, images_dir)
         if not os.path.isdir(self.ann_dir):
@@ -141,12 +153,23 @@ class VocDataset(Dataset):
         if img is None:
             raise DatasetError(f"missing image {filename or image_id + '.jpg'}")
         objs = []
-        for cname, box, difficult in raw:
+        for k, (cname, box, difficult) in enumerate(raw):
             if self.classes_filter is not None and cname not in self.classes_filter:
                 self.report(os.path.basename(xml_path), f"unknown class {cname!r} (object dropped)")
                 continue
-            objs.append(Obj(cname, box, difficult))
+            objs.append(Obj(cname, box, difficult, mask_loader=self._mask_loader(image_id, k)))
         return Sample(image_id=image_id, path=img, width=width, height=height, objects=objs)
+
+    def _mask_loader(self, image_id: str, k: int):
+        if self.masks_dir:
+            p = os.path.join(self.masks_dir, f"{image_id}_{k}.png")
+            if os.path.isfile(p):
+                return lambda: _read_mask(p) > 0
+        if self.segobj_dir:
+            p = os.path.join(self.segobj_dir, f"{image_id}.png")
+            if os.path.isfile(p):
+                return lambda: _read_mask(p) == k + 1
+        return None
 
     def samples(self) -> Iterator[Sample]:
         for image_id in self.ids:
@@ -165,3 +188,21 @@ class VocDataset(Dataset):
                 names.update(o.class_name for o in s.objects)
             self._class_names = sorted(names)
         return list(self._class_names)
+
+
+def _read_mask(path: str):
+    """A mask PNG as an integer array (palette indices for palette PNGs, grey levels otherwise)."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > 64_000_000:
+                raise DatasetError(f"{os.path.basename(path)}: mask too large")
+            if im.mode not in ("P", "L", "1", "I", "I;16"):
+                im = im.convert("L")
+            return np.asarray(im).astype(np.int32)
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise DatasetError(f"{os.path.basename(path)}: cannot read mask ({e})") from e

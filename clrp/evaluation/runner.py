@@ -309,7 +309,7 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
 
     def flush(buf):
         nonlocal batch_no, new, skipped_total
-        rows, ids, skipped = _process_batch(buf, net, class_names, pp, mapping, cfg, layer)
+        rows, ids, skipped = _process_batch(buf, net, class_names, pp, mapping, cfg, layer, dataset.report)
         for proto, r in rows.items():
             _write_part(out_dir, proto, batch_no, r)
         write_problems()
@@ -373,13 +373,23 @@ def _explain_pairs(net, x_rows, targets, method, cfg, pp):
     return maps
 
 
-def _process_batch(items, net, class_names, pp, mapping, cfg, layer):
+def _process_batch(items, net, class_names, pp, mapping, cfg, layer, report=None):
+    from ..errors import DatasetError
+
     rows = {p: [] for p in cfg.protocols}
     ids, skipped = [], []
     pairs = []      # (item index, class name, target index)
     inputs = []     # per item: [1, 3, h, w]
+    gt = {}         # item index -> Pointing Game targets (ground truth checked before explaining)
     for i, (s, img) in enumerate(items):
         classes = [c for c in _sample_classes(s) if c in mapping]
+        if classes and "pointing" in cfg.protocols and s.objects:
+            try:
+                gt[i] = _pt.pointing_targets(s, use_masks=cfg.use_masks, classes=classes)
+            except DatasetError as e:  # e.g. an unreadable or mis-sized mask file
+                if report is not None:
+                    report(s.path or s.image_id, f"ground truth: {e}")
+                classes = []
         if not classes:
             skipped.append(s.image_id)
             inputs.append(None)
@@ -401,7 +411,7 @@ def _process_batch(items, net, class_names, pp, mapping, cfg, layer):
     for i, plist in per_item.items():
         s, img = items[i]
         if "pointing" in cfg.protocols and s.objects:
-            targets_i = _pt.pointing_targets(s, use_masks=cfg.use_masks, classes=[c for _, c, _ in plist])
+            targets_i = gt[i]
             crop = None if cfg.geometry == "full" else _crop_box(pp, s.width, s.height)
             kidx = {c: k for k, c, _ in plist}
             mdict = {m: {t.class_name: _pt.map_to_image(maps[m][kidx[t.class_name]], s.height, s.width, crop)
