@@ -484,3 +484,32 @@ def test_voc_masks_from_scene_export_and_segmentation_object(tmp_path):
     assert s.objects[0].mask.sum() == 12 and s.objects[2].mask.sum() == 1 and s.objects[1].mask.sum() == 1
     assert s.gt_mask("dog").sum() == 13 and not s.gt_mask("dog")[5, 5]
     assert VocDataset(str(tmp_path / "v"), use_masks=False).read("000001").objects[0].has_mask is False
+
+
+def test_corrupt_archives_raise_dataset_error(tmp_path):
+    z = tmp_path / "c.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.txt", "hello world " * 1000)
+    data = bytearray(z.read_bytes())
+    i = data.find(b"a.txt", 30) + 5 + 20  # inside the compressed data of the first member
+    data[i:i + 8] = b"\xff" * 8
+    z.write_bytes(bytes(data))
+    with pytest.raises(DatasetError) as e:
+        safe_extract(str(z), str(tmp_path / "o"))
+    assert not isinstance(e.value, UnsafeArchive)
+    assert not (tmp_path / "o" / "a.txt").exists()
+    # a file and a folder of the same name
+    z2 = tmp_path / "d.zip"
+    with zipfile.ZipFile(z2, "w") as zf:
+        zf.writestr("a", "x")
+        zf.writestr("a/b", "y")
+    with pytest.raises(DatasetError):
+        safe_extract(str(z2), str(tmp_path / "o2"))
+    t = tmp_path / "t.tar.gz"
+    with tarfile.open(t, "w:gz") as tf:
+        ti = tarfile.TarInfo("f.bin")
+        ti.size = 100_000
+        tf.addfile(ti, io.BytesIO(os.urandom(100_000)))
+    t.write_bytes(t.read_bytes()[: 50_000])  # truncated
+    with pytest.raises(DatasetError):
+        safe_extract(str(t), str(tmp_path / "o3"))

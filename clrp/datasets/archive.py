@@ -22,9 +22,10 @@ import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 
-from ..errors import UnsafeArchive
+from ..errors import DatasetError, UnsafeArchive
 
 _CHUNK = 1 << 20
 
@@ -118,24 +119,30 @@ def safe_extract(archive: str, dest: str, limits: ArchiveLimits = DEFAULT_LIMITS
         elif tarfile.is_tarfile(archive):
             _extract_tar(archive, dest_real, limits)
         else:
-            raise UnsafeArchive(f"{os.path.basename(archive)}: not a zip or tar archive")
+            raise DatasetError(f"{os.path.basename(archive)}: not a zip or tar archive")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        _remove_new(dest_real, before)
+        raise DatasetError(f"{os.path.basename(archive)}: cannot extract ({type(e).__name__}: {e})") from e
     except BaseException:
-        for entry in set(os.listdir(dest_real)) - before:  # remove what this call created
-            p = os.path.join(dest_real, entry)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                try:
-                    os.remove(p)
-                except OSError:
-                    pass
+        _remove_new(dest_real, before)
         raise
     return dest
 
 
-def _extract_zip(archive: str, dest_real: str, limits: ArchiveLimits):
-    from ..errors import DatasetError
+def _remove_new(dest_real: str, before: set) -> None:
+    """Remove what an interrupted extraction created in ``dest_real``."""
+    for entry in set(os.listdir(dest_real)) - before:
+        p = os.path.join(dest_real, entry)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                os.remove(p)
+            except OSError:
+                pass
 
+
+def _extract_zip(archive: str, dest_real: str, limits: ArchiveLimits):
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as e:
@@ -179,8 +186,6 @@ def _extract_zip(archive: str, dest_real: str, limits: ArchiveLimits):
 
 
 def _extract_tar(archive: str, dest_real: str, limits: ArchiveLimits):
-    from ..errors import DatasetError
-
     try:
         tf = tarfile.open(archive, "r:*")
     except (tarfile.TarError, OSError) as e:
