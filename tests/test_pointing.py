@@ -199,7 +199,7 @@ def test_masks_used_when_available():
     m[15, 15] = True
     s = Sample("m", None, 20, 20, objects=[Obj("a", (0, 0, 20, 20), mask=m)])
     (t,) = pointing_targets(s)
-    assert t.mask.sum() == 1
+    assert t.mask.sum() == 1 and t.coverage == 1.0  # hits use the mask, subsets the box coverage
     (t,) = pointing_targets(s, use_masks=False)
     assert t.mask.sum() == 400
 

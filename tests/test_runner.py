@@ -196,6 +196,10 @@ def test_broken_mask_reported_and_image_skipped(tmp_path):
     pts = R.load_results(str(tmp_path / "o"))["pointing"]
     assert set(pts["image_id"]) == {"000"}
     dog = pts[(pts["class_name"] == "dog") & (pts["method"] == "center")].iloc[0]
-    assert dog["coverage"] == pytest.approx(9 / 1200)  # the 3x3 mask, not the box
+    assert dog["coverage"] == pytest.approx(120 / 1200)  # subsets use box coverage (spec)
+    lrp = pts[(pts["class_name"] == "dog") & (pts["method"] == "lrp")].iloc[0]
+    # hits are judged against the 3x3 mask (rows/cols 2..4), not the 12x10 box
+    d = min(np.hypot(lrp["point_y"] - y, lrp["point_x"] - x) for y in range(2, 5) for x in range(2, 5))
+    assert lrp["distance"] == pytest.approx(d)
     logged = [json.loads(l) for l in open(tmp_path / "o" / "problems.jsonl")]
     assert sum("ground truth" in r["reason"] for r in logged) == 2

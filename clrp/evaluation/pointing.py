@@ -17,9 +17,10 @@ Protocol
   False, and is EXCLUDED from the scores: an empty ground truth is never counted as a hit.
 * Score: per-class accuracy = hits / (hits + misses); the summary's headline number is the MEAN
   OF PER-CLASS accuracies (classes without any pair in a subset do not enter that subset's mean).
-* Subsets: ``all``, and ``difficult`` = pairs where the class's ground truth covers less than a
-  quarter of the image (area of the union region / image area < 0.25) and at least one other
-  class is present (another class with a non-difficult object in the same image).
+* Subsets: ``all``, and ``difficult`` = pairs where the class's boxes cover less than a quarter
+  of the image (area of the union of its non-difficult boxes / image area < 0.25 -- boxes even
+  when masks are used for hits) and at least one other class is present (another class with a
+  non-difficult object in the same image).
 * Baseline ``center``: the point is the geometric image centre ``((H-1)/2, (W-1)/2)`` (between
   pixels for even sizes; distances are measured from that point).
 
@@ -158,7 +159,7 @@ class PointingTarget:
 
     class_name: str
     mask: np.ndarray          # bool [H, W] at the original image size (may be empty)
-    coverage: float           # mask area / image area
+    coverage: float           # area of the union of the class's boxes / image area
     other_classes: int        # number of other evaluated classes in the image
     difficult: bool           # member of the "difficult" subset
 
@@ -180,7 +181,8 @@ def pointing_targets(sample, *, use_masks: bool = True, classes: Optional[Iterab
         if keep is not None and c not in keep:
             continue
         m = sample.gt_mask(c, use_masks=use_masks)
-        cov = float(m.sum()) / float(h * w)
+        boxes = m if not use_masks else sample.gt_mask(c, use_masks=False)
+        cov = float(boxes.sum()) / float(h * w)  # the spec's "class's boxes cover", also with masks
         others = len(present) - 1
         out.append(PointingTarget(c, m, cov, others, cov < DIFFICULT_COVERAGE and others >= 1))
     return out
