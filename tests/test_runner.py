@@ -138,6 +138,11 @@ def test_settings_mismatch_and_bad_arguments(tmp_path):
     with pytest.raises(ClrpError, match="different settings"):
         R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, out, methods=("lrp",), protocols=("pointing",),
                          tolerance=5)
+    other = _model()
+    with torch.no_grad():
+        other.model[0].weight[0, 0, 0, 0] += 1
+    with pytest.raises(ClrpError, match="different settings"):
+        R.run_evaluation(VocDataset(str(tmp_path / "voc")), other, out, methods=("lrp",), protocols=("pointing",))
     with pytest.raises(ClrpError, match="already holds"):
         R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, out, resume=False, methods=("lrp",),
                          protocols=("pointing",))

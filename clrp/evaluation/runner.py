@@ -9,7 +9,7 @@ removes part files of a batch that was interrupted before its progress line was 
 
 Output folder::
 
-    config.json          settings, model class names, dataset location (checked on resume)
+    config.json          settings, model class names and weights fingerprint (checked on resume)
     mapping.json         dataset class -> model output, unmapped classes (skipped, reported)
     progress.jsonl       {"batch": i, "image_ids": [...], "skipped": [...]} per finished batch
     problems.jsonl       files skipped by the reader (broken image / annotation) and why
@@ -132,6 +132,19 @@ def _crop_box(pp, width: int, height: int):
     return (l * sx, t * sy, r * sx, b * sy)
 
 
+def model_fingerprint(model) -> str:
+    """SHA-1 of the model's parameters and buffers (names, shapes, bytes): a resumed run must
+    use the same weights."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in list(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def default_ablation_layer(model) -> str:
     from .. import engine
 
@@ -240,7 +253,8 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
     meta = {"config": cfg.to_json(), "model_class_names": class_names,
             "preprocessing": pp.to_dict() if hasattr(pp, "to_dict") else repr(pp),
             "dataset": {"format": getattr(dataset, "format", "?"), "root": getattr(dataset, "root", None)},
-            "ablation_layer": layer, "clrp_version": getattr(clrp, "__version__", "?")}
+            "ablation_layer": layer, "clrp_version": getattr(clrp, "__version__", "?"),
+            "model_fingerprint": model_fingerprint(net)}
     cfg_path = os.path.join(out_dir, "config.json")
     if os.path.exists(cfg_path):
         if not resume:
