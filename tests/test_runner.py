@@ -192,10 +192,17 @@ def test_broken_mask_reported_and_image_skipped(tmp_path):
     ok = np.zeros((30, 40), np.uint8)
     ok[2:5, 2:5] = 255
     Image.fromarray(ok).save(tmp_path / "voc" / "Masks" / "000_0.png")
+    (tmp_path / "voc" / "JPEGImages" / "003.jpg").write_bytes(b"garbage")
+    (tmp_path / "voc" / "Annotations" / "003.xml").write_text(
+        (tmp_path / "voc" / "Annotations" / "000.xml").read_text().replace("000.jpg", "003.jpg"))
     lm = _model()
     res = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, str(tmp_path / "o"), methods=("lrp",),
                            protocols=("pointing",))
-    assert res.images_new == 1 and res.images_skipped == 2
+    assert res.images_new == 1 and res.images_skipped == 3
+    assert any(p.file.endswith("003.jpg") and "cannot decode" in p.reason for p in res.problems)
+    again = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, str(tmp_path / "o"), methods=("lrp",),
+                             protocols=("pointing",))
+    assert again.images_new == 0 and again.images_skipped == 0  # nothing retried
     reasons = " | ".join(f"{p.file}: {p.reason}" for p in res.problems)
     assert "001.jpg: ground truth" in reasons and "002.jpg: ground truth" in reasons
     pts = R.load_results(str(tmp_path / "o"))["pointing"]

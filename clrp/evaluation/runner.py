@@ -355,7 +355,8 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
 
 
 def _iter_images(dataset, samples):
-    """Like Dataset.iter_images but over a filtered sample iterator."""
+    """Like Dataset.iter_images but over a filtered sample iterator; unreadable images are
+    reported and yielded as ``(sample, None)``."""
     from ..errors import DatasetError
 
     for s in samples:
@@ -363,12 +364,14 @@ def _iter_images(dataset, samples):
             img = s.load_image()
         except DatasetError as e:
             dataset.report(s.path or s.image_id, str(e))
+            yield s, None  # recorded as skipped: a resumed run does not retry it
             continue
         if s.width is None or s.height is None:
             s.width, s.height = img.size
         elif (s.width, s.height) != img.size:
             dataset.report(s.path or s.image_id,
                            f"annotated size {s.width}x{s.height} != image size {img.size[0]}x{img.size[1]}")
+            yield s, None
             continue
         yield s, img
 
@@ -396,7 +399,7 @@ def _process_batch(items, net, class_names, pp, mapping, cfg, layer, report=None
     inputs = []     # per item: [1, 3, h, w]
     gt = {}         # item index -> Pointing Game targets (ground truth checked before explaining)
     for i, (s, img) in enumerate(items):
-        classes = [c for c in _sample_classes(s) if c in mapping]
+        classes = [c for c in _sample_classes(s) if c in mapping] if img is not None else []
         if classes and "pointing" in cfg.protocols and s.objects:
             try:
                 gt[i] = _pt.pointing_targets(s, use_masks=cfg.use_masks, classes=classes)
