@@ -513,3 +513,16 @@ def test_corrupt_archives_raise_dataset_error(tmp_path):
     t.write_bytes(t.read_bytes()[: 50_000])  # truncated
     with pytest.raises(DatasetError):
         safe_extract(str(t), str(tmp_path / "o3"))
+
+
+def test_open_dataset_explicit_format(tmp_path):
+    path, _, _ = make_coco(str(tmp_path / "c"))
+    ds = open_dataset(str(tmp_path / "c"), format="coco")
+    assert ds.format == "coco" and ds.annotation_file == path
+    with pytest.raises(DatasetError, match="no CSV"):
+        open_dataset(str(tmp_path / "c"), format="csv")
+    with pytest.raises(DatasetError, match="not a VOC"):
+        open_dataset(str(tmp_path / "c"), format="voc")
+    (tmp_path / "c" / "val" / "boxes.csv").write_text("a.jpg,dog,0,0,3,3\n")
+    ds = open_dataset(str(tmp_path / "c" / "val"), format="csv")
+    assert ds.format == "csv" and [s.image_id for s in ds] == ["a.jpg"]

@@ -135,13 +135,21 @@ def open_dataset(path: str, format: str = "auto", *, split: Optional[str] = None
             fin = weakref.finalize(ds, shutil.rmtree, tmp, True)
             ds._cleanup = fin
         return ds
-    detected, loc = detect_format(path)
-    fmt = detected if format == "auto" else format
-    if format != "auto" and format != detected:
-        # honour an explicit format with the given path
-        loc = path
+    if format == "auto" or os.path.isfile(path):
+        detected, loc = detect_format(path)
+        fmt = detected if format == "auto" else format
+    else:  # explicit format for a folder: look for that format's files only
+        fmt, loc = format, path
         if fmt == "voc":
             loc = _find_voc_root(path) or path
+        elif fmt in ("coco", "csv"):
+            found = [f for f in _find_files(path, (".json",) if fmt == "coco" else (".csv",))
+                     if fmt == "csv" or _is_coco_json(f)]
+            if fmt == "coco":
+                found = [f for f in found if os.path.basename(f).startswith("instances")] or found
+            if not found:
+                raise DatasetError(f"{path}: no {fmt.upper()} annotation file found")
+            loc = found[0]
     if fmt == "voc":
         return VocDataset(loc, split=split, classes=classes, **reader_options)
     if fmt == "coco":
