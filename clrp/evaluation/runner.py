@@ -412,7 +412,8 @@ def _process_batch(items, net, class_names, pp, mapping, cfg, layer, report=None
             inputs.append(None)
             continue
         ids.append(s.image_id)
-        inputs.append(pp.to_tensor(img).to(next(net.parameters()).dtype))
+        param = next(net.parameters())
+        inputs.append(pp.to_tensor(img).to(device=param.device, dtype=param.dtype))
         pairs.extend((i, c, mapping[c]) for c in classes)
     if not pairs:
         return rows, ids, skipped
