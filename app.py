@@ -1,0 +1,50 @@
+"""clrp dashboard — home page. Run: ``streamlit run app.py``."""
+import streamlit as st
+
+from dashboard import core, ui
+
+ui.page("clrp — explain CNN decisions")
+
+st.title("clrp — why did the network decide this, and not that?")
+st.markdown(
+    "Explain a PyTorch CNN's decision for one class with **LRP** and **Contrastive LRP** (CLRP1, CLRP2, SGLRP) "
+    "and compare them with gradient baselines.  \n"
+    "Contrast two classes of one image, or two neurons of one layer, to see what is *specific* to each.  \n"
+    "Measure explanations on whole datasets with the **Pointing Game** and **ablation** (region perturbation, "
+    "hidden-unit ablation)."
+)
+
+lm = ui.model_picker()
+display = ui.display_controls("home")
+
+if lm is not None:
+    with ui.guard("the first explanation"):
+        key = st.session_state[ui.MODEL_STATE]
+        data = core.scene_png(core.SAMPLE_SCENE)
+        dig = core.digest(data)
+        x, image, _ = ui.prepare_image(key, dig, data)
+        top = ui.top_classes(key, dig, x, 3)
+        info = core.scene_info(core.SAMPLE_SCENE) if lm.architecture == "scene_vgg" else None
+        st.subheader("A first explanation")
+        truth = f" Objects in the scene: {', '.join(info['classes'])}." if info else ""
+        st.caption(f"Bundled sample scene (seed {core.SAMPLE_SCENE}).{truth} Model: **{lm.name}**. "
+                   f"Top prediction: **{top[0][1]}** ({top[0][2]:.2f}). LRP and CLRP2 for the top two classes — "
+                   "LRP maps of different classes look alike; CLRP keeps what is specific to each class.")
+        items = []
+        for idx, name, score in top[:2]:
+            for method in ("lrp", "clrp2"):
+                items.append((f"{ui.method_label(method)} · {name}", ui.explain(key, dig, x, method, idx)))
+        cols = st.columns([1, 4])
+        with cols[0]:
+            st.image(image, caption="input", width="stretch")
+            for idx, name, score in top:
+                st.progress(min(1.0, max(0.0, score)), text=f"{name}: {score:.2f}")
+        with cols[1]:
+            ui.heatmap_grid(items, image, display, columns=4, key="home", height=240)
+
+st.divider()
+st.markdown(
+    "**Pages** — *Explain*: any image, all methods side by side, downloads. *Class contrast*: LRP vs CLRP for "
+    "several classes with their correlation. *Neuron contrast*: channels of a layer, neuron vs neuron. "
+    "*Pointing Game* and *Ablation*: dataset-level evaluation running in the background."
+)

@@ -1,0 +1,546 @@
+"""Non-Streamlit logic of the dashboard: model choices, explanations as arrays, dataset sources
+(bundled scenes, uploaded archives, server folders inside allowed roots) and the registry of
+background evaluation runs. Importable and testable without Streamlit.
+
+Environment (set by whoever starts the server):
+- ``CLRP_MODELS_CONFIG``: TOML file listing lab models (see :func:`clrp.models.read_config`).
+- ``CLRP_DATA_ROOTS``: colon-separated folders whose contents users may evaluate on; anything
+  outside them (after resolving symlinks) is refused. Unset: no server folders at all.
+- ``CLRP_RUNS_DIR``: where evaluation runs write their results (default: a folder in the
+  system temp dir). ``CLRP_CACHE_DIR``: generated scene datasets (default: temp dir).
+- ``CLRP_MAX_RUNS``: evaluation runs executed at once on the server (default 1; others queue).
+- ``CLRP_DEV_RANDOM_MODELS=1``: also offer models with RANDOM weights (VGG16, the bundled
+  architecture), clearly labelled -- for development and benchmarks only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+import clrp
+from clrp.errors import ClrpError, DatasetError, InvalidTarget, ModelLoadError
+
+DEV_ENV = "CLRP_DEV_RANDOM_MODELS"
+ROOTS_ENV = "CLRP_DATA_ROOTS"
+RUNS_ENV = "CLRP_RUNS_DIR"
+CACHE_ENV = "CLRP_CACHE_DIR"
+MAX_RUNS_ENV = "CLRP_MAX_RUNS"
+
+#: Methods shown by default in the Explain grid (all of clrp.METHODS can be chosen).
+DEFAULT_METHODS = ("lrp", "clrp1", "clrp2", "sglrp", "gradient", "gradcam")
+#: Scenes used by the dashboard's evaluation come from seeds the bundled model never saw in training.
+SCENES_SEED = 20_000_000
+#: The sample scene shown first (two objects: a star and an arrow).
+SAMPLE_SCENE = 20_000_006
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+@dataclass(frozen=True)
+class ModelChoice:
+    key: str            # what load_model() takes
+    label: str          # what the picker shows
+    kind: str           # bundled | torchvision | lab | dev
+    description: str
+    available: bool
+    reason: Optional[str] = None
+
+
+DEV_MODELS = {
+    "dev:bundled": "bundled architecture (RANDOM weights, dev only)",
+    "dev:vgg16": "vgg16 (RANDOM weights, dev/benchmark only)",
+}
+
+
+def dev_models_enabled() -> bool:
+    return os.environ.get(DEV_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def model_choices() -> list[ModelChoice]:
+    """Every model the picker lists, available or not (with the reason)."""
+    from clrp.models import available_models
+
+    out = []
+    for m in available_models():
+        label = m.name if m.available else f"{m.name} (unavailable)"
+        out.append(ModelChoice(m.name, label, m.kind, m.description, m.available, m.reason))
+    if dev_models_enabled():
+        for k, label in DEV_MODELS.items():
+            out.append(ModelChoice(k, label, "dev", label, True, None))
+    return out
+
+
+def default_model_key(choices: Sequence[ModelChoice]) -> Optional[str]:
+    """The bundled model if available, else the first available model, else None."""
+    avail = [c for c in choices if c.available]
+    for c in avail:
+        if c.key == "bundled":
+            return c.key
+    return avail[0].key if avail else None
+
+
+def load_model(key: str):
+    """A ``clrp.models.LoadedModel`` for a picker key. Raises ``ModelLoadError`` (a ClrpError)."""
+    if key.startswith("dev:"):
+        if not dev_models_enabled():
+            raise ModelLoadError(f"{key} is a development model; set {DEV_ENV}=1 to enable it")
+        return _dev_model(key)
+    from clrp.models import load
+
+    return load(key)
+
+
+def _dev_model(key: str):
+    from clrp.models import LoadedModel, Preprocessing
+
+    g = torch.random.fork_rng(devices=[])
+    with g:
+        torch.manual_seed(0)
+        if key == "dev:vgg16":
+            import torchvision
+
+            model = torchvision.models.vgg16(weights=None).eval()
+            names = list(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+            return LoadedModel(model, names, Preprocessing(), name=key, description=DEV_MODELS[key],
+                               architecture="vgg16", multilabel=False)
+        if key == "dev:bundled":
+            from clrp import scenes
+            from clrp.models.bundled import build_model, bundled_preprocessing
+
+            model = build_model({"num_classes": len(scenes.CLASS_NAMES)}).eval()
+            return LoadedModel(model, list(scenes.CLASS_NAMES), bundled_preprocessing(), name=key,
+                               description=DEV_MODELS[key], architecture="scene_vgg", multilabel=True)
+    raise ModelLoadError(f"unknown development model {key!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Images and explanations
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def scene_png(seed: int) -> bytes:
+    """A bundled procedural scene as PNG bytes (so samples and uploads take one code path)."""
+    from clrp import scenes, viz
+
+    return viz.to_png(scenes.generate_scene(int(seed)).image)
+
+
+def scene_info(seed: int) -> dict:
+    from clrp import scenes
+
+    sc = scenes.generate_scene(int(seed))
+    return {"seed": int(seed), "classes": sc.class_names, "boxes": [list(o.box) for o in sc.objects]}
+
+
+def method_family(method: str) -> str:
+    from clrp.methods import REGISTRY
+
+    spec = REGISTRY.get(method)
+    if spec is None:
+        raise ClrpError(f"unknown method {method!r}; known methods: {', '.join(clrp.METHODS)}")
+    return spec.family
+
+
+def class_index(lm, cls) -> int:
+    """A class given by index or by name -> its index in the model; ``InvalidTarget`` otherwise."""
+    if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
+        if 0 <= int(cls) < lm.num_classes:
+            return int(cls)
+        raise InvalidTarget(f"class {cls} is not in the model (it has {lm.num_classes} classes)")
+    name = str(cls).strip()
+    if name in lm.class_names:
+        return lm.class_names.index(name)
+    low = [c.lower() for c in lm.class_names]
+    if name.lower() in low:
+        return low.index(name.lower())
+    raise InvalidTarget(f"class {name!r} is not one of the model's classes")
+
+
+def explain_array(lm, x: torch.Tensor, target: int, method: str, rules: str = "paper",
+                  options: Optional[dict] = None) -> np.ndarray:
+    """One explanation as a float32 ``[C, H, W]`` array. The zB box comes from the model's
+    preprocessing unless given. Never mutates ``lm.model``."""
+    opts = dict(options or {})
+    opts.setdefault("box", lm.box)
+    if "condition" in opts and opts["condition"] is not None:
+        layer, chans = opts["condition"]
+        opts["condition"] = (layer, [int(c) for c in chans])
+    R = clrp.explain(lm.model, x, [int(target)], method, rules=rules, **opts)
+    return R[0].detach().to("cpu", torch.float32).numpy()
+
+
+def neuron_array(lm, x: torch.Tensor, layer: str, channel: int, contrast=None, rules: str = "paper") -> np.ndarray:
+    R = clrp.explain_neuron(lm.model, x, layer, int(channel), contrast=contrast, rules=rules, box=lm.box)
+    return R[0].detach().to("cpu", torch.float32).numpy()
+
+
+def layer_relevance_array(lm, x: torch.Tensor, target: int, layer: str, method: str = "lrp",
+                          rules: str = "paper") -> np.ndarray:
+    r = clrp.layer_relevance(lm.model, x, [int(target)], layer, method, rules=rules, box=lm.box)
+    return r[0].detach().to("cpu", torch.float32).numpy()
+
+
+def feature_layers(lm) -> list[str]:
+    """Hidden layers whose channels can be explained (everything before the output layer)."""
+    from clrp import engine
+
+    names = engine.layer_names(lm.model)
+    return names[:-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset sources
+
+def data_roots(env: Optional[str] = None) -> list[Path]:
+    """The allowed server folders (``$CLRP_DATA_ROOTS``, colon-separated), resolved; missing
+    folders are dropped."""
+    raw = os.environ.get(ROOTS_ENV, "") if env is None else env
+    out = []
+    for part in raw.split(os.pathsep):
+        part = part.strip()
+        if not part:
+            continue
+        p = Path(part).expanduser()
+        if p.is_dir():
+            out.append(p.resolve())
+    return out
+
+
+def resolve_server_path(path: str, roots: Sequence[Path]) -> Path:
+    """``path`` (absolute, or relative to the first root) resolved with symlinks followed; raises
+    ``DatasetError`` unless it exists and lies inside one of ``roots``."""
+    if not roots:
+        raise DatasetError(f"server folders are disabled: the server admin has not set {ROOTS_ENV}")
+    if not path or not str(path).strip():
+        raise DatasetError("enter a folder or file path")
+    if "\x00" in str(path):
+        raise DatasetError("invalid path")
+    p = Path(str(path).strip()).expanduser()
+    if not p.is_absolute():
+        p = roots[0] / p
+    try:
+        real = p.resolve(strict=True)
+    except (FileNotFoundError, OSError, RuntimeError):
+        raise DatasetError(f"{path} does not exist (or is not readable) on the server") from None
+    for r in roots:
+        r = Path(r).resolve()
+        if real == r or r in real.parents:
+            return real
+    raise DatasetError(f"{path} is outside the folders this server allows "
+                       f"({', '.join(str(r) for r in roots)})")
+
+
+def list_root_entries(roots: Sequence[Path], limit: int = 200) -> list[str]:
+    """Folders and archives directly inside the roots (for a picker)."""
+    out = []
+    for r in roots:
+        try:
+            for e in sorted(Path(r).iterdir()):
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir() or e.suffix.lower() in (".zip", ".tar", ".gz", ".tgz", ".json", ".csv"):
+                    out.append(str(e))
+                if len(out) >= limit:
+                    return out
+        except OSError:
+            continue
+    return out
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "clrp-dashboard" / "cache")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def runs_dir() -> Path:
+    d = Path(os.environ.get(RUNS_ENV) or Path(tempfile.gettempdir()) / "clrp-dashboard" / "runs")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+_SCENES_LOCK = threading.Lock()
+
+
+def scenes_dataset(n: int, seed: int = SCENES_SEED, root: Optional[Path] = None) -> Path:
+    """A VOC folder of ``n`` bundled scenes (seeds ``seed..seed+n-1``), generated once and kept in
+    the cache folder (written to a temporary name, then renamed: never half-written)."""
+    from clrp import scenes
+
+    n = int(n)
+    if not 1 <= n <= 5000:
+        raise DatasetError("choose between 1 and 5000 scenes")
+    root = Path(root) if root is not None else cache_dir()
+    dest = root / f"scenes-n{n}-s{int(seed)}"
+    if (dest / ".complete").is_file():
+        return dest
+    with _SCENES_LOCK:
+        if (dest / ".complete").is_file():
+            return dest
+        tmp = root / f".tmp-{uuid.uuid4().hex}"
+        try:
+            scenes.export_voc(scenes.iter_scenes(n, int(seed)), tmp, split="test")
+            (tmp / ".complete").write_text("ok")
+            if dest.exists():
+                shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def save_upload(name: str, data: bytes, folder: Optional[Path] = None) -> Path:
+    """Store an uploaded archive under a fresh private folder (never using the client's path)."""
+    base = os.path.basename(str(name or "upload")).replace("\x00", "")
+    low = base.lower()
+    suffix = next((s for s in ARCHIVE_SUFFIXES if low.endswith(s)), None)
+    if suffix is None:
+        raise DatasetError(f"{base}: upload a dataset archive ({', '.join(ARCHIVE_SUFFIXES)})")
+    if not data:
+        raise DatasetError(f"{base} is empty")
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="clrp-upload-", dir=cache_dir()))
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / ("dataset" + suffix)
+    p.write_bytes(data)
+    return p
+
+
+def open_source(source: dict):
+    """Open the dataset a source dict describes: ``{"kind": "scenes", "n": .., "seed": ..}``,
+    ``{"kind": "upload", "path": ...}`` or ``{"kind": "server", "path": ...}`` (checked against the
+    roots again here). Returns a ``clrp.datasets.Dataset``; raises ``ClrpError`` subclasses."""
+    from clrp.datasets import open_dataset
+
+    kind = source.get("kind")
+    fmt = source.get("format", "auto")
+    if kind == "scenes":
+        return open_dataset(str(scenes_dataset(source.get("n", 16), source.get("seed", SCENES_SEED))), "voc")
+    if kind == "upload":
+        return open_dataset(str(source["path"]), fmt)
+    if kind == "server":
+        return open_dataset(str(resolve_server_path(source["path"], data_roots())), fmt)
+    raise DatasetError(f"unknown dataset source {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Background evaluation runs
+
+class _Cancelled(Exception):
+    """Raised inside run_evaluation's progress callback to stop a run (what finished stays)."""
+
+
+@dataclass
+class EvalRun:
+    id: str
+    session: str
+    kind: str                       # "pointing" | "ablation" (which page started it)
+    model_key: str
+    source: dict
+    config: dict                    # RunConfig fields
+    out_dir: str
+    label: str = ""
+    state: str = "queued"           # queued | running | done | cancelled | failed
+    done: int = 0
+    total: Optional[int] = None
+    message: str = ""
+    detail: str = ""
+    created: float = field(default_factory=time.time)
+    started: Optional[float] = None
+    finished: Optional[float] = None
+    problems: list = field(default_factory=list)
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: Optional[threading.Thread] = field(default=None, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running")
+
+    @property
+    def fraction(self) -> float:
+        if self.state == "done":
+            return 1.0
+        if not self.total:
+            return 0.0
+        return max(0.0, min(1.0, self.done / self.total))
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+        return not self.active
+
+    def settings(self) -> dict:
+        """What a user downloads as JSON: enough to reproduce the run."""
+        return {"run_id": self.id, "kind": self.kind, "model": self.model_key, "dataset": _public_source(self.source),
+                "config": self.config, "clrp_version": clrp.__version__}
+
+
+def _public_source(source: dict) -> dict:
+    s = dict(source)
+    if s.get("kind") == "upload":
+        s["path"] = s.get("name", "uploaded archive")
+        s.pop("name", None)
+    return s
+
+
+class RunRegistry:
+    """Module-level registry of runs keyed by (session id, run id). Lives as long as the server
+    process, so leaving a page (or the page re-running) never loses a run."""
+
+    def __init__(self, max_parallel: Optional[int] = None):
+        self._runs: dict[tuple[str, str], EvalRun] = {}
+        self._lock = threading.Lock()
+        n = max_parallel or int(os.environ.get(MAX_RUNS_ENV, "1") or 1)
+        self._slots = threading.BoundedSemaphore(max(1, n))
+
+    def start(self, session: str, kind: str, model_key: str, source: dict, config: dict, *,
+              model_loader: Callable[[str], Any] = load_model, label: str = "") -> EvalRun:
+        from clrp.evaluation.runner import RunConfig
+
+        fields = {f.name for f in dataclasses.fields(RunConfig)}
+        unknown = set(config) - fields
+        if unknown:
+            raise ClrpError(f"unknown evaluation settings: {sorted(unknown)}")
+        if not config.get("methods"):
+            raise ClrpError("choose at least one method")
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        safe_session = "".join(ch for ch in session if ch.isalnum() or ch in "-_")[:40] or "anon"
+        out_dir = runs_dir() / safe_session / run_id
+        run = EvalRun(run_id, session, kind, model_key, dict(source), dict(config), str(out_dir), label=label)
+        with self._lock:
+            self._runs[(session, run_id)] = run
+        t = threading.Thread(target=self._work, args=(run, model_loader), name=f"clrp-eval-{run_id}", daemon=True)
+        run._thread = t
+        t.start()
+        return run
+
+    def _work(self, run: EvalRun, model_loader):
+        from clrp.evaluation.runner import RunConfig, run_evaluation
+
+        ds = None
+        acquired = False
+        try:
+            while not acquired:
+                if run._cancel.is_set():
+                    raise _Cancelled()
+                acquired = self._slots.acquire(timeout=0.2)
+            run.state = "running"
+            run.started = time.time()
+            lm = model_loader(run.model_key)
+            ds = open_source(run.source)
+            try:
+                run.total = len(ds)
+            except Exception:
+                run.total = None
+            if run.config.get("limit") and run.total:
+                run.total = min(run.total, int(run.config["limit"]))
+            if run.total == 0:
+                raise DatasetError("the dataset holds no images")
+
+            def progress(done, total):
+                run.done = int(done)
+                if total:
+                    run.total = int(total)
+                if run._cancel.is_set():
+                    raise _Cancelled()
+
+            cfg = RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run.config.items()})
+            res = run_evaluation(ds, lm, run.out_dir, cfg, resume=False, progress=progress)
+            run.done = res.images_done
+            run.problems = [f"{p.file}: {p.reason}" for p in res.problems][:200]
+            if res.images_done == 0:
+                run.state = "failed"
+                run.message = ("no image could be evaluated: none has an object of a class the model knows"
+                               + (f" ({len(res.problems)} files skipped as broken)" if res.problems else ""))
+            else:
+                run.state = "done"
+                run.message = f"{res.images_done} images evaluated"
+                if res.images_skipped:
+                    run.message += f", {res.images_skipped} skipped (no class of the model)"
+        except _Cancelled:
+            run.state = "cancelled"
+            run.message = f"cancelled after {run.done} images (results so far are kept)"
+        except ClrpError as e:
+            run.state = "failed"
+            run.message = str(e)
+        except Exception as e:  # unexpected: generic message, details for the expander
+            run.state = "failed"
+            run.message = "the evaluation stopped with an unexpected error"
+            run.detail = f"{type(e).__name__}: {e}\n\n" + traceback.format_exc(limit=8)
+        finally:
+            if ds is not None and ds.problems and not run.problems:
+                run.problems = [f"{p.file}: {p.reason}" for p in ds.problems][:200]
+            if ds is not None:
+                try:
+                    ds.close()
+                except Exception:
+                    pass
+            if acquired:
+                self._slots.release()
+            run.finished = time.time()
+            try:
+                os.makedirs(run.out_dir, exist_ok=True)
+                with open(os.path.join(run.out_dir, "dashboard_run.json"), "w", encoding="utf-8") as f:
+                    json.dump({**run.settings(), "state": run.state, "message": run.message}, f, indent=2,
+                              default=str)
+            except OSError:
+                pass
+
+    def get(self, session: str, run_id: str) -> Optional[EvalRun]:
+        with self._lock:
+            return self._runs.get((session, run_id))
+
+    def list(self, session: str, kind: Optional[str] = None) -> list[EvalRun]:
+        with self._lock:
+            runs = [r for (s, _), r in self._runs.items() if s == session and (kind is None or r.kind == kind)]
+        return sorted(runs, key=lambda r: r.created, reverse=True)
+
+
+REGISTRY = RunRegistry()
+
+
+def run_results(out_dir: str) -> tuple[dict, dict]:
+    """``(load_results, summarize)`` of a (possibly partial) run folder; empty dicts if nothing
+    is written yet."""
+    from clrp.evaluation.runner import load_results, summarize
+
+    if not os.path.isdir(out_dir):
+        return {}, {}
+    res = load_results(out_dir)
+    if not res:
+        return {}, {}
+    return res, summarize(res)
+
+
+def results_csv(results: dict, protocol: str) -> bytes:
+    """The rows of one protocol as CSV bytes (list-valued columns such as curves as JSON)."""
+    df = results[protocol].copy()
+    for c in df.columns:
+        if df[c].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+            df[c] = df[c].map(lambda v: json.dumps(np.asarray(v).tolist()) if isinstance(v, (list, tuple, np.ndarray))
+                              else v)
+    return df.to_csv(index=False).encode("utf-8")

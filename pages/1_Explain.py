@@ -1,0 +1,101 @@
+"""Explain an image: top-k predictions, classes x methods grid, downloads."""
+import streamlit as st
+
+import clrp
+from clrp.errors import ClrpError
+from dashboard import core, ui
+
+ui.page("Explain an image")
+st.title("Explain an image")
+
+lm = ui.model_picker()
+ui.image_picker("explain")
+display = ui.display_controls("explain")
+if lm is None:
+    st.stop()
+key = st.session_state[ui.MODEL_STATE]
+
+img = x = image = None
+with ui.guard("reading the image"):
+    img, x, image, info = ui.load_current(lm, key)
+if x is None:
+    st.stop()
+
+left, right = st.columns([1, 2])
+with left:
+    st.image(image, caption=f"{img['name']} — model input {image.shape[1]}×{image.shape[0]}", width="stretch")
+with right:
+    k = st.slider("Top-k predictions", 1, min(20, lm.num_classes), min(5, lm.num_classes), key="explain_k")
+    top = ui.top_classes(key, img["digest"], x, k)
+    score_name = "probability (sigmoid)" if lm.multilabel else "probability (softmax)"
+    st.dataframe({"class": [n for _, n, _ in top], "index": [i for i, _, _ in top],
+                  score_name: [round(s, 4) for _, _, s in top]}, hide_index=True, width="stretch")
+
+st.subheader("What to explain")
+c1, c2, c3 = st.columns([2, 2, 1])
+with c1:
+    all_idx = list(range(lm.num_classes))
+    classes = st.multiselect("Class(es)", all_idx, default=[top[0][0]], format_func=lambda i: ui.class_label(lm, i),
+                             key="explain_classes", help="Each class gets one row of maps")
+with c2:
+    methods = st.multiselect("Methods", list(clrp.METHODS), default=list(core.DEFAULT_METHODS),
+                             format_func=ui.method_label, key="explain_methods",
+                             help="\n".join(f"- **{m}**: {d}" for m, d in clrp.METHODS.items()))
+with c3:
+    presets = list(clrp.RULES)
+    rules = st.selectbox("LRP rule preset", presets, index=presets.index("paper"), key="explain_rules",
+                         help="\n".join(f"- **{n}**: {c.description}" for n, c in clrp.RULES.items()))
+with st.expander("Method options"):
+    o1, o2, o3 = st.columns(3)
+    contrast = o1.selectbox("CLRP output", ["clamp", "signed", "reference"], key="explain_contrast",
+                            help="clamp: max(0, target - dual) as in the paper; signed: keep negative evidence "
+                                 "(shown on a diverging scale); reference: the authors' code's normalise-then-subtract")
+    dual = o2.selectbox("CLRP1 dual", ["uniform", "abs_logits"], key="explain_dual",
+                        help="uniform: the paper's text; abs_logits: the reference code")
+    seed = o3.selectbox("Output seed", ["logit", "abs_logit"], key="explain_outseed",
+                        help="logit (signed, default) or |logit| as in the reference code")
+
+if not classes or not methods:
+    st.info("Choose at least one class and one method.")
+    st.stop()
+
+
+def options_for(method):
+    fam = core.method_family(method)
+    if fam != "relevance":
+        return {}
+    o = {}
+    if method in ("lrp", "clrp1", "clrp2"):
+        o["seed"] = seed
+    if method in ("clrp1", "clrp2"):
+        o["contrast"] = contrast
+    if method == "clrp1":
+        o["dual"] = dual
+    return o
+
+
+items, failures = [], []
+with st.spinner("Explaining…"):
+    for c in classes:
+        for m in methods:
+            try:
+                R = ui.explain(key, img["digest"], x, m, c, rules, options_for(m))
+                items.append((f"{ui.method_label(m)} · {lm.class_names[c]}", R))
+            except ClrpError as e:
+                failures.append(f"{ui.method_label(m)} · {lm.class_names[c]}: {e}")
+
+for f in failures:
+    st.warning(f, icon=":material/warning:")
+
+if items:
+    st.subheader("Explanations")
+    st.caption("Hover a map to read its values (relevance summed over colour channels). "
+               + ("One colour scale for all maps: magnitudes compare." if display["scale"] == "shared"
+                  else "Each map on its own scale."))
+    with ui.guard("drawing the maps"):
+        ui.heatmap_grid(items, image, display, columns=min(4, len(methods)) if len(methods) > 1 else 4,
+                        key="explain")
+        settings = {"model": key, "image": img["name"], "image_sha256_prefix": img["digest"],
+                    "classes": {int(c): lm.class_names[c] for c in classes}, "methods": methods, "rules": rules,
+                    "options": {m: options_for(m) for m in methods}, "clrp_version": clrp.__version__}
+        ui.downloads(items, image, display, settings, key="explain_dl")
