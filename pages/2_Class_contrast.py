@@ -1,0 +1,96 @@
+"""Class contrast: LRP versus CLRP for two or more classes of one image, with the
+class-discriminativeness numbers (correlation between the classes' maps)."""
+import itertools
+
+import pandas as pd
+import streamlit as st
+
+import clrp
+from clrp.errors import ClrpError
+from clrp.evaluation import discriminativeness as disc
+from dashboard import core, ui
+
+ui.page("Class contrast")
+st.title("Class contrast")
+st.caption("LRP maps of different classes of one image are nearly identical (Pearson r ≈ 1); contrastive maps "
+           "should differ (low or negative r). Each row is one method, each column one class.")
+
+lm = ui.model_picker()
+ui.image_picker("contrast")
+display = ui.display_controls("contrast")
+if lm is None:
+    st.stop()
+key = st.session_state[ui.MODEL_STATE]
+
+x = None
+with ui.guard("reading the image"):
+    img, x, image, info = ui.load_current(lm, key)
+if x is None:
+    st.stop()
+if lm.num_classes < 2:
+    st.error("This model has a single output: there is nothing to contrast.")
+    st.stop()
+
+top = ui.top_classes(key, img["digest"], x, min(5, lm.num_classes))
+c1, c2, c3 = st.columns([3, 2, 1])
+with c1:
+    classes = st.multiselect("Classes (two or more)", list(range(lm.num_classes)),
+                             default=[i for i, _, _ in top[:2]], format_func=lambda i: ui.class_label(lm, i),
+                             key="contrast_classes", help="Defaults to the two top-scoring classes")
+with c2:
+    methods = st.multiselect("Methods", list(clrp.METHODS), default=["lrp", "clrp1", "clrp2"],
+                             format_func=ui.method_label, key="contrast_methods")
+with c3:
+    presets = list(clrp.RULES)
+    rules = st.selectbox("Rule preset", presets, index=presets.index("paper"), key="contrast_rules")
+
+st.image(image, caption=img["name"], width=160)
+if len(classes) < 2 or not methods:
+    st.info("Choose at least two classes and one method.")
+    st.stop()
+
+maps, rows, failures = {}, [], []
+with st.spinner("Explaining…"):
+    for m in methods:
+        per = {}
+        for c in classes:
+            try:
+                per[c] = ui.explain(key, img["digest"], x, m, c, rules)
+            except ClrpError as e:
+                failures.append(f"{ui.method_label(m)} · {lm.class_names[c]}: {e}")
+        if len(per) == len(classes):
+            maps[m] = per
+for f in failures:
+    st.warning(f, icon=":material/warning:")
+
+for m, per in maps.items():
+    two_d = {c: per[c].sum(0) for c in classes}
+    for a, b in itertools.combinations(classes, 2):
+        rows.append({"method": ui.method_label(m), "class A": lm.class_names[a], "class B": lm.class_names[b],
+                     "Pearson r": disc.pearson(two_d[a], two_d[b]),
+                     f"top-{int(disc.DEFAULT_Q * 100)}% IoU": disc.top_iou(two_d[a], two_d[b]),
+                     "max |diff| (normalised)": disc.max_abs_diff(two_d[a], two_d[b])})
+
+if rows:
+    st.subheader("Discriminativeness")
+    df = pd.DataFrame(rows)
+    mcols = st.columns(min(4, len(maps)))
+    for i, (m, g) in enumerate(df.groupby("method", sort=False)):
+        r = g["Pearson r"].mean()
+        mcols[i % len(mcols)].metric(f"{m}: Pearson r between classes", "undefined" if pd.isna(r) else f"{r:.3f}",
+                                     help="Mean over class pairs. Near 1: the maps do not tell the classes apart.")
+    st.dataframe(df.style.format({c: "{:.3f}" for c in df.columns if c not in ("method", "class A", "class B")}),
+                 hide_index=True, width="stretch")
+
+    st.subheader("Maps")
+    items = []
+    for m, per in maps.items():
+        for c in classes:
+            items.append((f"{ui.method_label(m)} · {lm.class_names[c]}", per[c]))
+    with ui.guard("drawing the maps"):
+        ui.heatmap_grid(items, image, display, columns=len(classes), key="contrast", height=260)
+        settings = {"model": key, "image": img["name"], "classes": {int(c): lm.class_names[c] for c in classes},
+                    "methods": list(maps), "rules": rules, "clrp_version": clrp.__version__}
+        ui.downloads(items, image, display, settings, key="contrast_dl")
+        st.download_button("Discriminativeness (CSV)", df.to_csv(index=False).encode(), "discriminativeness.csv",
+                           "text/csv", key="contrast_csv")

@@ -1,0 +1,107 @@
+"""Neuron contrast: the channels of a layer ranked by relevance for a class, single-neuron
+explanations, neuron vs the rest of its layer, neuron vs neuron, and the class explanation
+conditioned on one neuron."""
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+import clrp
+from clrp.errors import ClrpError
+from dashboard import core, ui
+
+ui.page("Neuron contrast")
+st.title("Neuron contrast")
+st.caption("Which channels of a layer carry the decision for a class, what each one sees, and what separates "
+           "two of them.")
+
+lm = ui.model_picker()
+ui.image_picker("neuron")
+display = ui.display_controls("neuron")
+if lm is None:
+    st.stop()
+key = st.session_state[ui.MODEL_STATE]
+
+x = None
+with ui.guard("reading the image"):
+    img, x, image, info = ui.load_current(lm, key)
+    layers = core.feature_layers(lm)
+if x is None:
+    st.stop()
+
+top = ui.top_classes(key, img["digest"], x, 1)
+c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+with c1:
+    # default: the last layer with a spatial map (conv features)
+    default_layer = next((l for l in reversed(layers) if l.startswith("features")), layers[-1])
+    layer = st.selectbox("Layer", layers, index=layers.index(default_layer), key="neuron_layer",
+                         help="Layers of the traced chain, in forward order")
+with c2:
+    target = st.selectbox("Class", list(range(lm.num_classes)), index=top[0][0],
+                          format_func=lambda i: ui.class_label(lm, i), key="neuron_class")
+with c3:
+    method = st.selectbox("Ranking method", ["lrp", "clrp1", "clrp2", "sglrp"], format_func=ui.method_label,
+                          key="neuron_method", help="Relevance of each channel for the class (contrastive: "
+                                                    "target minus dual, signed)")
+with c4:
+    presets = list(clrp.RULES)
+    rules = st.selectbox("Rule preset", presets, index=presets.index("paper"), key="neuron_rules")
+
+rel = None
+with ui.guard("computing channel relevances"):
+    rel = ui.layer_relevance(key, img["digest"], x, target, layer, method, rules)
+if rel is None:
+    st.stop()
+
+k = rel.shape[0]
+order = np.argsort(-rel, kind="stable")
+st.subheader(f"Relevance of the {k} channels of {layer} for “{lm.class_names[target]}”")
+fig = go.Figure(go.Bar(x=np.arange(k), y=rel, marker_color=np.where(rel >= 0, "#b2182b", "#2166ac"),
+                       hovertemplate="channel %{x}<br>relevance %{y:.4g}<extra></extra>"))
+fig.update_layout(height=260, margin=dict(l=0, r=0, t=10, b=0), xaxis_title="channel", yaxis_title="relevance",
+                  bargap=0.1)
+st.plotly_chart(fig, key="neuron_bars", config={"displaylogo": False})
+st.caption("Top channels: " + ", ".join(f"{int(i)} ({rel[i]:.3g})" for i in order[:8]))
+
+st.subheader("Neurons")
+n1, n2 = st.columns(2)
+with n1:
+    picked = st.multiselect("Neurons to explain", list(range(k)), default=[int(i) for i in order[:3]],
+                            key="neuron_picked", help="Defaults to the three most relevant channels")
+with n2:
+    pair = st.multiselect("Neuron A vs neuron B", list(range(k)), default=[int(i) for i in order[:2]],
+                          max_selections=2, key="neuron_pair")
+
+items, failures = [], []
+
+
+def add(title, fn):
+    try:
+        items.append((title, fn()))
+    except ClrpError as e:
+        failures.append(f"{title}: {e}")
+
+
+with st.spinner("Explaining…"):
+    for ch in picked:
+        add(f"neuron {ch}", lambda ch=ch: ui.explain_neuron(key, img["digest"], x, layer, ch, None, rules))
+        add(f"neuron {ch} vs rest of layer",
+            lambda ch=ch: ui.explain_neuron(key, img["digest"], x, layer, ch, "rest", rules))
+        add(f"class | neuron {ch}",
+            lambda ch=ch: ui.explain(key, img["digest"], x, "lrp", target, rules, {"condition": [layer, [int(ch)]]}))
+    if len(pair) == 2:
+        a, b = pair
+        add(f"neuron {a} vs {b}", lambda: ui.explain_neuron(key, img["digest"], x, layer, a, int(b), rules))
+        add(f"neuron {b} vs {a}", lambda: ui.explain_neuron(key, img["digest"], x, layer, b, int(a), rules))
+for f in failures:
+    st.warning(f, icon=":material/warning:")
+
+if items:
+    st.caption("Per neuron: its own explanation, the neuron against the rest of its layer (CLRP1 analogue), "
+               "and the class explanation conditioned on the neuron (only relevance flowing through it). "
+               "Last row: two neurons against each other.")
+    with ui.guard("drawing the maps"):
+        ui.heatmap_grid(items, image, display, columns=3, key="neuron", height=250)
+        settings = {"model": key, "image": img["name"], "layer": layer, "class": lm.class_names[target],
+                    "ranking_method": method, "rules": rules, "neurons": picked, "pair": pair,
+                    "clrp_version": clrp.__version__}
+        ui.downloads(items, image, display, settings, key="neuron_dl")
