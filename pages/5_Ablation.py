@@ -1,0 +1,4 @@
+"""Region perturbation (MoRF/LeRF, AOPC) and hidden-unit ablation on a dataset."""
+from dashboard import evalpage
+
+evalpage.render("ablation")
