@@ -1,0 +1,302 @@
+"""Dashboard pages through Streamlit's AppTest (no browser), plus unit tests of dashboard.core.
+
+The bundled model is used when its weights are present; otherwise the bundled architecture with
+random weights (``CLRP_DEV_RANDOM_MODELS=1``), so the pages are exercised either way.
+"""
+import io
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+import clrp  # noqa: E402
+from clrp.errors import ClrpError, DatasetError, InvalidTarget  # noqa: E402
+from clrp.models import bundled  # noqa: E402
+from dashboard import core  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 120
+HAVE_BUNDLED = bundled.WEIGHTS_FILE.is_file() and bundled.META_FILE.is_file()
+MODEL = "bundled" if HAVE_BUNDLED else "dev:bundled"
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    monkeypatch.setenv(core.DEV_ENV, "1")
+    monkeypatch.setenv(core.RUNS_ENV, str(tmp_path / "runs"))
+    monkeypatch.setenv(core.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(core.ROOTS_ENV, raising=False)
+    from dashboard import ui
+
+    ui._choices.clear()
+    yield
+
+
+def app(page: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / page), default_timeout=TIMEOUT)
+    at.session_state["clrp_model_key"] = MODEL
+    return at
+
+
+def no_errors(at):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def charts(at):
+    return at.get("plotly_chart")
+
+
+def png_bytes(size=(64, 48), color=(200, 30, 30)):
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pages
+
+def test_home_shows_first_explanation_without_click():
+    at = app("app.py").run()
+    no_errors(at)
+    assert at.selectbox(key="_model_picker").value == MODEL
+    assert len(charts(at)) == 4  # LRP and CLRP2 for the two top classes
+    assert "A first explanation" in [s.value for s in at.subheader]
+
+
+def test_explain_sample_scene_all_methods_and_display_change():
+    at = app("pages/1_Explain.py").run()
+    no_errors(at)
+    n0 = len(charts(at))
+    assert n0 == len(core.DEFAULT_METHODS)
+    at.multiselect(key="explain_methods").set_value(list(clrp.METHODS)).run()
+    no_errors(at)
+    warnings = [w for w in at.warning if "Random weights" not in w.value]
+    assert len(charts(at)) + len(warnings) == len(clrp.METHODS)  # every method drawn, or a reason given
+    # choose two classes: one row per class
+    at.multiselect(key="explain_methods").set_value(["lrp", "clrp2"]).run()
+    at.multiselect(key="explain_classes").set_value([0, 1]).run()
+    no_errors(at)
+    assert len(charts(at)) == 4
+    # rule preset, colormap, opacity, per-map scale: re-render without errors
+    at.selectbox(key="explain_rules").set_value("epsilon_plus").run()
+    at.selectbox(key="explain_cmap").set_value("hot").run()
+    at.slider(key="explain_opacity").set_value(0.3).run()
+    at.radio(key="explain_scale").set_value("per_map").run()
+    no_errors(at)
+    # CLRP2 with an epsilon output layer is refused by the engine: a readable warning, not a crash
+    assert any("CLRP2" in w.value for w in at.warning)
+    assert [b.label for b in at.get("download_button")][:3] == ["Maps (PNG + .npy, zip)", "Grid (PNG)",
+                                                               "Settings (JSON)"]
+
+
+def test_explain_upload_image_and_bad_file():
+    at = app("pages/1_Explain.py").run()
+    at.radio(key="explain_img_src").set_value("Upload").run()
+    at.file_uploader(key="explain_img_upload").set_value(("red.png", png_bytes(), "image/png")).run()
+    no_errors(at)
+    assert at.session_state["clrp_image"]["name"] == "red.png"
+    assert len(charts(at)) == len(core.DEFAULT_METHODS)
+    at.file_uploader(key="explain_img_upload").set_value(("notes.png", b"this is not an image", "image/png")).run()
+    assert not at.exception
+    assert at.error and "not an image" in at.error[0].value
+
+
+def test_class_contrast_discriminativeness():
+    at = app("pages/2_Class_contrast.py").run()
+    no_errors(at)
+    metrics = at.metric
+    assert len(metrics) == 3  # LRP, CLRP1, CLRP2
+    vals = {m.label.split(":")[0]: float(m.value) for m in metrics}
+    assert -1 <= vals["CLRP1"] <= 1 and vals["LRP"] > 0.9  # LRP maps of two classes are near-identical
+    assert len(charts(at)) == 6
+    at.multiselect(key="contrast_classes").set_value([0, 1, 2]).run()
+    no_errors(at)
+    assert len(charts(at)) == 9
+
+
+def test_neuron_contrast_views():
+    at = app("pages/3_Neuron_contrast.py").run()
+    no_errors(at)
+    n = len(charts(at))
+    assert n == 1 + 3 * 3 + 2  # bars + (neuron, vs rest, conditioned) x 3 + the pair
+    layers = at.selectbox(key="neuron_layer").options
+    at.selectbox(key="neuron_layer").set_value(layers[0]).run()
+    no_errors(at)
+    at.multiselect(key="neuron_picked").set_value([0]).run()
+    at.multiselect(key="neuron_pair").set_value([1, 2]).run()
+    no_errors(at)
+    assert len(charts(at)) == 1 + 3 + 2
+
+
+def _run_page(page, kind, n, extra=None):
+    at = app(page).run()
+    no_errors(at)
+    at.number_input(key=f"{kind}_n").set_value(n).run()
+    for k, v in (extra or {}).items():
+        w = at.get_by_key(k) if hasattr(at, "get_by_key") else None
+        w.set_value(v)
+    at.run()
+    at.button(key=f"{kind}_start").click().run()
+    no_errors(at)
+    rid = at.session_state[f"{kind}_current"]
+    run = next(r for (s, i), r in core.REGISTRY._runs.items() if i == rid)
+    assert run.wait(TIMEOUT), "run did not finish"
+    assert run.state == "done", (run.state, run.message, run.detail)
+    at.run()
+    no_errors(at)
+    return at, run
+
+
+def test_pointing_game_run_to_completion():
+    t = time.time()
+    at, run = _run_page("pages/4_Pointing_Game.py", "pointing", 4, {"pg_methods": ["lrp", "clrp2", "gradient"]})
+    assert run.done == 4 and run.total == 4
+    assert len(charts(at)) >= 1  # accuracy bars (+ per-class heatmap)
+    labels = [b.label for b in at.get("download_button")]
+    assert "pointing rows (CSV)" in labels and "Settings (JSON)" in labels
+    res, summ = core.run_results(run.out_dir)
+    csv = core.results_csv(res, "pointing").decode()
+    assert csv.splitlines()[0].startswith("image_id,class_name,method,hit")
+    assert set(summ["pointing"].index) == {"lrp", "clrp2", "gradient", "center"}
+    assert time.time() - t < TIMEOUT
+
+
+def test_ablation_run_to_completion():
+    at, run = _run_page("pages/5_Ablation.py", "ablation", 2,
+                        {"abl_methods": ["lrp", "clrp2"], "abl_steps": 5, "abl_repeats": 1, "abl_ks": "1, 4"})
+    res, summ = core.run_results(run.out_dir)
+    assert {"perturbation", "ablation"} <= set(res)
+    assert len(charts(at)) >= 3  # curves, AOPC bars, ablation lines
+
+
+def test_model_unavailable_is_a_message(monkeypatch):
+    from dashboard import ui
+
+    monkeypatch.setattr(core, "model_choices", lambda: [
+        core.ModelChoice("bundled", "bundled", "bundled", "", False, "missing weights file x.pt")])
+    ui._choices.clear()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.error and "missing weights file" in at.error[0].value
+
+
+# ---------------------------------------------------------------------------------------------
+# dashboard.core
+
+def test_resolve_server_path_inside_outside_and_symlinks(tmp_path):
+    root = tmp_path / "data"
+    (root / "voc").mkdir(parents=True)
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)
+    roots = [root.resolve()]
+    assert core.resolve_server_path(str(root / "voc"), roots) == (root / "voc").resolve()
+    assert core.resolve_server_path("voc", roots) == (root / "voc").resolve()  # relative to the first root
+    for bad in (str(outside), str(root / "escape"), str(root / ".." / "secret"), "/etc/passwd"):
+        with pytest.raises(DatasetError, match="outside"):
+            core.resolve_server_path(bad, roots)
+    with pytest.raises(DatasetError, match="does not exist"):
+        core.resolve_server_path(str(root / "nope"), roots)
+    with pytest.raises(DatasetError, match="disabled"):
+        core.resolve_server_path(str(root / "voc"), [])
+
+
+def test_data_roots_from_env(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    assert core.data_roots(f"{a}{os.pathsep}{b}{os.pathsep}") == [a.resolve()]  # missing folders dropped
+
+
+def test_save_upload_and_class_index(tmp_path):
+    with pytest.raises(DatasetError):
+        core.save_upload("evil.exe", b"x", tmp_path)
+    with pytest.raises(DatasetError):
+        core.save_upload("d.zip", b"", tmp_path)
+    p = core.save_upload("../../x/d.zip", b"PK", tmp_path / "u")
+    assert p.parent == tmp_path / "u" and p.name == "dataset.zip"
+    lm = core.load_model("dev:bundled")
+    assert core.class_index(lm, "star") == lm.class_names.index("star")
+    assert core.class_index(lm, "STAR") == lm.class_names.index("star")
+    with pytest.raises(InvalidTarget):
+        core.class_index(lm, "zebra")
+    with pytest.raises(InvalidTarget):
+        core.class_index(lm, 99)
+
+
+def test_dev_models_need_the_env(monkeypatch):
+    monkeypatch.delenv(core.DEV_ENV)
+    assert not any(c.kind == "dev" for c in core.model_choices())
+    with pytest.raises(ClrpError):
+        core.load_model("dev:vgg16")
+
+
+def test_scenes_dataset_cached(tmp_path):
+    d1 = core.scenes_dataset(3, 123, tmp_path)
+    d2 = core.scenes_dataset(3, 123, tmp_path)
+    assert d1 == d2 and len(list((d1 / "JPEGImages").iterdir())) == 3
+
+
+def _zip(entries):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _wait(run):
+    assert run.wait(TIMEOUT)
+    return run
+
+
+def test_runs_report_bad_uploads_readably(tmp_path):
+    reg = core.RunRegistry()
+    cfg = {"methods": ["lrp"], "protocols": ["pointing"]}
+    loader = lambda k: core.load_model("dev:bundled")  # noqa: E731
+    # path traversal in the archive: refused by the safe extraction
+    evil = core.save_upload("evil.zip", _zip([("../../escape.txt", b"x")]), tmp_path / "e")
+    r = _wait(reg.start("s", "pointing", "dev:bundled", {"kind": "upload", "path": str(evil)}, cfg,
+                        model_loader=loader))
+    assert r.state == "failed" and r.message and "Traceback" not in r.message
+    # an archive with no dataset inside
+    junk = core.save_upload("junk.zip", _zip([("readme.txt", b"hello")]), tmp_path / "j")
+    r = _wait(reg.start("s", "pointing", "dev:bundled", {"kind": "upload", "path": str(junk)}, cfg,
+                        model_loader=loader))
+    assert r.state == "failed" and "no VOC" in r.message
+    # a missing model is a message too
+    def missing(k):
+        raise clrp.errors.ModelLoadError("weights file not found")
+    r = _wait(reg.start("s", "pointing", "bundled", {"kind": "scenes", "n": 2}, cfg, model_loader=missing))
+    assert r.state == "failed" and "weights file not found" in r.message
+    assert [x.state for x in reg.list("s")] == ["failed"] * 3 and reg.list("other") == []
+    with pytest.raises(ClrpError):
+        reg.start("s", "pointing", "bundled", {"kind": "scenes"}, {"methods": []})
+
+
+def test_cancel_keeps_finished_batches(tmp_path):
+    reg = core.RunRegistry()
+    lm = core.load_model("dev:bundled")
+    started = []
+
+    def loader(k):
+        started.append(1)
+        return lm
+
+    r = reg.start("s", "pointing", "dev:bundled", {"kind": "scenes", "n": 40},
+                  {"methods": ["lrp"], "protocols": ["pointing"], "batch_size": 2}, model_loader=loader)
+    deadline = time.time() + TIMEOUT
+    while r.done < 2 and r.active and time.time() < deadline:
+        time.sleep(0.05)
+    r.cancel()
+    _wait(r)
+    assert r.state == "cancelled" and 2 <= r.done < 40
+    res, _ = core.run_results(r.out_dir)
+    assert res["pointing"]["image_id"].nunique() == r.done  # what finished stays on disk
