@@ -245,6 +245,9 @@ def colorbar_png(cmap: str, vmin: float, vmax: float, *, width: int = 320, heigh
     ax = fig.add_axes([0.05, 0.55, 0.9, 0.3])
     fig.colorbar(ScalarMappable(norm=Normalize(vmin, vmax), cmap=cmap), cax=ax, orientation="horizontal")
     ax.tick_params(labelsize=7)
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     if label:
         ax.set_title(label, fontsize=7, pad=2)
     buf = io.BytesIO()
@@ -330,8 +333,9 @@ def heatmap_figure(a, image=None, *, cmap: str = "bwr", vmin: float | None = Non
         hovertemplate=f"x=%{{x}}, y=%{{y}}<br>{hover_label}=%{{z:.4g}}<extra></extra>",
     ))
     fig = go.Figure(traces)
-    fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor="x", constrain="domain")
-    fig.update_xaxes(showticklabels=False, constrain="domain")
+    axis = dict(showticklabels=False, showgrid=False, zeroline=False, ticks="", constrain="domain")
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", **axis)
+    fig.update_xaxes(**axis)
     fig.update_layout(height=height, margin=dict(l=0, r=0, t=28 if title else 4, b=0),
                       title=dict(text=title, font=dict(size=13), x=0.02) if title else None,
                       plot_bgcolor="white")

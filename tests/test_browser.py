@@ -1,0 +1,283 @@
+"""The dashboard in a real browser: a ``streamlit run app.py`` server and Debian's chromium driven
+by Playwright (never ``playwright install``). Screenshots go to ``artifacts/screenshots/``; with
+``CLRP_UPDATE_DOC_SCREENSHOTS=1`` they are also copied (1200 px wide) to ``docs/screenshots/``.
+
+The server runs with ``CLRP_DEV_RANDOM_MODELS=1`` so the pages work even before the bundled
+model's weights exist; the bundled model is the default whenever it is present.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = ROOT / "artifacts" / "screenshots"
+DOC_SHOTS = ROOT / "docs" / "screenshots"
+PAGES = {"home": "", "explain": "Explain", "class_contrast": "Class_contrast", "neuron_contrast": "Neuron_contrast",
+         "pointing_game": "Pointing_Game", "ablation": "Ablation"}
+T = 90_000  # ms
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover
+    pytest.skip("playwright (python package) is not installed", allow_module_level=True)
+expect.set_options(timeout=T)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tmp: Path, env_extra: dict | None = None, port: int | None = None):
+    """Start ``streamlit run app.py`` on 127.0.0.1; returns (process, base url, log path)."""
+    port = port or _free_port()
+    env = dict(os.environ, CLRP_DEV_RANDOM_MODELS="1", CLRP_RUNS_DIR=str(tmp / "runs"),
+               CLRP_CACHE_DIR=str(tmp / "cache"), PYTHONUNBUFFERED="1", **(env_extra or {}))
+    log = tmp / f"streamlit-{port}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return proc, url, log
+        except OSError:
+            time.sleep(0.3)
+    stop_server(proc)
+    raise RuntimeError("streamlit did not become healthy in 60 s")
+
+
+def stop_server(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dashboard")
+    proc, url, log = start_server(tmp)
+    try:
+        yield url
+    finally:
+        stop_server(proc)
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def new_page(browser, **kw):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True, **kw)
+    page = ctx.new_page()
+    page.set_default_timeout(T)
+    return ctx, page
+
+
+def shoot(page, name: str):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.wait_for_timeout(800)  # let plotly finish drawing
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("CLRP_UPDATE_DOC_SCREENSHOTS") == "1":
+        from PIL import Image
+
+        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+        im = Image.open(path).convert("RGB")
+        if im.width > 1200:
+            im = im.resize((1200, round(im.height * 1200 / im.width)), Image.Resampling.LANCZOS)
+        im = im.crop((0, 0, im.width, min(im.height, 1600)))
+        im.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(DOC_SHOTS / f"{name}.png", optimize=True)
+
+
+def wait_app_idle(page):
+    """Wait until Streamlit has finished running the script (no 'running' indicator)."""
+    page.wait_for_selector('[data-testid="stApp"]')
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
+
+
+def heatmaps(page):
+    return page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot')
+
+
+def no_exception(page):
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def goto(page, url, name):
+    page.goto(f"{url}/{PAGES[name]}")
+    page.wait_for_selector('[data-testid="stMain"] h1')
+    wait_app_idle(page)
+
+
+def png_file(path: Path, color=(30, 160, 40)) -> Path:
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (160, 120), color)
+    ImageDraw.Draw(im).ellipse((40, 20, 120, 100), fill=(240, 200, 20))
+    im.save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_pages_render_and_upload(server, browser, tmp_path):
+    ctx, page = new_page(browser)
+    try:
+        goto(page, server, "home")
+        expect(heatmaps(page)).to_have_count(4)
+        no_exception(page)
+        shoot(page, "home")
+
+        goto(page, server, "explain")
+        expect(heatmaps(page).first).to_be_visible()
+        page.get_by_text("Upload", exact=True).click()
+        page.locator('[data-testid="stFileUploader"] input[type=file]').set_input_files(
+            str(png_file(tmp_path / "disc.png")))
+        expect(page.get_by_text(re.compile(r"disc\.png — model input"))).to_be_visible()
+        wait_app_idle(page)
+        expect(heatmaps(page)).to_have_count(6)
+        no_exception(page)
+        shoot(page, "explain")
+
+        # a file that is not an image: a readable error, no traceback
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"definitely not a PNG")
+        page.locator('[data-testid="stFileUploader"] input[type=file]').set_input_files(str(bad))
+        expect(page.locator('[data-testid="stAlertContentError"]').first).to_contain_text("not an image")
+        no_exception(page)
+
+        for name, n in (("class_contrast", 6), ("neuron_contrast", 12)):
+            goto(page, server, name)
+            # the bad upload is still the current image on these pages: go back to a scene
+            if page.locator('[data-testid="stAlertContentError"]').count():
+                page.get_by_text("Bundled scene", exact=True).click()
+                wait_app_idle(page)
+            expect(heatmaps(page)).to_have_count(n)
+            no_exception(page)
+            shoot(page, name)
+    finally:
+        ctx.close()
+
+
+def _run_pointing(page, url, n=4, methods_text=None):
+    goto(page, url, "pointing_game")
+    box = page.get_by_role("spinbutton", name="Number of scenes")
+    box.fill(str(n))
+    box.press("Enter")
+    wait_app_idle(page)
+    page.get_by_role("button", name=re.compile("Run")).click()
+    expect(page.get_by_text(re.compile(rf"done — {n}/{n} images"))).to_be_visible(timeout=180_000)
+    wait_app_idle(page)
+    expect(page.get_by_role("button", name="pointing rows (CSV)")).to_be_visible()
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="pointing rows (CSV)").click()
+    return Path(dl.value.path()).read_text()
+
+
+def _check_csv(text, n):
+    import pandas as pd
+
+    df = pd.read_csv(io.StringIO(text))
+    assert {"image_id", "class_name", "method", "hit"} <= set(df.columns)
+    assert df["image_id"].nunique() == n
+    assert {"lrp", "clrp1", "clrp2", "center"} <= set(df["method"])
+    assert df["hit"].isin([True, False, 0, 1]).all()
+    return df
+
+
+def test_pointing_game_to_completion_and_csv(server, browser):
+    ctx, page = new_page(browser)
+    try:
+        text = _run_pointing(page, server, 4)
+        _check_csv(text, 4)
+        expect(heatmaps(page).first).to_be_visible()  # accuracy bars
+        no_exception(page)
+        shoot(page, "pointing_game")
+
+        goto(page, server, "ablation")
+        box = page.get_by_role("spinbutton", name="Number of scenes")
+        box.fill("2")
+        box.press("Enter")
+        steps = page.get_by_role("spinbutton", name="Steps")
+        steps.fill("5")
+        steps.press("Enter")
+        wait_app_idle(page)
+        page.get_by_role("button", name=re.compile("Run")).click()
+        expect(page.get_by_text(re.compile(r"done — 2/2 images"))).to_be_visible(timeout=180_000)
+        wait_app_idle(page)
+        expect(page.get_by_role("button", name="perturbation rows (CSV)")).to_be_visible()
+        no_exception(page)
+        shoot(page, "ablation")
+    finally:
+        ctx.close()
+
+
+def test_two_sessions_at_once_give_identical_results(server, browser):
+    """Two browser contexts (two users) run the same Pointing Game at the same time on the shared
+    cached model; both finish and their CSVs are identical."""
+    out, errors = {}, []
+    ctxs = [new_page(browser) for _ in range(2)]
+    try:
+        # Playwright's sync API is not thread-safe: drive both pages from this thread, interleaved.
+        for ctx, page in ctxs:
+            goto(page, server, "pointing_game")
+            box = page.get_by_role("spinbutton", name="Number of scenes")
+            box.fill("6")
+            box.press("Enter")
+            wait_app_idle(page)
+        for ctx, page in ctxs:
+            page.get_by_role("button", name=re.compile("Run")).click()
+        for i, (ctx, page) in enumerate(ctxs):
+            expect(page.get_by_text(re.compile(r"done — 6/6 images"))).to_be_visible(timeout=240_000)
+            wait_app_idle(page)
+            with page.expect_download() as dl:
+                page.get_by_role("button", name="pointing rows (CSV)").click()
+            out[i] = Path(dl.value.path()).read_text()
+            no_exception(page)
+    finally:
+        for ctx, _ in ctxs:
+            ctx.close()
+    assert not errors
+    _check_csv(out[0], 6)
+    assert out[0] == out[1]
