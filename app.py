@@ -1,6 +1,7 @@
 """clrp dashboard — home page. Run: ``streamlit run app.py``."""
 import streamlit as st
 
+from clrp import viz
 from dashboard import core, ui
 
 ui.page("clrp — explain CNN decisions")
@@ -34,13 +35,14 @@ if lm is not None:
         for idx, name, score in top[:2]:
             for method in ("lrp", "clrp2"):
                 items.append((f"{ui.method_label(method)} · {name}", ui.explain(key, dig, x, method, idx)))
+        st.caption("Hover values, more methods and downloads: the *Explain* page.")
         cols = st.columns([1, 4])
         with cols[0]:
-            st.image(image, caption="input", width="stretch")
+            st.image(viz.to_png(image, scale=max(1, 200 // image.shape[1])), caption="input", width="stretch")
             for idx, name, score in top:
                 st.progress(min(1.0, max(0.0, score)), text=f"{name}: {score:.2f}")
         with cols[1]:
-            ui.heatmap_grid(items, image, display, columns=4, key="home", height=240)
+            ui.image_grid(items, image, display, columns=4)
 
 st.divider()
 st.markdown(

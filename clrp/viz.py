@@ -16,6 +16,7 @@ module never imports Streamlit. Conventions:
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ import numpy as np
 __all__ = [
     "COLORMAPS", "DIVERGING", "SEQUENTIAL", "Limits", "channel_sum", "is_signed", "default_colormap",
     "colormap_kind", "color_limits", "normalize", "colorize", "overlay", "to_png", "npy_bytes",
-    "colorbar_png", "plotly_colorscale", "heatmap_figure", "render_grid_png", "settings_json",
+    "colorbar_png", "plotly_colorscale", "heatmap_figure", "heatmap_grid_figure", "image_data_uri",
+    "render_grid_png", "settings_json",
 ]
 
 #: Diverging colormaps (for signed maps, centred at 0) and sequential ones (non-negative maps).
@@ -325,9 +327,9 @@ def heatmap_figure(a, image=None, *, cmap: str = "bwr", vmin: float | None = Non
         img = np.asarray(image)[..., :3]
         if img.shape[:2] != (h, w):
             img = _resize_rgb(img.astype(np.uint8), h, w)
-        traces.append(go.Image(z=img, hoverinfo="skip"))
+        traces.append(go.Image(source=image_data_uri(img), hoverinfo="skip"))
     traces.append(go.Heatmap(
-        z=a, zmin=vmin, zmax=vmax, colorscale=plotly_colorscale(cmap),
+        z=a.astype(np.float32), zmin=vmin, zmax=vmax, colorscale=plotly_colorscale(cmap),
         opacity=float(opacity) if image is not None else 1.0, showscale=show_colorbar,
         colorbar=dict(thickness=10, len=0.9, tickfont=dict(size=9)),
         hovertemplate=f"x=%{{x}}, y=%{{y}}<br>{hover_label}=%{{z:.4g}}<extra></extra>",
@@ -339,4 +341,82 @@ def heatmap_figure(a, image=None, *, cmap: str = "bwr", vmin: float | None = Non
     fig.update_layout(height=height, margin=dict(l=0, r=0, t=28 if title else 4, b=0),
                       title=dict(text=title, font=dict(size=13), x=0.02) if title else None,
                       plot_bgcolor="white")
+    return fig
+
+
+def image_data_uri(image: np.ndarray, quality: int = 92) -> str:
+    """An RGB uint8 image as a JPEG data URI (compact; the browser decodes it natively, much faster
+    than letting plotly encode pixel arrays)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8)).save(
+        buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt_limits(lim: Limits) -> str:
+    return f"±{lim.vmax:.3g}" if lim.vmin == -lim.vmax else f"{lim.vmin:.3g}…{lim.vmax:.3g}"
+
+
+def heatmap_grid_figure(maps: Sequence, titles: Sequence[str], image=None, *, limits: Sequence[Limits] | None = None,
+                        cmap: str = "bwr", opacity: float = 0.6, columns: int = 4, cell_height: int = 250,
+                        shared: bool | None = None, hover_label: str = "relevance"):
+    """Several maps in ONE plotly figure (a grid of subplots): one browser redraw instead of one per
+    map. With one shared scale (all ``limits`` equal) the heatmaps share a coloraxis and a single
+    colorbar; otherwise each subplot has its own limits, written in its title. Hover shows values."""
+    import plotly.graph_objects as go
+
+    maps = [channel_sum(m) for m in maps]
+    if len(titles) != len(maps):
+        raise ValueError("one title per map")
+    if not maps:
+        raise ValueError("no maps to draw")
+    if limits is None:
+        limits = color_limits(maps, scale="shared", cmap=cmap)
+    if shared is None:
+        shared = len({l.as_tuple() for l in limits}) == 1
+    n = len(maps)
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    gap_x, gap_y, title_h = 0.015, 0.02, 0.09 / rows * 2
+    h, w = maps[0].shape
+    uri = None
+    if image is not None:
+        img = np.asarray(image)[..., :3]
+        if img.shape[:2] != (h, w):
+            img = _resize_rgb(img.astype(np.uint8), h, w)
+        uri = image_data_uri(img)
+    scale = plotly_colorscale(cmap)
+    traces, layout, notes = [], {}, []
+    for i, (m, t, lim) in enumerate(zip(maps, titles, limits)):
+        r, c = divmod(i, columns)
+        k = "" if i == 0 else str(i + 1)
+        x0, x1 = c / columns + gap_x, (c + 1) / columns - gap_x
+        y1 = 1 - r / rows - title_h / 2
+        y0 = 1 - (r + 1) / rows + gap_y
+        axis = dict(showticklabels=False, showgrid=False, zeroline=False, ticks="", constrain="domain")
+        layout[f"xaxis{k}"] = dict(domain=[x0, x1], anchor=f"y{k}", **axis)
+        layout[f"yaxis{k}"] = dict(domain=[y0, y1], anchor=f"x{k}", autorange="reversed",
+                                   scaleanchor=f"x{k}", **axis)
+        if uri is not None:
+            traces.append(go.Image(source=uri, xaxis=f"x{k}", yaxis=f"y{k}", hoverinfo="skip"))
+        hm = dict(z=m.astype(np.float32), xaxis=f"x{k}", yaxis=f"y{k}",
+                  opacity=float(opacity) if uri is not None else 1.0,
+                  hovertemplate=f"{t}<br>x=%{{x}}, y=%{{y}}<br>{hover_label}=%{{z:.4g}}<extra></extra>")
+        if shared:
+            hm["coloraxis"] = "coloraxis"
+        else:
+            hm.update(zmin=lim.vmin, zmax=lim.vmax, colorscale=scale, showscale=False)
+        traces.append(go.Heatmap(**hm))
+        label = t if shared else f"{t}  <span style='font-size:10px;color:#666'>({_fmt_limits(lim)})</span>"
+        notes.append(dict(text=f"<b>{label}</b>", x=(x0 + x1) / 2, y=y1 + 0.005, xref="paper", yref="paper",
+                          xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=12)))
+    if shared:
+        layout["coloraxis"] = dict(cmin=limits[0].vmin, cmax=limits[0].vmax, colorscale=scale,
+                                   colorbar=dict(thickness=10, len=min(1.0, 0.9), tickfont=dict(size=10),
+                                                 title=dict(text=hover_label, side="right", font=dict(size=11))))
+    fig = go.Figure(traces)
+    fig.update_layout(height=rows * cell_height + 10, margin=dict(l=0, r=0, t=8, b=0), annotations=notes,
+                      plot_bgcolor="white", showlegend=False, **layout)
     return fig

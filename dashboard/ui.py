@@ -239,22 +239,33 @@ def display_controls(key: str, where=None, signed_hint: bool = False) -> dict:
 
 
 def heatmap_grid(items: Sequence[tuple[str, np.ndarray]], image: np.ndarray, display: dict, *, columns: int = 4,
-                 key: str = "grid", height: int = 280, captions: Optional[Sequence[str]] = None) -> list:
-    """Plot ``(title, map)`` items side by side with hover values; returns the limits used."""
+                 key: str = "grid", height: int = 250) -> list:
+    """Plot ``(title, map)`` items side by side in one plotly figure (hover shows values); returns
+    the colour limits used."""
     maps = [viz.channel_sum(m) for _, m in items]
     limits = viz.color_limits(maps, scale=display["scale"], cmap=display["cmap"], clip=display["clip"])
-    cols = st.columns(min(columns, max(1, len(items))))
+    fig = viz.heatmap_grid_figure(maps, [t for t, _ in items], image, limits=limits, cmap=display["cmap"],
+                                  opacity=display["opacity"], columns=columns, cell_height=height,
+                                  shared=display["scale"] == "shared")
+    st.plotly_chart(fig, key=key, config={"displaylogo": False, "displayModeBar": False})
+    return limits
+
+
+def image_grid(items: Sequence[tuple[str, np.ndarray]], image: np.ndarray, display: dict, *, columns: int = 4,
+               width: int = 200) -> list:
+    """Static overlays (PNG) side by side: no plotly in the browser, so they appear fastest (used on
+    the home page; the other pages use the interactive :func:`heatmap_grid`)."""
+    maps = [viz.channel_sum(m) for _, m in items]
+    limits = viz.color_limits(maps, scale=display["scale"], cmap=display["cmap"], clip=display["clip"])
+    cols = st.columns(columns)
+    scale = max(1, width // max(1, image.shape[1]))
     for i, ((title, _), m, lim) in enumerate(zip(items, maps, limits)):
-        with cols[i % len(cols)]:
-            fig = viz.heatmap_figure(m, image, cmap=display["cmap"], vmin=lim.vmin, vmax=lim.vmax,
-                                     opacity=display["opacity"], title=title, height=height,
-                                     show_colorbar=display["scale"] == "per_map")
-            st.plotly_chart(fig, key=f"{key}_{i}", config={"displaylogo": False, "displayModeBar": False})
-            if captions:
-                st.caption(captions[i])
+        png = viz.to_png(viz.overlay(image, m, display["cmap"], lim.vmin, lim.vmax, display["opacity"]), scale=scale)
+        cols[i % columns].image(png, caption=title if display["scale"] == "shared" else
+                                f"{title} (±{max(abs(lim.vmin), abs(lim.vmax)):.3g})", width="stretch")
     if display["scale"] == "shared" and limits:
-        st.image(viz.colorbar_png(display["cmap"], limits[0].vmin, limits[0].vmax,
-                                  label="relevance (shared scale)"), width=360)
+        st.image(viz.colorbar_png(display["cmap"], limits[0].vmin, limits[0].vmax, label="relevance (shared scale)"),
+                 width=360)
     return limits
 
 

@@ -93,8 +93,8 @@ if items:
                + ("One colour scale for all maps: magnitudes compare." if display["scale"] == "shared"
                   else "Each map on its own scale."))
     with ui.guard("drawing the maps"):
-        ui.heatmap_grid(items, image, display, columns=min(4, len(methods)) if len(methods) > 1 else 4,
-                        key="explain")
+        ncol = len(methods) if len(methods) <= 6 else 4
+        ui.heatmap_grid(items, image, display, columns=ncol, key="explain", height=max(170, 1100 // ncol + 25))
         settings = {"model": key, "image": img["name"], "image_sha256_prefix": img["digest"],
                     "classes": {int(c): lm.class_names[c] for c in classes}, "methods": methods, "rules": rules,
                     "options": {m: options_for(m) for m in methods}, "clrp_version": clrp.__version__}

@@ -88,7 +88,8 @@ if rows:
         for c in classes:
             items.append((f"{ui.method_label(m)} · {lm.class_names[c]}", per[c]))
     with ui.guard("drawing the maps"):
-        ui.heatmap_grid(items, image, display, columns=len(classes), key="contrast", height=260)
+        ui.heatmap_grid(items, image, display, columns=len(classes), key="contrast",
+                        height=max(170, min(330, 1100 // len(classes) + 25)))
         settings = {"model": key, "image": img["name"], "classes": {int(c): lm.class_names[c] for c in classes},
                     "methods": list(maps), "rules": rules, "clrp_version": clrp.__version__}
         ui.downloads(items, image, display, settings, key="contrast_dl")

@@ -100,7 +100,7 @@ if items:
                "and the class explanation conditioned on the neuron (only relevance flowing through it). "
                "Last row: two neurons against each other.")
     with ui.guard("drawing the maps"):
-        ui.heatmap_grid(items, image, display, columns=3, key="neuron", height=250)
+        ui.heatmap_grid(items, image, display, columns=3, key="neuron", height=330)
         settings = {"model": key, "image": img["name"], "layer": layer, "class": lm.class_names[target],
                     "ranking_method": method, "rules": rules, "neurons": picked, "pair": pair,
                     "clrp_version": clrp.__version__}

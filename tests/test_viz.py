@@ -121,7 +121,7 @@ def test_heatmap_figure_hover_values_and_scale():
     assert heat.type == "heatmap" and heat.zmin == -4 and heat.zmax == 4 and heat.opacity == 0.4
     np.testing.assert_allclose(np.asarray(heat.z), a)
     assert "%{z" in heat.hovertemplate
-    assert fig.data[0].type == "image"
+    assert fig.data[0].type == "image" and fig.data[0].source.startswith("data:image/jpeg;base64,")
     fig2 = viz.heatmap_figure(a, cmap="hot")
     assert len(fig2.data) == 1 and fig2.data[0].zmin == -2 and fig2.data[0].zmax == 2  # signed map
 
@@ -129,3 +129,25 @@ def test_heatmap_figure_hover_values_and_scale():
 def test_settings_json():
     s = json.loads(viz.settings_json({"a": (1, 2), "b": np.float32(0.5), "c": {3, 1}}))
     assert s == {"a": [1, 2], "b": 0.5, "c": [1, 3]}
+
+
+def test_heatmap_grid_figure_shared_and_per_map():
+    maps = [np.full((4, 5), 1.0), np.full((4, 5), 3.0), np.array([[-1.0] * 5] * 4)]
+    img = np.zeros((8, 10, 3), np.uint8)  # resized to the maps
+    lims = viz.color_limits(maps, scale="shared", cmap="bwr")
+    fig = viz.heatmap_grid_figure(maps, ["a", "b", "c"], img, limits=lims, cmap="bwr", opacity=0.5, columns=2)
+    heats = [t for t in fig.data if t.type == "heatmap"]
+    assert len(heats) == 3 and len([t for t in fig.data if t.type == "image"]) == 3
+    assert all(h.coloraxis == "coloraxis" for h in heats)
+    assert fig.layout.coloraxis.cmin == -3 and fig.layout.coloraxis.cmax == 3
+    assert {h.xaxis for h in heats} == {"x", "x2", "x3"} and all(h.opacity == 0.5 for h in heats)
+    assert fig.layout.yaxis3.autorange == "reversed" and fig.layout.yaxis3.scaleanchor == "x3"
+    np.testing.assert_allclose(np.asarray(heats[1].z), maps[1])
+    assert "a<br>" in heats[0].hovertemplate and "%{z" in heats[0].hovertemplate
+    per = viz.color_limits(maps, scale="per_map", cmap="bwr")
+    fig2 = viz.heatmap_grid_figure(maps, ["a", "b", "c"], None, limits=per, cmap="bwr")
+    heats2 = [t for t in fig2.data if t.type == "heatmap"]
+    assert [(h.zmin, h.zmax) for h in heats2] == [(-1, 1), (-3, 3), (-1, 1)]
+    assert heats2[0].opacity == 1.0  # no image: the map itself
+    with pytest.raises(ValueError):
+        viz.heatmap_grid_figure(maps, ["a"], None)
