@@ -62,8 +62,8 @@ def build_cache(n: int, seed_base: int, workers: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--seed", type=int, default=0)
@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-scenes", type=int, default=50000, help="distinct training scenes (cached in memory)")
     ap.add_argument("--heldout", type=int, default=1000, help="held-out scenes for the final metrics")
     ap.add_argument("--out", type=Path, default=bundled.ASSETS_DIR)
-    ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--log-every", type=int, default=250)
+    ap.add_argument("--monitor", type=int, default=300, help="held-out scenes for the progress mAP in the log")
     a = ap.parse_args(argv)
 
     torch.manual_seed(a.seed)
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
 
     cfg = dict(bundled.DEFAULT_CONFIG)
     cfg["num_classes"] = len(scenes.CLASS_NAMES)
-    model = bundled.build_model(cfg)
+    model = bundled.build_model(cfg, batch_norm=True)  # BN folded into the convs after training
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params} parameters, config {cfg}", flush=True)
 
@@ -111,8 +112,19 @@ def main(argv=None) -> int:
                     return
 
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps, pct_start=0.1)
     lossf = torch.nn.BCEWithLogitsLoss()
+
+    mon_x, mon_y = build_cache(a.monitor, bundled.HELDOUT_SEED_BASE + 5_000_000, 1) if a.monitor else (None, None)
+
+    def monitor_map() -> float:
+        from clrp.models.bundled_metrics import average_precision
+
+        model.eval()
+        with torch.no_grad():
+            lo = torch.cat([model(pp.normalize(mon_x[i:i + 100])) for i in range(0, len(mon_x), 100)]).numpy()
+        model.train()
+        return float(np.nanmean([average_precision(lo[:, k], mon_y[:, k]) for k in range(lo.shape[1])]))
 
     t0 = time.time()
     model.train()
@@ -126,10 +138,18 @@ def main(argv=None) -> int:
         run = 0.98 * run + 0.02 * loss.item() if step > 1 else loss.item()
         if step % a.log_every == 0 or step == a.steps:
             el = time.time() - t0
-            print(f"step {step}/{a.steps} loss {run:.4f} lr {sched.get_last_lr()[0]:.2e} "
+            mon = f" monitor mAP {monitor_map():.3f}" if a.monitor else ""
+            print(f"step {step}/{a.steps} loss {run:.4f} lr {sched.get_last_lr()[0]:.2e}{mon} "
                   f"elapsed {el / 60:.1f} min eta {el / step * (a.steps - step) / 60:.1f} min", flush=True)
     train_s = time.time() - t0
     model.eval()
+    folded = bundled.fold_batch_norm(model, cfg)
+    with torch.no_grad():
+        probe = pp.normalize(cache_x[:64])
+        err = float((folded(probe) - model(probe)).abs().max())
+    print(f"folded batch norm into the convolutions (max |logit difference| {err:.2e})")
+    assert err < 1e-3, err
+    model = folded
 
     t1 = time.time()
     metrics = evaluate_model(model, n=a.heldout, seed=bundled.HELDOUT_SEED_BASE)
@@ -149,7 +169,8 @@ def main(argv=None) -> int:
         "architecture": cfg,
         "training": {
             "seed": a.seed, "steps": a.steps, "batch": a.batch, "lr": a.lr, "weight_decay": a.weight_decay,
-            "optimizer": "AdamW + OneCycleLR(pct_start=0.15)", "loss": "BCEWithLogitsLoss",
+            "optimizer": "AdamW + OneCycleLR(pct_start=0.1)", "loss": "BCEWithLogitsLoss",
+            "batch_norm": "BatchNorm2d after each conv during training, folded into the convs afterwards",
             "train_scene_seeds": [bundled.TRAIN_SEED_BASE, bundled.TRAIN_SEED_BASE + n - 1],
             "augmentation": "horizontal flip (p=0.5, from the seeded generator)",
             "threads": a.threads, "workers": a.workers, "generation_seconds": round(gen_s, 1),

@@ -2,7 +2,15 @@
 
 Organised like torchvision's VGG (``features``, ``avgpool``, ``classifier``), built only from
 layers the LRP engine supports: Conv2d (3x3, padding 1), ReLU, MaxPool2d, AdaptiveAvgPool2d,
-Flatten, Linear, Dropout. No batch norm.
+Flatten, Linear, Dropout. The shipped model has no batch norm: it is *trained* with BatchNorm2d
+after each conv (``batch_norm=True``; plain VGG without it stays at the label prior for
+thousands of steps on these scenes), and the batch norms are then folded exactly into the
+convolutions (:func:`fold_batch_norm`).
+
+Feature spec: an int = conv3x3 (+BN) + ReLU with that many channels, ``"M"`` = 2x2 max-pool,
+``"G"`` = a global max-pool over the whole remaining map (a MaxPool2d whose kernel is the map
+size at ``input_size``), i.e. "is this feature present anywhere", which suits multi-label
+presence and learns much faster than average pooling here.
 """
 from __future__ import annotations
 
@@ -11,10 +19,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-#: Default architecture: conv widths per block ("M" = 2x2 max-pool), dense width, pooled grid.
+#: Default architecture (input 96 x 96: 96 -> 48 -> 24 -> 12 -> global max -> 1 x 1).
 DEFAULT_CONFIG: dict = {
-    "features": [32, "M", 64, "M", 128, "M", 128, "M"],
-    "pool": 4,
+    "features": [32, "M", 64, "M", 128, "M", 128, 128, "G"],
+    "input_size": 96,
+    "pool": 1,
     "hidden": 256,
     "dropout": 0.3,
     "in_channels": 3,
@@ -23,16 +32,24 @@ DEFAULT_CONFIG: dict = {
 
 
 class SceneVGG(nn.Module):
-    def __init__(self, features: Sequence = DEFAULT_CONFIG["features"], pool: int = 4, hidden: int = 256,
-                 dropout: float = 0.3, in_channels: int = 3, num_classes: int = 10):
+    def __init__(self, features: Sequence = DEFAULT_CONFIG["features"], pool: int = 1, hidden: int = 256,
+                 dropout: float = 0.3, in_channels: int = 3, num_classes: int = 10, input_size: int = 96,
+                 batch_norm: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
-        c = in_channels
+        c, size = in_channels, int(input_size)
         for v in features:
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                size //= 2
+            elif v == "G":
+                layers.append(nn.MaxPool2d(kernel_size=size, stride=size))
+                size = 1
             else:
-                layers += [nn.Conv2d(c, int(v), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                layers.append(nn.Conv2d(c, int(v), kernel_size=3, padding=1))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(int(v)))
+                layers.append(nn.ReLU(inplace=True))
                 c = int(v)
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
@@ -57,11 +74,29 @@ class SceneVGG(nn.Module):
         return self.classifier(x)
 
 
-def build_model(config: dict | None = None) -> SceneVGG:
+def build_model(config: dict | None = None, batch_norm: bool = False) -> SceneVGG:
     cfg = dict(DEFAULT_CONFIG)
     if config:
         cfg.update(config)
-    return SceneVGG(cfg["features"], cfg["pool"], cfg["hidden"], cfg["dropout"], cfg["in_channels"], cfg["num_classes"])
+    return SceneVGG(cfg["features"], cfg["pool"], cfg["hidden"], cfg["dropout"], cfg["in_channels"],
+                    cfg["num_classes"], cfg["input_size"], batch_norm=batch_norm)
+
+
+@torch.no_grad()
+def fold_batch_norm(trained: SceneVGG, config: dict | None = None) -> SceneVGG:
+    """A BN-free :class:`SceneVGG` computing exactly what ``trained`` (built with
+    ``batch_norm=True``) computes in eval mode: each BatchNorm2d is folded into the conv before it."""
+    plain = build_model(config, batch_norm=False)
+    convs = [m for m in trained.features if isinstance(m, nn.Conv2d)]
+    bns = [m for m in trained.features if isinstance(m, nn.BatchNorm2d)]
+    targets = [m for m in plain.features if isinstance(m, nn.Conv2d)]
+    assert len(convs) == len(bns) == len(targets)
+    for conv, bn, dst in zip(convs, bns, targets):
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        dst.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        dst.bias.copy_(bn.bias + (conv.bias - bn.running_mean) * scale)
+    plain.classifier.load_state_dict(trained.classifier.state_dict())
+    return plain.eval()
 
 
 # --------------------------------------------------------------------------------------------
