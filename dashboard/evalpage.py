@@ -172,9 +172,12 @@ def _ablation_charts(res, summ, key):
         if len(table):
             fig = go.Figure()
             dash = {"morf": "solid", "lerf": "dash", "random": "dot"}
+            palette = ["#b2182b", "#2166ac", "#1b7837", "#762a83", "#e08214", "#35978f", "#8c510a", "#4d4d4d",
+                       "#c51b7d", "#5aae61", "#f4a582"]
+            colour = {m: palette[i % len(palette)] for i, m in enumerate(dict.fromkeys(m for m, _ in curves))}
             for (m, o), c in sorted(curves.items()):
                 fig.add_scatter(y=c, x=np.arange(len(c)), mode="lines", name=f"{ui.method_label(m)} {o.upper()}",
-                                line=dict(dash=dash.get(o, "solid")))
+                                line=dict(dash=dash.get(o, "solid"), color=colour[m]))
             fig.update_layout(height=340, margin=dict(l=0, r=0, t=30, b=0), xaxis_title="perturbation step",
                               yaxis_title="target score (mean)", title="Region perturbation: MoRF / LeRF curves")
             st.plotly_chart(fig, key=f"{key}_curves", config=_PLOT_CFG)

@@ -172,7 +172,8 @@ def _opts_key(options: Optional[dict]) -> str:
     return json.dumps(options or {}, sort_keys=True, default=str)
 
 
-@st.cache_data(max_entries=2000, show_spinner=False)
+# Bounded: a 224 px map is 0.6 MB, so 256 entries stay below ~150 MB per server.
+@st.cache_data(max_entries=256, ttl=6 * 3600, show_spinner=False)
 def _explain(model_key: str, image_digest: str, method: str, target: int, rules: str, options_key: str, _x):
     lm = get_model(model_key)
     return core.explain_array(lm, _x, target, method, rules, json.loads(options_key) or None)
@@ -184,7 +185,7 @@ def explain(model_key: str, image_digest: str, x, method: str, target: int, rule
     return _explain(model_key, image_digest, method, int(target), rules, _opts_key(options), x)
 
 
-@st.cache_data(max_entries=2000, show_spinner=False)
+@st.cache_data(max_entries=128, ttl=6 * 3600, show_spinner=False)
 def _neuron(model_key: str, image_digest: str, layer: str, channel: int, contrast, rules: str, _x):
     return core.neuron_array(get_model(model_key), _x, layer, channel, contrast, rules)
 

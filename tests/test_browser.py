@@ -116,7 +116,15 @@ def shoot(page, name: str):
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
     page.wait_for_timeout(800)  # let plotly finish drawing
+    # Streamlit scrolls inside its main container: grow the viewport to the content for a full shot
+    h = page.evaluate("() => Math.max(...['stMain', 'stAppViewContainer', 'stMainBlockContainer']"
+                      ".map(t => document.querySelector(`[data-testid=\"${t}\"]`))"
+                      ".filter(Boolean).map(e => e.scrollHeight), document.body.scrollHeight)")
+    old = page.viewport_size
+    page.set_viewport_size({"width": old["width"], "height": int(min(max(h, old["height"]), 4000))})
+    page.wait_for_timeout(600)
     page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(old)
     if os.environ.get("CLRP_UPDATE_DOC_SCREENSHOTS") == "1":
         from PIL import Image
 
