@@ -308,3 +308,50 @@ def test_cancel_keeps_finished_batches(tmp_path):
     assert r.state == "cancelled" and 2 <= r.done < 40
     res, _ = core.run_results(r.out_dir)
     assert res["pointing"]["image_id"].nunique() == r.done  # what finished stays on disk
+
+
+def test_lab_model_from_toml_config(monkeypatch, tmp_path):
+    import torch
+
+    from clrp import scenes
+    from clrp.models.bundled import build_model
+    from dashboard import ui
+
+    torch.save(build_model({"num_classes": len(scenes.CLASS_NAMES)}).state_dict(), tmp_path / "lab.pt")
+    (tmp_path / "classes.txt").write_text("\n".join(scenes.CLASS_NAMES))
+    (tmp_path / "lab.toml").write_text(
+        '[[models]]\nname = "lab-scenes"\narchitecture = "scene_vgg"\nweights = "lab.pt"\n'
+        'class_names = "classes.txt"\nmultilabel = true\nresize = false\ninput_size = [96, 96]\n'
+        'mean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]\n\n'
+        '[[models]]\nname = "lab-missing"\narchitecture = "vgg16"\nweights = "nope.pt"\nclass_names = "classes.txt"\n')
+    monkeypatch.setenv("CLRP_MODELS_CONFIG", str(tmp_path / "lab.toml"))
+    ui._choices.clear()
+    choices = {c.key: c for c in core.model_choices()}
+    assert choices["lab-scenes"].available and not choices["lab-missing"].available
+    assert "nope.pt" in choices["lab-missing"].reason
+    at = AppTest.from_file(str(ROOT / "pages" / "1_Explain.py"), default_timeout=TIMEOUT)
+    at.session_state["clrp_model_key"] = "lab-scenes"
+    at.run()
+    no_errors(at)
+    assert "lab-scenes" in at.selectbox(key="_model_picker").options
+    assert "lab-missing" not in at.selectbox(key="_model_picker").options  # listed under "not available"
+    assert heatmaps(at) == len(core.DEFAULT_METHODS)
+
+
+def test_pointing_game_on_a_server_folder(monkeypatch, tmp_path):
+    from clrp import scenes
+
+    root = tmp_path / "datasets"
+    scenes.export_voc(scenes.iter_scenes(3, 7), root / "voc3")
+    monkeypatch.setenv(core.ROOTS_ENV, str(root))
+    at = app("pages/4_Pointing_Game.py").run()
+    at.radio(key="pointing_src").set_value("Folder on the server").run()
+    no_errors(at)
+    at.text_input(key="pointing_server_path").input("/etc").run()
+    assert at.error and "outside" in at.error[0].value and not at.exception
+    at.text_input(key="pointing_server_path").input("voc3").run()
+    no_errors(at)
+    at.button(key="pointing_start").click().run()
+    rid = at.session_state["pointing_current"]
+    run = next(r for (s, i), r in core.REGISTRY._runs.items() if i == rid)
+    assert run.wait(TIMEOUT) and run.state == "done" and run.done == 3, (run.state, run.message)
