@@ -185,15 +185,42 @@ def test_ablation_run_to_completion():
     assert len(charts(at)) >= 3  # curves, AOPC bars, ablation lines
 
 
-def test_model_unavailable_is_a_message(monkeypatch):
+ALL_PAGES = ["app.py", "pages/1_Explain.py", "pages/2_Class_contrast.py", "pages/3_Neuron_contrast.py",
+             "pages/4_Pointing_Game.py", "pages/5_Ablation.py"]
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_no_model_available_is_a_message_on_every_page(monkeypatch, page):
     from dashboard import ui
 
     monkeypatch.setattr(core, "model_choices", lambda: [
         core.ModelChoice("bundled", "bundled", "bundled", "", False, "missing weights file x.pt")])
     ui._choices.clear()
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(ROOT / page), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert at.error and "missing weights file" in at.error[0].value
+    if "Pointing" in page or "Ablation" in page:
+        assert at.button(key=("pointing" if "Pointing" in page else "ablation") + "_start").disabled
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_model_that_fails_to_load_is_a_message(monkeypatch, page):
+    """Weights listed as present but unreadable (e.g. half-written): a readable error, no traceback."""
+    from clrp.errors import ModelLoadError
+    from dashboard import ui
+
+    monkeypatch.setattr(core, "model_choices", lambda: [
+        core.ModelChoice("broken", "broken", "lab", "", True, None)])
+
+    def boom(key):
+        raise ModelLoadError("cannot read weights file /srv/broken.pt: truncated")
+
+    monkeypatch.setattr(core, "load_model", boom)
+    ui._choices.clear()
+    ui.get_model.clear()
+    at = AppTest.from_file(str(ROOT / page), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.error and "truncated" in at.error[0].value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,6 +363,24 @@ def test_lab_model_from_toml_config(monkeypatch, tmp_path):
     assert "lab-scenes" in at.selectbox(key="_model_picker").options
     assert "lab-missing" not in at.selectbox(key="_model_picker").options  # listed under "not available"
     assert heatmaps(at) == len(core.DEFAULT_METHODS)
+
+
+def test_pointing_game_on_an_uploaded_voc_zip(tmp_path):
+    from clrp import scenes
+
+    z = scenes.export_voc(scenes.iter_scenes(3, 11), tmp_path / "voc.zip")
+    at = app("pages/4_Pointing_Game.py").run()
+    at.radio(key="pointing_src").set_value("Upload an archive").run()
+    at.file_uploader(key="pointing_archive").set_value(("voc.zip", z.read_bytes(), "application/zip")).run()
+    no_errors(at)
+    at.button(key="pointing_start").click().run()
+    no_errors(at)
+    rid = at.session_state["pointing_current"]
+    run = next(r for (s, i), r in core.REGISTRY._runs.items() if i == rid)
+    assert run.wait(TIMEOUT) and run.state == "done" and run.done == 3, (run.state, run.message)
+    assert run.settings()["dataset"]["path"] == "voc.zip"  # the server path is not exposed
+    at.run()
+    no_errors(at)
 
 
 def test_pointing_game_on_a_server_folder(monkeypatch, tmp_path):
