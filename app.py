@@ -44,6 +44,13 @@ if lm is not None:
         with cols[1]:
             ui.image_grid(items, image, display, columns=4)
 
+with st.expander("Models on this server"):
+    rows = [{"model": c.key, "kind": c.kind, "available": "yes" if c.available else "no",
+             "note": c.reason or c.description} for c in ui._choices()]
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.caption("torchvision models need their ImageNet weights in the torch hub cache (nothing is downloaded); "
+               "lab models come from the TOML file named by $CLRP_MODELS_CONFIG. See docs/dashboard.md.")
+
 st.divider()
 st.markdown(
     "**Pages** — *Explain*: any image, all methods side by side, downloads. *Class contrast*: LRP vs CLRP for "
