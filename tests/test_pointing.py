@@ -57,6 +57,10 @@ def test_ties_first_in_raster_order_and_nan():
     a[0, 2] = np.nan
     assert argmax_point(a) == (1, 5)
     assert argmax_point(np.zeros((4, 4))) == (0, 0)
+    flat = pointing_row("i", _target(_mask(4, 4, [(0, 0)])), "m", np.zeros((4, 4)), tolerance=0)
+    assert flat["hit"] and flat["constant_map"]  # counted as it falls, but flagged
+    assert not pointing_row("i", _target(_mask(4, 4, [(0, 0)])), "m", np.eye(4), tolerance=0)["constant_map"]
+    assert pointing_summary([flat]).loc["m", "n_constant_maps"] == 1
     assert argmax_point(np.full((3, 3), np.nan)) is None
     gt = _mask(3, 3, [(0, 0)])
     r = pointing_row("i", _target(gt), "m", np.full((3, 3), np.nan))

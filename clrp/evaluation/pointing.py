@@ -40,7 +40,8 @@ DIFFICULT_COVERAGE = 0.25
 CENTER = "center"
 
 ROW_COLUMNS = ["image_id", "class_name", "method", "hit", "point_y", "point_x", "distance",
-               "tolerance", "coverage", "other_classes", "difficult", "height", "width", "skipped"]
+               "tolerance", "coverage", "other_classes", "difficult", "height", "width", "skipped",
+               "constant_map"]
 
 
 def scaled_tolerance(height: int, width: int, base: float = DEFAULT_TOLERANCE, reference: int = 224) -> float:
@@ -196,7 +197,12 @@ def pointing_row(image_id, target: PointingTarget, method: str, saliency=None, *
     if point is None:
         if saliency is None:
             raise ValueError("give a saliency map or a point")
-        point = argmax_point(resize_map(saliency, h, w))
+        full = resize_map(saliency, h, w)
+        point = argmax_point(full)
+        with np.errstate(invalid="ignore"):
+            constant = bool(point is None or np.nanmax(full) == np.nanmin(full))
+    else:
+        constant = False
     skipped = None
     if not target.mask.any():
         skipped = "empty ground truth"
@@ -212,6 +218,7 @@ def pointing_row(image_id, target: PointingTarget, method: str, saliency=None, *
         "distance": d, "tolerance": float(tolerance), "coverage": target.coverage,
         "other_classes": target.other_classes, "difficult": target.difficult,
         "height": h, "width": w, "skipped": skipped,
+        "constant_map": constant,  # no maximum to speak of: the point is the first pixel
     }
 
 
@@ -264,7 +271,7 @@ def pointing_summary(rows, per_class: bool = True):
 
     df = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
     if len(df) == 0:
-        return pd.DataFrame(columns=["all", "difficult", "n_all", "n_difficult", "n_classes"])
+        return pd.DataFrame(columns=["all", "difficult", "n_all", "n_difficult", "n_classes", "n_constant_maps"])
     df = df[df["skipped"].isna()] if "skipped" in df else df
     out = []
     for method, g in df.groupby("method", sort=False):
@@ -274,7 +281,8 @@ def pointing_summary(rows, per_class: bool = True):
         rec = {"method": method,
                "all": float(acc_all.mean()) if len(acc_all) else float("nan"),
                "difficult": float(acc_diff.mean()) if len(acc_diff) else float("nan"),
-               "n_all": int(len(g)), "n_difficult": int(len(gd)), "n_classes": int(len(acc_all))}
+               "n_all": int(len(g)), "n_difficult": int(len(gd)), "n_classes": int(len(acc_all)),
+               "n_constant_maps": int(g["constant_map"].sum()) if "constant_map" in g else 0}
         if per_class:
             for c, v in acc_all.items():
                 rec[f"class:{c}"] = float(v)
