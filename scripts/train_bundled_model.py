@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-scenes", type=int, default=50000, help="distinct training scenes (cached in memory)")
     ap.add_argument("--heldout", type=int, default=1000, help="held-out scenes for the final metrics")
     ap.add_argument("--out", type=Path, default=bundled.ASSETS_DIR)
+    ap.add_argument("--cache-file", type=Path, default=None,
+                    help="optional .npz to save the generated training scenes to / load them from")
     ap.add_argument("--log-every", type=int, default=250)
     ap.add_argument("--monitor", type=int, default=300, help="held-out scenes for the progress mAP in the log")
     a = ap.parse_args(argv)
@@ -90,7 +92,16 @@ def main(argv=None) -> int:
     n = a.train_scenes
     assert bundled.TRAIN_SEED_BASE + n <= bundled.HELDOUT_SEED_BASE
     t0 = time.time()
-    cache_x, cache_y = build_cache(n, bundled.TRAIN_SEED_BASE, a.workers)
+    if a.cache_file and a.cache_file.is_file():
+        d = np.load(a.cache_file)
+        cache_x, cache_y = d["x"], d["y"]
+        assert len(cache_x) == n, f"{a.cache_file} holds {len(cache_x)} scenes, not {n}"
+    else:
+        cache_x, cache_y = build_cache(n, bundled.TRAIN_SEED_BASE, a.workers)
+        if a.cache_file:
+            np.save(a.cache_file.with_suffix(".tmp.npy"), np.zeros(0))  # fail early if not writable
+            a.cache_file.with_suffix(".tmp.npy").unlink()
+            np.savez(a.cache_file, x=cache_x, y=cache_y)
     gen_s = time.time() - t0
     print(f"generated {n} training scenes in {gen_s:.0f} s ({cache_x.nbytes / 1e9:.2f} GB)", flush=True)
     pp = bundled.bundled_preprocessing()
