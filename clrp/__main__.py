@@ -1,0 +1,7 @@
+"""``python -m clrp ...``: see :mod:`clrp.cli`."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

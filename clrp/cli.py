@@ -1,0 +1,702 @@
+"""Command line: ``python -m clrp evaluate|merge|explain|methods|models``.
+
+``python -m clrp evaluate --dataset PATH|scenes:N[:SEED] --model bundled --methods lrp,clrp1,clrp2
+--protocols pointing,discriminativeness --out DIR`` runs :func:`clrp.evaluation.runner.run_evaluation`
+with a progress bar, writes the runner's per-batch Parquet parts plus ``results/<protocol>.csv``
+and ``.parquet`` (all rows), ``summary/<protocol>.csv`` and ``settings.json`` (the exact settings:
+model, weights fingerprint, rules, method options, tolerance, subset, shard, versions), and prints
+the summary tables. ``--resume`` continues an interrupted run (the runner records every finished
+batch). ``--shard i/n`` evaluates only the images whose id hashes to ``i`` modulo ``n``
+(SHA-1 of the id, stable across machines and runs); ``python -m clrp merge OUT1 OUT2 ... --out
+MERGED`` joins the shards' results and recomputes the summary.
+
+User errors (:class:`clrp.errors.ClrpError`) print one line to stderr and exit with status 2.
+Ctrl-C stops after saying how to resume (exit status 130). This module never imports Streamlit.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+from typing import Optional, Sequence
+
+from .errors import ClrpError
+
+#: Default first seed of ``scenes:N``: disjoint from the bundled model's training scenes
+#: (seeds 0 .. 9,999,999), its held-out/monitor sets (10,000,000+) and ``bundled_metrics``
+#: (20,000,000+).
+SCENES_DEFAULT_SEED = 30_000_000
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+def _split_list(text: str) -> list:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def _versions() -> dict:
+    import torch
+
+    import clrp
+
+    v = {"clrp": getattr(clrp, "__version__", "?"), "torch": torch.__version__,
+         "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        import torchvision
+
+        v["torchvision"] = torchvision.__version__
+    except Exception:  # pragma: no cover - torchvision is a dependency
+        v["torchvision"] = None
+    try:
+        import numpy
+
+        v["numpy"] = numpy.__version__
+    except Exception:  # pragma: no cover
+        pass
+    return v
+
+
+def shard_of(image_id, count: int) -> int:
+    """Shard (0 .. count-1) of an image id: SHA-1 of the id's UTF-8 bytes modulo ``count``."""
+    h = hashlib.sha1(str(image_id).encode("utf-8")).digest()
+    return int.from_bytes(h[:8], "big") % int(count)
+
+
+def parse_shard(text: Optional[str]):
+    if not text:
+        return None
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ClrpError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ClrpError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+class FilteredDataset:
+    """A dataset seen through a filter on image ids (``--shard``, ``--subset`` with an id list).
+    Delegates everything else (problems, class mapping, report) to the wrapped dataset."""
+
+    def __init__(self, dataset, shard=None, ids=None):
+        self._ds = dataset
+        self._shard = shard
+        self._ids = set(ids) if ids is not None else None
+
+    def _keep(self, image_id) -> bool:
+        if self._ids is not None and str(image_id) not in self._ids:
+            return False
+        if self._shard is not None and shard_of(image_id, self._shard[1]) != self._shard[0]:
+            return False
+        return True
+
+    def samples(self):
+        for s in self._ds.samples():
+            if self._keep(s.image_id):
+                yield s
+
+    __iter__ = samples
+
+    def __len__(self):
+        ids = getattr(self._ds, "ids", None)
+        if ids is None:
+            raise TypeError("length unknown")
+        return sum(1 for i in ids if self._keep(i))
+
+    def __getattr__(self, name):
+        return getattr(self._ds, name)
+
+
+def _parse_scenes(spec: str):
+    parts = spec.split(":")
+    try:
+        n = int(parts[1])
+        seed = int(parts[2]) if len(parts) > 2 and parts[2] != "" else SCENES_DEFAULT_SEED
+    except (IndexError, ValueError):
+        raise ClrpError(f"--dataset {spec!r}: expected scenes:N or scenes:N:SEED (integers)") from None
+    if len(parts) > 3 or n < 1 or seed < 0:
+        raise ClrpError(f"--dataset {spec!r}: expected scenes:N[:SEED] with N >= 1, SEED >= 0")
+    return n, seed
+
+
+def scenes_dataset_dir(n: int, seed: int, folder: str, progress: bool = False) -> str:
+    """Generate bundled scenes ``seed .. seed+n-1`` as a VOC folder ``folder/scenes-<n>-<seed>``
+    (reused when complete: a ``complete.json`` marker is written last)."""
+    from . import scenes
+
+    dest = os.path.join(folder, f"scenes-{n}-{seed}")
+    marker = os.path.join(dest, "complete.json")
+    if os.path.isfile(marker):
+        return dest
+    if os.path.isdir(dest):
+        shutil.rmtree(dest)
+    it = scenes.iter_scenes(n, seed)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, total=n, unit="scene", desc="generating scenes", file=sys.stderr)
+    scenes.export_voc(it, dest, split="test")
+    with open(marker, "w", encoding="utf-8") as f:
+        json.dump({"n": n, "seed": seed, "seeds": [seed, seed + n - 1], "generator": "clrp.scenes"}, f)
+    return dest
+
+
+def _read_mapping(text: Optional[str]):
+    if not text:
+        return None
+    src = text
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as f:
+            src = f.read()
+    try:
+        m = json.loads(src)
+    except ValueError as e:
+        raise ClrpError(f"--mapping: not valid JSON (or a JSON file): {e}") from None
+    if not isinstance(m, dict):
+        raise ClrpError("--mapping must be a JSON object {dataset class: model class name or index}")
+    return m
+
+
+def _parse_value(v: str):
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def _method_options(items: Sequence[str]) -> dict:
+    """``--option clrp1.dual=abs_logits`` -> {"clrp1": {"dual": "abs_logits"}} (values parsed as JSON)."""
+    out: dict = {}
+    for it in items or []:
+        if "=" not in it or "." not in it.split("=", 1)[0]:
+            raise ClrpError(f"--option {it!r}: expected METHOD.KEY=VALUE, e.g. clrp1.dual=abs_logits")
+        key, val = it.split("=", 1)
+        m, k = key.split(".", 1)
+        out.setdefault(m, {})[k] = _parse_value(val)
+    return out
+
+
+def _effective_method_options(methods, given: dict) -> dict:
+    from .methods import REGISTRY
+
+    out = {}
+    for m in methods:
+        spec = REGISTRY.get(m)
+        base = dict(getattr(spec, "options", {}) or {})
+        base.update(given.get(m, {}))
+        out[m] = {k: (v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else repr(v))
+                  for k, v in base.items()}
+    return out
+
+
+def _load_model(a):
+    from . import models
+
+    kw = {}
+    if a.architecture:
+        if not a.weights or not a.class_names:
+            raise ClrpError("--architecture needs --weights and --class-names")
+        kw = {"architecture": a.architecture, "class_names": a.class_names}
+        if a.input_size:
+            kw["input_size"] = a.input_size
+        return models.load(a.model if a.model != "bundled" else "finetuned", weights=a.weights, **kw)
+    return models.load(a.model, weights=a.weights, config=a.models_config)
+
+
+def _to_device(loaded, device: str):
+    import torch
+
+    if device in (None, "", "cpu"):
+        return loaded
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ClrpError(f"--device {device}: CUDA is not available on this machine")
+    try:
+        loaded.model.to(device)
+    except (RuntimeError, ValueError) as e:
+        raise ClrpError(f"--device {device}: {e}") from None
+    return loaded
+
+
+def _tolerance(text: str):
+    if str(text) == "scaled":
+        return "scaled"
+    try:
+        t = float(text)
+    except ValueError:
+        raise ClrpError(f"--tolerance must be a number of pixels or 'scaled', got {text!r}") from None
+    if t < 0:
+        raise ClrpError("--tolerance must be >= 0")
+    return int(t) if t == int(t) else t
+
+
+def _resume_command(argv) -> str:
+    args = list(argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return "python -m clrp " + " ".join(shlex.quote(x) for x in args)
+
+
+# ---------------------------------------------------------------------------------------------
+# results files
+def _flat_for_csv(df):
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object and len(out) and any(isinstance(v, (list, tuple, dict)) or
+                                                          hasattr(v, "tolist") for v in out[c].head(20)):
+            out[c] = [json.dumps(v.tolist() if hasattr(v, "tolist") else v) for v in out[c]]
+    return out
+
+
+def write_tables(out_dir: str, print_summary: bool = True, stream=None) -> dict:
+    """Write ``results/<protocol>.{csv,parquet}`` and ``summary/<protocol>.csv`` from the runner's
+    parts in ``out_dir``; print the summary tables. Returns ``summarize(out_dir)``."""
+    from .evaluation.runner import load_results, summarize
+
+    stream = stream or sys.stdout
+    res = load_results(out_dir)
+    os.makedirs(os.path.join(out_dir, "results"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "summary"), exist_ok=True)
+    for proto, df in res.items():
+        df.to_parquet(os.path.join(out_dir, "results", f"{proto}.parquet"), index=False)
+        _flat_for_csv(df).to_csv(os.path.join(out_dir, "results", f"{proto}.csv"), index=False)
+    summ = summarize(res)
+    for proto, table in summ.items():
+        table.to_csv(os.path.join(out_dir, "summary", f"{proto}.csv"))
+    if print_summary:
+        print_summaries(summ, stream)
+    return summ
+
+
+def print_summaries(summ: dict, stream=None) -> None:
+    import pandas as pd
+
+    stream = stream or sys.stdout
+    with pd.option_context("display.width", 160, "display.max_columns", 40, "display.float_format",
+                           "{:.4f}".format):
+        for proto, table in summ.items():
+            print(f"\n== {proto} ==", file=stream)
+            if table is None or len(table) == 0:
+                print("(no rows)", file=stream)
+                continue
+            if proto == "pointing":
+                main_cols = [c for c in table.columns if not str(c).startswith("class:")]
+                print(table[main_cols].to_string(), file=stream)
+                per_class = table[[c for c in table.columns if str(c).startswith("class:")]]
+                if per_class.shape[1]:
+                    print("\nper-class accuracy (all):", file=stream)
+                    print(per_class.rename(columns=lambda c: c[6:]).T.to_string(), file=stream)
+            else:
+                print(table.to_string(), file=stream)
+            note = table.attrs.get("settings") if hasattr(table, "attrs") else None
+            if note:
+                print(f"({note})", file=stream)
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+def cmd_evaluate(a, argv) -> int:
+    from .datasets import open_dataset
+    from .evaluation.runner import RunConfig, model_fingerprint, run_evaluation
+    import clrp
+
+    out = a.out
+    methods = list(clrp.METHODS) if a.methods == "all" else _split_list(a.methods)
+    for m in methods:
+        if m not in clrp.METHODS:
+            raise ClrpError(f"unknown method {m!r}; choose from {', '.join(clrp.METHODS)}")
+    protocols = _split_list(a.protocols)
+    if a.rules not in clrp.RULES:
+        raise ClrpError(f"unknown rule preset {a.rules!r}; choose from {', '.join(clrp.RULES)}")
+    shard = parse_shard(a.shard)
+    tolerance = _tolerance(a.tolerance)
+    options = _method_options(a.option)
+    for m in options:
+        if m not in methods:
+            raise ClrpError(f"--option for {m!r}, which is not among --methods")
+    mapping = _read_mapping(a.mapping)
+
+    settings_path = os.path.join(out, "settings.json")
+    if os.path.exists(os.path.join(out, "config.json")) and not a.resume:
+        raise ClrpError(f"{out} already holds results; pass --resume to continue them, or choose another --out")
+
+    # dataset
+    if a.dataset.startswith("scenes:"):
+        n, seed = _parse_scenes(a.dataset)
+        cache = a.cache_dir or out
+        os.makedirs(cache, exist_ok=True)
+        root = scenes_dataset_dir(n, seed, cache, progress=not a.quiet)
+        dataset_desc = {"spec": a.dataset, "generator": "clrp.scenes", "n": n, "seeds": [seed, seed + n - 1],
+                        "voc_folder": os.path.abspath(root)}
+        ds = open_dataset(root, "voc", split="test")
+    else:
+        if not os.path.exists(a.dataset):
+            raise ClrpError(f"--dataset {a.dataset}: no such file or folder")
+        dataset_desc = {"spec": a.dataset, "path": os.path.abspath(a.dataset), "format": a.format}
+        ds = None
+    subset_ids = None
+    split = None
+    if a.subset:
+        if os.path.isfile(a.subset):
+            with open(a.subset, encoding="utf-8") as f:
+                subset_ids = [ln.split()[0] for ln in f if ln.strip()]
+            if not subset_ids:
+                raise ClrpError(f"--subset {a.subset}: the file lists no image ids")
+        else:
+            split = a.subset
+    if ds is None:
+        ds = open_dataset(a.dataset, a.format, split=split)
+    elif split is not None:
+        ds.close()
+        ds = open_dataset(dataset_desc["voc_folder"], "voc", split=split)
+    try:
+        view = FilteredDataset(ds, shard, subset_ids) if (shard or subset_ids is not None) else ds
+        loaded = _to_device(_load_model(a), a.device)
+        fingerprint = model_fingerprint(loaded.model)
+        cfg = RunConfig(methods=tuple(methods), protocols=tuple(protocols), rules=a.rules,
+                        method_options=options, mapping=mapping, geometry=a.geometry,
+                        batch_size=a.batch_size, limit=a.limit, tolerance=tolerance, patch=a.patch,
+                        steps=a.steps, baseline=a.baseline, layer=a.layer, seed=a.seed,
+                        perturbation_batch=a.perturbation_batch)
+        settings = {
+            "command": "python -m clrp " + " ".join(shlex.quote(x) for x in argv),
+            "dataset": dataset_desc, "subset": a.subset, "shard": list(shard) if shard else None,
+            "shard_rule": "sha1(image_id) mod n" if shard else None,
+            "model": {"name": loaded.name, "architecture": loaded.architecture,
+                      "description": loaded.description,
+                      "weights_path": str(loaded.weights_path) if loaded.weights_path else None,
+                      "weights_fingerprint_sha1": fingerprint,
+                      "class_names": list(loaded.class_names),
+                      "preprocessing": loaded.preprocessing.to_dict()
+                      if hasattr(loaded.preprocessing, "to_dict") else repr(loaded.preprocessing)},
+            "methods": methods, "protocols": protocols, "rules": a.rules,
+            "rules_description": str(getattr(clrp.RULES[a.rules], "description", clrp.RULES[a.rules])),
+            "method_options": _effective_method_options(methods, options),
+            "tolerance": tolerance,
+            "tolerance_note": ("15 px per 224 px of the image's shorter side (per row)" if tolerance == "scaled"
+                               else f"{tolerance} px"),
+            "device": a.device, "run_config": cfg.to_json(), "versions": _versions(),
+        }
+        if os.path.exists(settings_path) and a.resume:
+            with open(settings_path, encoding="utf-8") as f:
+                old = json.load(f)
+            for key in ("shard", "subset", "methods", "protocols", "rules", "tolerance"):
+                if old.get(key) != json.loads(json.dumps(settings[key])):
+                    raise ClrpError(f"{out} holds results with {key}={old.get(key)!r}, not {settings[key]!r}; "
+                                    "use another --out")
+            if old.get("model", {}).get("weights_fingerprint_sha1") != fingerprint:
+                raise ClrpError(f"{out} holds results of other model weights; use another --out")
+            settings["started"] = old.get("started")
+            settings["resumed"] = old.get("resumed", []) + [_dt.datetime.now(_dt.timezone.utc).isoformat()]
+        else:
+            settings["started"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        os.makedirs(out, exist_ok=True)
+
+        def save_settings(extra=None):
+            s = dict(settings, **(extra or {}))
+            with open(settings_path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(s, f, indent=2, default=str)
+            os.replace(settings_path + ".tmp", settings_path)
+
+        save_settings()
+        import time
+
+        t0 = time.perf_counter()
+        try:
+            result = run_evaluation(view, loaded, out, cfg, resume=True,
+                                    progress=not a.quiet)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: finished batches are saved in {out}; continue with:\n  {_resume_command(argv)}",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        elapsed = time.perf_counter() - t0
+        save_settings({"finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                       "last_run_seconds": round(elapsed, 2), "images_done": result.images_done,
+                       "images_new": result.images_new, "images_skipped": result.images_skipped,
+                       "problems": len(result.problems),
+                       "unmapped_classes": list(getattr(result.mapping, "unmapped", []) or [])})
+        print(f"{result.images_new} images evaluated now, {result.images_done} in {out} "
+              f"({result.images_skipped} skipped, {len(result.problems)} problems; {elapsed:.1f} s)")
+        if result.problems:
+            print(f"problems are listed in {os.path.join(out, 'problems.jsonl')}", file=sys.stderr)
+        write_tables(out, print_summary=True)
+    finally:
+        ds.close()
+    return 0
+
+
+def merge_dirs(inputs: Sequence[str], out: str) -> dict:
+    """Join the results of several runs (e.g. shards) into ``out``: their part files are copied
+    (renumbered), ``progress.jsonl`` lists every image, ``settings.json`` records the inputs.
+    The runs must have the same settings (``config.json`` apart from the dataset and limit)."""
+    import pandas as pd
+
+    from .evaluation.runner import PROTOCOLS, _read_progress, load_results
+
+    if os.path.exists(os.path.join(out, "progress.jsonl")):
+        raise ClrpError(f"{out} already holds results; choose another --out")
+    configs = []
+    for d in inputs:
+        p = os.path.join(d, "config.json")
+        if not os.path.isfile(p):
+            raise ClrpError(f"{d}: no config.json (not an evaluation output folder)")
+        with open(p, encoding="utf-8") as f:
+            c = json.load(f)
+        configs.append(c)
+
+    def comparable(c):
+        c = dict(c)
+        c["dataset"] = None
+        c["config"] = {k: v for k, v in c.get("config", {}).items() if k != "limit"}
+        return c
+
+    for d, c in zip(inputs[1:], configs[1:]):
+        if comparable(c) != comparable(configs[0]):
+            raise ClrpError(f"{d} was run with other settings than {inputs[0]}; cannot merge")
+    os.makedirs(out, exist_ok=True)
+    seen, batch, shards = set(), 0, []
+    progress = []
+    for d in inputs:
+        done, _ = _read_progress(d)
+        dup = seen & done
+        if dup:
+            raise ClrpError(f"{d} repeats {len(dup)} image(s) of an earlier input (e.g. {sorted(dup)[0]!r}); "
+                            "merge disjoint shards only")
+        seen |= done
+        res = load_results(d)
+        batch += 1
+        for proto, df in res.items():
+            if proto in PROTOCOLS and len(df):
+                os.makedirs(os.path.join(out, proto), exist_ok=True)
+                df.to_parquet(os.path.join(out, proto, f"part-{batch:06d}.parquet"), index=False)
+        progress.append({"batch": batch, "image_ids": sorted(done), "skipped": [], "source": os.path.abspath(d)})
+        sp = os.path.join(d, "settings.json")
+        if os.path.isfile(sp):
+            with open(sp, encoding="utf-8") as f:
+                shards.append(json.load(f).get("shard"))
+        for fn in ("problems.jsonl",):
+            if os.path.isfile(os.path.join(d, fn)):
+                with open(os.path.join(d, fn), encoding="utf-8") as f, \
+                        open(os.path.join(out, fn), "a", encoding="utf-8") as g:
+                    g.write(f.read())
+    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(configs[0], f, indent=2)
+    with open(os.path.join(out, "progress.jsonl"), "w", encoding="utf-8") as f:
+        for rec in progress:
+            f.write(json.dumps(rec) + "\n")
+    settings = {}
+    sp = os.path.join(inputs[0], "settings.json")
+    if os.path.isfile(sp):
+        with open(sp, encoding="utf-8") as f:
+            settings = json.load(f)
+    settings.update({"merged_from": [os.path.abspath(d) for d in inputs], "shards": shards, "shard": None,
+                     "merged": _dt.datetime.now(_dt.timezone.utc).isoformat(), "images_done": len(seen)})
+    with open(os.path.join(out, "settings.json"), "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=2, default=str)
+    if shards and all(s for s in shards):
+        n = {s[1] for s in shards}
+        got = {s[0] for s in shards}
+        if len(n) == 1 and got != set(range(next(iter(n)))):
+            missing = sorted(set(range(next(iter(n)))) - got)
+            print(f"note: shards {missing} of {next(iter(n))} are not among the inputs", file=sys.stderr)
+    del pd
+    return {"images": len(seen)}
+
+
+def cmd_merge(a, argv) -> int:
+    for d in a.inputs:
+        if not os.path.isdir(d):
+            raise ClrpError(f"{d}: no such folder")
+    info = merge_dirs(a.inputs, a.out)
+    print(f"merged {len(a.inputs)} folders, {info['images']} images, into {a.out}")
+    write_tables(a.out, print_summary=not a.quiet)
+    return 0
+
+
+def cmd_methods(a, argv) -> int:
+    import clrp
+    from .methods import REGISTRY
+
+    print("Methods (--methods):")
+    w = max(len(m) for m in clrp.METHODS)
+    for m, d in clrp.METHODS.items():
+        opts = getattr(REGISTRY.get(m), "options", {}) or {}
+        o = ", ".join(f"{k}={v!r}" for k, v in opts.items())
+        print(f"  {m:<{w}}  {d}" + (f"  [options: {o}]" if o else ""))
+    print("\nRule presets (--rules):")
+    w = max(len(r) for r in clrp.RULES)
+    for r, p in clrp.RULES.items():
+        print(f"  {r:<{w}}  {getattr(p, 'description', p)}")
+    return 0
+
+
+def cmd_models(a, argv) -> int:
+    from .models import available_models
+
+    infos = available_models(a.models_config)
+    w = max(len(i.name) for i in infos)
+    for i in infos:
+        status = "available" if i.available else f"NOT available: {i.reason}"
+        print(f"  {i.name:<{w}}  [{i.kind}] {i.description}\n  {'':<{w}}  {status}")
+    return 0
+
+
+def _resolve_target(text, loaded, x):
+    from .datasets.classmap import normalize_name
+
+    names = list(loaded.class_names)
+    if text is None:
+        idx, name, score = loaded.top_classes(x, 1)[0]
+        return idx
+    try:
+        t = int(text)
+    except ValueError:
+        key = normalize_name(text)
+        hits = [i for i, n in enumerate(names) if normalize_name(n) == key]
+        if not hits:
+            hits = [i for i, n in enumerate(names) if key in [normalize_name(p) for p in n.split(",")]]
+        if not hits:
+            raise ClrpError(f"--target {text!r}: no class of that name in model {loaded.name!r} "
+                            f"(e.g. {', '.join(names[:5])}, ...)")
+        return hits[0]
+    if not 0 <= t < len(names):
+        raise ClrpError(f"--target {t}: the model has classes 0..{len(names) - 1}")
+    return t
+
+
+def cmd_explain(a, argv) -> int:
+    import numpy as np
+
+    import clrp
+    from . import viz
+
+    if a.method not in clrp.METHODS:
+        raise ClrpError(f"unknown method {a.method!r}; choose from {', '.join(clrp.METHODS)}")
+    if a.rules not in clrp.RULES:
+        raise ClrpError(f"unknown rule preset {a.rules!r}; choose from {', '.join(clrp.RULES)}")
+    if not os.path.exists(a.image):
+        raise ClrpError(f"{a.image}: no such file")
+    loaded = _to_device(_load_model(a), a.device)
+    img = loaded.load_image(a.image)
+    param = next(loaded.model.parameters())
+    x = img.tensor.to(param.device, param.dtype)
+    target = _resolve_target(a.target, loaded, x)
+    opts = _method_options(a.option).get(a.method, {})
+    opts.setdefault("box", loaded.preprocessing.box)
+    r = clrp.explain(loaded.model, x, [target], a.method, rules=a.rules, **opts)
+    m = viz.channel_sum(r.detach().cpu())
+    print("top classes: " + ", ".join(f"{n} ({i}) {s:.3f}" for i, n, s in loaded.top_classes(x, 5)))
+    print(f"{a.method} ({a.rules}) for class {loaded.class_names[target]!r} ({target}): map {m.shape[0]}x{m.shape[1]}, "
+          f"sum {float(np.nansum(m)):.4g}, min {float(np.nanmin(m)):.4g}, max {float(np.nanmax(m)):.4g}")
+    if a.out:
+        np.save(a.out, m.astype(np.float32))
+        print(f"map (channel sum, model input geometry, float32) saved to {a.out}")
+    if a.png:
+        cmap = viz.default_colormap([m])
+        lim = viz.color_limits([m], cmap=cmap)[0]
+        rgb = viz.overlay(img.display, m, cmap, lim.vmin, lim.vmax) if a.overlay else \
+            viz.colorize(m, cmap, lim.vmin, lim.vmax)
+        with open(a.png, "wb") as f:
+            f.write(viz.to_png(rgb, scale=a.scale))
+        print(f"heatmap saved to {a.png}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+def _add_model_args(p):
+    p.add_argument("--model", default="bundled",
+                   help="bundled | vgg16 | vgg16_bn | vgg19 | alexnet | a lab model name (see `python -m clrp models`)")
+    p.add_argument("--weights", help="weights file (ImageNet models, or with --architecture)")
+    p.add_argument("--architecture", help="fine-tuned model: torchvision architecture or scene_vgg")
+    p.add_argument("--class-names", help="fine-tuned model: class names file (one per line, or JSON)")
+    p.add_argument("--input-size", type=int, help="fine-tuned model: input size")
+    p.add_argument("--models-config", help="lab models TOML (default $CLRP_MODELS_CONFIG)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="method option, e.g. clrp1.dual=abs_logits (repeatable; VALUE parsed as JSON)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m clrp", description="LRP / Contrastive LRP explanations and their evaluation")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("evaluate", help="evaluate explanation methods over a dataset (resumable)")
+    e.add_argument("--dataset", required=True,
+                   help=f"dataset folder/archive/annotation file, or scenes:N[:SEED] (bundled scenes; "
+                        f"default SEED {SCENES_DEFAULT_SEED}, disjoint from training)")
+    _add_model_args(e)
+    e.add_argument("--methods", default="lrp,clrp1,clrp2", help="comma-separated, or 'all' (see `methods`)")
+    e.add_argument("--protocols", default="pointing,discriminativeness",
+                   help="comma-separated: pointing,discriminativeness,perturbation,ablation")
+    e.add_argument("--rules", default="paper", help="LRP rule preset")
+    e.add_argument("--tolerance", default="15", help="Pointing Game tolerance in pixels, or 'scaled' "
+                                                      "(15 px per 224 px of the shorter side)")
+    e.add_argument("--subset", help="VOC split name (ImageSets/Main/<name>.txt) or a text file of image ids")
+    e.add_argument("--shard", help="i/n: evaluate only images with sha1(id) mod n == i")
+    e.add_argument("--batch-size", type=int, default=8, help="images per batch (and per part file)")
+    e.add_argument("--limit", type=int, help="at most this many images")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--resume", action="store_true", help="continue the results already in --out")
+    e.add_argument("--format", default="auto", choices=["auto", "voc", "coco", "csv", "folder", "folders"])
+    e.add_argument("--mapping", help="JSON (or a JSON file) {dataset class: model class name or index}")
+    e.add_argument("--cache-dir", help="where scenes:N are generated (default: --out)")
+    e.add_argument("--geometry", default="full", choices=["full", "model"])
+    e.add_argument("--patch", type=int, default=8, help="perturbation region size (px of the model input)")
+    e.add_argument("--steps", type=int, default=100, help="perturbation steps")
+    e.add_argument("--baseline", default="mean", choices=["mean", "blur", "zeros", "noise"], help="perturbation baseline")
+    e.add_argument("--perturbation-batch", type=int, help="perturbed copies per forward call")
+    e.add_argument("--layer", help="ablation layer (default: last ReLU before the classifier)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--quiet", action="store_true", help="no progress bar, no summary printout")
+
+    m = sub.add_parser("merge", help="join the results of several evaluate runs (shards)")
+    m.add_argument("inputs", nargs="+")
+    m.add_argument("--out", required=True)
+    m.add_argument("--quiet", action="store_true")
+
+    sub.add_parser("methods", help="list explanation methods and LRP rule presets")
+    mo = sub.add_parser("models", help="list the model zoo with availability")
+    mo.add_argument("--models-config")
+
+    x = sub.add_parser("explain", help="explain one image")
+    x.add_argument("image")
+    _add_model_args(x)
+    x.add_argument("--method", default="clrp2")
+    x.add_argument("--rules", default="paper")
+    x.add_argument("--target", help="class name or index (default: the top class)")
+    x.add_argument("--out", help="save the map (channel sum, float32 .npy)")
+    x.add_argument("--png", help="save a heatmap PNG")
+    x.add_argument("--overlay", action="store_true", help="PNG: heatmap over the image")
+    x.add_argument("--scale", type=int, default=1, help="PNG: enlarge by this factor")
+    return ap
+
+
+COMMANDS = {"evaluate": cmd_evaluate, "merge": cmd_merge, "methods": cmd_methods, "models": cmd_models,
+            "explain": cmd_explain}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(argv)
+    if getattr(a, "format", None) == "folder":
+        a.format = "folders"
+    try:
+        return COMMANDS[a.command](a, argv)
+    except ClrpError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
