@@ -168,6 +168,13 @@ def goto(page, url, name):
     wait_app_idle(page)
 
 
+def nav(page, label):
+    """Go to another page through the sidebar: the same Streamlit session (a URL load starts a new one)."""
+    page.locator('[data-testid="stSidebarNav"] a', has_text=label).click()
+    expect(page.locator('[data-testid="stMain"] h1').first).to_be_visible()
+    wait_app_idle(page)
+
+
 def png_file(path: Path, color=(30, 160, 40)) -> Path:
     from PIL import Image, ImageDraw
 
@@ -253,7 +260,8 @@ def test_pointing_game_to_completion_and_csv(server, browser):
         no_exception(page)
         shoot(page, "pointing_game")
 
-        goto(page, server, "ablation")
+        nav(page, "Ablation")
+        expect(page.locator('[data-testid="stMain"] h1').first).to_have_text(re.compile("Ablation"))
         box = page.get_by_role("spinbutton", name="Number of scenes")
         box.fill("2")
         box.press("Enter")
@@ -267,6 +275,22 @@ def test_pointing_game_to_completion_and_csv(server, browser):
         expect(page.get_by_role("button", name="perturbation rows (CSV)")).to_be_visible()
         no_exception(page)
         shoot(page, "ablation")
+
+        # back to the Pointing Game through the sidebar (same session): the finished run is still there
+        nav(page, "Pointing Game")
+        expect(page.get_by_text(re.compile(r"done — 4/4 images"))).to_be_visible()
+        wait_app_idle(page)
+        # a long run, cancelled: what finished is kept
+        box = page.get_by_role("spinbutton", name="Number of scenes")
+        box.fill("300")
+        box.press("Enter")
+        wait_app_idle(page)
+        page.get_by_role("button", name=re.compile("Run")).click()
+        expect(page.get_by_text(re.compile(r"running — [1-9]\d*/300"))).to_be_visible()
+        page.get_by_role("button", name=re.compile("Cancel")).click()
+        expect(page.get_by_text(re.compile(r"cancelled after [1-9]\d* images"))).to_be_visible()
+        expect(page.get_by_text("Earlier runs in this session")).to_be_visible()
+        no_exception(page)
     finally:
         ctx.close()
 
