@@ -46,6 +46,9 @@ with c3:
     rules = st.selectbox("LRP rule preset", presets, index=presets.index("paper"), key="explain_rules",
                          help="\n".join(f"- **{n}**: {c.description}" for n, c in clrp.RULES.items()))
 with st.expander("Method options"):
+    extra_presets = st.multiselect("Also LRP with these rule presets", [p for p in presets if p != rules],
+                                   key="explain_presets", help="Adds LRP maps under other presets to the grid, "
+                                                               "to compare rule choices side by side")
     o1, o2, o3 = st.columns(3)
     contrast = o1.selectbox("CLRP output", ["clamp", "signed", "reference"], key="explain_contrast",
                             help="clamp: max(0, target - dual) as in the paper; signed: keep negative evidence "
@@ -83,6 +86,12 @@ with st.spinner("Explaining…"):
                 items.append((f"{ui.method_label(m)} · {lm.class_names[c]}", R))
             except ClrpError as e:
                 failures.append(f"{ui.method_label(m)} · {lm.class_names[c]}: {e}")
+        for p in extra_presets:
+            try:
+                R = ui.explain(key, img["digest"], x, "lrp", c, p, options_for("lrp"))
+                items.append((f"LRP [{p}] · {lm.class_names[c]}", R))
+            except ClrpError as e:
+                failures.append(f"LRP [{p}] · {lm.class_names[c]}: {e}")
 
 for f in failures:
     st.warning(f, icon=":material/warning:")
@@ -93,9 +102,10 @@ if items:
                + ("One colour scale for all maps: magnitudes compare." if display["scale"] == "shared"
                   else "Each map on its own scale."))
     with ui.guard("drawing the maps"):
-        ncol = len(methods) if len(methods) <= 6 else 4
+        per_class = len(methods) + len(extra_presets)
+        ncol = per_class if per_class <= 6 else 4
         ui.heatmap_grid(items, image, display, columns=ncol, key="explain", height=max(170, 1100 // ncol + 25))
         settings = {"model": key, "image": img["name"], "image_sha256_prefix": img["digest"],
-                    "classes": {int(c): lm.class_names[c] for c in classes}, "methods": methods, "rules": rules,
+                    "classes": {int(c): lm.class_names[c] for c in classes}, "methods": methods, "rules": rules, "extra_lrp_presets": extra_presets,
                     "options": {m: options_for(m) for m in methods}, "clrp_version": clrp.__version__}
         ui.downloads(items, image, display, settings, key="explain_dl")

@@ -101,6 +101,10 @@ def test_explain_sample_scene_all_methods_and_display_change():
     no_errors(at)
     # CLRP2 with an epsilon output layer is refused by the engine: a readable warning, not a crash
     assert any("CLRP2" in w.value for w in at.warning)
+    # LRP under other presets side by side
+    at.multiselect(key="explain_presets").set_value(["paper", "zplus"]).run()
+    no_errors(at)
+    assert heatmaps(at) == 2 * (1 + 2)  # per class: LRP (epsilon_plus) + LRP[paper] + LRP[zplus]; CLRP2 refused
     assert [b.label for b in at.get("download_button")][:3] == ["Maps (PNG + .npy, zip)", "Grid (PNG)",
                                                                "Settings (JSON)"]
 
