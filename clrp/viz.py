@@ -20,7 +20,7 @@ import base64
 import io
 import json
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 

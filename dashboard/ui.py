@@ -10,7 +10,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import streamlit as st
-import torch
 
 import clrp
 from clrp import viz

@@ -8,7 +8,7 @@ import streamlit as st
 import clrp
 from clrp.errors import ClrpError
 from clrp.evaluation import discriminativeness as disc
-from dashboard import core, ui
+from dashboard import ui
 
 ui.page("Class contrast")
 st.title("Class contrast")
