@@ -11,7 +11,6 @@ from typing import Optional, Sequence
 import numpy as np
 import streamlit as st
 
-import clrp
 from clrp import viz
 from clrp.errors import ClrpError
 
