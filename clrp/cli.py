@@ -327,6 +327,11 @@ def cmd_evaluate(a, argv) -> int:
     if os.path.exists(os.path.join(out, "config.json")) and not a.resume:
         raise ClrpError(f"{out} already holds results; pass --resume to continue them, or choose another --out")
 
+    if a.dataset.startswith("scenes:"):
+        _parse_scenes(a.dataset)
+    elif not os.path.exists(a.dataset):
+        raise ClrpError(f"--dataset {a.dataset}: no such file or folder")
+    loaded = _to_device(_load_model(a), a.device)   # model errors before any scene is generated
     # dataset
     if a.dataset.startswith("scenes:"):
         n, seed = _parse_scenes(a.dataset)
@@ -358,7 +363,6 @@ def cmd_evaluate(a, argv) -> int:
         ds = open_dataset(dataset_desc["voc_folder"], "voc", split=split)
     try:
         view = FilteredDataset(ds, shard, subset_ids) if (shard or subset_ids is not None) else ds
-        loaded = _to_device(_load_model(a), a.device)
         fingerprint = model_fingerprint(loaded.model)
         cfg = RunConfig(methods=tuple(methods), protocols=tuple(protocols), rules=a.rules,
                         method_options=options, mapping=mapping, geometry=a.geometry,
