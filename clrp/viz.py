@@ -413,9 +413,15 @@ def heatmap_grid_figure(maps: Sequence, titles: Sequence[str], image=None, *, li
         notes.append(dict(text=f"<b>{label}</b>", x=(x0 + x1) / 2, y=y1 + 0.005, xref="paper", yref="paper",
                           xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=12)))
     if shared:
-        layout["coloraxis"] = dict(cmin=limits[0].vmin, cmax=limits[0].vmax, colorscale=scale,
-                                   colorbar=dict(thickness=10, len=min(1.0, 0.9), tickfont=dict(size=10),
-                                                 title=dict(text=hover_label, side="right", font=dict(size=11))))
+        # The colorbar comes from an empty, fully opaque marker trace: a colorbar attached to the
+        # semi-transparent heatmaps would be drawn faded.
+        layout["coloraxis"] = dict(cmin=limits[0].vmin, cmax=limits[0].vmax, colorscale=scale, showscale=False)
+        traces.append(go.Scatter(
+            x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
+            marker=dict(color=[limits[0].vmin], colorscale=scale, cmin=limits[0].vmin, cmax=limits[0].vmax,
+                        showscale=True, colorbar=dict(thickness=10, len=min(1.0, 0.9), tickfont=dict(size=10),
+                                                      title=dict(text=hover_label, side="right",
+                                                                 font=dict(size=11))))))
     fig = go.Figure(traces)
     fig.update_layout(height=rows * cell_height + 10, margin=dict(l=0, r=0, t=8, b=0), annotations=notes,
                       plot_bgcolor="white", showlegend=False, **layout)
