@@ -203,36 +203,49 @@ class ZBox(Rule):
         return op.transpose(s, w).mul_(op.expand(a)) - lo * op.transpose(s, wp) - hi * op.transpose(s, wn)
 
 
-class Flat(Rule):
-    """Uniform redistribution over the receptive field (weights and inputs set to one)."""
+class _InputIndependent(Rule):
+    """Redistribution by modified weights alone, inputs set to one (flat, w^2).
 
-    name = "flat"
+    With ``bias=True`` the modified bias (ones, b^2) enters the denominator, as in zennit.
+    """
+
+    weight_key = ""
 
     def __init__(self, stabilizer: float = 1e-6, bias: bool = True):
         self.stabilizer = stabilizer
         self.bias = bias
 
+    def modified_bias(self, b):  # pragma: no cover - interface
+        raise NotImplementedError
+
     def relevance(self, op, a, R, out):
-        w = op.modified("ones")
-        b = torch.ones_like(op.bias) if (self.bias and op.bias is not None) else None
+        w = op.modified(self.weight_key)
+        b = self.modified_bias(op.bias) if (self.bias and op.bias is not None) else None
         z = op.forward(torch.ones_like(a[:1]), w, b)
         return op.transpose(R / stabilize(z, self.stabilizer), w)
 
 
-class WSquare(Rule):
+class Flat(_InputIndependent):
+    """Uniform redistribution over the receptive field (weights and inputs set to one; no bias, as zennit)."""
+
+    name = "flat"
+    weight_key = "ones"
+
+    def __init__(self, stabilizer: float = 1e-6, bias: bool = False):
+        super().__init__(stabilizer, bias)
+
+    def modified_bias(self, b):
+        return torch.ones_like(b)
+
+
+class WSquare(_InputIndependent):
     """w^2 rule: input-independent redistribution proportional to squared weights."""
 
     name = "wsquare"
+    weight_key = "square"
 
-    def __init__(self, stabilizer: float = 1e-6, bias: bool = True):
-        self.stabilizer = stabilizer
-        self.bias = bias
-
-    def relevance(self, op, a, R, out):
-        w = op.modified("square")
-        b = op.bias ** 2 if (self.bias and op.bias is not None) else None
-        z = op.forward(torch.ones_like(a[:1]), w, b)
-        return op.transpose(R / stabilize(z, self.stabilizer), w)
+    def modified_bias(self, b):
+        return b * b
 
 
 class Gradient(Rule):

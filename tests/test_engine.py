@@ -448,3 +448,29 @@ def test_threads_give_the_serial_results():
     for th in threads:
         th.join()
     assert all(torch.equal(a, b) for a, b in zip(serial, results))
+
+
+@pytest.mark.parametrize("rule", ["flat", "wsquare"])
+def test_input_independent_first_layer_rules_match_zennit(rule):
+    zennit = pytest.importorskip("zennit")
+    from zennit.attribution import Gradient
+    from zennit.composites import SpecialFirstLayerMapComposite
+    from zennit.rules import Epsilon, Flat, Norm, Pass, WSquare, ZPlus
+    from zennit.types import Activation, AvgPool, Convolution
+    model = small_vgg()
+    x = images(2)
+    first = {"flat": Flat(), "wsquare": WSquare()}[rule]
+    composite = SpecialFirstLayerMapComposite(
+        layer_map=[(Activation, Pass()), (AvgPool, Norm()), (Convolution, ZPlus()), (nn.Linear, Epsilon())],
+        first_map=[(Convolution, first)])
+    hooked = copy.deepcopy(model)
+    for m in hooked.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    t = torch.tensor([1, 3])
+    with torch.no_grad():
+        seed = torch.eye(5)[t] * hooked(x)
+    with Gradient(model=hooked, composite=composite) as attributor:
+        _, theirs = attributor(x.clone().requires_grad_(True), seed)
+    ours = clrp.explain(model, x, t, "lrp", rules={"preset": "epsilon_plus", "0": rule})
+    assert relative_error(ours, theirs) < 1e-4
