@@ -226,8 +226,8 @@ def main():
     ap.add_argument("--weights")
     ap.add_argument("--class-names")
     ap.add_argument("--n", type=int, default=300)
-    ap.add_argument("--n-perturbation", type=int, default=50)
-    ap.add_argument("--n-ablation", type=int, default=60)
+    ap.add_argument("--n-perturbation", type=int, default=60)
+    ap.add_argument("--n-ablation", type=int, default=100)
     ap.add_argument("--seed", type=int, default=cli.SCENES_DEFAULT_SEED)
     ap.add_argument("--patch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=18)
@@ -236,7 +236,9 @@ def main():
     ap.add_argument("--work", default=os.path.join(ROOT, "artifacts", "results"))
     ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     ap.add_argument("--figures", default=None, help="folder for figures (default: <doc folder>/results)")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared 2-core machine a second thread that waits for "
+                         "a busy core makes every op several times slower; 0 = torch's default)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
