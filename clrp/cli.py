@@ -386,7 +386,8 @@ def cmd_evaluate(a, argv) -> int:
             "tolerance": tolerance,
             "tolerance_note": ("15 px per 224 px of the image's shorter side (per row)" if tolerance == "scaled"
                                else f"{tolerance} px"),
-            "device": a.device, "run_config": cfg.to_json(), "versions": _versions(),
+            "device": a.device, "torch_threads": __import__("torch").get_num_threads(),
+            "run_config": cfg.to_json(), "versions": _versions(),
         }
         if os.path.exists(settings_path) and a.resume:
             with open(settings_path, encoding="utf-8") as f:
@@ -623,6 +624,9 @@ def _add_model_args(p):
     p.add_argument("--input-size", type=int, help="fine-tuned model: input size")
     p.add_argument("--models-config", help="lab models TOML (default $CLRP_MODELS_CONFIG)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's choice; on a machine whose cores are busy with "
+                        "other jobs, 1 can be several times faster)")
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method option, e.g. clrp1.dual=abs_logits (repeatable; VALUE parsed as JSON)")
 
@@ -692,6 +696,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(a, "format", None) == "folder":
         a.format = "folders"
     try:
+        if getattr(a, "threads", 0):
+            if a.threads < 0:
+                raise ClrpError("--threads must be >= 1")
+            import torch
+
+            torch.set_num_threads(a.threads)
         return COMMANDS[a.command](a, argv)
     except ClrpError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
