@@ -101,6 +101,7 @@ def time_perturbation(net, size, steps, batches, repeats):
     rel = torch.randn(size, size, generator=g)
     kw = dict(order="morf", patch=8, steps=steps, baseline="mean")
     variants = {f"batched {b}": (lambda b=b: region_perturbation(net, x, rel, 1, batch_size=b, **kw)) for b in batches}
+    variants["default"] = lambda: region_perturbation(net, x, rel, 1, **kw)   # default_batch_size
     variants["naive"] = lambda: region_perturbation_naive(net, x, rel, 1, **kw)
     for f in variants.values():      # warm-up
         f()

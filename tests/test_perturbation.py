@@ -138,3 +138,11 @@ def test_relevance_shapes_and_rows_and_summary():
     assert table.loc["lrp", "n"] == 2
     np.testing.assert_allclose(mean_curves[("lrp", "morf")], [26, 14, 6, 2, 0])
     assert rows[0]["baseline"] == "zeros" and rows[0]["patch"] == 2
+
+
+def test_default_batch_size_is_small_on_the_cpu():
+    from clrp.evaluation.perturbation import default_batch_size
+
+    assert default_batch_size(torch.zeros(3, 96, 96)) == 7
+    assert default_batch_size(torch.zeros(3, 224, 224)) == 1
+    assert default_batch_size(torch.zeros(3, 16, 16)) == 8

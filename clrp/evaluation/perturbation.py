@@ -22,13 +22,25 @@ Procedure for one image ``x`` [C, H, W], a relevance map ``R`` and a target clas
 Batching: all K+1 perturbed copies of an image are built as ``where(rank < n_k, baseline, x)``
 from a per-pixel region-rank map and evaluated in chunks of ``batch_size`` -- ceil((K+1)/B)
 forward calls per order instead of K+1. :func:`region_perturbation_naive` is the straightforward
-one-forward-per-step loop, kept for the benchmark and to test that both agree. Measured
-(``benchmarks/perturbation_bench.py``, shared 2-core CPU, small CNN, 224 px, 100 steps): on the
-CPU batching brought NO speed-up: batched took 0.5-0.7x the speed of the naive loop for batch
-sizes 8 and 32 (per-image convolution cost grows with the batch: large activations are
-memory-bound). Results are identical (max difference 7e-8). Batching pays off on a GPU, where a
-single-image forward leaves the device idle; on a CPU-only machine ``batch_size=1`` may be the
-fastest setting. Default: 8 on the CPU, 32 elsewhere.
+one-forward-per-step loop, kept for the benchmark and to test that both agree (max difference
+~1e-7).
+
+Speed on the CPU (``benchmarks/bench_evaluation.py``, shared 2-core machine, 1 torch thread,
+medians of 3): a CNN forward pass on the CPU is compute-bound, so its cost per image does not
+drop with the batch size (small CNN at 224 px: 17-19 ms of user time per image for batches of 1
+to 32). What made large chunks SLOWER than the naive loop (batch 32: 0.57x, batch 101: 0.51x at
+224 px) is memory allocation, not the batching code: a chunk's activations (32 channels x 224 x
+224 x 4 B = 6.4 MB per image, 205 MB for 32 images) are above glibc's mmap threshold, so every
+forward maps fresh pages and the kernel faults and zeroes them (measured: 4,300 minor page faults
+and 4.8 ms of system time per image at batch 1, 9,800 faults and 15.6 ms at batch 32; with
+``MALLOC_MMAP_THRESHOLD_`` raised, zero faults and the same ~18 ms per image at every batch size).
+The perturbed copies themselves are cheap (one ``where`` per chunk; nothing is recomputed per
+step). Hence the CPU default chunk is small -- at most ``CPU_CHUNK_PIXELS`` input pixels per chunk
+(batch 7 at 96 px, 1 at 224 px) -- which is as fast as the naive loop at 224 px and ~1.1x faster at
+96 px; on an accelerator batching pays off (one image leaves it idle) and the default is 32.
+A second torch thread that has to wait for a core busy with another job makes every op
+several times slower, most of all for many small ops (one-image forwards): on a loaded machine
+``torch.set_num_threads(1)`` matters far more than the batch size.
 """
 from __future__ import annotations
 
@@ -133,6 +145,18 @@ def make_baseline(x: torch.Tensor, baseline="mean", *, patch: int = 8, blur_sigm
     raise ValueError(f"baseline must be one of {BASELINES} or a tensor, got {baseline!r}")
 
 
+#: CPU default: at most this many input pixels per forward chunk (see the module doc).
+CPU_CHUNK_PIXELS = 1 << 16
+
+
+def default_batch_size(x: torch.Tensor) -> int:
+    """Perturbed copies per forward call: 32 on an accelerator; on the CPU as many as fit in
+    ``CPU_CHUNK_PIXELS`` input pixels, between 1 and 8 (7 at 96 px, 1 at 224 px)."""
+    if x.device.type != "cpu":
+        return 32
+    return max(1, min(8, CPU_CHUNK_PIXELS // max(1, x.shape[-1] * x.shape[-2])))
+
+
 def _rank_map(order_idx: torch.Tensor, height, width, patch, device) -> torch.Tensor:
     """Per-pixel position of its region in the order: [H, W] long."""
     gh, gw = math.ceil(height / patch), math.ceil(width / patch)
@@ -185,10 +209,11 @@ def region_perturbation(model: Callable, x, relevance, target: int, *, order: st
     """One perturbation curve, batched. ``model``: callable [N, C, H, W] -> logits [N, classes]
     (a ``torch.nn.Module`` in eval mode, or e.g. ``lambda x: clrp.engine.forward(m, x)``).
     ``steps=None`` perturbs until every region is replaced. ``batch_size=None``: 32 perturbed
-    copies per forward call on an accelerator, 8 on the CPU. See the module doc for details."""
+    copies per forward call on an accelerator, :func:`default_batch_size` on the CPU (1 to 8,
+    by image size). See the module doc for details."""
     x, h, w, n_regions, k = _prepare(x, relevance, patch, steps, patches_per_step)
     if batch_size is None:
-        batch_size = 8 if x.device.type == "cpu" else 32
+        batch_size = default_batch_size(x)
     batch_size = max(1, int(batch_size))
     order_idx = patch_order(relevance, h, w, patch, order, seed)
     base = make_baseline(x, baseline, patch=patch, blur_sigma=blur_sigma, seed=seed)

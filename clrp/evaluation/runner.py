@@ -73,7 +73,7 @@ class RunConfig:
     patches_per_step: int = 1
     baseline: str = "mean"
     orders: tuple = _pert.ORDERS
-    perturbation_batch: Optional[int] = None             # None: 8 on CPU, 32 on GPU
+    perturbation_batch: Optional[int] = None             # None: perturbation.default_batch_size
     score: str = "logit"
     # feature ablation
     layer: Optional[str] = None                          # default: last ReLU before the classifier
