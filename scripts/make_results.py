@@ -49,7 +49,7 @@ from clrp.evaluation import runner as R  # noqa: E402
 
 LRP_FAMILY = ("lrp", "clrp1", "clrp2", "sglrp")
 #: cheaper settings for the two sampling methods (defaults 50 steps / 25 samples), stated in the doc
-METHOD_OPTIONS = {"integrated_gradients": {"steps": 16}, "smoothgrad": {"samples": 10}}
+METHOD_OPTIONS: dict = {}   # every method with its default options
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def main():
     ap.add_argument("--patch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=18)
     ap.add_argument("--pps", type=int, default=4, help="regions per perturbation step")
-    ap.add_argument("--perturbation-batch", type=int, default=64)
+    ap.add_argument("--perturbation-batch", type=int, default=8)
     ap.add_argument("--work", default=os.path.join(ROOT, "artifacts", "results"))
     ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     ap.add_argument("--figures", default=None, help="folder for figures (default: <doc folder>/results)")
@@ -294,6 +294,16 @@ def main():
                                       iou_top_mean=("iou_top", "mean"), n_pairs=("pearson", "size"))
     effect["share_r_above_0.9"] = d2.assign(hi=d2["pearson"] > 0.9).groupby("method")["hi"].mean()
     loc_all, loc_multi = argmax_locations(pt)
+    # two-class scenes: do the two classes' arg-max points coincide, and the per-method Pointing Game there
+    same = []
+    for (iid, m), g in pt_ok[pt_ok["image_id"].isin(two)].groupby(["image_id", "method"]):
+        if len(g) == 2 and m != "center":
+            p = g[["point_y", "point_x"]].to_numpy(float)
+            same.append({"method": m, "same_point": float(np.hypot(*(p[0] - p[1])) <= g["tolerance"].iloc[0]),
+                         "hits": float(g["hit"].mean())})
+    same = pd.DataFrame(same).groupby("method").mean() if same else pd.DataFrame()
+    pt_two = R.summarize({"pointing": pt_ok[pt_ok["image_id"].isin(two)]})["pointing"][["all", "n_all"]]
+    effect = effect.join(same.rename(columns={"same_point": "argmax_same_place", "hits": "pointing_hit_rate"}))
     per_class = psum[[c for c in psum.columns if str(c).startswith("class:")]].rename(columns=lambda c: c[6:]).T
 
     # figure of a few two-class scenes
@@ -324,7 +334,8 @@ def main():
              "normalisation, z+ on every other conv and dense layer, biases ignored); LRP seed = signed "
              "target logit; CLRP1 dual = uniform (paper text), CLRP2 = negated target weights; "
              "contrast = clamp (max(0, R_target - R_dual)).")
-    L.append(f"- Method options different from the defaults: `{json.dumps(METHOD_OPTIONS)}` (to keep the run short).")
+    L.append(f"- Method options: defaults (`python -m clrp methods` lists them)"
+             + (f", except `{json.dumps(METHOD_OPTIONS)}`." if METHOD_OPTIONS else "."))
     L.append(f"- Versions: {json.dumps({k: versions[k] for k in ('clrp', 'torch', 'torchvision', 'python', 'numpy') if k in versions})}.")
     L.append("\nRuntime per stage:\n")
     for k, v in timings.items():
@@ -347,6 +358,11 @@ def main():
     L.append("\n### The paper's effect: two-class scenes\n")
     L.append(f"{len(two)} scenes with exactly two classes; Pearson r between the maps of the two classes:\n")
     L.append(md_table(effect.sort_values("pearson_mean")))
+    L.append("\n`argmax_same_place` = share of these scenes where the arg-max points of the two classes lie within "
+             "the tolerance of each other (the map points at the same place whichever class is asked for); "
+             "`pointing_hit_rate` = share of the (image, class) pairs of these scenes that are Pointing Game hits. "
+             "Pointing Game (mean of per-class accuracies) on the two-class scenes only:\n")
+    L.append(md_table(pt_two.sort_values("all", ascending=False)))
 
     L.append("\n## Region perturbation (AOPC)\n")
     L.append(f"First {a.n_perturbation} scenes, every present class; patches {a.patch} x {a.patch} px of the "
