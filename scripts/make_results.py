@@ -248,7 +248,7 @@ def main():
     started = dt.datetime.now(dt.timezone.utc)
     lm = load_model(a)
     fp = R.model_fingerprint(lm.model)
-    work = os.path.join(a.work, f"{lm.name}-{fp[:10]}")
+    work = os.path.join(a.work, f"{lm.architecture}-{fp[:10]}")   # keyed by the weights, not the name
     os.makedirs(work, exist_ok=True)
     fig_dir = a.figures or os.path.join(os.path.dirname(os.path.abspath(a.doc)), "results")
     os.makedirs(fig_dir, exist_ok=True)
