@@ -236,6 +236,8 @@ def main():
     ap.add_argument("--work", default=os.path.join(ROOT, "artifacts", "results"))
     ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "RESULTS.md"))
     ap.add_argument("--figures", default=None, help="folder for figures (default: <doc folder>/results)")
+    ap.add_argument("--findings", default=os.path.join(ROOT, "docs", "results", "findings.md"),
+                    help="hand-written findings (markdown) inserted at the end")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared 2-core machine a second thread that waits for "
                          "a busy core makes every op several times slower; 0 = torch's default)")
@@ -395,7 +397,11 @@ def main():
         L.append(f"Scenes {', '.join(fig_ids)}: per row the input and the maps of one present class "
                  "(lrp, clrp1, clrp2, gradcam; each map on its own colour scale).\n")
     L.append("\n## Findings\n")
-    L.append("FINDINGS_PLACEHOLDER\n")
+    if a.findings and os.path.isfile(a.findings):
+        with open(a.findings, encoding="utf-8") as f:
+            L.append(f.read())
+    else:
+        L.append("(no findings file: write them to docs/results/findings.md and run again; every stage is cached)\n")
     with open(a.doc, "w", encoding="utf-8") as f:
         f.write("\n".join(L) + "\n")
     with open(os.path.join(work, "numbers.json"), "w") as f:
