@@ -317,3 +317,21 @@ def test_loaded_model_image_helpers():
     assert back.shape == (96, 96, 3) and back.dtype == np.uint8
     top = lm.top_classes(x, k=3)
     assert len(top) == 3 and top[0][1] in CLASS_NAMES
+
+
+def test_fold_batch_norm_is_exact_and_bn_free():
+    torch.manual_seed(0)
+    m = bundled.build_model(batch_norm=True)
+    x = torch.randn(6, 3, 96, 96)
+    m.train()
+    for _ in range(3):  # move the running statistics away from their defaults
+        m(x * 2 + 0.5)
+    with torch.no_grad():
+        for bn in (l for l in m.features if isinstance(l, nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    m.eval()
+    f = bundled.fold_batch_norm(m)
+    assert not any(isinstance(l, nn.BatchNorm2d) for l in f.modules())
+    with torch.no_grad():
+        assert torch.allclose(f(x), m(x), atol=1e-5, rtol=1e-4)
