@@ -29,8 +29,9 @@ if lm is not None:
         st.subheader("A first explanation")
         truth = f" Objects in the scene: {', '.join(info['classes'])}." if info else ""
         st.caption(f"Bundled sample scene (seed {core.SAMPLE_SCENE}).{truth} Model: **{lm.name}**. "
-                   f"Top prediction: **{top[0][1]}** ({top[0][2]:.2f}). LRP and CLRP2 for the top two classes — "
-                   "LRP maps of different classes look alike; CLRP keeps what is specific to each class.")
+                   f"Top prediction: **{top[0][1]}** ({top[0][2]:.2f}). LRP and CLRP2 for the top two classes: "
+                   "where does each class's evidence lie, and what is specific to it? (The *Class contrast* page "
+                   "measures how much the classes' maps agree.)")
         items = []
         for idx, name, score in top[:2]:
             for method in ("lrp", "clrp2"):

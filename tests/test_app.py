@@ -126,7 +126,8 @@ def test_class_contrast_discriminativeness():
     metrics = at.metric
     assert len(metrics) == 3  # LRP, CLRP1, CLRP2
     vals = {m.label.split(":")[0]: float(m.value) for m in metrics}
-    assert -1 <= vals["CLRP1"] <= 1 and vals["LRP"] > 0.9  # LRP maps of two classes are near-identical
+    assert all(-1 <= v <= 1 for v in vals.values())
+    assert vals["LRP"] > vals["CLRP1"]  # contrastive maps of two classes agree less than LRP's
     assert heatmaps(at) == 6
     at.multiselect(key="contrast_classes").set_value([0, 1, 2]).run()
     no_errors(at)
