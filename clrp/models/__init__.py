@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,6 +33,14 @@ import torch
 from torch import nn
 
 from ..errors import ClrpError, ModelLoadError
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:
+        tomllib = None
 from .preprocessing import Preprocessing
 
 __all__ = [
@@ -434,6 +441,8 @@ def read_config(config: str | os.PathLike | None = None) -> dict[str, dict]:
         return {}
     if not p.is_file():
         raise ModelLoadError(f"models config file not found: {p}")
+    if tomllib is None:  # pragma: no cover
+        raise ModelLoadError("reading a models config needs Python >= 3.11 (tomllib) or the 'tomli' package")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
