@@ -156,7 +156,10 @@ def open_image(src: Any, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_B
             img = ImageOps.exif_transpose(img) or img
         except Exception:
             pass
-        return _to_rgb(img, bg), fmt, mode
+        try:
+            return _to_rgb(img, bg), fmt, mode
+        except Exception as e:
+            raise InvalidImage(f"cannot convert a {mode} image to RGB: {e}") from None
 
     buf = _read_source(src, max_bytes)
     prev_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
