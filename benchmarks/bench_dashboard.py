@@ -77,9 +77,9 @@ def bench_browser(repeats: int) -> dict:
             page.wait_for_timeout(1500)
             js_scale = ("() => { const g = document.querySelectorAll('.js-plotly-plot'); "
                         "return Array.from(g).filter(d => d.data.some(t => t.type === 'heatmap')).map(d => JSON.stringify("
-                        "d.layout.coloraxis ? d.layout.coloraxis.colorscale[0] : d.data[d.data.length-1].colorscale[0])); }")
+                        "d.layout.coloraxis ? d.layout.coloraxis.colorscale[0] : d.data.find(t => t.type === 'heatmap').colorscale[0])); }")
             js_opacity = ("() => { const g = document.querySelectorAll('.js-plotly-plot'); "
-                          "return Array.from(g).filter(d => d.data.some(t => t.type === 'heatmap')).map(d => d.data[d.data.length-1].opacity); }")
+                          "return Array.from(g).filter(d => d.data.some(t => t.type === 'heatmap')).map(d => d.data.find(t => t.type === 'heatmap').opacity); }")
             cmap_times, opa_times = [], []
             cmaps = ["hot", "bwr", "viridis", "seismic", "inferno", "coolwarm"]
             for i in range(repeats):
@@ -87,6 +87,7 @@ def bench_browser(repeats: int) -> dict:
                 box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Colormap")
                 box.click()
                 page.keyboard.type(cmaps[i % len(cmaps)])
+                page.wait_for_timeout(200)  # let the dropdown filter settle before Enter
                 t0 = time.perf_counter()  # from the user's Enter to every figure redrawn
                 page.keyboard.press("Enter")
                 page.wait_for_function(f"(before) => {{ const now = ({js_scale})(); "
