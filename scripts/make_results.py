@@ -309,7 +309,12 @@ def main():
     per_class = psum[[c for c in psum.columns if str(c).startswith("class:")]].rename(columns=lambda c: c[6:]).T
 
     # figure of a few two-class scenes
-    fig_ids = sorted(two)[:4]
+    # a few two-class scenes, then scenes where LRP misses and CLRP2 hits (and the reverse)
+    piv = pt_ok[pt_ok["method"].isin(["lrp", "clrp2"])].pivot_table(index=["image_id", "class_name"],
+                                                                     columns="method", values="hit", aggfunc="first")
+    lrp_only_miss = sorted({i for (i, c), r in piv.iterrows() if not r.get("lrp", True) and r.get("clrp2", False)})
+    clrp_only_miss = sorted({i for (i, c), r in piv.iterrows() if r.get("lrp", False) and not r.get("clrp2", True)})
+    fig_ids = list(dict.fromkeys(sorted(two)[:2] + lrp_only_miss[:2] + clrp_only_miss[:1]))
     fig_path = os.path.join(fig_dir, "maps_two_class.png")
     if fig_ids:
         figure(lm, fig_ids, fig_path)
@@ -395,7 +400,9 @@ def main():
         rel = os.path.relpath(fig_path, os.path.dirname(os.path.abspath(a.doc)))
         L.append(f"\n![maps]({rel})\n")
         L.append(f"Scenes {', '.join(fig_ids)}: per row the input and the maps of one present class "
-                 "(lrp, clrp1, clrp2, gradcam; each map on its own colour scale).\n")
+                 "(lrp, clrp1, clrp2, gradcam; each map on its own colour scale). "
+                 f"Scenes where LRP misses and CLRP2 hits: {', '.join(lrp_only_miss) or 'none'}; "
+                 f"where CLRP2 misses and LRP hits: {', '.join(clrp_only_miss) or 'none'}.\n")
     L.append("\n## Findings\n")
     if a.findings and os.path.isfile(a.findings):
         with open(a.findings, encoding="utf-8") as f:
