@@ -137,6 +137,7 @@ def run_perturbation(ds_root, lm, work, n, a):
     net = lm.model
     methods = list(clrp.METHODS)
     count = 0
+    run_perturbation.new = 0
     for s in ds.samples():
         if count >= n:
             break
@@ -159,6 +160,7 @@ def run_perturbation(ds_root, lm, work, n, a):
                                      baseline="mean", seed=0, batch=a.perturbation_batch):
                 r.update(image_id=s.image_id, class_name=c, target=t)
                 rows.append(r)
+        run_perturbation.new += 1
         pd.DataFrame(rows).to_parquet(path + ".tmp", index=False)
         os.replace(path + ".tmp", path)
         print(f"  perturbation {count}/{n}", file=sys.stderr, flush=True)
@@ -192,21 +194,22 @@ def argmax_locations(pt):
     return tab, multi
 
 
-def figure(lm, image_ids, path, methods=("lrp", "clrp1", "clrp2", "gradcam")):
+def figure(lm, items, path, methods=("lrp", "clrp1", "clrp2", "gradcam")):
+    """``items``: (image_id, class names or None for every object) -> one row per class."""
     from clrp import viz
 
     pp = R._eval_preprocessing(lm.preprocessing, "full")
     tiles, titles = [], []
-    for iid in image_ids:
-        sc = scene_of(iid)
-        from PIL import Image
+    from PIL import Image
 
+    for iid, classes in items:
+        sc = scene_of(iid)
         x = pp.to_tensor(Image.fromarray(sc.image))
         disp = pp.display_array(Image.fromarray(sc.image))
-        for o in sc.objects[:2]:
-            t = lm.class_names.index(o.class_name)
+        for name in (classes or [o.class_name for o in sc.objects]):
+            t = lm.class_names.index(name)
             tiles.append(disp)
-            titles.append(f"{o.class_name}")
+            titles.append(f"{iid[-3:]} {name}")
             for m in methods:
                 opts = {"box": pp.box}
                 r = viz.channel_sum(clrp.explain(lm.model, x, [t], m, **opts).detach())
@@ -254,31 +257,45 @@ def main():
     os.makedirs(work, exist_ok=True)
     fig_dir = a.figures or os.path.join(os.path.dirname(os.path.abspath(a.doc)), "results")
     os.makedirs(fig_dir, exist_ok=True)
+    timings_path = os.path.join(work, "timings.json")
+    stored = json.load(open(timings_path)) if os.path.isfile(timings_path) else {}
     timings = {}
 
+    def timed(key, seconds, did_work):
+        """Keep the timing of the run that did a stage's work (a cached stage takes ~0 s)."""
+        timings[key] = seconds if did_work or key not in stored else stored[key]
+        stored[key] = timings[key]
+        with open(timings_path, "w") as f:
+            json.dump(stored, f, indent=1)
+
     t0 = time.perf_counter()
+    fresh = not os.path.isdir(os.path.join(work, f"scenes-{a.n}-{a.seed}"))
     root = cli.scenes_dataset_dir(a.n, a.seed, work)
-    timings["scene generation + VOC export"] = time.perf_counter() - t0
+    timed("scene generation + VOC export", time.perf_counter() - t0, fresh)
 
     methods = tuple(clrp.METHODS)
     t0 = time.perf_counter()
     ds = open_dataset(root, "voc", split="test")
-    R.run_evaluation(ds, lm, os.path.join(work, "pointing"), methods=methods,
+    rr = R.run_evaluation(ds, lm, os.path.join(work, "pointing"), methods=methods,
                      protocols=("pointing", "discriminativeness"), rules="paper", tolerance="scaled",
                      method_options=METHOD_OPTIONS, batch_size=16, progress=True)
-    timings[f"Pointing Game + discriminativeness ({a.n} scenes, {len(methods)} methods)"] = time.perf_counter() - t0
+    timed(f"Pointing Game + discriminativeness ({a.n} scenes, {len(methods)} methods)", time.perf_counter() - t0,
+          rr.images_new > 0)
 
     t0 = time.perf_counter()
     ds = open_dataset(root, "voc", split="test")
-    R.run_evaluation(ds, lm, os.path.join(work, "ablation"), methods=LRP_FAMILY, protocols=("ablation",),
+    rr = R.run_evaluation(ds, lm, os.path.join(work, "ablation"), methods=LRP_FAMILY, protocols=("ablation",),
                      rules="paper", limit=a.n_ablation, batch_size=8, progress=True)
-    timings[f"feature ablation ({a.n_ablation} scenes, {len(LRP_FAMILY)} methods)"] = time.perf_counter() - t0
+    timed(f"feature ablation ({a.n_ablation} scenes, {len(LRP_FAMILY)} methods)", time.perf_counter() - t0,
+          rr.images_new > 0)
 
     t0 = time.perf_counter()
     pert = run_perturbation(root, lm, work, a.n_perturbation, a)
-    timings[f"region perturbation ({a.n_perturbation} scenes, {len(methods)} methods + centre)"] = time.perf_counter() - t0
+    timed(f"region perturbation ({a.n_perturbation} scenes, {len(methods)} methods + centre)", time.perf_counter() - t0,
+          run_perturbation.new > 0)
 
     # ---------------------------------------------------------------------------------------
+    t_diag = time.perf_counter()
     res = R.load_results(os.path.join(work, "pointing"))
     pt, disc = res["pointing"], res["discriminativeness"]
     psum = R.summarize({"pointing": pt})["pointing"]
@@ -312,13 +329,19 @@ def main():
     # a few two-class scenes, then scenes where LRP misses and CLRP2 hits (and the reverse)
     piv = pt_ok[pt_ok["method"].isin(["lrp", "clrp2"])].pivot_table(index=["image_id", "class_name"],
                                                                      columns="method", values="hit", aggfunc="first")
-    lrp_only_miss = sorted({i for (i, c), r in piv.iterrows() if not r.get("lrp", True) and r.get("clrp2", False)})
-    clrp_only_miss = sorted({i for (i, c), r in piv.iterrows() if r.get("lrp", False) and not r.get("clrp2", True)})
-    fig_ids = list(dict.fromkeys(sorted(two)[:2] + lrp_only_miss[:2] + clrp_only_miss[:1]))
+    lrp_only = [(i, c) for (i, c), r in piv.iterrows() if not r.get("lrp", True) and r.get("clrp2", False)]
+    clrp_only = [(i, c) for (i, c), r in piv.iterrows() if r.get("lrp", False) and not r.get("clrp2", True)]
+    lrp_only_miss = [f"{i} ({c})" for i, c in lrp_only]
+    clrp_only_miss = [f"{i} ({c})" for i, c in clrp_only]
+    fig_items = [(i, None) for i in sorted(two)[:2]] + [(i, [c]) for i, c in lrp_only[:3]] + \
+        [(i, [c]) for i, c in clrp_only[:1]]
+    fig_ids = [i for i, _ in fig_items]
     fig_path = os.path.join(fig_dir, "maps_two_class.png")
-    if fig_ids:
-        figure(lm, fig_ids, fig_path)
+    if fig_items:
+        figure(lm, fig_items, fig_path)
     runtime = time.perf_counter() - t_start
+    timed("tables, diagnostics and figure", time.perf_counter() - t_diag, True)
+    compute = sum(v for k, v in timings.items())
     versions = cli._versions()
     heldout = lm.meta.get("heldout_metrics") if isinstance(getattr(lm, "meta", None), dict) else None
 
@@ -326,14 +349,18 @@ def main():
     L = []
     L.append("# Results: LRP, CLRP and baselines on held-out bundled scenes\n")
     L.append(f"Generated by `python {' '.join(sys.argv)}` on {started:%Y-%m-%d %H:%M} UTC; "
-             f"total runtime {runtime / 60:.1f} min on this machine "
+             f"computing time {compute / 60:.1f} min in all (this invocation {runtime / 60:.1f} min; stages "
+             "done by an earlier invocation of the same command are reused and listed with their measured time) "
+             f"on this machine "
              f"({os.cpu_count()} CPU cores shared with other jobs, torch threads {torch.get_num_threads()}, no GPU).\n")
     L.append("## Setting\n")
     L.append(f"- Model: `{lm.name}` ({lm.architecture}; {lm.description}); weights SHA-1 fingerprint "
              f"`{fp}`; input {lm.preprocessing.input_size} (whole 128 x 128 scene resized), "
              f"mean/std {lm.preprocessing.mean}/{lm.preprocessing.std}.")
     if heldout:
-        L.append(f"- Model quality recorded in its metadata: `{json.dumps(heldout)[:300]}`")
+        L.append(f"- Model quality recorded in its metadata: held-out mAP {heldout.get('mAP', float('nan')):.4f} on "
+                 f"{heldout.get('n_scenes')} scenes (seeds {heldout.get('scene_seeds')}); lowest per-class AP "
+                 f"{min((heldout.get('per_class_AP') or {'-': float('nan')}).values()):.4f}.")
     L.append(f"- Data: {a.n} procedural scenes, seeds {a.seed}..{a.seed + a.n - 1} (never used in training: "
              "training used seeds 0..9,999,999), exported as VOC with object masks; "
              f"{len(two)} of them hold exactly two classes.")
@@ -399,8 +426,9 @@ def main():
     if fig_ids:
         rel = os.path.relpath(fig_path, os.path.dirname(os.path.abspath(a.doc)))
         L.append(f"\n![maps]({rel})\n")
-        L.append(f"Scenes {', '.join(fig_ids)}: per row the input and the maps of one present class "
-                 "(lrp, clrp1, clrp2, gradcam; each map on its own colour scale). "
+        L.append("Per row: the input and the maps of one present class (lrp, clrp1, clrp2, gradcam; each map on "
+                 "its own colour scale): both classes of two two-class scenes, then pairs where LRP misses and CLRP2 "
+                 "hits, and where CLRP2 misses and LRP hits. "
                  f"Scenes where LRP misses and CLRP2 hits: {', '.join(lrp_only_miss) or 'none'}; "
                  f"where CLRP2 misses and LRP hits: {', '.join(clrp_only_miss) or 'none'}.\n")
     L.append("\n## Findings\n")
