@@ -408,6 +408,8 @@ def main():
     pert_table = pert_table.drop(index="random", errors="ignore")
     t = pert_table[[c for c in pert_table.columns if c.startswith("aopc_") and c != "aopc_random"] + ["n"]]
     t = t.assign(morf_minus_lerf=t["aopc_morf"] - t["aopc_lerf"]).sort_values("aopc_morf", ascending=False)
+    t = t.rename(columns={"n": "n_images"})
+    t["n_pairs"] = pert[pert["order"] == "morf"].groupby("method").size()
     L.append(md_table(t))
 
     L.append("\n## Hidden-layer feature ablation\n")
