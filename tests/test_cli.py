@@ -170,3 +170,15 @@ def test_python_dash_m_does_not_import_streamlit():
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__))))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
+
+
+def test_subset_file_limits_the_images(tiny):
+    ids = sorted(json.loads(json.dumps(_done_ids(tiny / "full"))))[:2] if (tiny / "full").exists() else None
+    if ids is None:
+        ids = [scenes.generate_scene(cli.SCENES_DEFAULT_SEED + k).name for k in (1, 4)]
+    lst = tiny / "ids.txt"
+    lst.write_text("\n".join(ids) + "\n")
+    out = tiny / "subset"
+    assert _eval(tiny, out, "--subset", str(lst)) == 0
+    assert sorted(_done_ids(out)) == sorted(ids)
+    assert json.loads((out / "settings.json").read_text())["subset"] == str(lst)
