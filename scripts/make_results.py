@@ -194,6 +194,39 @@ def argmax_locations(pt):
     return tab, multi
 
 
+def depth_profile(lm, image_ids, methods=("lrp", "clrp1", "clrp2")):
+    """Mean Pearson r between the relevance of the two present classes at each layer, from the
+    output downwards (``clrp.layer_relevance(..., spatial=True)``: the whole relevance tensor at
+    that layer, flattened; for contrastive methods the signed difference target - dual), and of the
+    final channel-summed input maps. Shows where the classes' relevances become alike."""
+    import pandas as pd
+    from PIL import Image
+
+    from clrp import engine
+    from clrp.methods import layer_relevance
+
+    pp = R._eval_preprocessing(lm.preprocessing, "full")
+    plan = engine.plan_for(lm.model)
+    layers = [l.name for l in plan.layers if l.kind in ("linear", "conv", "relu") or "pool" in l.kind][::-1]
+    kinds = {l.name: l.kind for l in plan.layers}
+    rows = []
+    for iid in image_ids:
+        sc = scene_of(iid)
+        if len(sc.objects) != 2:
+            continue
+        x = pp.to_tensor(Image.fromarray(sc.image)).repeat(2, 1, 1, 1)
+        t = [lm.class_names.index(o.class_name) for o in sc.objects]
+        for m in methods:
+            for l in layers[1:]:   # the output layer itself holds only the seed
+                r = layer_relevance(lm.model, x, t, l, method=m, spatial=True, box=pp.box).reshape(2, -1).double()
+                rows.append({"method": m, "layer": f"{l} ({kinds[l]})", "r": float(np.corrcoef(r.numpy())[0, 1])})
+            r = clrp.explain(lm.model, x, t, m, box=pp.box).sum(1).reshape(2, -1).double()
+            rows.append({"method": m, "layer": "input map (channel sum)", "r": float(np.corrcoef(r.numpy())[0, 1])})
+    df = pd.DataFrame(rows)
+    order = list(dict.fromkeys(df["layer"]))
+    return df.pivot_table(index="layer", columns="method", values="r", aggfunc="mean").loc[order]
+
+
 def figure(lm, items, path, methods=("lrp", "clrp1", "clrp2", "gradcam")):
     """``items``: (image_id, class names or None for every object) -> one row per class."""
     from clrp import viz
@@ -339,6 +372,7 @@ def main():
     fig_path = os.path.join(fig_dir, "maps_two_class.png")
     if fig_items:
         figure(lm, fig_items, fig_path)
+    depth = depth_profile(lm, sorted(two))
     runtime = time.perf_counter() - t_start
     timed("tables, diagnostics and figure", time.perf_counter() - t_diag, True)
     compute = sum(v for k, v in timings.items())
@@ -398,6 +432,11 @@ def main():
              "Pointing Game (mean of per-class accuracies) on the two-class scenes only:\n")
     L.append(md_table(pt_two.sort_values("all", ascending=False)))
 
+    L.append("\nWhere the two classes' relevances become alike: mean Pearson r between the relevance of the two "
+             "classes at each layer on the same two-class scenes, from the output downwards (the whole relevance "
+             "tensor at the layer's output, flattened; for CLRP the signed difference target - dual, before the "
+             "final clamp, which is applied only to the input map):\n")
+    L.append(md_table(depth))
     L.append("\n## Region perturbation (AOPC)\n")
     L.append(f"First {a.n_perturbation} scenes, every present class; patches {a.patch} x {a.patch} px of the "
              f"{lm.preprocessing.input_size[0]} px model input, {a.pps} patches per step, {int(pert['steps'].iloc[0])} steps "
