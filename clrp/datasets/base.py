@@ -235,20 +235,27 @@ class Dataset:
     def __len__(self) -> int:
         raise NotImplementedError
 
+    def load_checked(self, s: Sample):
+        """The sample's image, or None (reported as a problem) when it cannot be decoded or its
+        size disagrees with the annotation."""
+        try:
+            img = s.load_image()
+        except DatasetError as e:
+            self.report(s.path or s.image_id, str(e))
+            return None
+        if s.width is None or s.height is None:
+            s.width, s.height = img.size
+        elif (s.width, s.height) != img.size:
+            self.report(s.path or s.image_id,
+                        f"annotated size {s.width}x{s.height} != image size {img.size[0]}x{img.size[1]}")
+            return None
+        return img
+
     def iter_images(self) -> Iterator[tuple]:
         for s in self.samples():
-            try:
-                img = s.load_image()
-            except DatasetError as e:
-                self.report(s.path or s.image_id, str(e))
-                continue
-            if s.width is None or s.height is None:
-                s.width, s.height = img.size
-            elif (s.width, s.height) != img.size:
-                self.report(s.path or s.image_id,
-                            f"annotated size {s.width}x{s.height} != image size {img.size[0]}x{img.size[1]}")
-                continue
-            yield s, img
+            img = self.load_checked(s)
+            if img is not None:
+                yield s, img
 
     def class_names(self) -> list:
         raise NotImplementedError

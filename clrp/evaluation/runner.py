@@ -356,24 +356,9 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
 
 def _iter_images(dataset, samples):
     """Like Dataset.iter_images but over a filtered sample iterator; unreadable images are
-    reported and yielded as ``(sample, None)``."""
-    from ..errors import DatasetError
-
+    reported and yielded as ``(sample, None)`` (recorded as skipped: a resumed run does not retry them)."""
     for s in samples:
-        try:
-            img = s.load_image()
-        except DatasetError as e:
-            dataset.report(s.path or s.image_id, str(e))
-            yield s, None  # recorded as skipped: a resumed run does not retry it
-            continue
-        if s.width is None or s.height is None:
-            s.width, s.height = img.size
-        elif (s.width, s.height) != img.size:
-            dataset.report(s.path or s.image_id,
-                           f"annotated size {s.width}x{s.height} != image size {img.size[0]}x{img.size[1]}")
-            yield s, None
-            continue
-        yield s, img
+        yield s, dataset.load_checked(s)
 
 
 def _explain_pairs(net, x_rows, targets, method, cfg, pp):
