@@ -114,7 +114,9 @@ class AlphaBeta(Rule):
         z = op.forward(a_pos, op.modified(w_main), b)
         if a_neg is not None:
             z = z + op.forward(a_neg, op.modified(w_other), None)
-        s = torch.div(R, op.expand(z).add_(sign * self.stabilizer))
+        z = op.expand(z).add_(sign * self.stabilizer)
+        # z is ours: reuse its memory for s (large fresh allocations cost page faults on the CPU).
+        s = torch.div(R, z, out=z) if z.shape == R.shape else R / z
         r = op.transpose(s, op.modified(w_main)).mul_(op.expand(a_pos))
         if a_neg is not None:
             r = r + op.expand(a_neg) * op.transpose(s, op.modified(w_other))
