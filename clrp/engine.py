@@ -509,10 +509,10 @@ def _backward_layer(plan, fwd, i, R, mode, rule, box):
             return R
         if mode == DECONVNET:
             return R.clamp(min=0)
-        mask = fwd.expand(a) > 0
         if mode == GUIDED:
-            return R.clamp(min=0) * mask
-        return R * mask
+            R = R.clamp(min=0)
+        # ReLU's own backward kernel: one pass, no boolean mask and no type promotion.
+        return torch.ops.aten.threshold_backward(R, fwd.expand(a), 0.0)
     if k == "maxpool":
         idx = fwd.expand(fwd.saved[i])
         n, c = R.shape[:2]
