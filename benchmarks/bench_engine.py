@@ -56,6 +56,9 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--order", choices=["interleaved", "grouped"], default="interleaved",
+                   help="interleaved: one run of every method per round (drift hits all alike); grouped: all "
+                        "runs of one method back to back (no cross-method allocator state)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,17 +83,19 @@ def main(argv=None):
     }
     print(f"# clrp engine benchmark: VGG16 (random weights), {args.size}x{args.size}, CPU")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"median of {args.reps} runs (after one warm-up), runs interleaved\n")
+          f"median of {args.reps} runs (after one warm-up), runs {args.order}\n")
     for batch in args.batch:
         x = torch.randn(batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(batch))
         t = torch.arange(batch) * 7 % 1000
         times = {name: [] for name in runners}
         for name, fn in runners.items():
             fn(x, t)  # warm-up (allocations, caches)
-        for _ in range(args.reps):
-            for name, fn in runners.items():
+        rounds = ([list(runners)] * args.reps if args.order == "interleaved"
+                  else [[name] * args.reps for name in runners])
+        for names in rounds:
+            for name in names:
                 start = time.perf_counter()
-                fn(x, t)
+                runners[name](x, t)
                 times[name].append(time.perf_counter() - start)
         base = statistics.median(times["plain gradient (autograd)"])
         print(f"## batch {batch}\n")
