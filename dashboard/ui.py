@@ -213,6 +213,28 @@ def top_classes(model_key, image_digest, x, k=5):
 # ---------------------------------------------------------------------------------------------
 # Display settings and heatmap grids
 
+def image_page(title: str, key: str, caption: str | None = None):
+    """The frame shared by the single-image pages: title, model, image and display controls in the
+    sidebar, the image prepared for the model. Stops the page (after a message) when there is no
+    usable model or image. Returns ``(lm, model_key, display, img, x, image)``."""
+    page(title)
+    st.title(title)
+    if caption:
+        st.caption(caption)
+    lm = model_picker()
+    image_picker(key)
+    display = display_controls(key)
+    if lm is None:
+        st.stop()
+    model_key = st.session_state[MODEL_STATE]
+    x = None
+    with guard("reading the image"):
+        img, x, image, _info = load_current(lm, model_key)
+    if x is None:
+        st.stop()
+    return lm, model_key, display, img, x, image
+
+
 def display_controls(key: str, where=None, signed_hint: bool = False) -> dict:
     """Colormap, opacity, shared/per-map scale, clip percentile. Shared across pages."""
     where = where or st.sidebar

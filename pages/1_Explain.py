@@ -5,21 +5,7 @@ import clrp
 from clrp.errors import ClrpError
 from dashboard import core, ui
 
-ui.page("Explain an image")
-st.title("Explain an image")
-
-lm = ui.model_picker()
-ui.image_picker("explain")
-display = ui.display_controls("explain")
-if lm is None:
-    st.stop()
-key = st.session_state[ui.MODEL_STATE]
-
-img = x = image = None
-with ui.guard("reading the image"):
-    img, x, image, info = ui.load_current(lm, key)
-if x is None:
-    st.stop()
+lm, key, display, img, x, image = ui.image_page("Explain an image", "explain")
 
 left, right = st.columns([1, 2])
 with left:

@@ -10,24 +10,11 @@ from clrp.errors import ClrpError
 from clrp.evaluation import discriminativeness as disc
 from dashboard import ui
 
-ui.page("Class contrast")
-st.title("Class contrast")
-st.caption("The paper found LRP maps of different classes of one image nearly identical on VGG16 (Pearson r ≈ 1); "
-           "contrastive maps should differ (low or negative r). On the bundled model LRP's r is about 0.5 "
-           "(docs/RESULTS.md). Each row is one method, each column one class.")
-
-lm = ui.model_picker()
-ui.image_picker("contrast")
-display = ui.display_controls("contrast")
-if lm is None:
-    st.stop()
-key = st.session_state[ui.MODEL_STATE]
-
-x = None
-with ui.guard("reading the image"):
-    img, x, image, info = ui.load_current(lm, key)
-if x is None:
-    st.stop()
+lm, key, display, img, x, image = ui.image_page(
+    "Class contrast", "contrast",
+    caption="The paper found LRP maps of different classes of one image nearly identical on VGG16 (Pearson r ≈ 1); "
+            "contrastive maps should differ (low or negative r). On the bundled model LRP's r is about 0.5 "
+            "(docs/RESULTS.md). Each row is one method, each column one class.")
 if lm.num_classes < 2:
     st.error("This model has a single output: there is nothing to contrast.")
     st.stop()

@@ -9,23 +9,14 @@ import clrp
 from clrp.errors import ClrpError
 from dashboard import core, ui
 
-ui.page("Neuron contrast")
-st.title("Neuron contrast")
-st.caption("Which channels of a layer carry the decision for a class, what each one sees, and what separates "
-           "two of them.")
-
-lm = ui.model_picker()
-ui.image_picker("neuron")
-display = ui.display_controls("neuron")
-if lm is None:
-    st.stop()
-key = st.session_state[ui.MODEL_STATE]
-
-x = None
-with ui.guard("reading the image"):
-    img, x, image, info = ui.load_current(lm, key)
+lm, key, display, img, x, image = ui.image_page(
+    "Neuron contrast", "neuron",
+    caption="Which channels of a layer carry the decision for a class, what each one sees, and what separates "
+            "two of them.")
+layers = None
+with ui.guard("listing the model's layers"):
     layers = core.feature_layers(lm)
-if x is None:
+if layers is None:
     st.stop()
 
 top = ui.top_classes(key, img["digest"], x, 1)

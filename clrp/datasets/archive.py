@@ -173,16 +173,25 @@ def _extract_zip(archive: str, dest_real: str, limits: ArchiveLimits):
                                     f"{limits.max_ratio:g} (possible zip bomb)")
             if rel:
                 plan.append((info, rel))
-        budget = _Budget(limits, os.path.getsize(archive))
-        for info, rel in plan:
-            target = _target(dest_real, rel)
-            if info.is_dir():
-                os.makedirs(target, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            _target(dest_real, rel)  # parents may not be links (we never create links)
-            with zf.open(info) as src:
-                _copy(src, target, budget, info.filename, declared=info.file_size)
+        _write_members(dest_real, _Budget(limits, os.path.getsize(archive)),
+                       ((rel, info.is_dir(), info.filename, info.file_size, lambda info=info: zf.open(info))
+                        for info, rel in plan))
+
+
+def _write_members(dest_real: str, budget: "_Budget", members) -> None:
+    """Write checked archive members ``(rel, is_dir, name, declared_size, open_fn)`` under ``dest_real``."""
+    for rel, is_dir, name, declared, open_fn in members:
+        target = _target(dest_real, rel)
+        if is_dir:
+            os.makedirs(target, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        _target(dest_real, rel)  # parents may not be links (we never create links)
+        src = open_fn()
+        if src is None:
+            continue
+        with src:
+            _copy(src, target, budget, name, declared=declared)
 
 
 def _extract_tar(archive: str, dest_real: str, limits: ArchiveLimits):
@@ -215,16 +224,5 @@ def _extract_tar(archive: str, dest_real: str, limits: ArchiveLimits):
                     members.append((m, rel))
         except tarfile.TarError as e:
             raise DatasetError(f"{os.path.basename(archive)}: corrupt tar ({e})") from e
-        budget = _Budget(limits, os.path.getsize(archive))
-        for m, rel in members:
-            target = _target(dest_real, rel)
-            if m.isdir():
-                os.makedirs(target, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            _target(dest_real, rel)
-            src = tf.extractfile(m)
-            if src is None:
-                continue
-            with src:
-                _copy(src, target, budget, m.name, declared=m.size)
+        _write_members(dest_real, _Budget(limits, os.path.getsize(archive)),
+                       ((rel, m.isdir(), m.name, m.size, lambda m=m: tf.extractfile(m)) for m, rel in members))
