@@ -1,8 +1,10 @@
 """explain(), the method registry, hidden-neuron explanations and layer relevances.
 
-Every method is a seed plus a backward mode over the engine's one propagation mechanism:
-LRP-family methods differ only in their output-layer seed (and CLRP's dual), gradient-family
-methods only in how ReLUs pass the signal back.
+Every method is a seed plus a walk over the engine's one propagation mechanism: LRP-family
+methods differ only in their output-layer seed (and CLRP's dual), gradient-family methods only
+in how ReLU-like ops pass the signal back. The LRP family needs every node between the input and
+the output to have a relevance rule; the gradient family works on any model autograd can
+differentiate (on the traced graph, or on the model itself when it cannot be traced).
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from . import engine
-from .engine import DECONVNET, GRADIENT, GUIDED, LRP, RowOp, backward, plan_for, run_forward
-from .errors import ClrpError, InvalidTarget
-from .rules import Epsilon, Gradient, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BOX, box_from_normalization, resolve_composite
+from .engine import DECONVNET, GRADIENT, GUIDED, gradients, layer_step, plan_for, propagate, run_forward
+from .errors import ClrpError, InvalidInput, InvalidTarget, UnsupportedModel
+from .rules import (Epsilon, Gradient, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BOX, ZBox, box_from_normalization,
+                    resolve_composite)
 
 __all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "REGISTRY"]
 
@@ -33,6 +36,9 @@ class Method:
 
 REGISTRY: dict[str, Method] = {}
 
+# Methods that need nothing but autograd: they run on the model itself when it cannot be traced.
+_AUTOGRAD_ONLY = {"gradient", "gradient_x_input", "integrated_gradients", "smoothgrad"}
+
 
 def _register(name, description, family, options, run):
     REGISTRY[name] = Method(name, description, family, dict(options), run)
@@ -40,11 +46,12 @@ def _register(name, description, family, options, run):
 
 @dataclass
 class _Ctx:
-    plan: engine.Plan
+    plan: engine.Plan | None  # None: the model could not be traced (autograd-only methods)
+    model: torch.nn.Module
     x: torch.Tensor
     targets: torch.Tensor
     rules: object
-    box: tuple
+    box: object
     opts: dict
 
 
@@ -61,24 +68,47 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", **o
     if method not in REGISTRY:
         raise ClrpError(f"unknown method {method!r}; known methods: {', '.join(REGISTRY)}")
     spec = REGISTRY[method]
-    plan = plan_for(model)
-    x, t = _batch(plan, inputs, targets)
-    ctx = _Ctx(plan, x, t, resolve_composite(rules), _resolve_box(options.pop("box", None)),
-               _options(spec, options))
+    opts = _options(spec, options)
+    box = opts.pop("box", None)
+    try:
+        plan = plan_for(model, inputs)
+    except UnsupportedModel:
+        if method not in _AUTOGRAD_ONLY:
+            raise
+        plan = None
+    if plan is None:
+        if model.training:
+            raise ClrpError(f"{type(model).__name__} could not be traced and is in training mode: call model.eval() "
+                            "before explaining it (its own forward would update BatchNorm statistics)")
+        x = _untraced_inputs(model, inputs)
+    else:
+        x = engine.check_inputs(plan, inputs)
+    x, t = _batch(x, targets)
+    composite = resolve_composite(rules)
+    ctx = _Ctx(plan, model, x, t, composite, None, opts)
+    if spec.family == "relevance":
+        plan.require_lrp()
+        ctx.box = _resolve_box(box, plan, x, composite)
     return spec.run(ctx)
 
 
 def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, rules="paper",
                     spatial: bool = False, **options) -> torch.Tensor:
     """Relevance of each channel (unit) of ``layer`` for the target: [N, K] (or the full map with
-    ``spatial=True``). Contrastive methods give the signed difference target - dual."""
+    ``spatial=True``). Contrastive methods give the signed difference target - dual. In a graph
+    with skip connections this is the relevance that reaches ``layer`` (what bypasses it is not
+    counted); at a block output it is all of it."""
     spec = REGISTRY.get(method)
     if spec is None or spec.family != "relevance":
         raise ClrpError(f"layer relevance needs an LRP-family method ({', '.join(_family('relevance'))})")
-    plan = plan_for(model)
-    x, t = _batch(plan, inputs, targets)
+    plan = plan_for(model, inputs)
+    x, t = _batch(engine.check_inputs(plan, inputs), targets)
     opts = _options(spec, options)
-    ctx = _Ctx(plan, x, t, resolve_composite(rules), _resolve_box(opts.pop("box", None)), opts)
+    composite = resolve_composite(rules)
+    ctx = _Ctx(plan, model, x, t, composite, None, opts)
+    box = opts.pop("box", None)
+    plan.require_lrp()
+    ctx.box = _resolve_box(box, plan, x, composite)
     idx = plan.layer_index(layer)
     R = _relevance(ctx, method, stop_at=idx)
     if spatial or R.ndim == 2:
@@ -88,16 +118,23 @@ def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, 
 
 def explain_neuron(model, inputs, layer: str, channel: int, *, position=None, contrast=None, rules="paper",
                    output: str = "clamp", box=None) -> torch.Tensor:
-    """Explain the activation of ``channel`` of ``layer`` (optionally at one spatial ``position``).
+    """Explain the activation of ``channel`` (dimension 1) of ``layer`` (optionally at one spatial
+    ``position``).
 
     ``contrast=None`` explains the neuron alone; ``"rest"`` subtracts the explanation of the layer's
     other channels and an int ``j`` that of channel j (the CLRP1 analogue: the dual carries the same
     total activation). ``output`` for contrasts: "clamp" (max(0, target - dual)) or "signed".
     """
-    plan = plan_for(model)
+    if output not in ("clamp", "signed"):
+        raise ClrpError("output must be 'clamp' or 'signed'")
+    plan = plan_for(model, inputs)
+    x = engine.check_inputs(plan, inputs)
     idx = plan.layer_index(layer)
-    fwd = run_forward(plan, inputs, stop=idx)
-    A = fwd.expand(fwd.acts[idx + 1])
+    plan.require_lrp(idx)
+    fwd = run_forward(plan, x, stop=idx)
+    A = fwd.value(idx)
+    if A.ndim < 2:
+        raise InvalidTarget(f"layer {layer!r} has no channels to explain")
     k = A.shape[1]
     _check_channel(channel, k, layer)
     sel = torch.zeros_like(A)
@@ -123,11 +160,9 @@ def explain_neuron(model, inputs, layer: str, channel: int, *, position=None, co
         dual = A * other
         R = R - dual * _ratio(_total(R), _total(dual)).view(-1, *([1] * (A.ndim - 1)))
     composite = resolve_composite(rules)
-    out = backward(plan, fwd, R, start=idx, rules=plan.rules_for(composite), box=_resolve_box(box))
+    out = propagate(plan, fwd, {idx: R}, rules=plan.rules_for(composite), box=_resolve_box(box, plan, x, composite))
     if contrast is not None and output == "clamp":
         out = out.clamp(min=0)
-    elif output not in ("clamp", "signed"):
-        raise ClrpError("output must be 'clamp' or 'signed'")
     return out
 
 
@@ -136,15 +171,18 @@ def explain_neuron(model, inputs, layer: str, channel: int, *, position=None, co
 
 def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor:
     plan, o = ctx.plan, ctx.opts
-    last = len(plan.layers) - 1
+    g = plan.graph
     fwd = run_forward(plan, ctx.x)
     logits = fwd.logits
+    if logits.ndim != 2:
+        raise UnsupportedModel(f"the model's output has shape {tuple(logits.shape)}; expected logits [N, classes]")
     t = _check_targets(ctx.targets, logits.shape[1])
     rules = plan.rules_for(ctx.rules)
-    condition = _condition(plan, fwd, o.get("condition"), logits)
-
-    def output_step(seed):
-        return backward(plan, fwd, seed, start=last, stop=last, rules=rules, box=ctx.box)
+    out_layer = plan.output_layer
+    if stop_at is not None and out_layer is not None and stop_at >= out_layer:
+        raise InvalidTarget("choose a hidden layer (before the output layer) for layer relevance")
+    condition = _condition(plan, fwd, o.get("condition"))
+    walk = dict(rules=rules, box=ctx.box, condition=condition, until=stop_at)
 
     n_cls = logits.shape[1]
     onehot = F.one_hot(t, n_cls).to(logits.dtype)
@@ -154,47 +192,32 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
     elif o.get("seed", "logit") != "logit":
         raise ClrpError("seed must be 'logit' or 'abs_logit'")
 
-    contrast = o.get("contrast", "clamp")
     if kind == "lrp":
-        low = output_step(onehot * y_t)
-    elif kind == "sglrp":
+        return propagate(plan, fwd, {g.output: onehot * y_t}, **walk)
+    if kind == "sglrp":
         p = logits.softmax(1)
         p_t = p.gather(1, t[:, None])
-        low = output_step(torch.where(onehot.bool(), p_t * (1 - p_t), -p_t * p))
-    else:
-        low_t = output_step(onehot * y_t)
-        low_d = _dual(ctx, kind, plan, fwd, rules, logits, t, onehot, y_t, last, output_step)
-        if contrast == "reference":
-            low = low_t * _ratio(1.0, _total(low_t)).view(-1, *[1] * (low_t.ndim - 1)) - \
-                low_d * _ratio(1.0, _total(low_d)).view(-1, *[1] * (low_d.ndim - 1))
-        elif contrast in ("clamp", "signed"):
-            low = low_t - low_d
-        else:
-            raise ClrpError("contrast must be 'clamp', 'signed' or 'reference'")
+        return propagate(plan, fwd, {g.output: torch.where(onehot.bool(), p_t * (1 - p_t), -p_t * p)}, **walk)
 
-    if stop_at is not None:
-        if stop_at >= last:
-            raise InvalidTarget("choose a hidden layer (not the output layer) for layer relevance")
-        return backward(plan, fwd, low, start=last - 1, stop=stop_at + 1, rules=rules, box=ctx.box,
-                        condition=condition)
-    R = backward(plan, fwd, low, start=last - 1, stop=0, rules=rules, box=ctx.box, condition=condition)
-    if kind in ("clrp1", "clrp2"):
-        if contrast == "clamp":
-            R = R.clamp(min=0)
-        elif contrast == "reference":
-            peak = R.flatten(1).amax(1).view(-1, *[1] * (R.ndim - 1))
-            R = torch.where(peak > 0, R / peak.clamp(min=torch.finfo(R.dtype).tiny), torch.zeros_like(R)).clamp(min=0)
-    return R
+    if out_layer is None:
+        raise UnsupportedModel("CLRP needs logits computed by a conv or dense output layer that every path goes "
+                               "through; this model has none")
+    contrast = o.get("contrast", "clamp")
+    if contrast not in ("clamp", "signed", "reference"):
+        raise ClrpError("contrast must be 'clamp', 'signed' or 'reference'")
+    node = g.nodes[out_layer]
 
+    def below(seed, negate=False):
+        top = seed if out_layer == g.output else propagate(plan, fwd, {g.output: seed}, rules=rules, box=ctx.box,
+                                                             until=out_layer)
+        return layer_step(plan, fwd, out_layer, top, rules=rules, box=ctx.box, negate=negate)
 
-def _dual(ctx, kind, plan, fwd, rules, logits, t, onehot, y_t, last, output_step):
-    """Lower-layer relevance of CLRP's dual concept, carrying the same total seed as the target."""
-    n_cls = logits.shape[1]
+    low_t = below(onehot * y_t)
     if kind == "clrp1":
         if n_cls < 2:
             raise InvalidTarget("CLRP1 needs a model with at least two classes")
         others = 1 - onehot
-        dual = ctx.opts.get("dual", "uniform")
+        dual = o.get("dual", "uniform")
         if dual == "uniform":
             weights = others / (n_cls - 1)
         elif dual == "abs_logits":
@@ -202,20 +225,32 @@ def _dual(ctx, kind, plan, fwd, rules, logits, t, onehot, y_t, last, output_step
             weights = weights * _ratio(1.0, weights.sum(1)).view(-1, 1)
         else:
             raise ClrpError("dual must be 'uniform' or 'abs_logits'")
-        return output_step(weights * y_t)
-    # clrp2: the output layer with the target's weights negated, seeded with the target score.
-    layer = plan.layers[last]
-    if layer.kind != "linear":
-        raise ClrpError("CLRP2 needs a dense (Linear) output layer")
-    if isinstance(rules[last], (Epsilon, Gradient)):
-        raise ClrpError(
-            f"CLRP2 is identically zero when the output layer {layer.name!r} uses the {rules[last].name} rule: negating "
-            f"the weights negates both numerator and denominator, so the dual equals the target. Use z+ or "
-            f"alpha-beta there, e.g. rules={{'preset': ..., {layer.name!r}: 'zplus'}}")
-    w, b = plan.weight(last)
-    op = RowOp(-w.index_select(0, t), None if b is None else -b.index_select(0, t), box=ctx.box)
-    a = fwd.expand(fwd.acts[last])
-    return rules[last].relevance(op, a, y_t, op.forward(a, op.weight, op.bias))
+        low_d = below(weights * y_t)
+    else:  # clrp2: the output layer with the target's weights negated, seeded with the target score
+        if isinstance(rules[out_layer], (Epsilon, Gradient)):
+            names = node.name
+            raise ClrpError(
+                f"CLRP2 is identically zero when the output layer {names!r} uses the {rules[out_layer].name} rule: "
+                f"negating the weights negates both numerator and denominator, so the dual equals the target. Use "
+                f"z+ or alpha-beta there, e.g. rules={{'preset': ..., {names!r}: 'zplus'}}")
+        # The relevance at the output layer is non-zero for the target only, so negating every row
+        # of the layer equals negating the target's row.
+        low_d = below(onehot * y_t, negate=True)
+    if contrast == "reference":
+        low = low_t * _ratio(1.0, _total(low_t)).view(-1, *[1] * (low_t.ndim - 1)) - \
+            low_d * _ratio(1.0, _total(low_d)).view(-1, *[1] * (low_d.ndim - 1))
+    else:
+        low = low_t - low_d
+    start = node.args[0].index
+    R = propagate(plan, fwd, {start: low}, **walk)
+    if stop_at is not None:
+        return R
+    if contrast == "clamp":
+        R = R.clamp(min=0)
+    elif contrast == "reference":
+        peak = R.flatten(1).amax(1).view(-1, *[1] * (R.ndim - 1))
+        R = torch.where(peak > 0, R / peak.clamp(min=torch.finfo(R.dtype).tiny), torch.zeros_like(R)).clamp(min=0)
+    return R
 
 
 def _total(R):
@@ -228,7 +263,7 @@ def _ratio(num, den):
     return torch.where(den == 0, torch.zeros_like(den), num / safe)
 
 
-def _condition(plan, fwd, condition, logits):
+def _condition(plan, fwd, condition):
     if condition is None:
         return None
     try:
@@ -236,9 +271,9 @@ def _condition(plan, fwd, condition, logits):
     except (TypeError, ValueError):
         raise ClrpError("condition must be (layer_name, channels)") from None
     idx = plan.layer_index(layer)
-    if idx >= len(plan.layers) - 1:
+    if plan.output_layer is not None and idx >= plan.output_layer:
         raise InvalidTarget("condition on a hidden layer, not the output layer")
-    out = fwd.acts[idx + 1]
+    out = fwd.values[idx]
     channels = [channels] if isinstance(channels, (int, np.integer)) else list(channels)
     for c in channels:
         _check_channel(c, out.shape[1], layer)
@@ -251,14 +286,20 @@ def _condition(plan, fwd, condition, logits):
 # Gradient family
 
 def _gradient(ctx: _Ctx, mode: str, x=None, targets=None) -> torch.Tensor:
-    plan = ctx.plan
     x = ctx.x if x is None else x
     targets = ctx.targets if targets is None else targets
-    fwd = run_forward(plan, x)
-    logits = fwd.logits
-    t = _check_targets(targets, logits.shape[1])
-    seed = F.one_hot(t, logits.shape[1]).to(logits.dtype)
-    return backward(plan, fwd, seed, start=len(plan.layers) - 1, mode=mode)
+
+    def seed(logits):
+        t = _check_targets(targets, logits.shape[1])
+        return F.one_hot(t, logits.shape[1]).to(logits.dtype)
+
+    if ctx.plan is None:  # untraceable model: autograd on the model itself
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            logits = ctx.model(xg)
+            (grad,) = torch.autograd.grad(logits, xg, seed(logits.detach()))
+        return grad
+    return gradients(ctx.plan, x, seed, mode=mode)[0]
 
 
 def _batched_gradients(ctx, points: torch.Tensor, weights, batch_size):
@@ -283,7 +324,7 @@ def _integrated_gradients(ctx: _Ctx) -> torch.Tensor:
     baseline = o["baseline"]
     baseline = torch.zeros_like(x) if baseline is None else torch.as_tensor(baseline, dtype=x.dtype,
                                                                            device=x.device).expand_as(x)
-    steps = int(o["steps"])
+    steps = o["steps"]
     alphas, weights = _path_coefficients(o["integration"], steps)
     a = torch.as_tensor(alphas, dtype=x.dtype, device=x.device).view(-1, *[1] * x.ndim)
     points = baseline.unsqueeze(0) + a * (x - baseline).unsqueeze(0)
@@ -321,27 +362,21 @@ def _smoothgrad(ctx: _Ctx) -> torch.Tensor:
     return _batched_gradients(ctx, points, [1 / n] * n, o["batch_size"])
 
 
-def default_cam_layer(plan: engine.Plan) -> int:
-    """Grad-CAM's default layer: the last ReLU (else conv) whose output is still a feature map."""
-    flat = next((i for i, l in enumerate(plan.layers) if l.kind == "flatten" or l.kind == "linear"), len(plan.layers))
-    for kinds in (("relu",), ("conv",)):
-        for i in range(flat - 1, -1, -1):
-            if plan.layers[i].kind in kinds:
-                return i
-    raise ClrpError("Grad-CAM needs a convolutional layer")
-
-
 def _gradcam(ctx: _Ctx) -> torch.Tensor:
     plan, o, x = ctx.plan, ctx.opts, ctx.x
-    idx = default_cam_layer(plan) if o["layer"] is None else plan.layer_index(o["layer"])
-    fwd = run_forward(plan, x)
-    logits = fwd.logits
-    t = _check_targets(ctx.targets, logits.shape[1])
-    seed = F.one_hot(t, logits.shape[1]).to(logits.dtype)
-    g = backward(plan, fwd, seed, start=len(plan.layers) - 1, stop=idx + 1, mode=GRADIENT)
-    A = fwd.expand(fwd.acts[idx + 1])
+    if o["layer"] is None:
+        idx = plan.graph.last_feature_map()
+        if idx is None:
+            raise ClrpError("Grad-CAM found no spatial feature map that every path goes through; pass layer=")
+    else:
+        idx = plan.layer_index(o["layer"])
+    t = ctx.targets
+    _, g, fwd = gradients(plan, x, lambda logits: F.one_hot(_check_targets(t, logits.shape[1]), logits.shape[1])
+                          .to(logits.dtype), wrt=(idx,))
+    A = fwd.values[idx].detach()
     if A.ndim != 4:
-        raise ClrpError(f"Grad-CAM layer {plan.layers[idx].name!r} must output a feature map [N, K, h, w]")
+        raise ClrpError(f"Grad-CAM layer {plan.graph.nodes[idx].name!r} must output a feature map [N, K, h, w]; "
+                        f"it has shape {tuple(A.shape)}")
     cam = (g.mean(dim=(2, 3), keepdim=True) * A).sum(1, keepdim=True)
     if o["relu"]:
         cam = cam.clamp(min=0)
@@ -395,22 +430,64 @@ def _options(spec: Method, given: dict) -> dict:
     if unknown:
         allowed = ", ".join(sorted(spec.options)) or "none"
         raise ClrpError(f"method {spec.name!r} has no option {', '.join(sorted(unknown))}; its options: {allowed}")
-    return {**spec.options, **given}
+    opts = {**spec.options, **given}
+    for key, low in (("steps", 1), ("samples", 1), ("batch_size", 1)):
+        if key in opts and opts[key] is not None:
+            v = opts[key]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise ClrpError(f"{key} must be an integer >= {low}, got {v!r}")
+            opts[key] = int(v)
+    if "noise" in opts and not (isinstance(opts["noise"], (int, float)) and opts["noise"] >= 0):
+        raise ClrpError(f"noise must be a number >= 0, got {opts['noise']!r}")
+    return opts
 
 
-def _resolve_box(box):
-    if box is None:
-        return box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
+def _resolve_box(box, plan, x, composite):
+    """zB bounds: ``(low, high)`` (scalars or one value per input channel) or "reference"; default
+    ImageNet normalisation. Checked against the input only when a zB rule will use them."""
     if isinstance(box, str):
-        if box == "reference":
-            return REFERENCE_BOX
-        raise ClrpError("box must be (low, high) or 'reference'")
-    low, high = box
+        if box != "reference":
+            raise ClrpError("box must be (low, high) or 'reference'")
+        return REFERENCE_BOX
+    rules = plan.rules_for(composite)
+    needs = any(isinstance(r, ZBox) and r.low is None for r in rules.values())
+    channels = x.shape[1] if x.ndim >= 2 else 1
+    if box is None:
+        if needs and channels != 3:
+            raise ClrpError(
+                f"the zB rule of this preset needs the range of the model's inputs; the default is ImageNet's "
+                f"3-channel normalisation but this model takes {channels} channel(s). Pass box=(low, high) (e.g. "
+                f"clrp.box_from_normalization(mean, std)) or use a preset without zB (e.g. rules='zplus')")
+        return box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
+    try:
+        low, high = box
+    except (TypeError, ValueError):
+        raise ClrpError("box must be (low, high) or 'reference'") from None
+    for b in (low, high):
+        try:
+            t = torch.as_tensor(b, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ClrpError(f"box bounds must be numbers, got {b!r}") from None
+        if t.ndim > 1 or (t.ndim == 1 and t.numel() not in (1, channels)):
+            raise ClrpError(f"box bounds must be scalars or {channels} values (one per input channel); got shape "
+                            f"{tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ClrpError("box bounds must be finite")
     return low, high
 
 
-def _batch(plan, inputs, targets):
-    x = engine.check_inputs(plan, inputs)
+def _untraced_inputs(model, inputs) -> torch.Tensor:
+    if not isinstance(inputs, torch.Tensor):
+        raise InvalidInput(f"inputs must be a torch.Tensor of shape [N, C, H, W], got {type(inputs).__name__}")
+    if not inputs.is_floating_point() or inputs.ndim < 2 or inputs.shape[0] == 0:
+        raise InvalidInput(f"inputs must be a non-empty floating point batch [N, C, H, W]; got {inputs.dtype} "
+                           f"{tuple(inputs.shape)}")
+    if not bool(torch.isfinite(inputs).all()):
+        raise InvalidInput("inputs contain NaN or infinite values")
+    return inputs.detach()
+
+
+def _batch(x, targets):
     n = x.shape[0]
     if isinstance(targets, (int, np.integer)) and not isinstance(targets, bool):
         t = torch.full((n,), int(targets), dtype=torch.long)

@@ -1,10 +1,12 @@
-"""LRP rules, rule presets and per-layer rule assignment.
+"""LRP rules, rule presets and per-node rule assignment.
 
-A rule maps the relevance R at the output of a linear layer (conv or dense) to its input.
-Every rule is written against a small operator interface (``op.forward(x, w, b)`` and
-``op.transpose(s, w)``), so the same rule serves convolutions, dense layers and the
-per-sample output rows used by CLRP2. All rules are linear in R for a fixed forward pass,
-which is what lets CLRP cost one backward pass.
+A layer rule maps the relevance R at the output of a linear layer (conv, dense, or an unfolded
+BatchNorm seen as a per-channel affine layer) to its input. Every layer rule is written against
+a small operator interface (``op.forward(x, w, b)``, ``op.transpose(s, w)`` and
+``op.modified(modifier)`` for rule-modified weights, which the engine caches), so the same rule
+serves convolutions, dense layers and affine layers. A sum rule splits the relevance of a
+residual add between its summands. All rules are linear in R for a fixed forward pass, which is
+what lets CLRP cost one backward pass.
 
 Parameter conventions follow zennit (the reference PyTorch LRP library) so that presets of the
 same name give the same numbers: the stabiliser adds ``eps * sign(z)`` (sign(0) = +1), and
@@ -21,7 +23,8 @@ import torch
 from .errors import ClrpError
 
 __all__ = [
-    "Rule", "ZPlus", "ZBox", "Epsilon", "Gamma", "AlphaBeta", "Flat", "WSquare",
+    "Rule", "ZPlus", "ZBox", "Epsilon", "Gamma", "AlphaBeta", "Flat", "WSquare", "Gradient",
+    "SumRule", "ZSum", "AbsSum", "WeightModifier",
     "Composite", "RULES", "RULE_NAMES", "make_rule", "resolve_composite",
     "box_from_normalization", "IMAGENET_MEAN", "IMAGENET_STD", "REFERENCE_BOX",
 ]
@@ -45,6 +48,38 @@ def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
     return z + torch.copysign(torch.tensor(eps, dtype=z.dtype, device=z.device), z)
 
 
+@dataclass(frozen=True)
+class WeightModifier:
+    """A change of a layer's weights a rule needs (w+, w-, ...). The engine caches the modified
+    weights per layer and modifier, and recomputes them whenever the model's weights change."""
+
+    name: str
+    fn: Any = field(compare=False, hash=False, repr=False)
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        return self.fn(w)
+
+
+@dataclass(frozen=True)
+class GammaModifier:
+    """w + gamma * w+ (``sign`` +1) or w + gamma * w- (``sign`` -1)."""
+
+    gamma: float
+    sign: int
+
+    def __call__(self, w):
+        return w + self.gamma * (w.clamp(min=0) if self.sign > 0 else w.clamp(max=0))
+
+
+POSITIVE = WeightModifier("w+", lambda w: w.clamp(min=0))
+NEGATIVE = WeightModifier("w-", lambda w: w.clamp(max=0))
+ONES = WeightModifier("ones", torch.ones_like)
+SQUARE = WeightModifier("w^2", lambda w: w * w)
+# zB stacks [x, low, high] on the input-channel axis: one forward and one transpose per layer.
+ZBOX_FORWARD = WeightModifier("zB forward", lambda w: torch.cat([w, -w.clamp(min=0), -w.clamp(max=0)], dim=1))
+ZBOX_TRANSPOSE = WeightModifier("zB transpose", lambda w: torch.cat([w, w.clamp(min=0), w.clamp(max=0)], dim=1))
+
+
 def _pos(t):
     return None if t is None else t.clamp(min=0)
 
@@ -54,7 +89,7 @@ def _neg(t):
 
 
 class Rule:
-    """Base class. Subclasses implement ``relevance(op, a, R, out)``.
+    """Base class of layer rules. Subclasses implement ``relevance(op, a, R, out)``.
 
     ``a`` is the layer input (rows may be shared by several relevance rows: ``op.expand`` maps
     them), ``R`` the relevance at the layer output, ``out`` the layer's forward output (with bias)
@@ -62,6 +97,7 @@ class Rule:
     """
 
     name = "rule"
+    applies_to = frozenset({"conv", "linear", "norm"})
 
     def relevance(self, op, a, R, out):  # pragma: no cover - interface
         raise NotImplementedError
@@ -125,11 +161,11 @@ class AlphaBeta(Rule):
     def relevance(self, op, a, R, out):
         a_pos, a_neg = _split_input(op, a)
         b = op.bias if self.bias else None
-        r = self._part(op, a_pos, a_neg, R, "pos", "neg", _pos(b), 1.0)
+        r = self._part(op, a_pos, a_neg, R, POSITIVE, NEGATIVE, _pos(b), 1.0)
         if self.alpha != 1:
             r = self.alpha * r
         if self.beta:
-            r = r - self.beta * self._part(op, a_pos, a_neg, R, "neg", "pos", _neg(b), -1.0)
+            r = r - self.beta * self._part(op, a_pos, a_neg, R, NEGATIVE, POSITIVE, _neg(b), -1.0)
         return r
 
 
@@ -154,8 +190,8 @@ class Gamma(Rule):
 
     def relevance(self, op, a, R, out):
         g = self.gamma
-        w_up = op.modified(("gamma_pos", g))  # w + g w+
-        w_dn = op.modified(("gamma_neg", g))  # w + g w-
+        w_up = op.modified(GammaModifier(g, 1))  # w + g w+
+        w_dn = op.modified(GammaModifier(g, -1))  # w + g w-
         b = op.bias if self.bias else None
         b_up = None if b is None else b + g * b.clamp(min=0)
         b_dn = None if b is None else b + g * b.clamp(max=0)
@@ -195,11 +231,11 @@ class ZBox(Rule):
             # One forward and one transpose over [x, low, high] stacked on the channel axis.
             n, c = a.shape[:2]
             stacked = torch.cat([a, lo.expand(a.shape), hi.expand(a.shape)], dim=1)
-            z = op.forward(stacked, op.modified("zbox_forward"), None)
+            z = op.forward(stacked, op.modified(ZBOX_FORWARD), None)
             s = R / stabilize(op.expand(z), self.stabilizer)
-            g = op.transpose(s, op.modified("zbox_transpose"), channels=3 * c)
+            g = op.transpose(s, op.modified(ZBOX_TRANSPOSE), channels=3 * c)
             return g[:, :c].mul_(op.expand(a)) - lo * g[:, c:2 * c] - hi * g[:, 2 * c:]
-        w, wp, wn = op.weight, op.modified("pos"), op.modified("neg")
+        w, wp, wn = op.weight, op.modified(POSITIVE), op.modified(NEGATIVE)
         z = op.forward(a, w, None) - op.forward(lo, wp, None) - op.forward(hi, wn, None)
         s = R / stabilize(op.expand(z), self.stabilizer)
         return op.transpose(s, w).mul_(op.expand(a)) - lo * op.transpose(s, wp) - hi * op.transpose(s, wn)
@@ -211,7 +247,7 @@ class _InputIndependent(Rule):
     With ``bias=True`` the modified bias (ones, b^2) enters the denominator, as in zennit.
     """
 
-    weight_key = ""
+    modifier: WeightModifier
 
     def __init__(self, stabilizer: float = 1e-6, bias: bool = True):
         self.stabilizer = stabilizer
@@ -221,7 +257,7 @@ class _InputIndependent(Rule):
         raise NotImplementedError
 
     def relevance(self, op, a, R, out):
-        w = op.modified(self.weight_key)
+        w = op.modified(self.modifier)
         b = self.modified_bias(op.bias) if (self.bias and op.bias is not None) else None
         z = op.forward(torch.ones_like(a[:1]), w, b)
         return op.transpose(R / stabilize(z, self.stabilizer), w)
@@ -231,7 +267,7 @@ class Flat(_InputIndependent):
     """Uniform redistribution over the receptive field (weights and inputs set to one; no bias, as zennit)."""
 
     name = "flat"
-    weight_key = "ones"
+    modifier = ONES
 
     def __init__(self, stabilizer: float = 1e-6, bias: bool = False):
         super().__init__(stabilizer, bias)
@@ -244,7 +280,7 @@ class WSquare(_InputIndependent):
     """w^2 rule: input-independent redistribution proportional to squared weights."""
 
     name = "wsquare"
-    weight_key = "square"
+    modifier = SQUARE
 
     def modified_bias(self, b):
         return b * b
@@ -257,6 +293,45 @@ class Gradient(Rule):
 
     def relevance(self, op, a, R, out):
         return op.transpose(R, op.weight)
+
+
+class SumRule(Rule):
+    """Base class of the rules of a residual add: ``relevance(parts, R)`` splits the relevance of
+    ``sum(parts)`` into one share per summand."""
+
+    applies_to = frozenset({"add"})
+
+    def relevance(self, parts, R):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class ZSum(SumRule):
+    """Shares proportional to the summands' contributions (the z rule on the sum, zennit's Norm):
+    R_k = x_k / (sum + eps sign(sum)) R. Conserves relevance up to the stabiliser."""
+
+    name = "z_sum"
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+
+    def relevance(self, parts, R):
+        s = R / stabilize(sum(parts), self.stabilizer)
+        return [p * s for p in parts]
+
+
+class AbsSum(SumRule):
+    """Shares proportional to the summands' absolute values: R_k = |x_k| / (sum_j |x_j| + eps) R
+    (never flips the sign of the relevance)."""
+
+    name = "abs_sum"
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+
+    def relevance(self, parts, R):
+        mags = [p.abs() for p in parts]
+        s = R / (sum(mags) + self.stabilizer)
+        return [m * s for m in mags]
 
 
 def _split_input(op, a):
@@ -289,6 +364,8 @@ RULE_NAMES: dict[str, Any] = {
     "flat": Flat,
     "wsquare": WSquare,
     "gradient": Gradient,
+    "z_sum": ZSum,
+    "abs_sum": AbsSum,
 }
 
 
@@ -303,11 +380,15 @@ def make_rule(spec) -> Rule:
 
 @dataclass
 class Composite:
-    """Which rule each conv/dense layer gets.
+    """Which rule each node gets.
 
-    ``first`` applies to the first conv/dense layer in forward order (None: same as the others),
-    ``conv`` and ``linear`` to the rest; ``overrides`` maps a layer name (fnmatch pattern, e.g.
-    ``"classifier.*"``) or a module type to a rule and wins over everything else, first match first.
+    ``first`` applies to the first conv/dense layers (those fed by the input without another
+    conv/dense layer in between; None: same as the others), ``conv`` and ``linear`` to the rest,
+    ``add`` to residual adds of two input-dependent values, ``norm`` to BatchNorms that cannot be
+    folded into a neighbouring layer. ``overrides`` maps a node name (fnmatch pattern on any of
+    its names, e.g. ``"classifier.*"`` or ``"layer*.add"``) or a module type to a rule and wins
+    over everything else, first match first; an override applies only to nodes of a kind its
+    rule can handle (a sum rule to adds, a layer rule to conv/dense/norm nodes).
     """
 
     description: str
@@ -315,14 +396,23 @@ class Composite:
     linear: Rule
     first: Rule | None = None
     overrides: dict = field(default_factory=dict)
+    add: SumRule = field(default_factory=lambda: ZSum(1e-6))
+    norm: Rule = field(default_factory=lambda: Epsilon(1e-6, bias=False))
 
-    def rule_for(self, name: str, module, kind: str, is_first: bool) -> Rule:
+    def rule_for(self, names, module_type, kind: str, is_first: bool) -> Rule:
+        names = [names] if isinstance(names, str) else list(names)
         for key, rule in self.overrides.items():
+            if kind not in rule.applies_to:
+                continue
             if isinstance(key, str):
-                if fnmatch.fnmatchcase(name, key):
+                if any(fnmatch.fnmatchcase(n, key) for n in names):
                     return rule
-            elif isinstance(key, type) and isinstance(module, key):
+            elif isinstance(key, type) and module_type is not None and issubclass(module_type, key):
                 return rule
+        if kind == "add":
+            return self.add
+        if kind == "norm":
+            return self.norm
         if is_first and self.first is not None:
             return self.first
         return self.conv if kind == "conv" else self.linear
@@ -331,8 +421,9 @@ class Composite:
 RULES: dict[str, Composite] = {
     "paper": Composite(
         "Reference code of Gu et al.: zB on the first conv, z+ on every other conv and dense layer, "
-        "biases ignored, stabiliser 1e-9",
-        conv=ZPlus(1e-9, bias=False), linear=ZPlus(1e-9, bias=False), first=ZBox(stabilizer=1e-9)),
+        "biases ignored, stabiliser 1e-9 (residual adds: z rule; unfoldable BatchNorm: epsilon without bias)",
+        conv=ZPlus(1e-9, bias=False), linear=ZPlus(1e-9, bias=False), first=ZBox(stabilizer=1e-9),
+        add=ZSum(1e-9), norm=Epsilon(1e-9, bias=False)),
     "epsilon_plus": Composite(
         "zennit EpsilonPlus: z+ on convs, epsilon (1e-6) on dense layers",
         conv=ZPlus(), linear=Epsilon()),
@@ -350,7 +441,7 @@ RULES: dict[str, Composite] = {
         conv=AlphaBeta(2.0, 1.0), linear=Epsilon(), first=Flat()),
     "zplus": Composite(
         "z+ everywhere including the first layer (biases ignored)",
-        conv=ZPlus(1e-9, bias=False), linear=ZPlus(1e-9, bias=False)),
+        conv=ZPlus(1e-9, bias=False), linear=ZPlus(1e-9, bias=False), add=ZSum(1e-9), norm=Epsilon(1e-9, bias=False)),
 }
 
 
@@ -370,5 +461,5 @@ def resolve_composite(rules) -> Composite:
         rules = dict(rules)
         base = resolve_composite(rules.pop("preset", "paper"))
         return Composite(base.description + " (with per-layer overrides)", base.conv, base.linear, base.first,
-                         {**{k: make_rule(v) for k, v in rules.items()}, **base.overrides})
+                         {**{k: make_rule(v) for k, v in rules.items()}, **base.overrides}, base.add, base.norm)
     raise ClrpError(f"rules must be a preset name, a Composite or a dict of overrides, not {type(rules).__name__}")
