@@ -197,12 +197,22 @@ def layer_relevance_array(lm, x: torch.Tensor, target: int, layer: str, method: 
     return r[0].detach().to("cpu", torch.float32).numpy()
 
 
+def _example(lm) -> torch.Tensor:
+    return torch.zeros(1, 3, *lm.preprocessing.input_size)
+
+
 def feature_layers(lm) -> list[str]:
-    """Hidden layers whose channels can be explained (everything before the output layer)."""
+    """Hidden layers whose channels can be explained, in forward order (the model graph's names)."""
     from clrp import engine
 
-    names = engine.layer_names(lm.model)
-    return names[:-1]
+    return engine.feature_layers(lm.model, _example(lm))
+
+
+def default_feature_layer(lm) -> str:
+    """The last feature map every path goes through (Grad-CAM's and feature ablation's default)."""
+    from clrp import engine
+
+    return engine.last_feature_layer(lm.model, _example(lm))
 
 
 # ---------------------------------------------------------------------------------------------

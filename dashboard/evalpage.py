@@ -113,7 +113,7 @@ def ablation_settings(lm) -> dict:
     baseline = c2.selectbox("Replace with", list(pert.BASELINES), key="abl_baseline")
     orders = c2.multiselect("Orders", list(pert.ORDERS), default=list(pert.ORDERS), key="abl_orders")
     layers = core.feature_layers(lm) if lm is not None else []
-    layer = c3.selectbox("Ablation layer", ["(default: last ReLU before the classifier)"] + layers, key="abl_layer")
+    layer = c3.selectbox("Ablation layer", ["(default: the last feature map)"] + layers, key="abl_layer")
     ks = c3.text_input("k values", "1, 2, 4, 8, 16", key="abl_ks", help="Numbers of top units zeroed")
     repeats = c4.number_input("Random repeats", 1, 50, 3, key="abl_repeats")
     limit = c4.number_input("Max images (0 = all)", 0, 100000, 0, key="abl_limit")

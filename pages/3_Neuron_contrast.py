@@ -13,19 +13,19 @@ lm, key, display, img, x, image = ui.image_page(
     "Neuron contrast", "neuron",
     caption="Which channels of a layer carry the decision for a class, what each one sees, and what separates "
             "two of them.")
-layers = None
+layers = default_layer = None
 with ui.guard("listing the model's layers"):
     layers = core.feature_layers(lm)
+    default_layer = core.default_feature_layer(lm)
 if layers is None:
     st.stop()
 
 top = ui.top_classes(key, img["digest"], x, 1)
 c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
 with c1:
-    # default: the last layer with a spatial map (conv features)
-    default_layer = next((l for l in reversed(layers) if l.startswith("features")), layers[-1])
-    layer = st.selectbox("Layer", layers, index=layers.index(default_layer), key="neuron_layer",
-                         help="Layers of the traced chain, in forward order")
+    layer = st.selectbox("Layer", layers, index=layers.index(default_layer) if default_layer in layers else 0,
+                         key="neuron_layer", help="Layers of the model's graph, in forward order (default: the last "
+                                                  "feature map every path goes through)")
 with c2:
     target = st.selectbox("Class", list(range(lm.num_classes)), index=top[0][0],
                           format_func=lambda i: ui.class_label(lm, i), key="neuron_class")

@@ -10,9 +10,22 @@ from torch import nn
 import clrp
 from clrp import engine
 from clrp.errors import ClrpError, InvalidInput, InvalidTarget, UnsupportedModel
-from clrp.rules import ZBox, ZPlus
+from clrp.rules import Composite, ZBox, ZPlus
 
 from .conftest import relative_error
+
+
+def lrp_with_seed(model, x, seed, rules="paper", box=(-3.0, 3.0), at=None):
+    """The engine's LRP walk from ``seed`` given at the logits (or at node ``at``) to the input."""
+    plan = engine.plan_for(model, x)
+    fwd = engine.run_forward(plan, x)
+    composite = clrp.rules.resolve_composite(rules)
+    start = plan.graph.output if at is None else plan.layer_index(at)
+    return engine.propagate(plan, fwd, {start: seed}, rules=plan.rules_for(composite), box=box)
+
+
+def only(rule):
+    return Composite("one rule everywhere (test)", conv=rule, linear=rule)
 
 
 def small_vgg(num_classes=5, bn=False, seed=0):
@@ -53,9 +66,7 @@ def test_zplus_closed_form_dense():
     x = torch.tensor([[1.0, 2.0]])
     # h = relu([1-2, 2+6]) = [0, 8]; y = 16. Output layer z+: R_h = [0, 16].
     # Layer 1, unit 2 (R=16): z+ = 1*2 + 2*3 = 8 -> R_x = [2/8*16, 6/8*16] = [4, 12].
-    fwd = engine.run_forward(engine.plan_for(model), x)
-    rules = [ZPlus(0.0, bias=False), None, ZPlus(0.0, bias=False)]
-    r = engine.backward(engine.plan_for(model), fwd, torch.tensor([[16.0]]), start=2, rules=rules)
+    r = lrp_with_seed(model, x, torch.tensor([[16.0]]), only(ZPlus(0.0, bias=False)))
     assert torch.allclose(r, torch.tensor([[4.0, 12.0]]))
 
 
@@ -66,8 +77,7 @@ def test_zbox_closed_form():
     x = torch.tensor([[0.5, 0.25]])
     low, high = -1.0, 1.0
     # z_i = x_i w_i - l w+_i - h w-_i: [0.5 + 1, -0.5 + 2] = [1.5, 1.5]; y = 0.5 - 0.5 = 0 -> seed 1.
-    fwd = engine.run_forward(engine.plan_for(model), x)
-    r = engine.backward(engine.plan_for(model), fwd, torch.tensor([[1.0]]), start=0, rules=[ZBox(low, high, 0.0)])
+    r = lrp_with_seed(model, x, torch.tensor([[1.0]]), only(ZBox(low, high, 0.0)))
     assert torch.allclose(r, torch.tensor([[0.5, 0.5]]))
 
 
@@ -79,9 +89,7 @@ def test_epsilon_closed_form():
     x = torch.tensor([[2.0, 1.0]])
     # z = 2 + 3 + 1 = 6; R = [2, 3] / (6 + eps) * 6
     eps = 0.5
-    fwd = engine.run_forward(engine.plan_for(model), x)
-    r = engine.backward(engine.plan_for(model), fwd, torch.tensor([[6.0]]), start=0,
-                        rules=[clrp.rules.Epsilon(eps)])
+    r = lrp_with_seed(model, x, torch.tensor([[6.0]]), only(clrp.rules.Epsilon(eps)))
     assert torch.allclose(r, torch.tensor([[2.0, 3.0]]) * 6 / 6.5)
 
 
@@ -158,40 +166,38 @@ def test_batchnorm_is_folded_like_a_hand_folded_model():
 
 def test_linearity_in_the_seed():
     model = small_vgg()
-    plan = engine.plan_for(model)
     x = images(1)
-    fwd = engine.run_forward(plan, x)
-    rules = plan.rules_for(clrp.rules.resolve_composite("epsilon_gamma_box"))
     s1, s2 = torch.randn(1, 5), torch.randn(1, 5)
-    last = len(plan.layers) - 1
 
     def lrp(seed):
-        return engine.backward(plan, fwd, seed, start=last, rules=rules, box=(-3.0, 3.0))
+        return lrp_with_seed(model, x, seed, "epsilon_gamma_box")
 
     assert torch.allclose(lrp(2 * s1 - 3 * s2), 2 * lrp(s1) - 3 * lrp(s2), atol=1e-5, rtol=1e-4)
+
+
+class _Pool(nn.Module):
+    def __init__(self, kernel, stride):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x):
+        return torch.nn.functional.max_pool2d(x, self.kernel, self.stride).flatten(1)
 
 
 @pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 2), (3, 1)])
 def test_maxpool_routes_like_its_gradient(kernel, stride):
     x = torch.randn(2, 3, 13, 13, requires_grad=True)
-    y = torch.nn.functional.max_pool2d(x, kernel, stride)
+    y = _Pool(kernel, stride)(x)
     g = torch.randn_like(y)
     (expected,) = torch.autograd.grad(y, x, g)
-    plan = engine.Plan([engine.Layer("pool", "maxpool", args=dict(kernel_size=kernel, stride=stride, padding=0,
-                                                                  dilation=1, ceil_mode=False))])
-    fwd = engine.Forward(x.detach(), [x.detach()], {}, None, 2)
-    fwd.acts.append(engine._forward_layer(plan, 0, plan.layers[0], x.detach(), fwd.saved))
-    ours = engine.backward(plan, fwd, g, start=0, mode=engine.LRP)
+    ours = lrp_with_seed(_Pool(kernel, stride).eval(), x.detach(), g)
     assert torch.allclose(ours, expected)
 
 
 # -- CLRP definitions: one pass equals the two-pass closed forms ---------------------------------
 
 def _lrp_with_seed(model, x, seed, box=(-3.0, 3.0)):
-    plan = engine.plan_for(model)
-    fwd = engine.run_forward(plan, x)
-    rules = plan.rules_for(clrp.rules.resolve_composite("paper"))
-    return engine.backward(plan, fwd, seed, start=len(plan.layers) - 1, rules=rules, box=box)
+    return lrp_with_seed(model, x, seed, "paper", box)
 
 
 def _negated_row_copy(model, t):
@@ -270,19 +276,21 @@ def test_abs_logit_seed_flips_a_negative_logit():
 # -- batching targets, dedupe --------------------------------------------------------------------
 
 def test_several_targets_for_one_image_share_one_forward(monkeypatch):
+    import clrp.methods
     model, x = small_vgg(), images(1)
-    calls = []
-    original = engine._forward_layer
+    rows = []
+    original = clrp.methods.run_forward
 
-    def counting(plan, i, layer, h, saved):
-        calls.append(h.shape[0])
-        return original(plan, i, layer, h, saved)
+    def counting(plan, x, **kw):
+        fwd = original(plan, x, **kw)
+        rows.append(fwd.rows)
+        return fwd
 
-    monkeypatch.setattr(engine, "_forward_layer", counting)
+    monkeypatch.setattr(clrp.methods, "run_forward", counting)
     r = clrp.explain(model, x, [0, 1, 2, 3], "clrp2", box=(-3.0, 3.0))
     assert r.shape == (4, 3, 16, 16)
-    assert set(calls) == {1}  # every layer ran on one row
-    monkeypatch.setattr(engine, "_forward_layer", original)
+    assert rows == [1]  # one forward pass, on one row
+    monkeypatch.undo()
     for k in range(4):
         single = clrp.explain(model, x, k, "clrp2", box=(-3.0, 3.0))
         assert relative_error(r[k:k + 1], single) < 1e-5
@@ -292,9 +300,9 @@ def test_repeated_rows_inside_a_batch_are_deduplicated():
     model = small_vgg()
     a, b = images(2)
     x = torch.stack([a, b, a, b])
-    plan = engine.plan_for(model)
+    plan = engine.plan_for(model, x)
     fwd = engine.run_forward(plan, x)
-    assert fwd.acts[0].shape[0] == 2
+    assert fwd.rows == 2
     r = clrp.explain(model, x, [0, 1, 2, 3], "lrp", box=(-3.0, 3.0))
     for i in range(4):
         assert relative_error(r[i:i + 1], clrp.explain(model, x[i:i + 1], i, "lrp", box=(-3.0, 3.0))) < 1e-5
@@ -305,8 +313,8 @@ def test_repeated_rows_inside_a_batch_are_deduplicated():
 def test_neuron_explanation_conserves_its_activation():
     model, x = small_vgg(), images(1)
     layer = "7"  # ReLU after the 3rd conv
-    plan = engine.plan_for(model)
-    act = engine.run_forward(plan, x, stop=plan.layer_index(layer)).acts[-1]
+    plan = engine.plan_for(model, x)
+    act = engine.run_forward(plan, x, stop=plan.layer_index(layer)).values[plan.layer_index(layer)]
     r = clrp.explain_neuron(model, x, layer, 5, box=(-3.0, 3.0))
     assert torch.allclose(r.sum(), act[0, 5].sum(), rtol=1e-5)
     r_pos = clrp.explain_neuron(model, x, layer, 5, position=(1, 2), box=(-3.0, 3.0))
@@ -339,22 +347,57 @@ def test_layer_relevance_and_conditioning_decompose_the_class_explanation():
 
 # -- errors ---------------------------------------------------------------------------------------
 
-def test_unsupported_layers_are_named():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 14 * 14, 2)).eval()
-    with pytest.raises(UnsupportedModel, match=r"'1'.*Tanh"):
-        clrp.explain(model, images(1), 0, "lrp")
+class _Attention(nn.Module):
+    """A block LRP has no rule for (a product of two input-dependent values, neither a gate)."""
 
-    class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Conv2d(3, 3, 1)
+        self.k = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return self.q(x) * self.k(x)
+
+
+class _UsesAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = _Attention()
+        self.fc = nn.Linear(3 * 16 * 16, 2)
+
+    def forward(self, x):
+        return self.fc(self.block(x).flatten(1))
+
+
+def test_unsupported_nodes_are_named_by_module_path_and_type():
+    model = _UsesAttention().eval()
+    with pytest.raises(UnsupportedModel, match=r"block \(_Attention\): mul: multiplies two values"):
+        clrp.explain(model, images(1), 0, "lrp")
+    # the gradient family still works, and so does LRP below the unsupported node
+    assert torch.isfinite(clrp.explain(model, images(1), 0, "gradient")).all()
+    assert torch.isfinite(clrp.explain_neuron(model, images(1), "block.q", 1)).all()
+
+
+def test_untraceable_models_get_the_autograd_methods():
+    class DataDependent(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(3, 3, 3, padding=1)
-            self.fc = nn.Linear(3 * 16 * 16, 2)
+            self.fc = nn.Linear(12, 2)
 
         def forward(self, x):
-            return self.fc(torch.flatten(x + self.conv(x), 1))
+            x = x.flatten(1)
+            if x.sum() > 0:  # control flow on values: torch.export cannot follow it
+                x = x * 2
+            return self.fc(x)
 
-    with pytest.raises(UnsupportedModel, match="residual"):
-        clrp.explain(Residual().eval(), images(1), 0, "lrp")
+    model, x = DataDependent().eval(), torch.randn(1, 3, 2, 2)
+    with pytest.raises(UnsupportedModel, match="could not trace DataDependent"):
+        clrp.explain(model, x, 0, "lrp")
+    g = clrp.explain(model, x, 1, "gradient")
+    xg = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(model(xg)[0, 1], xg)
+    assert torch.allclose(g, expected)
+    assert torch.isfinite(clrp.explain(model, x, 1, "integrated_gradients", steps=4)).all()
 
 
 def test_bad_arguments_get_clear_errors():
@@ -363,7 +406,7 @@ def test_bad_arguments_get_clear_errors():
         clrp.explain(model, images(1), 7, "lrp")
     with pytest.raises(InvalidTarget, match="2 targets for 3 inputs"):
         clrp.explain(model, images(3), [0, 1], "lrp")
-    with pytest.raises(InvalidInput, match="input channels"):
+    with pytest.raises(InvalidInput, match=r"shape \[N, 1, 16, 16\]: 0 \(Conv2d\).*3 channels"):
         clrp.explain(model, torch.randn(1, 1, 16, 16), 0, "lrp")
     with pytest.raises(InvalidInput, match="shape"):
         clrp.explain(model, torch.randn(3, 16, 16), 0, "lrp")
@@ -373,7 +416,7 @@ def test_bad_arguments_get_clear_errors():
         clrp.explain(model, images(1), 0, "lrp", steps=3)
     with pytest.raises(ClrpError, match="unknown rule preset"):
         clrp.explain(model, images(1), 0, "lrp", rules="nope")
-    with pytest.raises(InvalidTarget, match="no layer named"):
+    with pytest.raises(InvalidTarget, match="no layer named 'conv99'"):
         clrp.layer_relevance(model, images(1), 0, "conv99")
     with pytest.raises(InvalidTarget, match="channel 99"):
         clrp.explain_neuron(model, images(1), "7", 99)

@@ -601,10 +601,13 @@ class LayerView:
         self.node, self.ctx = node, ctx
         self.weight, self.bias = (-weight, None if bias is None else -bias) if negate else (weight, bias)
         self.negate = negate
-        self.box = ctx.box_for(node)
         self.in_shape = a.shape[1:]
         self.nonnegative_input = ctx.plan.nonnegative_input(node) and not ctx.fwd.masked
         self.stackable = not node.extra["conv"] or node.extra["bound"]["groups"] == 1
+
+    @property
+    def box(self):  # computed only for the rules that use it (zB)
+        return self.ctx.box_for(self.node)
 
     def expand(self, t):
         return self.ctx.fwd.expand(t)
@@ -636,8 +639,11 @@ class AffineView:
     def __init__(self, node, scale, shift, ctx):
         self.node, self.ctx = node, ctx
         self.weight, self.bias = scale, shift
-        self.box = ctx.box_for(node)
         self.nonnegative_input = False
+
+    @property
+    def box(self):
+        return self.ctx.box_for(self.node)
 
     def _view(self, t, ndim):
         return t.view((1, -1) + (1,) * (ndim - 2))

@@ -197,8 +197,9 @@ def propagate(plan: Plan, fwd: Forward, seeds: dict, *, rules: dict, box=None, c
     g = plan.graph
     ctx = _Backward(plan, fwd, rules, box)
     pending = dict(seeds)
+    lowest = g.input if until is None else until
     with torch.no_grad():
-        for i in range(max(pending), -1, -1):
+        for i in range(max(pending), lowest - 1, -1):
             R = pending.pop(i, None)
             if R is None:
                 continue

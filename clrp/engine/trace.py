@@ -24,7 +24,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..errors import UnsupportedModel
+from ..errors import InvalidInput, UnsupportedModel
 from .graph import Graph, Leaf, Node, Ref
 from .ops import bind, op_for
 
@@ -145,9 +145,34 @@ def _export(model: nn.Module, example: torch.Tensor):
     except AttributeError:
         at = ""
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    eager = _eager_error(model, example[:1])
+    if eager is not None:  # the model cannot run on such inputs at all: the input is wrong, not the trace
+        raise InvalidInput(f"{type(model).__name__} cannot run on inputs of shape [N, {', '.join(map(str, example.shape[1:]))}]: "
+                           f"{eager}") from None
     raise UnsupportedModel(
         f"could not trace {type(model).__name__}{at}: {type(error).__name__}: {first[:400]}. The engine follows the "
         "model's forward with torch.export, which cannot follow control flow that depends on tensor values") from None
+
+
+def _eager_error(model: nn.Module, x: torch.Tensor) -> str | None:
+    """Run the (copied, eval) model once; the error it raises, named by module, or None."""
+    stack: list[str] = []
+    handles = []
+    for name, m in model.named_modules():
+        handles.append(m.register_forward_pre_hook(lambda mod, a, name=name: stack.append(name)))
+        handles.append(m.register_forward_hook(lambda mod, a, o: None if not stack else stack.pop() and None))
+    try:
+        with torch.no_grad():
+            model(x)
+        return None
+    except Exception as exc:  # any error of the user's forward
+        path = stack[-1] if stack else ""
+        where = f"{path} ({type(model.get_submodule(path)).__name__}): " if path else ""
+        lines = str(exc).strip().splitlines()
+        return f"{where}{lines[0] if lines else type(exc).__name__}"
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def trace(model: nn.Module, sample_shape: tuple, dtype, device) -> tuple[Graph, dict, list[str]]:

@@ -37,17 +37,8 @@ def _targets(targets, n, device) -> torch.Tensor:
 def _layer_ndim(model, x, layer) -> int:
     from .. import engine
 
-    try:
-        plan = engine.plan_for(model)
-        fwd = engine.run_forward(plan, x[:1], stop=plan.layer_index(layer), dedupe=False)
-        return int(fwd.acts[-1].ndim)
-    except (AttributeError, TypeError):  # engine internals changed: probe through the contract
-        try:
-            k = 1
-            engine.forward(model, x[:1], ablate={layer: torch.ones(1, k, 1, 1, dtype=x.dtype)})
-            return 4
-        except Exception:
-            return 2
+    plan = engine.plan_for(model, x)
+    return len(plan.graph.nodes[plan.layer_index(layer)].shape) + 1
 
 
 def _drops(base: torch.Tensor, abl: torch.Tensor, t: torch.Tensor):

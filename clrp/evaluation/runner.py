@@ -145,19 +145,12 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def default_ablation_layer(model) -> str:
+def default_ablation_layer(model, input_size=None) -> str:
+    """The last feature map every path goes through (the engine's answer, shared with Grad-CAM)."""
     from .. import engine
 
-    plan = engine.plan_for(model)
-    kinds = [l.kind for l in plan.layers]
-    first_linear = kinds.index("linear") if "linear" in kinds else len(kinds)
-    relus = [i for i in range(first_linear) if kinds[i] == "relu"]
-    if not relus:
-        convs = [i for i in range(first_linear) if kinds[i] == "conv"]
-        if not convs:
-            raise ClrpError("no convolutional layer to ablate; pass layer=")
-        return plan.layers[convs[-1]].name
-    return plan.layers[relus[-1]].name
+    example = None if input_size is None else torch.zeros(1, 3, *input_size)
+    return engine.last_feature_layer(model, example)
 
 
 def _read_progress(out_dir):
@@ -247,7 +240,7 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
                         + "; pass mapping={dataset class: model class}")
     layer = cfg.layer
     if "ablation" in cfg.protocols and layer is None:
-        layer = default_ablation_layer(net)
+        layer = default_ablation_layer(net, tuple(pp.input_size) if hasattr(pp, "input_size") else None)
 
     os.makedirs(out_dir, exist_ok=True)
     meta = {"config": cfg.to_json(), "model_class_names": class_names,
