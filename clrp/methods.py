@@ -365,7 +365,7 @@ def _smoothgrad(ctx: _Ctx) -> torch.Tensor:
 def _gradcam(ctx: _Ctx) -> torch.Tensor:
     plan, o, x = ctx.plan, ctx.opts, ctx.x
     if o["layer"] is None:
-        idx = plan.graph.last_feature_map()
+        idx = plan.last_feature_map()
         if idx is None:
             raise ClrpError("Grad-CAM found no spatial feature map that every path goes through; pass layer=")
     else:

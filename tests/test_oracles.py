@@ -111,3 +111,87 @@ def test_integrated_gradients_matches_captum(vgg16, image224, integration):
     theirs = IntegratedGradients(model).attribute(x, target=TARGETS[0], n_steps=8, method=integration)
     ours = clrp.explain(vgg16, x, TARGETS[0], "integrated_gradients", steps=8, integration=integration)
     assert relative_error(ours, theirs.detach()) < TOL
+
+
+# -- graphs: residual networks and a vision transformer ---------------------------------------------
+
+def _resnet(name, size=64):
+    """A torchvision ResNet with random BatchNorm statistics and affine parameters (non-zero folded
+    biases) whose activations keep their scale (running variance = second moment of the input).
+    BatchNorm eps is 0 because zennit's merge leaves each BatchNorm computing x / sqrt(1 + eps),
+    a 5e-6 change per layer that would otherwise be the only difference."""
+    import torchvision
+    from .test_architectures import calibrate
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=20).eval()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eps = 0.0
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.1)
+        model.fc.bias.normal_(0, 0.01)
+    return calibrate(model, x), x
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("preset", ["epsilon_plus", "epsilon_alpha2_beta1"])
+def test_resnets_match_zennit_with_its_resnet_canonizer(name, preset):
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonAlpha2Beta1, EpsilonPlus
+    from zennit.torchvision import ResNetCanonizer
+    model, x = _resnet(name)
+    hooked = _unfused(model)
+    composite = {"epsilon_plus": EpsilonPlus, "epsilon_alpha2_beta1": EpsilonAlpha2Beta1}[preset](
+        canonizers=[ResNetCanonizer()])
+    t = torch.tensor([3, 11])
+    with torch.no_grad():
+        seed = torch.eye(20)[t] * hooked(x)
+    with Gradient(model=hooked, composite=composite) as attributor:
+        _, theirs = attributor(x.clone().requires_grad_(True), seed)
+    ours = clrp.explain(model, x, t, "lrp", rules=preset)
+    assert relative_error(ours, theirs) < TOL
+
+
+def _captum_gradient_family(model, x, t, cam_layer, cam_name):
+    from captum.attr import (Deconvolution, GuidedBackprop, IntegratedGradients, LayerAttribution, LayerGradCam,
+                             Saliency)
+    hooked = _unfused(model)
+    xg = x.clone().requires_grad_(True)
+    theirs = {
+        "gradient": Saliency(hooked).attribute(xg, target=t, abs=False),
+        "guided_backprop": GuidedBackprop(hooked).attribute(xg, target=t),
+        "deconvnet": Deconvolution(hooked).attribute(xg, target=t),
+        "integrated_gradients": IntegratedGradients(hooked).attribute(x, target=t, n_steps=4),
+    }
+    cam = LayerGradCam(hooked, cam_layer(hooked)).attribute(x, target=t, relu_attributions=True)
+    theirs["gradcam"] = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
+    for method, expected in theirs.items():
+        opts = {"steps": 4} if method == "integrated_gradients" else {"layer": cam_name} if method == "gradcam" else {}
+        ours = clrp.explain(model, x, t, method, **opts)
+        if method == "gradcam":
+            ours = ours.sum(1, keepdim=True)
+        assert relative_error(ours, expected.detach()) < TOL, method
+
+
+@pytest.mark.slow
+def test_gradient_family_on_resnet50_matches_captum():
+    model, x = _resnet("resnet50", 96)
+    _captum_gradient_family(model, x, torch.tensor([1, 7]), lambda m: m.layer4, "layer4")
+    # the default Grad-CAM layer of a ResNet is its last stage
+    assert torch.equal(clrp.explain(model, x, [1, 7], "gradcam"), clrp.explain(model, x, [1, 7], "gradcam",
+                                                                                 layer="layer4"))
+
+
+@pytest.mark.slow
+def test_gradient_family_on_vit_b_16_matches_captum():
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(num_classes=10).eval()
+    with torch.no_grad():
+        model.heads.head.weight.normal_(0, 0.02)  # torchvision starts the head at zero: no gradient at all
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    _captum_gradient_family(model, x, torch.tensor([4]), lambda m: m.conv_proj, "conv_proj")

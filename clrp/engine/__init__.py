@@ -52,7 +52,7 @@ def last_feature_layer(model, inputs: torch.Tensor | None = None) -> str:
     from ..errors import ClrpError
 
     plan = plan_for(model, inputs)
-    i = plan.graph.last_feature_map()
+    i = plan.last_feature_map()
     if i is None:
         raise ClrpError(f"{type(model).__name__} has no spatial feature map that every path goes through; "
                         "name a layer")

@@ -162,10 +162,12 @@ class Graph:
                 cuts.add(i)
         return cuts
 
-    def last_feature_map(self) -> int | None:
-        """The last node every path goes through whose value is a [C, h, w] map with h*w > 1 (pools
-        excluded): Grad-CAM's default layer and feature ablation's."""
+    def last_feature_map(self, before: int | None = None) -> int | None:
+        """The last node (before node ``before``) every path goes through whose value is a [C, h, w]
+        map with h, w > 1 (pools excluded): Grad-CAM's default layer and feature ablation's."""
         for i in sorted(self.cuts, reverse=True):
+            if before is not None and i >= before:
+                continue
             node = self.nodes[i]
             s = node.shape
             if (s is not None and len(s) == 3 and all(isinstance(d, int) for d in s) and s[1] > 1 and s[2] > 1

@@ -562,6 +562,12 @@ class Linear(Op):
 
     def forward(self, node, args, kwargs, ctx):
         x, b = self.arguments(node, args, kwargs)
+        if not ctx.lrp and ("bn_after" in node.extra or "bn_before" in node.extra):
+            # the gradient family differentiates the model's own ops (no folding rounding)
+            if "bn_before" in node.extra:
+                x = _batch_norm(x, ctx.resolve(node.extra["bn_before"]))
+            y = self.apply(node, x, b["weight"], b.get("bias"), b)
+            return _batch_norm(y, ctx.resolve(node.extra["bn_after"])) if "bn_after" in node.extra else y
         w, bias = ctx.plan.folded(node, b, ctx)
         ctx.params[node.index] = (w, bias)
         return self.apply(node, x, w, bias, b)
@@ -591,6 +597,11 @@ class Linear(Op):
                 dim = r.ndim - 1 - d
                 r = r.narrow(dim, p[2 * d], r.shape[dim] - p[2 * d] - p[2 * d + 1])
         return [(i, r)]
+
+
+def _batch_norm(x, bn):
+    return F.batch_norm(x, bn["running_mean"], bn["running_var"], bn.get("weight"), bn.get("bias"), False, 0.0,
+                        bn["eps"])
 
 
 class LayerView:

@@ -233,6 +233,11 @@ class Plan:
     def layer_index(self, name: str) -> int:
         return self.graph.index(name)
 
+    def last_feature_map(self) -> int | None:
+        """Grad-CAM's and feature ablation's default layer: the graph's last feature map before the
+        output layer."""
+        return self.graph.last_feature_map(before=self.output_layer)
+
 
 def _bn_affine(bn: dict, channels: int, like: torch.Tensor):
     var, mean = bn["running_var"].detach(), bn["running_mean"].detach()
