@@ -296,12 +296,12 @@ class Gradient(Rule):
 
 
 class SumRule(Rule):
-    """Base class of the rules of a residual add: ``relevance(parts, R)`` splits the relevance of
-    ``sum(parts)`` into one share per summand."""
+    """Base class of the rules of a residual add: ``relevance(parts, R, total)`` splits the relevance
+    of ``total = sum(parts)`` into one share per summand."""
 
     applies_to = frozenset({"add"})
 
-    def relevance(self, parts, R):  # pragma: no cover - interface
+    def relevance(self, parts, R, total):  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -314,8 +314,8 @@ class ZSum(SumRule):
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = stabilizer
 
-    def relevance(self, parts, R):
-        s = R / stabilize(sum(parts), self.stabilizer)
+    def relevance(self, parts, R, total):
+        s = R / stabilize(total, self.stabilizer)
         return [p * s for p in parts]
 
 
@@ -328,7 +328,7 @@ class AbsSum(SumRule):
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = stabilizer
 
-    def relevance(self, parts, R):
+    def relevance(self, parts, R, total):
         mags = [p.abs() for p in parts]
         s = R / (sum(mags) + self.stabilizer)
         return [m * s for m in mags]

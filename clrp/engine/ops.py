@@ -381,8 +381,9 @@ class Add(Op):
         if len(terms) == 1:
             j, coef = terms[0]
             return [(j, reduce_to(R, ctx.fwd.values[j].shape[1:]))]
-        parts = [ctx.fwd.expand(ctx.fwd.values[j]) * coef for j, coef in terms]
-        shares = ctx.rules[node.index].relevance(parts, R)
+        parts = [ctx.fwd.expand(ctx.fwd.values[j]) if coef == 1 else ctx.fwd.expand(ctx.fwd.values[j]) * coef
+                 for j, coef in terms]
+        shares = ctx.rules[node.index].relevance(parts, R, ctx.fwd.expand(ctx.fwd.values[node.index]))
         return [(j, reduce_to(r, ctx.fwd.values[j].shape[1:])) for (j, _), r in zip(terms, shares)]
 
     def nonnegative(self, node, graph, nonneg):
