@@ -276,6 +276,9 @@ def test_replaced_parameters_and_modules_are_seen():
     model[4] = nn.Linear(64, 3)
     assert torch.equal(clrp.explain(model, x, 0, "lrp", rules="epsilon_plus"),
                        clrp.explain(copy.deepcopy(model), x, 0, "lrp", rules="epsilon_plus"))
+    model[1].eps = 0.5  # a setting the trace bakes in
+    assert torch.equal(clrp.explain(model, x, 0, "lrp", rules="epsilon_plus"),
+                       clrp.explain(copy.deepcopy(model), x, 0, "lrp", rules="epsilon_plus"))
 
 
 # -- what users do wrong -------------------------------------------------------------------------

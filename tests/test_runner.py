@@ -215,3 +215,19 @@ def test_broken_mask_reported_and_image_skipped(tmp_path):
     assert lrp["distance"] == pytest.approx(d)
     logged = [json.loads(l) for l in open(tmp_path / "o" / "problems.jsonl")]
     assert sum("ground truth" in r["reason"] for r in logged) == 2
+
+
+def test_a_residual_network_runs_every_protocol_unchanged(tmp_path):
+    import torchvision
+    _voc(str(tmp_path / "voc"))
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    lm = LoadedModel(model=net, class_names=["Dog", "cat", "person"],
+                     preprocessing=Preprocessing(input_size=(64, 64), resize=None))
+    out = str(tmp_path / "res")
+    r = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, out, **SETTINGS)
+    assert r.images_new == 4
+    res = _frames(out)
+    assert set(res) == set(R.PROTOCOLS) and all(len(df) for df in res.values())
+    assert set(res["ablation"]["layer"]) == {"layer4"}  # the engine's last feature map, by module path
+    assert json.load(open(os.path.join(out, "config.json")))["ablation_layer"] == "layer4"

@@ -88,7 +88,10 @@ class Plan:
     # -- binding to the model -------------------------------------------------------------------
     @staticmethod
     def _structure(model):
-        return tuple(id(m) for m in model.modules())
+        """The modules and their plain settings (strides, eps, ...): what a trace bakes in."""
+        return tuple((id(m), tuple((k, v) for k, v in vars(m).items() if k != "training" and not k.startswith("_")
+                                   and isinstance(v, (int, float, bool, str, tuple))))
+                     for m in model.modules())
 
     def model(self) -> nn.Module:
         m = self._model()
@@ -97,7 +100,8 @@ class Plan:
         return m
 
     def current(self, model) -> bool:
-        """The model still has the modules it was traced with (none replaced or added)."""
+        """The model still has the modules and settings it was traced with (none replaced or added,
+        no eps or stride changed)."""
         return self._structure(model) == self._module_ids
 
     def _tensor(self, leaf: Leaf):
