@@ -335,3 +335,59 @@ def test_zb_box_follows_the_input_channels_and_the_first_layer():
         y = mlp(x)[0, t]
     r = clrp.explain(mlp, x, t, "lrp")
     assert torch.allclose(r.sum(), y, rtol=1e-5)
+
+
+# -- conv layers as third-party code writes them --------------------------------------------------
+
+class SamePadded(nn.Module):
+    def __init__(self, k):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, k, padding="same", bias=False)  # an even kernel pads one more at the end
+        self.fc = nn.Linear(4 * 8 * 8, 2, bias=False)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_padding_same_with_odd_and_even_kernels(k):
+    torch.manual_seed(0)
+    model, x = SamePadded(k).eval(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x)
+    t = y.argmax(1)
+    r = clrp.explain(model, x, t, "lrp", rules="zplus", box=(-4.0, 4.0))
+    assert torch.allclose(r.flatten(1).sum(1), y.gather(1, t[:, None]).squeeze(1), rtol=1e-5)
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(xg).gather(1, t[:, None]).sum(), xg)
+    assert torch.allclose(clrp.explain(model, x, t, "gradient"), g)
+
+
+class StandardizedConv(nn.Conv2d):
+    """A Conv2d subclass with its own forward (weight standardisation, as in BiT/NFNet code)."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_conv_subclasses_are_propagated_as_they_compute():
+    torch.manual_seed(0)
+    model = nn.Sequential(StandardizedConv(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2)).eval()
+    plain = copy.deepcopy(model)
+    plain[0] = nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        w = model[0].weight
+        plain[0].weight.copy_((w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5))
+        plain[0].bias.copy_(model[0].bias)
+    x = torch.randn(2, 3, 4, 4)
+    for method in ("lrp", "clrp2", "gradient"):
+        assert relative_error(clrp.explain(model, x, [0, 1], method, rules="zplus", box=(-4.0, 4.0)),
+                              clrp.explain(plain, x, [0, 1], method, rules="zplus", box=(-4.0, 4.0))) < 1e-5, method
+    with torch.no_grad():  # the standardised weight is recomputed from the parameter: never stale
+        model[0].weight.mul_(-1)
+        plain[0].weight.mul_(-1)
+        plain[0].bias.copy_(model[0].bias)
+    assert relative_error(clrp.explain(model, x, [0, 1], "lrp", rules="epsilon_alpha2_beta1"),
+                          clrp.explain(plain, x, [0, 1], "lrp", rules="epsilon_alpha2_beta1")) < 1e-5

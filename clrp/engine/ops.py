@@ -490,8 +490,11 @@ class BatchNorm(Op):
     kind = "norm"
 
     def forward(self, node, args, kwargs, ctx):
+        b = bind(node, args, kwargs)
+        if not ctx.lrp or b["training"] or b["running_mean"] is None or not ctx.plan.graph.carries[node.index]:
+            return node.target(*args, **kwargs)  # as traced (e.g. a weight standardisation, batch statistics)
         x = args[0]
-        scale, shift = ctx.plan.affine(node, bind(node, args, kwargs), ctx)
+        scale, shift = ctx.plan.affine(node, b, ctx)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         ctx.params[node.index] = (scale, shift)
         return torch.addcmul(shift.view(shape), x, scale.view(shape))
@@ -526,8 +529,7 @@ class Linear(Op):
         pad = b.get("padding", 0)
         node.extra["pre_pad"] = None
         if node.extra["conv"] and isinstance(pad, str):
-            w = graph.nodes[b["weight"].index].shape if isinstance(b["weight"], Ref) else None
-            kernel = node.extra.get("kernel") or (w[1:] if w else None)
+            kernel = node.extra.get("kernel")  # recorded at trace time
             dil = b["dilation"]
             if pad == "valid":
                 pad = [0] * len(dil)
@@ -541,6 +543,8 @@ class Linear(Op):
                         pre += [t // 2, t - t // 2]
                     node.extra["pre_pad"] = pre
                     pad = [0] * len(dil)
+            else:
+                node.extra["problem"] = "padding='same' with an unknown kernel size"
         node.extra["padding"] = pad
         node.extra["bound"] = {k: b[k] for k in ("stride", "dilation", "groups") if k in b}
         for key in ("weight", "bias"):

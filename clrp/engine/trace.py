@@ -220,6 +220,11 @@ def trace(model: nn.Module, sample_shape: tuple, dtype, device) -> tuple[Graph, 
     _functionalize(fx, fnodes, depends)
     _splits_to_slices(fx)
     _fold_batchnorm(fx, depends)
+    for n in fx.nodes:  # kernel sizes, for padding="same"
+        if n.op == "call_function" and _name(n.target) in _LINEAR and len(n.args) > 1:
+            w = n.args[1].meta.get("val") if isinstance(n.args[1], torch.fx.Node) else None
+            if w is not None and w.ndim > 2:
+                n.meta.setdefault("clrp_extra", {})["kernel"] = [int(k) for k in w.shape[2:]]
 
     # -- into our nodes ----------------------------------------------------------------------
     placeholder = {n.name: n for n in fx.nodes if n.op == "placeholder"}
