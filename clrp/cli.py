@@ -660,7 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=100, help="perturbation steps")
     e.add_argument("--baseline", default="mean", choices=["mean", "blur", "zeros", "noise"], help="perturbation baseline")
     e.add_argument("--perturbation-batch", type=int, help="perturbed copies per forward call")
-    e.add_argument("--layer", help="ablation layer (default: last ReLU before the classifier)")
+    e.add_argument("--layer", help="ablation layer, by module path (default: the last feature map every path "
+                                   "goes through, e.g. layer4 of a ResNet)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--quiet", action="store_true", help="no progress bar, no summary printout")
 

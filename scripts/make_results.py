@@ -206,9 +206,12 @@ def depth_profile(lm, image_ids, methods=("lrp", "clrp1", "clrp2")):
     from clrp.methods import layer_relevance
 
     pp = R._eval_preprocessing(lm.preprocessing, "full")
-    plan = engine.plan_for(lm.model)
-    layers = [l.name for l in plan.layers if l.kind in ("linear", "conv", "relu") or "pool" in l.kind][::-1]
-    kinds = {l.name: l.kind for l in plan.layers}
+    plan = engine.plan_for(lm.model, torch.zeros(1, 3, *pp.input_size))
+    labels = {"conv2d": "conv", "linear": "linear", "relu": "relu", "max_pool2d": "maxpool",
+              "avg_pool2d": "avgpool", "adaptive_avg_pool2d": "adaptive_avgpool"}
+    nodes = [n for n in plan.graph.nodes if n.op_name in labels and plan.graph.carries[n.index]]
+    layers = [n.name for n in nodes][::-1]
+    kinds = {n.name: labels[n.op_name] for n in nodes}
     rows = []
     for iid in image_ids:
         sc = scene_of(iid)
@@ -452,7 +455,7 @@ def main():
     L.append(md_table(t))
 
     L.append("\n## Hidden-layer feature ablation\n")
-    L.append(f"First {a.n_ablation} scenes; layer `{R.default_ablation_layer(lm.model)}` (last ReLU before the "
+    L.append(f"First {a.n_ablation} scenes; layer `{R.default_ablation_layer(lm.model, lm.preprocessing.input_size)}` (last ReLU before the "
              "classifier); channels ranked by `clrp.layer_relevance` with each method, top-k zeroed; "
              "target_drop = drop of the target logit, others_drop = drop of the mean of the other logits, "
              "gap = target_drop - others_drop; `random` = 5 seeded random choices of k channels.\n")

@@ -76,7 +76,7 @@ class RunConfig:
     perturbation_batch: Optional[int] = None             # None: perturbation.default_batch_size
     score: str = "logit"
     # feature ablation
-    layer: Optional[str] = None                          # default: last ReLU before the classifier
+    layer: Optional[str] = None                          # default: the engine's last feature map
     ks: tuple = _abl.DEFAULT_KS
     random_repeats: int = 5
     ablation_method: Optional[str] = None                # default: every LRP-family method in methods
