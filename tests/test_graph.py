@@ -391,3 +391,33 @@ def test_conv_subclasses_are_propagated_as_they_compute():
         plain[0].bias.copy_(model[0].bias)
     assert relative_error(clrp.explain(model, x, [0, 1], "lrp", rules="epsilon_alpha2_beta1"),
                           clrp.explain(plain, x, [0, 1], "lrp", rules="epsilon_alpha2_beta1")) < 1e-5
+
+
+def test_a_shared_resnet_is_never_mutated_and_threads_agree():
+    import threading
+
+    from .test_engine import _same, _snapshot
+    torch.manual_seed(0)
+    model = _randomize_bn(torchvision.models.resnet18(num_classes=5)).eval()
+    model.fc.weight.requires_grad_(False)  # a user's mixed flags must survive
+    x = torch.randn(2, 3, 48, 48)
+    before = _snapshot(model)
+    jobs = [(m, t) for m in ("lrp", "clrp2", "gradient", "guided_backprop", "gradcam") for t in ([0, 1], [2, 3])]
+    serial = [clrp.explain(model, x, t, m) for m, t in jobs]
+    clrp.explain_neuron(model, x, "layer3", 1, contrast="rest")
+    clrp.layer_relevance(model, x, [0, 1], "layer2.1")
+    assert _same(before, _snapshot(model))
+    results = [None] * len(jobs)
+    barrier = threading.Barrier(len(jobs))
+
+    def work(i):
+        barrier.wait()
+        results[i] = clrp.explain(model, x, jobs[i][1], jobs[i][0])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(torch.equal(a, b) for a, b in zip(serial, results))
+    assert _same(before, _snapshot(model))
