@@ -6,6 +6,10 @@ import torch
 # Two cores here: keep torch from oversubscribing when pytest-xdist runs workers in parallel.
 torch.set_num_threads(int(os.environ.get("CLRP_TEST_THREADS", "1")))
 
+# Tests never download weights from the internet (also in subprocesses such as the dashboard
+# server): the download tests switch this off and point the mirror at a local server.
+os.environ["CLRP_OFFLINE"] = "1"
+
 
 def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     """max |ours - theirs| / max |theirs|: the agreement measure of the oracle tests."""

@@ -3,30 +3,36 @@
 Entries
 - ``bundled`` (default): a small VGG-style CNN trained multi-label on clrp's procedural shape
   scenes (:mod:`clrp.scenes`); weights ship inside the package (``clrp/models/assets/``).
-- ``vgg16``, ``vgg16_bn``, ``vgg19``, ``alexnet``: torchvision architectures with ImageNet
-  weights read from the local torch hub cache
-  (``torch.hub.get_dir()/checkpoints/<torchvision file name>``) or from ``weights=<path>``.
-  Nothing is ever downloaded; a missing file raises :class:`WeightsNotFound` naming the file
-  and the folder it must go to. Class names and transforms come from torchvision's weight
-  metadata.
-- fine-tuned models: ``load("finetuned", architecture="vgg16", weights=path, class_names=path)``
-  (or :func:`load_finetuned`): a torchvision architecture with the last layer sized to the
-  class list, plus a user ``state_dict``.
+- every torchvision classification model (``torchvision.models.list_models(module=
+  torchvision.models)``: ``resnet50``, ``densenet121``, ``efficientnet_b0``, ``vgg16``, ``vit_b_16``,
+  ...) with its default ImageNet weights, or other weights by tag (``resnet50.IMAGENET1K_V1``).
+  Class names and preprocessing (resize, crop, interpolation, mean, std) come from torchvision's
+  weights metadata (``meta["categories"]``, ``transforms()``). Weights follow torchvision's
+  convention: the torch hub cache file (``torch.hub.get_dir()/checkpoints/<file name of the URL>``),
+  downloaded there on first use when the network allows it (progress bar, hash prefix checked,
+  atomic rename; ``$CLRP_WEIGHTS_MIRROR``, ``$CLRP_DOWNLOAD_TIMEOUT``, ``$CLRP_OFFLINE``: see
+  :mod:`clrp.models.download`), or ``weights=<path>``. Offline, :class:`WeightsNotFound` says which
+  file to put where, within seconds.
+- ``timm:<name>`` (when timm is installed): timm's pretrained weights from the Hugging Face cache
+  or hub, or ``weights=<path>``; see :mod:`clrp.models.timm_zoo`.
+- fine-tuned models: ``load("finetuned", architecture="resnet50", weights=path, class_names=path)``
+  (or :func:`load_finetuned`): any of the above architectures (:data:`ARCHITECTURES`) with the
+  classifier sized to the class list, plus a user ``state_dict``.
 - lab models listed in a TOML config file (``config=`` argument or the ``CLRP_MODELS_CONFIG``
-  environment variable); see :func:`read_config` for the format.
+  environment variable): an ``architecture`` or a ``factory = "package.module:function"`` entry
+  point, plus weights and class names; see :func:`read_config` for the format.
 
-Every weights file is read with ``torch.load(path, map_location="cpu", weights_only=True)``:
-pickles that need anything but tensors and plain containers (e.g. a ``__reduce__`` payload)
-are refused with :class:`UnsafeWeights` and never executed.
+Every weights file is read with ``torch.load(path, map_location="cpu", weights_only=True)`` (or
+``safetensors``): pickles that need anything but tensors and plain containers (e.g. a
+``__reduce__`` payload) are refused with :class:`UnsafeWeights` and never executed.
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +47,15 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
         import tomli as tomllib
     except ModuleNotFoundError:
         tomllib = None
+from . import download
+from . import timm_zoo
+from . import torchvision_zoo as _tvz
+from ._errors import CorruptWeights, UnsafeWeights, WeightsNotFound
+from .architectures import (ARCHITECTURES, build_architecture, build_from_factory, classifier_outputs,
+                            describe_supported, find_classifier, parse_factory, replace_classifier)
 from .preprocessing import Preprocessing
+from .weights import apply_state_dict as _apply_state_dict
+from .weights import load_state_dict
 
 __all__ = [
     "LoadedModel",
@@ -49,6 +63,7 @@ __all__ = [
     "Preprocessing",
     "WeightsNotFound",
     "UnsafeWeights",
+    "CorruptWeights",
     "ModelLoadError",
     "ARCHITECTURES",
     "IMAGENET_MODELS",
@@ -61,17 +76,23 @@ __all__ = [
     "load_state_dict",
     "imagenet_weights_path",
     "build_architecture",
+    "find_classifier",
+    "replace_classifier",
+    "torchvision_models",
 ]
 
 CONFIG_ENV = "CLRP_MODELS_CONFIG"
 
 
-class WeightsNotFound(ModelLoadError):
-    """The weights of a model are not available offline. The message says which file to put where."""
+def __getattr__(name: str):
+    if name == "IMAGENET_MODELS":  # every torchvision classification model (lazy: torchvision imports slowly)
+        return _tvz.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class UnsafeWeights(ModelLoadError):
-    """A weights file was refused because unpickling it would run code or build arbitrary objects."""
+def torchvision_models() -> tuple[str, ...]:
+    """Every torchvision classification model name, as ``load`` accepts them."""
+    return _tvz.names()
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,131 +156,36 @@ class LoadedModel:
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    kind: str  # "bundled" | "torchvision" | "lab"
+    kind: str  # "bundled" | "lab" | "torchvision" | "timm"
     description: str
-    available: bool
-    reason: str | None = None  # why not available
+    available: bool  # ready to load now (weights on disk)
+    reason: str | None = None  # why not available (and whether it can be downloaded)
     weights_path: str | None = None
+    downloadable: bool = False  # not on disk, but load() will download it (network permitting)
+    source: str | None = None  # where a download would come from
 
 
 # --------------------------------------------------------------------------------------------
-# Architectures
-
-
-def _tv():
-    import torchvision
-
-    return torchvision
-
-
-def _tv_arch(fn_name: str, weights_enum: str | None) -> dict:
-    return {"builder": fn_name, "weights_enum": weights_enum}
-
-
-#: Architectures a fine-tuned / lab model may use (all supported by the LRP engine).
-ARCHITECTURES: dict[str, dict] = {
-    "vgg11": _tv_arch("vgg11", "VGG11_Weights"),
-    "vgg11_bn": _tv_arch("vgg11_bn", "VGG11_BN_Weights"),
-    "vgg13": _tv_arch("vgg13", "VGG13_Weights"),
-    "vgg13_bn": _tv_arch("vgg13_bn", "VGG13_BN_Weights"),
-    "vgg16": _tv_arch("vgg16", "VGG16_Weights"),
-    "vgg16_bn": _tv_arch("vgg16_bn", "VGG16_BN_Weights"),
-    "vgg19": _tv_arch("vgg19", "VGG19_Weights"),
-    "vgg19_bn": _tv_arch("vgg19_bn", "VGG19_BN_Weights"),
-    "alexnet": _tv_arch("alexnet", "AlexNet_Weights"),
-    "scene_vgg": {"builder": None, "weights_enum": None},  # clrp's bundled architecture
-}
-
-#: Zoo entries with torchvision ImageNet weights.
-IMAGENET_MODELS: tuple[str, ...] = ("vgg16", "vgg16_bn", "vgg19", "alexnet")
-
-
-def build_architecture(architecture: str, num_classes: int, config: dict | None = None, *,
-                       initialize: bool = True) -> nn.Module:
-    """An untrained model of ``architecture`` whose last layer has ``num_classes`` outputs.
-
-    ``initialize=False`` skips the (slow, for VGG16: seconds) random initialisation: the
-    parameters are left uninitialised, to be overwritten by a strict ``load_state_dict``."""
-    if not initialize:
-        with torch.device("meta"):
-            model = build_architecture(architecture, num_classes, config)
-        return model.to_empty(device="cpu")
-    arch = architecture.lower()
-    if arch not in ARCHITECTURES:
-        raise ModelLoadError(f"unknown architecture {architecture!r}; supported: {', '.join(ARCHITECTURES)}")
-    if arch == "scene_vgg":
-        from .bundled import build_model
-
-        cfg = dict(config or {})
-        cfg["num_classes"] = int(num_classes)
-        return build_model(cfg)
-    builder = getattr(_tv().models, ARCHITECTURES[arch]["builder"])
-    return builder(weights=None, num_classes=int(num_classes))
-
-
-def _weights_enum(arch: str):
-    return getattr(_tv().models, ARCHITECTURES[arch]["weights_enum"]).IMAGENET1K_V1
+# torchvision
 
 
 def imagenet_weights_path(name: str) -> Path:
-    """Where the torch hub cache keeps torchvision's ImageNet weights of ``name``."""
-    url = _weights_enum(name).url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    """Where the torch hub cache keeps torchvision's ImageNet weights of ``name`` (torchvision's
+    own cache file: ``torch.hub.get_dir()/checkpoints/<file name of the weights URL>``)."""
+    return download.cached_file(_weights_url(_tvz.weights_for(name)))
+
+
+def _weights_url(w) -> str:
+    """The URL of a torchvision weights enum member (one place, so tests can point it elsewhere)."""
+    return w.url
 
 
 def _imagenet_preprocessing(name: str) -> Preprocessing:
-    t = _weights_enum(name).transforms()
-    crop = t.crop_size[0] if isinstance(t.crop_size, (list, tuple)) else t.crop_size
-    resize = t.resize_size[0] if isinstance(t.resize_size, (list, tuple)) else t.resize_size
-    interp = str(getattr(t.interpolation, "value", t.interpolation)).lower()
-    return Preprocessing(mean=tuple(t.mean), std=tuple(t.std), input_size=(crop, crop), resize=resize,
-                         interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear")
+    return _tvz.preprocessing(name)
 
 
 # --------------------------------------------------------------------------------------------
-# Weights and class names
-
-
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state_dict safely (``weights_only=True``). Accepts a bare state_dict or a checkpoint
-    dict holding one under ``state_dict``/``model``/``model_state_dict``; strips ``module.``
-    prefixes (DataParallel). Raises :class:`WeightsNotFound`, :class:`UnsafeWeights` or
-    :class:`ModelLoadError`."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise WeightsNotFound(f"weights file not found: {p}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UnsafeWeights(
-            f"refused to load {p}: it is not a plain tensor state_dict, and unpickling it would need "
-            f"arbitrary code or objects (torch.load weights_only=True refused it: {str(e).splitlines()[0]}). "
-            "Save the weights with torch.save(model.state_dict(), path)."
-        ) from None
-    except Exception as e:  # corrupt / truncated / not a torch file
-        raise ModelLoadError(f"cannot read weights file {p}: {type(e).__name__}: {e}") from None
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelLoadError(f"{p} does not hold a state_dict (a dict of parameter name -> tensor)")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def _apply_state_dict(model: nn.Module, sd: dict, source: Path | str) -> None:
-    try:
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise ModelLoadError(f"weights {source} do not fit the architecture: {e}") from None
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"weights {source} do not fit the architecture: missing keys {list(missing)[:8]}, "
-            f"unexpected keys {list(unexpected)[:8]}"
-        )
+# Class names
 
 
 def read_class_names(source: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -320,31 +246,109 @@ def _load_bundled() -> LoadedModel:
     )
 
 
-def _load_imagenet(name: str, weights: str | os.PathLike | None = None) -> LoadedModel:
-    w = _weights_enum(name)
-    path = Path(weights).expanduser() if weights is not None else imagenet_weights_path(name)
+def _explicit_weights(weights, what: str) -> Path:
+    path = Path(weights).expanduser()
     if not path.is_file():
-        fname = w.url.rsplit("/", 1)[-1]
-        if weights is not None:
-            raise WeightsNotFound(f"ImageNet weights for {name}: the file {path} given as weights= does not exist")
-        raise WeightsNotFound(
-            f"ImageNet weights for {name} are not available offline (clrp never downloads). Put the file "
-            f"{fname} (from {w.url}) at {path} — that is torch.hub.get_dir()/checkpoints/, which follows "
-            f"$TORCH_HOME — or pass weights=<path to {fname}>."
-        )
-    model = build_architecture(name, len(w.meta["categories"]), initialize=False)
-    _apply_state_dict(model, load_state_dict(path), path)
+        raise WeightsNotFound(f"{what}: the file {path} given as weights= does not exist")
+    return path
+
+
+def _load_torchvision(name: str, weights=None, *, download_ok: bool | None = None,
+                      progress: bool = True) -> LoadedModel:
+    arch, _ = _tvz.split_name(name)
+    w = _tvz.weights_for(name)
+    url = _weights_url(w)
+    fname = download.file_name(url)
+    if weights is not None:
+        path, origin = _explicit_weights(weights, f"ImageNet weights for {name}"), "weights= file"
+    else:
+        path = download.cached_file(url)
+        origin = "torch hub cache"
+        if not path.is_file():
+            path = download.fetch(url, progress=progress, what=f"ImageNet weights for {name}",
+                                  help_text=f", pass weights=<path to {fname}>", allow=download_ok)
+            origin = "downloaded"
+    sd, ignore = _tvz.fix_state_dict(arch, load_state_dict(path))
+    model = build_architecture(arch, len(w.meta["categories"]), initialize=False, weights=w)
+    _apply_state_dict(model, sd, path, ignore=ignore)
+    note = " (attention layers: the gradient methods only, LRP refuses them)" if _tvz.is_transformer(arch) else ""
     return LoadedModel(
         model=model.eval(),
         class_names=list(w.meta["categories"]),
-        preprocessing=_imagenet_preprocessing(name),
+        preprocessing=_tvz.preprocessing(name),
         name=name,
-        description=f"torchvision {name}, ImageNet-1k weights ({w.url.rsplit('/', 1)[-1]})",
-        architecture=name,
+        description=f"torchvision {arch}, ImageNet-1k weights {w.name} ({fname}){note}",
+        architecture=arch,
         multilabel=False,
         weights_path=path,
-        meta={"weights_url": w.url},
+        meta={"weights_url": url, "weights_tag": w.name, "weights_origin": origin},
     )
+
+
+def _load_timm(name: str, weights=None, *, download_ok: bool | None = None, progress: bool = True) -> LoadedModel:
+    if not timm_zoo.installed():
+        raise ModelLoadError(f"{name}: timm models need the 'timm' package (pip install timm)")
+    import timm
+
+    n = timm_zoo.strip(name)
+    if not timm_zoo.is_model(n):
+        raise ModelLoadError(f"unknown model {name!r}: timm has no model (or pretrained tag) {n!r}")
+    cfg = timm_zoo.pretrained_cfg(n)
+    if weights is not None:
+        path, origin = _explicit_weights(weights, name), "weights= file"
+    else:
+        if cfg is None:
+            raise WeightsNotFound(f"{name}: timm has no pretrained weights for it; pass weights=<a state_dict file>")
+        cached = timm_zoo.cached_weights(cfg)
+        path = cached or timm_zoo.fetch_weights(cfg, progress=progress, allow=download_ok)
+        origin = "cache" if cached else "downloaded"
+    sd = load_state_dict(path)
+    try:
+        if cfg is not None:
+            model = timm.create_model(n, pretrained=True, pretrained_cfg_overlay={"state_dict": sd})
+            for attr in ("pretrained_cfg", "default_cfg"):
+                c = getattr(model, attr, None)
+                if isinstance(c, dict):
+                    c.pop("state_dict", None)
+        else:
+            model = timm.create_model(n, pretrained=False)
+            _apply_state_dict(model, sd, path)
+    except ModelLoadError:
+        raise
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ModelLoadError(f"weights {path} do not fit timm {n}: {str(e).splitlines()[0][:500]}") from None
+    num = classifier_outputs(model)
+    return LoadedModel(
+        model=model.eval(),
+        class_names=timm_zoo.class_names(cfg, num),
+        preprocessing=timm_zoo.preprocessing(cfg, model=model),
+        name=name,
+        description=f"timm {n}" + (f" ({cfg.get('hf_hub_id') or cfg.get('url')})" if cfg else ""),
+        architecture=f"timm:{n}",
+        multilabel=False,
+        weights_path=Path(path),
+        meta={"weights_origin": origin, "hf_hub_id": (cfg or {}).get("hf_hub_id")},
+    )
+
+
+def _library_preprocessing(arch: str) -> dict:
+    """The preprocessing an architecture's pretrained weights use (a fine-tuned model usually
+    keeps it): torchvision's default weights' transforms, timm's data config, ImageNet defaults."""
+    low = arch.lower()
+    if low == "scene_vgg":
+        from .bundled import bundled_preprocessing
+
+        return bundled_preprocessing().to_dict()
+    try:
+        if low in _tvz.names():
+            return _tvz.preprocessing(low).to_dict()
+        if low.startswith(timm_zoo.PREFIX) and timm_zoo.installed():
+            cfg = timm_zoo.pretrained_cfg(low)
+            if cfg is not None:
+                return timm_zoo.preprocessing(cfg).to_dict()
+    except ClrpError:
+        pass
+    return Preprocessing().to_dict()  # ImageNet defaults: resize 256, crop 224
 
 
 def _make_preprocessing(architecture: str, preprocessing: Preprocessing | dict | None = None, **kw) -> Preprocessing:
@@ -352,12 +356,8 @@ def _make_preprocessing(architecture: str, preprocessing: Preprocessing | dict |
         base = preprocessing.to_dict()
     elif isinstance(preprocessing, dict):
         base = dict(preprocessing)
-    elif architecture == "scene_vgg":
-        from .bundled import bundled_preprocessing
-
-        base = bundled_preprocessing().to_dict()
     else:
-        base = Preprocessing().to_dict()  # ImageNet defaults: resize 256, crop 224
+        base = _library_preprocessing(architecture)
     for k in ("mean", "std", "input_size", "resize", "interpolation"):
         if kw.get(k) is not None:
             base[k] = kw[k]
@@ -367,29 +367,54 @@ def _make_preprocessing(architecture: str, preprocessing: Preprocessing | dict |
         raise ModelLoadError(f"invalid preprocessing {base}: {e}") from None
 
 
-def load_finetuned(architecture: str, weights: str | os.PathLike, class_names: str | os.PathLike | Sequence[str], *,
-                   name: str = "finetuned", description: str = "", multilabel: bool = False,
+def _check_head(model: nn.Module, sd: dict, n: int, path) -> None:
+    """A readable message when the weights' classifier has another number of outputs than names."""
+    try:
+        head = find_classifier(model)
+    except ModelLoadError:
+        return
+    w = sd.get(f"{head}.weight")
+    if isinstance(w, torch.Tensor) and w.ndim >= 2 and w.shape[0] != n:
+        raise ModelLoadError(f"weights {path} have {w.shape[0]} outputs in {head}.weight but {n} class names "
+                             "were given")
+
+
+def load_finetuned(architecture: str | None, weights: str | os.PathLike, class_names: str | os.PathLike | Sequence[str],
+                   *, name: str = "finetuned", description: str = "", multilabel: bool = False,
                    preprocessing: Preprocessing | dict | None = None, mean=None, std=None, input_size=None,
                    resize: int | None | str = "default", interpolation: str | None = None,
-                   arch_config: dict | None = None) -> LoadedModel:
-    """A torchvision (or ``scene_vgg``) architecture whose last layer is sized to ``class_names``,
-    with the user's state_dict. ``resize=None`` resizes the whole image to ``input_size``
-    (no crop); the default keeps the architecture's default (ImageNet: 256 then crop 224)."""
-    arch = architecture.lower()
+                   arch_config: dict | None = None, factory: str | None = None,
+                   factory_folder: str | os.PathLike | None = None) -> LoadedModel:
+    """An architecture whose classifier is sized to ``class_names``, with the user's state_dict.
+
+    ``architecture``: any torchvision classification model, ``timm:<name>`` or ``scene_vgg``
+    (:data:`ARCHITECTURES`); or ``factory="package.module:function"`` instead (see
+    :func:`clrp.models.architectures.build_from_factory`). ``arch_config``: keyword arguments for
+    the builder. Preprocessing defaults to the architecture's pretrained weights' (torchvision's
+    transforms, timm's data config; ImageNet 256/224 for a factory); ``resize=None`` resizes the
+    whole image to ``input_size`` (no crop)."""
+    if (architecture is None) == (factory is None):
+        raise ModelLoadError("a fine-tuned model needs exactly one of architecture= and factory=")
     names = read_class_names(class_names)
     path = Path(weights).expanduser()
     sd = load_state_dict(path)
-    model = build_architecture(arch, len(names), arch_config, initialize=False)
-    # a helpful message when the last layer does not match the class list
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    for k, v in model.state_dict().items():
-        if v.ndim == 2 and v.shape == last.weight.shape and k in sd and sd[k].shape != v.shape and sd[k].shape[1] == v.shape[1]:
-            raise ModelLoadError(
-                f"weights {path} have {sd[k].shape[0]} outputs in {k} but {len(names)} class names were given"
-            )
-    _apply_state_dict(model, sd, path)
+    n = len(names)
+    if factory is not None:
+        arch = f"factory:{factory}"
+        model = build_from_factory(factory, n, arch_config, folder=factory_folder)
+        ignore: tuple[str, ...] = ()
+    else:
+        arch = str(architecture).strip().lower()
+        if arch not in ARCHITECTURES:
+            raise ModelLoadError(f"unknown architecture {architecture!r}; supported: {describe_supported()}")
+        ignore = ()
+        if arch in _tvz.names():
+            sd, ignore = _tvz.fix_state_dict(arch, sd)
+        model = build_architecture(arch, n, arch_config, initialize=False)
+    _check_head(model, sd, n, path)
+    _apply_state_dict(model, sd, path, ignore=ignore)
     kw: dict = {"mean": mean, "std": std, "input_size": input_size, "interpolation": interpolation}
-    pre = _make_preprocessing(arch, preprocessing, **kw)
+    pre = _make_preprocessing(arch if factory is None else "factory", preprocessing, **kw)
     if resize != "default":
         pre = Preprocessing(pre.mean, pre.std, pre.input_size, None if resize is None else int(resize), pre.interpolation)
     return LoadedModel(
@@ -397,7 +422,7 @@ def load_finetuned(architecture: str, weights: str | os.PathLike, class_names: s
         class_names=names,
         preprocessing=pre,
         name=name,
-        description=description or f"{arch} fine-tuned on {len(names)} classes ({path.name})",
+        description=description or f"{arch} fine-tuned on {n} classes ({path.name})",
         architecture=arch,
         multilabel=multilabel,
         weights_path=path,
@@ -408,7 +433,7 @@ def load_finetuned(architecture: str, weights: str | os.PathLike, class_names: s
 # Lab config
 
 
-_LAB_KEYS = {"name", "architecture", "weights", "class_names", "mean", "std", "input_size", "resize",
+_LAB_KEYS = {"name", "architecture", "factory", "weights", "class_names", "mean", "std", "input_size", "resize",
              "interpolation", "description", "multilabel", "arch_config"}
 
 
@@ -419,22 +444,42 @@ def _config_path(config: str | os.PathLike | None) -> Path | None:
     return Path(env).expanduser() if env else None
 
 
+def _reserved(name: str) -> bool:
+    return (name in ("bundled", "finetuned") or name.startswith(timm_zoo.PREFIX)
+            or _tvz.split_name(name)[0] in _tvz.names())
+
+
 def read_config(config: str | os.PathLike | None = None) -> dict[str, dict]:
     """Lab models from a TOML file (``config`` or ``$CLRP_MODELS_CONFIG``; none -> ``{}``).
 
     Format (relative paths are relative to the config file)::
 
         [[models]]
-        name = "voc-vgg16"
-        architecture = "vgg16"            # see clrp.models.ARCHITECTURES
-        weights = "voc_vgg16.pt"          # a state_dict (torch.save(model.state_dict()))
+        name = "voc-resnet50"
+        architecture = "resnet50"         # any torchvision classification model, timm:<name>, scene_vgg
+        weights = "voc_resnet50.pt"       # a state_dict: torch.save(model.state_dict()), or .safetensors
         class_names = "voc_classes.txt"   # one per line, or a JSON list
-        mean = [0.485, 0.456, 0.406]      # optional; default ImageNet
+        mean = [0.485, 0.456, 0.406]      # optional; default: the architecture's pretrained weights'
         std = [0.229, 0.224, 0.225]
         input_size = 224                  # or [height, width]
         resize = 256                      # shorter side before the centre crop; false = resize whole image
-        description = "VGG16 fine-tuned on VOC07, multi-label"
+        interpolation = "bilinear"        # or "bicubic", "nearest"
+        description = "ResNet-50 fine-tuned on VOC07, multi-label"
         multilabel = true
+        arch_config = { image_size = 384 }  # optional keyword arguments for the builder
+
+        [[models]]
+        name = "our-net"
+        factory = "labnets.models:our_net"  # instead of architecture: an entry point returning an nn.Module
+        weights = "our_net.pt"
+        class_names = "classes.txt"
+
+    ``factory`` is imported (an installed package, a module on ``PYTHONPATH``, or a single
+    ``<module>.py`` next to this file) and called with ``arch_config`` as keyword arguments, plus
+    ``num_classes=len(class_names)`` when it accepts ``num_classes`` (otherwise a classifier of
+    another size is replaced); then ``weights`` is loaded into it (strict). Names of built-in models
+    (``bundled``, torchvision names, ``timm:...``) are reserved. Reading the file imports nothing
+    and builds no model.
     """
     p = _config_path(config)
     if p is None:
@@ -459,17 +504,27 @@ def read_config(config: str | os.PathLike | None = None) -> dict[str, dict]:
         unknown = set(e) - _LAB_KEYS
         if unknown:
             raise ModelLoadError(f"models config {p}: entry {e.get('name', i)!r} has unknown keys {sorted(unknown)}")
-        for req in ("name", "architecture", "weights", "class_names"):
+        for req in ("name", "weights", "class_names"):
             if req not in e:
                 raise ModelLoadError(f"models config {p}: entry {e.get('name', i)!r} lacks {req!r}")
         name = str(e["name"])
-        if name in _BUILTIN or name == "finetuned":
+        if ("architecture" in e) == ("factory" in e):
+            raise ModelLoadError(f"models config {p}: entry {name!r} needs exactly one of 'architecture' "
+                                 "and 'factory'")
+        if _reserved(name):
             raise ModelLoadError(f"models config {p}: name {name!r} is reserved for a built-in model")
         if name in out:
             raise ModelLoadError(f"models config {p}: duplicate model name {name!r}")
-        if str(e["architecture"]).lower() not in ARCHITECTURES:
+        if "architecture" in e and str(e["architecture"]).strip().lower() not in ARCHITECTURES:
             raise ModelLoadError(f"models config {p}: {name!r} has unknown architecture {e['architecture']!r}; "
-                                 f"supported: {', '.join(ARCHITECTURES)}")
+                                 f"supported: {describe_supported()}")
+        if "factory" in e:
+            try:
+                parse_factory(e["factory"])
+            except ModelLoadError as err:
+                raise ModelLoadError(f"models config {p}: {name!r}: {err}") from None
+        if "arch_config" in e and not isinstance(e["arch_config"], dict):
+            raise ModelLoadError(f"models config {p}: {name!r}: arch_config must be a table")
         entry = dict(e)
         for key in ("weights", "class_names"):
             q = Path(str(entry[key])).expanduser()
@@ -483,36 +538,37 @@ def read_config(config: str | os.PathLike | None = None) -> dict[str, dict]:
 
 def _load_lab(entry: dict) -> LoadedModel:
     return load_finetuned(
-        entry["architecture"], entry["weights"], entry["class_names"], name=entry["name"],
+        entry.get("architecture"), entry["weights"], entry["class_names"], name=entry["name"],
         description=entry.get("description", ""), multilabel=bool(entry.get("multilabel", False)),
         mean=entry.get("mean"), std=entry.get("std"), input_size=entry.get("input_size"),
         resize=entry["resize"] if "resize" in entry else "default", interpolation=entry.get("interpolation"),
-        arch_config=entry.get("arch_config"),
+        arch_config=entry.get("arch_config"), factory=entry.get("factory"),
+        factory_folder=entry["_config"].parent,
     )
 
 
 # --------------------------------------------------------------------------------------------
 
-_BUILTIN: dict[str, str] = {
-    "bundled": "VGG-style CNN trained on clrp's procedural shape scenes (ships with clrp; no download)",
-    **{n: f"torchvision {n} with ImageNet-1k weights (from the local torch hub cache)" for n in IMAGENET_MODELS},
-}
+_BUNDLED_DESCRIPTION = "VGG-style CNN trained on clrp's procedural shape scenes (ships with clrp; no download)"
 
 
 def load(name: str = "bundled", *, weights: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
-         **kw) -> LoadedModel:
+         download: bool | None = None, progress: bool = True, **kw) -> LoadedModel:
     """Load a zoo entry (see the module docstring).
 
     - ``load()`` / ``load("bundled")``
-    - ``load("vgg16")`` (hub cache) or ``load("vgg16", weights="/path/vgg16-397923af.pth")``
-    - ``load("finetuned", architecture="vgg16", weights=..., class_names=..., **preprocessing)``
-      (any name works when ``architecture=`` is given)
+    - ``load("resnet50")``: torchvision's default ImageNet weights, from the hub cache or downloaded
+      there (``download=False`` forbids the download for this call; ``$CLRP_OFFLINE=1`` always);
+      ``load("resnet50.IMAGENET1K_V1")`` other weights; ``load("resnet50", weights="resnet50-11ad3fa6.pth")``
+    - ``load("timm:convnext_tiny.in12k_ft_in1k")`` (timm installed), ``weights=`` accepted too
+    - ``load("finetuned", architecture="resnet50", weights=..., class_names=..., **preprocessing)``
+      (any name works when ``architecture=`` or ``factory=`` is given)
     - ``load("<lab model>", config="lab.toml")`` or with ``$CLRP_MODELS_CONFIG`` set.
     """
-    if "architecture" in kw:
+    if "architecture" in kw or "factory" in kw:
         if weights is None or "class_names" not in kw:
-            raise ModelLoadError("a fine-tuned model needs architecture=, weights= and class_names=")
-        arch = kw.pop("architecture")
+            raise ModelLoadError("a fine-tuned model needs architecture= (or factory=), weights= and class_names=")
+        arch = kw.pop("architecture", None)
         names = kw.pop("class_names")
         return load_finetuned(arch, weights, names, name=name, **kw)
     if kw:
@@ -521,42 +577,104 @@ def load(name: str = "bundled", *, weights: str | os.PathLike | None = None, con
         if weights is not None:
             raise ModelLoadError("the bundled model takes no weights=; use load('finetuned', architecture='scene_vgg', ...)")
         return _load_bundled()
-    if name in IMAGENET_MODELS:
-        return _load_imagenet(name, weights)
+    if name.startswith(timm_zoo.PREFIX):
+        return _load_timm(name, weights, download_ok=download, progress=progress)
+    if _tvz.split_name(name)[0] in _tvz.names():
+        return _load_torchvision(name, weights, download_ok=download, progress=progress)
     lab = read_config(config)
     if name in lab:
         return _load_lab(lab[name])
-    known = ["bundled", *IMAGENET_MODELS, *lab]
-    raise ModelLoadError(f"unknown model {name!r}; available: {', '.join(known)} "
-                         "(or pass architecture=, weights=, class_names= for a fine-tuned model)")
+    known = ["bundled", *lab]
+    raise ModelLoadError(f"unknown model {name!r}; available: {', '.join(known)}, any torchvision classification "
+                         f"model (e.g. resnet50), timm:<name> (see `python -m clrp models`), or pass architecture=, "
+                         "weights=, class_names= for a fine-tuned model")
 
 
-def available_models(config: str | os.PathLike | None = None) -> list[ModelInfo]:
-    """Every zoo entry (built-ins, then lab models) with whether its files are present and why not.
-    A broken config file is reported as one unavailable entry named ``<config>``."""
+def _size(mb: float | None) -> str:
+    if not mb:
+        return ""
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+
+
+def _torchvision_info(name: str) -> ModelInfo:
+    arch, _ = _tvz.split_name(name)
+    w = _tvz.weights_for(name)
+    url = _weights_url(w)
+    p = download.cached_file(url)
+    size = _size(_tvz.file_size_mb(name))
+    note = "; attention layers: gradient methods only" if _tvz.is_transformer(arch) else ""
+    desc = f"torchvision {arch}, ImageNet-1k weights {w.name}" + (f" ({size})" if size else "") + note
+    if p.is_file():
+        return ModelInfo(name, "torchvision", desc, True, None, str(p), False, url)
+    missing = f"weights {p.name} not in the torch hub cache {p.parent}"
+    if not download.downloads_enabled():
+        return ModelInfo(name, "torchvision", desc, False,
+                         f"{missing}; downloads are off (${download.OFFLINE_ENV}=1): put the file there", str(p),
+                         False, url)
+    failed = download.recent_failure(url)
+    if failed:
+        return ModelInfo(name, "torchvision", desc, False,
+                         f"{missing}; the last download failed ({failed}): offline? put the file there", str(p),
+                         False, url)
+    src = download.source_url(url)
+    return ModelInfo(name, "torchvision", desc, False,
+                     f"{missing}; downloadable ({size or 'size unknown'}) from {src} on first use", str(p), True, url)
+
+
+def _timm_info(name: str) -> ModelInfo:
+    if not timm_zoo.installed():
+        return ModelInfo(name, "timm", "timm model", False, "the 'timm' package is not installed (pip install timm)")
+    if not timm_zoo.is_model(name):
+        return ModelInfo(name, "timm", "timm model", False, f"timm has no model (or pretrained tag) {timm_zoo.strip(name)!r}")
+    cfg = timm_zoo.pretrained_cfg(name)
+    if cfg is None:
+        return ModelInfo(name, "timm", f"timm {timm_zoo.strip(name)}", False,
+                         "timm has no pretrained weights for it (load it with weights=)")
+    desc = f"timm {cfg['name']} ({cfg.get('num_classes')} classes)"
+    p = timm_zoo.cached_weights(cfg)
+    if p is not None:
+        return ModelInfo(name, "timm", desc, True, None, str(p), False, timm_zoo.weights_source(cfg))
+    ok, reason = timm_zoo.download_state(cfg)
+    return ModelInfo(name, "timm", desc, False, reason, None, ok, timm_zoo.weights_source(cfg))
+
+
+def available_models(config: str | os.PathLike | None = None, *, timm: Sequence[str] | None = None) -> list[ModelInfo]:
+    """Every zoo entry with whether its weights are on disk, whether it can be downloaded, and why
+    not: the bundled model, the lab models, every torchvision classification model (plus other
+    weights tags already in the hub cache), then timm models (``timm`` names, ``$CLRP_TIMM_MODELS``
+    and those in the Hugging Face cache). Fast: no network, no model is built. A broken config
+    file is reported as one unavailable entry named ``<config>``."""
     from . import bundled
 
     out: list[ModelInfo] = []
     ok = bundled.WEIGHTS_FILE.is_file() and bundled.META_FILE.is_file()
-    out.append(ModelInfo("bundled", "bundled", _BUILTIN["bundled"], ok,
+    out.append(ModelInfo("bundled", "bundled", _BUNDLED_DESCRIPTION, ok,
                          None if ok else f"missing {bundled.WEIGHTS_FILE} (retrain with scripts/train_bundled_model.py)",
                          str(bundled.WEIGHTS_FILE)))
-    for n in IMAGENET_MODELS:
-        p = imagenet_weights_path(n)
-        ok = p.is_file()
-        out.append(ModelInfo(n, "torchvision", _BUILTIN[n], ok,
-                             None if ok else f"weights file {p.name} not in {p.parent} (no download offline)", str(p)))
     try:
         lab = read_config(config)
     except ModelLoadError as e:
         out.append(ModelInfo("<config>", "lab", "models config file", False, str(e)))
-        return out
+        lab = {}
     for n, e in lab.items():
         reasons = []
         if not Path(e["weights"]).is_file():
             reasons.append(f"weights file {e['weights']} not found")
         if not Path(e["class_names"]).is_file():
             reasons.append(f"class names file {e['class_names']} not found")
-        out.append(ModelInfo(n, "lab", e.get("description") or f"{e['architecture']} (lab model)", not reasons,
+        what = e.get("architecture") or f"factory {e.get('factory')}"
+        out.append(ModelInfo(n, "lab", e.get("description") or f"{what} (lab model)", not reasons,
                              "; ".join(reasons) or None, str(e["weights"])))
+    for n in _tvz.names():
+        out.append(_torchvision_info(n))
+        default = _tvz.weights_for(n).name
+        for tag in _tvz.tags(n):  # other weights of the same model, when already in the cache
+            if tag != default and download.cached_file(_weights_url(_tvz.weights_for(f"{n}.{tag}"))).is_file():
+                out.append(_torchvision_info(f"{n}.{tag}"))
+    names = [timm_zoo.PREFIX + timm_zoo.strip(t) for t in (timm or [])] + timm_zoo.listed_names()
+    seen = set()
+    for n in names:
+        if n not in seen:
+            seen.add(n)
+            out.append(_timm_info(n))
     return out

@@ -157,6 +157,10 @@ def _connect_host(url: str) -> str | None:
     return p.hostname
 
 
+class _ResolveError(OSError):
+    pass
+
+
 def _resolve(host: str, timeout: float) -> None:
     """Resolve ``host`` within ``timeout`` seconds (``getaddrinfo`` itself ignores socket
     timeouts: a machine with an unreachable DNS server would otherwise wait for minutes)."""
@@ -178,9 +182,9 @@ def _resolve(host: str, timeout: float) -> None:
     t.start()
     t.join(timeout)
     if t.is_alive():
-        raise TimeoutError(f"resolving {host} timed out after {timeout:g} s")
+        raise TimeoutError(f"resolving {host} timed out after {timeout:g} s (${TIMEOUT_ENV})")
     if "error" in out:
-        raise OSError(f"cannot resolve {host}: {out['error']}")
+        raise _ResolveError(f"cannot resolve {host} (no network or no DNS?): {out['error']}")
 
 
 def _reason(e: BaseException, timeout: float) -> str:
@@ -192,16 +196,18 @@ def _reason(e: BaseException, timeout: float) -> str:
             return str(e)
     if isinstance(e, (TimeoutError, socket.timeout)):
         text = str(e)
-        return text if "timed out after" in text else f"no answer within {timeout:g} s (${TIMEOUT_ENV})"
+        return text if "timed out after" in text else f"no answer within {timeout:g} s (timeout: ${TIMEOUT_ENV})"
     if isinstance(e, ConnectionRefusedError):
         return "connection refused"
+    if isinstance(e, (_ResolveError, socket.gaierror)):
+        return str(e)
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def fetch(url: str, dest: str | os.PathLike | None = None, *, progress: bool = True, what: str = "weights",
-          help_text: str = "") -> Path:
+          help_text: str = "", allow: bool | None = None) -> Path:
     """``dest`` (default: the hub cache file of ``url``), downloaded from ``url`` (or its mirror)
-    when missing. Raises :class:`WeightsNotFound` (offline, refused, timeout, HTTP error; the
+    when missing (``allow=False``, or ``$CLRP_OFFLINE=1``, forbids downloading). Raises :class:`WeightsNotFound` (offline, refused, timeout, HTTP error; the
     message names the file, the URL and where to put it, plus ``help_text``) or
     :class:`CorruptWeights` (hash prefix mismatch; nothing is kept)."""
     dest = Path(dest) if dest is not None else cached_file(url)
@@ -210,9 +216,10 @@ def fetch(url: str, dest: str | os.PathLike | None = None, *, progress: bool = T
     src = source_url(url)
     where = (f"Put the file {dest.name} (from {url}) at {dest} (torch.hub.get_dir()/checkpoints, which follows "
              f"$TORCH_HOME){help_text}, or set ${MIRROR_ENV} to a server or folder that holds it.")
-    if not downloads_enabled():
+    if allow is False or not downloads_enabled():
+        off = "download=False" if allow is False else f"${OFFLINE_ENV}=1"
         raise WeightsNotFound(f"{what}: {dest.name} is not in the torch hub cache and downloads are off "
-                              f"(${OFFLINE_ENV}=1). {where}")
+                              f"({off}). {where}")
     with _lock(str(dest)):
         if dest.is_file():  # another thread finished it meanwhile
             return dest

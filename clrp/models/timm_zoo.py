@@ -152,7 +152,7 @@ def _where(cfg: dict) -> str:
     return f"pass weights=<a state_dict file for {cfg.get('architecture')}>"
 
 
-def fetch_weights(cfg: dict, *, progress: bool = True) -> Path:
+def fetch_weights(cfg: dict, *, progress: bool = True, allow: bool | None = None) -> Path:
     """The pretrained weights of ``cfg``: from the caches, else downloaded (Hugging Face hub, or the
     legacy URL through the torch hub cache). Raises :class:`WeightsNotFound` with what to do."""
     name = f"timm:{cfg['name']}"
@@ -163,11 +163,12 @@ def fetch_weights(cfg: dict, *, progress: bool = True) -> Path:
         raise WeightsNotFound(f"{name}: timm lists no pretrained weights for it; pass weights=<a state_dict file>")
     if not cfg.get("hf_hub_id"):
         return download.fetch(cfg["url"], progress=progress, what=f"weights of {name}",
-                              help_text=", pass weights=<path>")
+                              help_text=", pass weights=<path>", allow=allow)
     repo = cfg["hf_hub_id"]
-    if not download.downloads_enabled():
+    if allow is False or not download.downloads_enabled():
+        off = "download=False" if allow is False else f"${download.OFFLINE_ENV}=1"
         raise WeightsNotFound(f"{name}: its weights ({repo} on the Hugging Face hub) are not in the cache "
-                              f"{hf_cache_dir()} and downloads are off (${download.OFFLINE_ENV}=1). {_where(cfg)}.")
+                              f"{hf_cache_dir()} and downloads are off ({off}). {_where(cfg)}.")
     key = f"hf://{os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}/{repo}"
     failed = download.recent_failure(key)
     if failed:
@@ -189,14 +190,18 @@ def fetch_weights(cfg: dict, *, progress: bool = True) -> Path:
         if host:
             download._resolve(host, timeout)
         for fn in _hf_files(cfg):
+            # one metadata request first: hf_hub_download retries a failed connection for a
+            # minute (backoff), which would look like a hang on a machine without internet
             try:
-                return Path(huggingface_hub.hf_hub_download(repo, fn, cache_dir=hf_cache_dir(), endpoint=endpoint,
-                                                            etag_timeout=timeout))
+                huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo, fn, endpoint=endpoint),
+                                                     timeout=timeout, endpoint=endpoint)
             except missing as e:
                 if local_missing and isinstance(e, local_missing):
                     raise
                 last = f"{fn} is not in {repo}"
                 continue
+            return Path(huggingface_hub.hf_hub_download(repo, fn, cache_dir=hf_cache_dir(), endpoint=endpoint,
+                                                        etag_timeout=timeout))
     except Exception as e:  # connection errors, timeouts, HTTP errors, offline mode
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         download.remember_failure(key, f"{type(e).__name__}: {reason}"[:300])
