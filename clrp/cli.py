@@ -208,7 +208,8 @@ def _load_model(a):
         if a.input_size:
             kw["input_size"] = a.input_size
         return models.load(a.model if a.model != "bundled" else "finetuned", weights=a.weights, **kw)
-    return models.load(a.model, weights=a.weights, config=a.models_config)
+    return models.load(a.model, weights=a.weights, config=a.models_config,
+                       download=False if getattr(a, "offline", False) else None, progress=True)
 
 
 def _to_device(loaded, device: str):
@@ -543,13 +544,38 @@ def cmd_methods(a, argv) -> int:
 
 
 def cmd_models(a, argv) -> int:
-    from .models import available_models
+    from .models import available_models, download
 
-    infos = available_models(a.models_config)
+    infos = available_models(a.models_config, timm=_split_list(a.timm or ""))
+    if a.available:
+        infos = [i for i in infos if i.available or i.downloadable]
+    if not infos:
+        print("no model is available")
+        return 0
     w = max(len(i.name) for i in infos)
-    for i in infos:
-        status = "available" if i.available else f"NOT available: {i.reason}"
-        print(f"  {i.name:<{w}}  [{i.kind}] {i.description}\n  {'':<{w}}  {status}")
+    groups = [("bundled", "bundled and lab models"), ("torchvision", "torchvision classifiers (ImageNet-1k weights)"),
+              ("timm", "timm models ($CLRP_TIMM_MODELS, --timm and those in the Hugging Face cache)")]
+    for kind, title in groups:
+        rows = [i for i in infos if i.kind == kind or (kind == "bundled" and i.kind == "lab")]
+        if not rows:
+            continue
+        if kind == "torchvision":
+            where = download.hub_checkpoints()
+            mode = ("downloads are off ($CLRP_OFFLINE=1)" if not download.downloads_enabled()
+                    else f"missing ones are downloaded there on first use from {download.source_url(download.TORCHVISION_BASE)}")
+            title += f"; weights in {where}, {mode}"
+        print(f"{title}:")
+        for i in rows:
+            if i.available:
+                status = "available"
+            elif i.downloadable:
+                status = "downloadable"
+            else:
+                status = "NOT available"
+            print(f"  {i.name:<{w}}  {status:<13}  {i.description}")
+            # torchvision rows share their reason (the header says it) unless a download failed
+            if not i.available and (kind != "torchvision" or "failed" in (i.reason or "")):
+                print(f"  {'':<{w}}  {'':<13}  {i.reason}")
     return 0
 
 
@@ -617,9 +643,13 @@ def cmd_explain(a, argv) -> int:
 # ---------------------------------------------------------------------------------------------
 def _add_model_args(p):
     p.add_argument("--model", default="bundled",
-                   help="bundled | vgg16 | vgg16_bn | vgg19 | alexnet | a lab model name (see `python -m clrp models`)")
-    p.add_argument("--weights", help="weights file (ImageNet models, or with --architecture)")
-    p.add_argument("--architecture", help="fine-tuned model: torchvision architecture or scene_vgg")
+                   help="bundled | any torchvision classifier (resnet50, densenet121, ...; resnet50.IMAGENET1K_V1 "
+                        "for other weights) | timm:<name> | a lab model name (see `python -m clrp models`)")
+    p.add_argument("--weights", help="weights file (a state_dict) instead of the cached/downloaded ImageNet "
+                                     "weights, or the fine-tuned weights with --architecture")
+    p.add_argument("--offline", action="store_true",
+                   help="never download weights (also: CLRP_OFFLINE=1); only the caches and --weights")
+    p.add_argument("--architecture", help="fine-tuned model: any torchvision classifier, timm:<name> or scene_vgg")
     p.add_argument("--class-names", help="fine-tuned model: class names file (one per line, or JSON)")
     p.add_argument("--input-size", type=int, help="fine-tuned model: input size")
     p.add_argument("--models-config", help="lab models TOML (default $CLRP_MODELS_CONFIG)")
@@ -671,8 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true")
 
     sub.add_parser("methods", help="list explanation methods and LRP rule presets")
-    mo = sub.add_parser("models", help="list the model zoo with availability")
-    mo.add_argument("--models-config")
+    mo = sub.add_parser("models", help="list the model zoo with availability (no network access)")
+    mo.add_argument("--models-config", help="lab models TOML (default $CLRP_MODELS_CONFIG)")
+    mo.add_argument("--timm", help="comma-separated timm model names to list too")
+    mo.add_argument("--available", action="store_true", help="only models available now or downloadable")
 
     x = sub.add_parser("explain", help="explain one image")
     x.add_argument("image")

@@ -180,3 +180,79 @@ def test_subset_file_limits_the_images(tiny):
     assert _eval(tiny, out, "--subset", str(lst)) == 0
     assert sorted(_done_ids(out)) == sorted(ids)
     assert json.loads((out / "settings.json").read_text())["subset"] == str(lst)
+
+
+def _small_state_dict(model):
+    """Random weights stored small (each tensor a strided view of a short random vector)."""
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, v in model.state_dict().items():
+        if not v.is_floating_point():
+            sd[k] = torch.zeros_like(v)
+        elif v.ndim <= 1:
+            sd[k] = (1 if k.endswith(("weight", "running_var")) else 0) + 0.1 * torch.rand(v.shape, generator=g)
+        else:
+            fan_in = int(np.prod(v.shape[1:]))
+            base = torch.randn(sum(v.shape) - v.ndim + 1, generator=g) / fan_in ** 0.5
+            sd[k] = base.as_strided(v.shape, (1,) * v.ndim)
+    return sd
+
+
+@pytest.fixture(scope="module")
+def resnet_weights(tmp_path_factory):
+    """A resnet50 and a resnet18 state_dict with random weights, as a user passes with --weights."""
+    d = tmp_path_factory.mktemp("tv")
+    for name in ("resnet50", "resnet18"):
+        m = build_architecture(name, 1000, initialize=False)
+        torch.save(_small_state_dict(m), d / f"{name}-random.pth")
+    return d
+
+
+def test_models_lists_torchvision_and_timm_with_availability(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("  ") and ln.split()}
+    for name in ("bundled", "resnet50", "densenet121", "efficientnet_b0", "vit_b_16", "convnext_tiny"):
+        assert name in lines, name
+    assert "available" in lines["bundled"] and "NOT available" in lines["resnet50"]
+    assert "downloads are off ($CLRP_OFFLINE=1)" in out and str(tmp_path / "torch") in out
+    assert out.index("bundled") < out.index("alexnet")
+    monkeypatch.delenv("CLRP_OFFLINE")
+    assert cli.main(["models", "--timm", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("  ") and ln.split()}
+    assert "downloadable" in lines["resnet50"] and "98 MB" in lines["resnet50"]
+    pytest.importorskip("timm")
+    assert "timm:resnet18" in lines
+    monkeypatch.setenv("CLRP_OFFLINE", "1")
+    assert cli.main(["models", "--available"]) == 0
+    out = capsys.readouterr().out
+    assert "bundled" in out and "resnet50" not in out
+
+
+def test_explain_and_evaluate_with_a_torchvision_model_and_weights_file(resnet_weights, tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(scenes.generate_scene(cli.SCENES_DEFAULT_SEED).image).save(tmp_path / "scene.png")
+    w50 = resnet_weights / "resnet50-random.pth"
+    assert cli.main(["explain", str(tmp_path / "scene.png"), "--model", "resnet50", "--weights", str(w50),
+                     "--method", "clrp2", "--target", "tench", "--out", str(tmp_path / "m.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "'tench' (0)" in out
+    m = np.load(tmp_path / "m.npy")
+    assert m.shape == (224, 224) and np.isfinite(m).all()  # resnet50's transforms: crop 224
+    # evaluate: the scene classes mapped onto ImageNet indices
+    mapping = json.dumps({c: i for i, c in enumerate(scenes.CLASS_NAMES)})
+    out_dir = tmp_path / "run"
+    assert cli.main(["evaluate", "--dataset", "scenes:2", "--cache-dir", str(tmp_path / "cache"), "--model", "resnet18",
+                     "--weights", str(resnet_weights / "resnet18-random.pth"), "--mapping", mapping,
+                     "--methods", "lrp,clrp2", "--protocols", "pointing", "--out", str(out_dir), "--quiet"]) == 0
+    s = json.loads((out_dir / "settings.json").read_text())
+    assert s["model"]["architecture"] == "resnet18" and s["model"]["weights_path"].endswith("resnet18-random.pth")
+    assert pd.read_parquet(out_dir / "results" / "pointing.parquet")["image_id"].nunique() == 2
+    # without --weights and offline: one line naming the file and where to put it
+    capsys.readouterr()
+    assert cli.main(["explain", str(tmp_path / "scene.png"), "--model", "resnet50", "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert "resnet50-11ad3fa6.pth" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
