@@ -46,11 +46,14 @@ if lm is not None:
             ui.image_grid(items, image, display, columns=4)
 
 with st.expander("Models on this server"):
-    rows = [{"model": c.key, "kind": c.kind, "available": "yes" if c.available else "no",
+    rows = [{"model": c.key, "kind": c.kind,
+             "available": "yes" if c.available else "on first use" if c.downloadable else "no",
              "note": c.reason or c.description} for c in ui._choices()]
     st.dataframe(rows, hide_index=True, width="stretch")
-    st.caption("torchvision models need their ImageNet weights in the torch hub cache (nothing is downloaded); "
-               "lab models come from the TOML file named by $CLRP_MODELS_CONFIG. See docs/dashboard.md.")
+    st.caption("torchvision (and timm) models use the ImageNet weights in the server's torch hub (Hugging Face) "
+               "cache and download missing ones there on first use, unless the server runs offline "
+               "(CLRP_OFFLINE=1); lab models come from the TOML file named by $CLRP_MODELS_CONFIG. "
+               "See docs/dashboard.md.")
 
 st.divider()
 st.markdown(

@@ -4,6 +4,10 @@ background evaluation runs. Importable and testable without Streamlit.
 
 Environment (set by whoever starts the server):
 - ``CLRP_MODELS_CONFIG``: TOML file listing lab models (see :func:`clrp.models.read_config`).
+- ``TORCH_HOME``, ``CLRP_WEIGHTS_MIRROR``, ``CLRP_DOWNLOAD_TIMEOUT``, ``CLRP_OFFLINE=1``: where the
+  torchvision weights are cached, where missing ones are downloaded from, and whether they are
+  (see :mod:`clrp.models.download`). ``CLRP_TIMM_MODELS``: timm models to offer
+  (comma-separated; those in the Hugging Face cache are offered anyway).
 - ``CLRP_DATA_ROOTS``: colon-separated folders whose contents users may evaluate on; anything
   outside them (after resolving symlinks) is refused. Unset: no server folders at all.
 - ``CLRP_RUNS_DIR``: where evaluation runs write their results (default: a folder in the
@@ -55,10 +59,15 @@ SAMPLE_SCENE = 20_000_006
 class ModelChoice:
     key: str            # what load_model() takes
     label: str          # what the picker shows
-    kind: str           # bundled | torchvision | lab | dev
+    kind: str           # bundled | lab | dev | torchvision | timm
     description: str
-    available: bool
-    reason: Optional[str] = None
+    available: bool     # weights on the server now
+    reason: Optional[str] = None   # why not available (or what a download would fetch)
+    downloadable: bool = False     # not on the server yet; loading it downloads the weights once
+
+    @property
+    def selectable(self) -> bool:
+        return self.available or self.downloadable
 
 
 DEV_MODELS = {
@@ -71,22 +80,40 @@ def dev_models_enabled() -> bool:
     return os.environ.get(DEV_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+_ORDER = {"bundled": 0, "lab": 1, "dev": 2, "torchvision": 3, "timm": 4}
+
+
+def _size_note(description: str) -> str:
+    import re
+
+    m = re.search(r"\((\d+(?:\.\d+)? [MG]B)\)", description or "")
+    return f" {m.group(1)}" if m else ""
+
+
 def model_choices() -> list[ModelChoice]:
-    """Every model the picker lists, available or not (with the reason)."""
+    """Every model the picker lists, available or not (with the reason): the bundled model, lab
+    models, dev models, then torchvision and timm models -- those whose weights are on the server
+    first, then those downloaded on first use. Fast: no network, no model is built."""
     from clrp.models import available_models
 
     out = []
     for m in available_models():
-        label = m.name if m.available else f"{m.name} (unavailable)"
-        out.append(ModelChoice(m.name, label, m.kind, m.description, m.available, m.reason))
+        if m.available:
+            label = m.name
+        elif m.downloadable:
+            label = f"{m.name} — downloads{_size_note(m.description)} on first use"
+        else:
+            label = f"{m.name} (unavailable)"
+        out.append(ModelChoice(m.name, label, m.kind, m.description, m.available, m.reason, m.downloadable))
     if dev_models_enabled():
         for k, label in DEV_MODELS.items():
             out.append(ModelChoice(k, label, "dev", label, True, None))
-    return out
+    return sorted(out, key=lambda c: (_ORDER.get(c.kind, 5), c.kind in ("torchvision", "timm") and not c.available))
 
 
 def default_model_key(choices: Sequence[ModelChoice]) -> Optional[str]:
-    """The bundled model if available, else the first available model, else None."""
+    """The bundled model if available, else the first available model, else None (never a model
+    that would have to be downloaded first)."""
     avail = [c for c in choices if c.available]
     for c in avail:
         if c.key == "bundled":

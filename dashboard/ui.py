@@ -75,37 +75,74 @@ def _choices():
     return core.model_choices()
 
 
+def _unavailable_summary(missing) -> list[str]:
+    """One line per unavailable lab/bundled/timm model; torchvision models sharing a reason (e.g.
+    downloads off) as one line, so ~80 entries stay readable."""
+    lines, shared = [], {}
+    for c in missing:
+        if c.kind == "torchvision" and "downloads are off" in (c.reason or ""):
+            shared.setdefault("off", []).append(c)
+        else:
+            lines.append(f"**{c.key}** — {c.reason}")
+    if shared.get("off"):
+        cs = shared["off"]
+        example = cs[0].reason.split(";")[0]
+        lines.insert(0, f"**{len(cs)} torchvision models** — downloads are off on this server (CLRP_OFFLINE=1); "
+                        f"an admin puts the weights into the torch hub cache (e.g. {example}).")
+    return lines
+
+
 def model_picker(where=None):
-    """Sidebar model selector; returns the ``LoadedModel`` (or None with an ``st.error`` shown)."""
+    """Sidebar model selector; returns the ``LoadedModel`` (or None with an ``st.error`` shown).
+    Models whose weights are on the server come first; torchvision/timm models that are not are
+    offered too when the server may download them (once, into its cache)."""
     where = where or st.sidebar
     choices = _choices()
-    avail = [c for c in choices if c.available]
-    if MODEL_STATE not in st.session_state or st.session_state[MODEL_STATE] not in [c.key for c in avail]:
+    selectable = [c for c in choices if c.selectable]
+    keys = [c.key for c in selectable]
+    if st.session_state.get(MODEL_STATE) not in keys:
+        # never a model that would have to be downloaded first: the user picks that one
         st.session_state[MODEL_STATE] = core.default_model_key(choices)
     with where:
         st.subheader("Model")
-        if not avail:
+        if not selectable:
             st.error("No model is available on this server. " + "; ".join(
                 f"{c.key}: {c.reason}" for c in choices if c.reason))
             return None
-        keys = [c.key for c in avail]
-        labels = {c.key: c.label for c in avail}
-        picked = st.selectbox("Model", keys, index=keys.index(st.session_state[MODEL_STATE]),
-                              format_func=lambda k: labels[k], key="_model_picker", label_visibility="collapsed",
-                              help="Bundled model by default; torchvision and lab models appear when their "
-                                   "weights are on the server.")
+        by_key = {c.key: c for c in selectable}
+        current = st.session_state[MODEL_STATE]
+        picked = st.selectbox("Model", keys, index=keys.index(current) if current in keys else None,
+                              format_func=lambda k: by_key[k].label, key="_model_picker",
+                              label_visibility="collapsed", placeholder="Choose a model (weights downloaded once)",
+                              help="The bundled model by default, then lab models, then every torchvision "
+                                   "classifier (and listed timm models): those marked 'downloads on first use' "
+                                   "fetch their ImageNet weights into the server's cache once. Type to search.")
         st.session_state[MODEL_STATE] = picked
-        missing = [c for c in choices if not c.available]
+        missing = [c for c in choices if not c.selectable]
         if missing:
             with st.expander(f"{len(missing)} model(s) not available"):
-                for c in missing:
-                    st.caption(f"**{c.key}** — {c.reason}")
+                for line in _unavailable_summary(missing):
+                    st.caption(line)
+        if picked is None:
+            st.info("No model's weights are on this server yet: choose one to download.", icon=":material/download:")
+            return None
         if picked.startswith("dev:"):
             st.warning("Random weights: explanations of this model mean nothing. For development and "
                        "benchmarks only.", icon=":material/warning:")
+    choice = by_key[picked]
+    lm = None
     with guard("loading the model"):
-        return get_model(picked)
-    return None
+        try:
+            if choice.downloadable and not choice.available:
+                with st.spinner(f"Downloading the weights of {picked} into the server's cache (once)…"):
+                    lm = get_model(picked)
+                _choices.clear()  # it is available now
+            else:
+                lm = get_model(picked)
+        except ClrpError:
+            _choices.clear()  # e.g. a failed download: list it as unavailable, with the reason
+            raise
+    return lm
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,13 +54,18 @@ st.plotly_chart(fig, key="neuron_bars", config={"displaylogo": False})
 st.caption("Top channels: " + ", ".join(f"{int(i)} ({rel[i]:.3g})" for i in order[:8]))
 
 st.subheader("Neurons")
+# Channel numbers belong to a layer: another layer starts again from its own most relevant channels
+# (the previous picks may not even exist there, and would silently leave the page empty).
+if st.session_state.get("_neuron_picks_layer") != layer:
+    st.session_state["neuron_picked"] = [int(i) for i in order[:3]]
+    st.session_state["neuron_pair"] = [int(i) for i in order[:2]]
+    st.session_state["_neuron_picks_layer"] = layer
 n1, n2 = st.columns(2)
 with n1:
-    picked = st.multiselect("Neurons to explain", list(range(k)), default=[int(i) for i in order[:3]],
-                            key="neuron_picked", help="Defaults to the three most relevant channels")
+    picked = st.multiselect("Neurons to explain", list(range(k)), key="neuron_picked",
+                            help="Defaults to the three most relevant channels of the layer")
 with n2:
-    pair = st.multiselect("Neuron A vs neuron B", list(range(k)), default=[int(i) for i in order[:2]],
-                          max_selections=2, key="neuron_pair")
+    pair = st.multiselect("Neuron A vs neuron B", list(range(k)), max_selections=2, key="neuron_pair")
 
 items, failures = [], []
 

@@ -404,3 +404,141 @@ def test_pointing_game_on_a_server_folder(monkeypatch, tmp_path):
     rid = at.session_state["pointing_current"]
     run = next(r for (s, i), r in core.REGISTRY._runs.items() if i == rid)
     assert run.wait(TIMEOUT) and run.state == "done" and run.done == 3, (run.state, run.message)
+
+
+# ---------------------------------------------------------------------------------------------
+# A torchvision ResNet-50 from a lab TOML (random weights): the single-image pages on a residual graph
+
+RESNET = "lab-resnet50"
+
+
+@pytest.fixture(scope="module")
+def resnet_toml(tmp_path_factory):
+    """A lab models TOML with a resnet50 (random weights, torch.save(model.state_dict())), 96 px inputs."""
+    import torch
+    import torchvision
+
+    d = tmp_path_factory.mktemp("resnet-lab")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet50(num_classes=5).state_dict(), d / "resnet50.pt")
+    (d / "classes.txt").write_text("cat\ndog\nbird\nfish\nhorse\n")
+    (d / "lab.toml").write_text(
+        f'[[models]]\nname = "{RESNET}"\narchitecture = "resnet50"\nweights = "resnet50.pt"\n'
+        'class_names = "classes.txt"\ninput_size = 96\nresize = 110\ndescription = "ResNet-50, random weights"\n')
+    return d / "lab.toml"
+
+
+def resnet_app(page, resnet_toml, monkeypatch) -> AppTest:
+    monkeypatch.setenv("CLRP_MODELS_CONFIG", str(resnet_toml))
+    at = AppTest.from_file(str(ROOT / page), default_timeout=TIMEOUT)
+    at.session_state["clrp_model_key"] = RESNET
+    return at
+
+
+def no_traceback(at):
+    no_errors(at)
+    assert not at.get("exception")
+
+
+def test_resnet50_explain_page(resnet_toml, monkeypatch):
+    at = resnet_app("pages/1_Explain.py", resnet_toml, monkeypatch).run()
+    no_traceback(at)
+    assert at.selectbox(key="_model_picker").value == RESNET
+    assert heatmaps(at) == len(core.DEFAULT_METHODS)
+    assert not [w.value for w in at.warning]  # every default method ran on the residual graph
+    at.radio(key="explain_img_src").set_value("Upload").run()
+    at.file_uploader(key="explain_img_upload").set_value(("red.png", png_bytes((80, 60)), "image/png")).run()
+    no_traceback(at)
+    assert heatmaps(at) == len(core.DEFAULT_METHODS)
+
+
+def test_resnet50_class_contrast_page(resnet_toml, monkeypatch):
+    at = resnet_app("pages/2_Class_contrast.py", resnet_toml, monkeypatch).run()
+    no_traceback(at)
+    assert len(at.metric) == 3 and heatmaps(at) == 6
+    assert all(-1 <= float(m.value) <= 1 for m in at.metric)
+
+
+def test_resnet50_neuron_contrast_layers_in_forward_order(resnet_toml, monkeypatch):
+    at = resnet_app("pages/3_Neuron_contrast.py", resnet_toml, monkeypatch).run()
+    no_traceback(at)
+    sel = at.selectbox(key="neuron_layer")
+    layers = list(sel.options)
+    assert sel.value == "layer4"  # the last feature map every path goes through
+    assert [layers.index(f"layer{i}") for i in (1, 2, 3, 4)] == sorted(layers.index(f"layer{i}") for i in (1, 2, 3, 4))
+    assert layers.index("layer3.5.add") < layers.index("layer4") and "layer1.0.downsample" in layers
+    assert heatmaps(at) == 3 * 3 + 2
+    sel.set_value("layer3").run()  # layer4's channel numbers (up to 2047) do not all exist in layer3
+    no_traceback(at)
+    assert heatmaps(at) == 3 * 3 + 2
+    assert all(c < 1024 for c in at.multiselect(key="neuron_picked").value)
+    assert any("1024 channels of layer3" in s.value for s in at.subheader)
+
+
+def test_model_choices_order_and_download_labels(resnet_toml, monkeypatch, tmp_path):
+    monkeypatch.setenv("CLRP_MODELS_CONFIG", str(resnet_toml))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("CLRP_OFFLINE", "1")
+    choices = core.model_choices()
+    kinds = [c.kind for c in choices]
+    assert choices[0].key == "bundled" and kinds.index("lab") < kinds.index("torchvision")
+    tv = {c.key: c for c in choices if c.kind == "torchvision"}
+    assert {"resnet50", "densenet121", "efficientnet_b0", "vit_b_16"} <= set(tv)
+    assert not tv["resnet50"].selectable and "downloads are off" in tv["resnet50"].reason
+    monkeypatch.delenv("CLRP_OFFLINE")
+    tv = {c.key: c for c in core.model_choices() if c.kind == "torchvision"}
+    assert tv["resnet50"].downloadable and not tv["resnet50"].available
+    assert tv["resnet50"].label == "resnet50 — downloads 98 MB on first use"
+    # weights already in the hub cache: available, listed before the downloadable ones
+    import torchvision
+
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]).write_bytes(b"x")
+    tvl = [c for c in core.model_choices() if c.kind == "torchvision"]
+    assert tvl[0].key == "resnet18" and tvl[0].available and tvl[0].label == "resnet18"
+    assert core.default_model_key(core.model_choices()) == "bundled"
+
+
+def test_offline_server_lists_torchvision_as_unavailable_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    at = AppTest.from_file(str(ROOT / "pages" / "1_Explain.py"), default_timeout=TIMEOUT)
+    at.session_state["clrp_model_key"] = MODEL
+    at.run()
+    no_errors(at)
+    assert "resnet50" not in at.selectbox(key="_model_picker").options  # offline: not offered
+    notes = [c.value for c in at.caption if "torchvision models" in c.value]
+    assert len(notes) == 1 and "downloads are off" in notes[0]
+
+
+def test_picking_a_model_whose_download_fails_is_a_message(monkeypatch, tmp_path):
+    """Downloads allowed but no network (a refused mirror here): a readable error within seconds,
+    and the model is then listed as unavailable with the reason."""
+    import socket
+
+    from clrp.models import download
+
+    download.forget_failures()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("CLRP_OFFLINE")
+    monkeypatch.setenv("CLRP_WEIGHTS_MIRROR", f"http://127.0.0.1:{port}/")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    try:
+        at = AppTest.from_file(str(ROOT / "pages" / "1_Explain.py"), default_timeout=TIMEOUT)
+        at.session_state["clrp_model_key"] = MODEL
+        at.run()
+        assert "squeezenet1_1 — downloads 5 MB on first use" in at.selectbox(key="_model_picker").options
+        t = time.time()
+        at.selectbox(key="_model_picker").set_value("squeezenet1_1").run()
+        assert time.time() - t < 30
+        assert not at.exception
+        assert at.error and "squeezenet1_1-b8a52dc0.pth" in at.error[0].value and "refused" in at.error[0].value
+        at.run()
+        assert not at.exception
+        assert not any(o.startswith("squeezenet1_1") for o in at.selectbox(key="_model_picker").options)
+        assert at.selectbox(key="_model_picker").value == MODEL
+        assert any("squeezenet1_1" in c.value and "failed" in c.value for c in at.caption)
+    finally:
+        download.forget_failures()
