@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from clrp import cli, scenes  # noqa: E402
+from clrp import scenes  # noqa: E402
 from clrp.datasets import open_dataset  # noqa: E402
 from clrp.evaluation.perturbation import region_perturbation, region_perturbation_naive  # noqa: E402
 from clrp.evaluation.runner import run_evaluation  # noqa: E402
@@ -139,7 +139,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="clrp-bench-scenes-")
     try:
         if not a.skip_pointing:
-            root = cli.scenes_dataset_dir(max(a.images, a.vgg_images), cli.SCENES_DEFAULT_SEED, tmp)
+            root = scenes.voc_cache(max(a.images, a.vgg_images), scenes.EVALUATION_SEED, tmp)
             lm, what = bundled_or_random()
             out["pointing"] = {}
             models = [(lm, what, a.images)]

@@ -16,13 +16,11 @@ Ctrl-C stops after saying how to resume (exit status 130). This module never imp
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import hashlib
 import json
 import os
 import platform
 import shlex
-import shutil
 import sys
 from typing import Optional, Sequence
 
@@ -31,7 +29,7 @@ from .errors import ClrpError
 #: Default first seed of ``scenes:N``: disjoint from the bundled model's training scenes
 #: (seeds 0 .. 9,999,999), its held-out/monitor sets (10,000,000+) and ``bundled_metrics``
 #: (20,000,000+).
-SCENES_DEFAULT_SEED = 30_000_000
+from .scenes import EVALUATION_SEED as SCENES_DEFAULT_SEED  # noqa: E402
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -128,25 +126,10 @@ def _parse_scenes(spec: str):
 
 
 def scenes_dataset_dir(n: int, seed: int, folder: str, progress: bool = False) -> str:
-    """Generate bundled scenes ``seed .. seed+n-1`` as a VOC folder ``folder/scenes-<n>-<seed>``
-    (reused when complete: a ``complete.json`` marker is written last)."""
+    """The bundled scenes as a cached VOC folder (see :func:`clrp.scenes.voc_cache`)."""
     from . import scenes
 
-    dest = os.path.join(folder, f"scenes-{n}-{seed}")
-    marker = os.path.join(dest, "complete.json")
-    if os.path.isfile(marker):
-        return dest
-    if os.path.isdir(dest):
-        shutil.rmtree(dest)
-    it = scenes.iter_scenes(n, seed)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, total=n, unit="scene", desc="generating scenes", file=sys.stderr)
-    scenes.export_voc(it, dest, split="test")
-    with open(marker, "w", encoding="utf-8") as f:
-        json.dump({"n": n, "seed": seed, "seeds": [seed, seed + n - 1], "generator": "clrp.scenes"}, f)
-    return dest
+    return scenes.voc_cache(n, seed, folder, progress=progress)
 
 
 def _read_mapping(text: Optional[str]):
@@ -261,10 +244,12 @@ def write_tables(out_dir: str, print_summary: bool = True, stream=None) -> dict:
     parts in ``out_dir``; print the summary tables. Returns ``summarize(out_dir)``."""
     from .evaluation.runner import load_results, summarize
 
+    from .fileio import makedirs
+
     stream = stream or sys.stdout
     res = load_results(out_dir)
-    os.makedirs(os.path.join(out_dir, "results"), exist_ok=True)
-    os.makedirs(os.path.join(out_dir, "summary"), exist_ok=True)
+    makedirs(os.path.join(out_dir, "results"))
+    makedirs(os.path.join(out_dir, "summary"))
     for proto, df in res.items():
         df.to_parquet(os.path.join(out_dir, "results", f"{proto}.parquet"), index=False)
         _flat_for_csv(df).to_csv(os.path.join(out_dir, "results", f"{proto}.csv"), index=False)
@@ -305,7 +290,7 @@ def print_summaries(summ: dict, stream=None) -> None:
 # commands
 def cmd_evaluate(a, argv) -> int:
     from .datasets import open_dataset
-    from .evaluation.runner import RunConfig, model_fingerprint, run_evaluation
+    from .evaluation.runner import RunConfig, run_evaluation
     import clrp
 
     out = a.out
@@ -324,8 +309,9 @@ def cmd_evaluate(a, argv) -> int:
             raise ClrpError(f"--option for {m!r}, which is not among --methods")
     mapping = _read_mapping(a.mapping)
 
-    settings_path = os.path.join(out, "settings.json")
-    if os.path.exists(os.path.join(out, "config.json")) and not a.resume:
+    from .evaluation.runs import RunFolder
+
+    if RunFolder(out).exists() and not a.resume:
         raise ClrpError(f"{out} already holds results; pass --resume to continue them, or choose another --out")
 
     if a.dataset.startswith("scenes:"):
@@ -336,9 +322,7 @@ def cmd_evaluate(a, argv) -> int:
     # dataset
     if a.dataset.startswith("scenes:"):
         n, seed = _parse_scenes(a.dataset)
-        cache = a.cache_dir or out
-        os.makedirs(cache, exist_ok=True)
-        root = scenes_dataset_dir(n, seed, cache, progress=not a.quiet)
+        root = scenes_dataset_dir(n, seed, a.cache_dir or out, progress=not a.quiet)
         dataset_desc = {"spec": a.dataset, "generator": "clrp.scenes", "n": n, "seeds": [seed, seed + n - 1],
                         "voc_folder": os.path.abspath(root)}
         ds = open_dataset(root, "voc", split="test")
@@ -364,70 +348,27 @@ def cmd_evaluate(a, argv) -> int:
         ds = open_dataset(dataset_desc["voc_folder"], "voc", split=split)
     try:
         view = FilteredDataset(ds, shard, subset_ids) if (shard or subset_ids is not None) else ds
-        fingerprint = model_fingerprint(loaded.model)
         cfg = RunConfig(methods=tuple(methods), protocols=tuple(protocols), rules=a.rules,
                         method_options=options, mapping=mapping, geometry=a.geometry,
                         batch_size=a.batch_size, limit=a.limit, tolerance=tolerance, patch=a.patch,
                         steps=a.steps, baseline=a.baseline, layer=a.layer, seed=a.seed,
                         perturbation_batch=a.perturbation_batch)
-        settings = {
-            "command": "python -m clrp " + " ".join(shlex.quote(x) for x in argv),
-            "dataset": dataset_desc, "subset": a.subset, "shard": list(shard) if shard else None,
-            "shard_rule": "sha1(image_id) mod n" if shard else None,
-            "model": {"name": loaded.name, "architecture": loaded.architecture,
-                      "description": loaded.description,
-                      "weights_path": str(loaded.weights_path) if loaded.weights_path else None,
-                      "weights_fingerprint_sha1": fingerprint,
-                      "class_names": list(loaded.class_names),
-                      "preprocessing": loaded.preprocessing.to_dict()
-                      if hasattr(loaded.preprocessing, "to_dict") else repr(loaded.preprocessing)},
-            "methods": methods, "protocols": protocols, "rules": a.rules,
-            "rules_description": str(getattr(clrp.RULES[a.rules], "description", clrp.RULES[a.rules])),
-            "method_options": _effective_method_options(methods, options),
-            "tolerance": tolerance,
-            "tolerance_note": ("15 px per 224 px of the image's shorter side (per row)" if tolerance == "scaled"
-                               else f"{tolerance} px"),
-            "device": a.device, "torch_threads": __import__("torch").get_num_threads(),
-            "run_config": cfg.to_json(), "versions": _versions(),
-        }
-        if os.path.exists(settings_path) and a.resume:
-            with open(settings_path, encoding="utf-8") as f:
-                old = json.load(f)
-            for key in ("shard", "subset", "methods", "protocols", "rules", "tolerance"):
-                if old.get(key) != json.loads(json.dumps(settings[key])):
-                    raise ClrpError(f"{out} holds results with {key}={old.get(key)!r}, not {settings[key]!r}; "
-                                    "use another --out")
-            if old.get("model", {}).get("weights_fingerprint_sha1") != fingerprint:
-                raise ClrpError(f"{out} holds results of other model weights; use another --out")
-            settings["started"] = old.get("started")
-            settings["resumed"] = old.get("resumed", []) + [_dt.datetime.now(_dt.timezone.utc).isoformat()]
-        else:
-            settings["started"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-        os.makedirs(out, exist_ok=True)
-
-        def save_settings(extra=None):
-            s = dict(settings, **(extra or {}))
-            with open(settings_path + ".tmp", "w", encoding="utf-8") as f:
-                json.dump(s, f, indent=2, default=str)
-            os.replace(settings_path + ".tmp", settings_path)
-
-        save_settings()
+        provenance = {"command": "python -m clrp " + " ".join(shlex.quote(x) for x in argv),
+                      "dataset": dataset_desc,
+                      "selection": {"subset": a.subset, "shard": list(shard) if shard else None,
+                                    "shard_rule": "sha1(image_id) mod n" if shard else None},
+                      "subset": a.subset, "shard": list(shard) if shard else None}
         import time
 
         t0 = time.perf_counter()
         try:
-            result = run_evaluation(view, loaded, out, cfg, resume=True,
-                                    progress=not a.quiet)
+            result = run_evaluation(view, loaded, out, cfg, resume=True, progress=not a.quiet,
+                                    provenance=provenance)
         except KeyboardInterrupt:
             print(f"\ninterrupted: finished batches are saved in {out}; continue with:\n  {_resume_command(argv)}",
                   file=sys.stderr)
             return EXIT_INTERRUPTED
         elapsed = time.perf_counter() - t0
-        save_settings({"finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                       "last_run_seconds": round(elapsed, 2), "images_done": result.images_done,
-                       "images_new": result.images_new, "images_skipped": result.images_skipped,
-                       "problems": len(result.problems),
-                       "unmapped_classes": list(getattr(result.mapping, "unmapped", []) or [])})
         print(f"{result.images_new} images evaluated now, {result.images_done} in {out} "
               f"({result.images_skipped} skipped, {len(result.problems)} problems; {elapsed:.1f} s)")
         if result.problems:
@@ -439,81 +380,27 @@ def cmd_evaluate(a, argv) -> int:
 
 
 def merge_dirs(inputs: Sequence[str], out: str) -> dict:
-    """Join the results of several runs (e.g. shards) into ``out``: their part files are copied
-    (renumbered), ``progress.jsonl`` lists every image, ``settings.json`` records the inputs.
-    The runs must have the same settings (``config.json`` apart from the dataset and limit)."""
-    import pandas as pd
+    """Join the results of several runs (e.g. shards) into ``out`` (see
+    :func:`clrp.evaluation.runs.merge`); the runs must agree on everything but the selection."""
+    from .evaluation.runner import _identity
+    from .evaluation.runs import merge
 
-    from .evaluation.runner import PROTOCOLS, _read_progress, load_results
+    def comparable(settings):
+        ident = dict(_identity(settings))
+        ident.pop("selection")
+        ident.pop("dataset")  # each shard sees its own part of the dataset
+        return ident
 
-    if os.path.exists(os.path.join(out, "progress.jsonl")):
-        raise ClrpError(f"{out} already holds results; choose another --out")
-    configs = []
-    for d in inputs:
-        p = os.path.join(d, "config.json")
-        if not os.path.isfile(p):
-            raise ClrpError(f"{d}: no config.json (not an evaluation output folder)")
-        with open(p, encoding="utf-8") as f:
-            c = json.load(f)
-        configs.append(c)
-
-    def comparable(c):
-        c = dict(c)
-        c["dataset"] = None
-        c["config"] = {k: v for k, v in c.get("config", {}).items() if k != "limit"}
-        return c
-
-    for d, c in zip(inputs[1:], configs[1:]):
-        if comparable(c) != comparable(configs[0]):
-            raise ClrpError(f"{d} was run with other settings than {inputs[0]}; cannot merge")
-    os.makedirs(out, exist_ok=True)
-    seen, batch, shards = set(), 0, []
-    progress = []
-    for d in inputs:
-        done, _ = _read_progress(d)
-        dup = seen & done
-        if dup:
-            raise ClrpError(f"{d} repeats {len(dup)} image(s) of an earlier input (e.g. {sorted(dup)[0]!r}); "
-                            "merge disjoint shards only")
-        seen |= done
-        res = load_results(d)
-        batch += 1
-        for proto, df in res.items():
-            if proto in PROTOCOLS and len(df):
-                os.makedirs(os.path.join(out, proto), exist_ok=True)
-                df.to_parquet(os.path.join(out, proto, f"part-{batch:06d}.parquet"), index=False)
-        progress.append({"batch": batch, "image_ids": sorted(done), "skipped": [], "source": os.path.abspath(d)})
-        sp = os.path.join(d, "settings.json")
-        if os.path.isfile(sp):
-            with open(sp, encoding="utf-8") as f:
-                shards.append(json.load(f).get("shard"))
-        for fn in ("problems.jsonl",):
-            if os.path.isfile(os.path.join(d, fn)):
-                with open(os.path.join(d, fn), encoding="utf-8") as f, \
-                        open(os.path.join(out, fn), "a", encoding="utf-8") as g:
-                    g.write(f.read())
-    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(configs[0], f, indent=2)
-    with open(os.path.join(out, "progress.jsonl"), "w", encoding="utf-8") as f:
-        for rec in progress:
-            f.write(json.dumps(rec) + "\n")
-    settings = {}
-    sp = os.path.join(inputs[0], "settings.json")
-    if os.path.isfile(sp):
-        with open(sp, encoding="utf-8") as f:
-            settings = json.load(f)
-    settings.update({"merged_from": [os.path.abspath(d) for d in inputs], "shards": shards, "shard": None,
-                     "merged": _dt.datetime.now(_dt.timezone.utc).isoformat(), "images_done": len(seen)})
-    with open(os.path.join(out, "settings.json"), "w", encoding="utf-8") as f:
-        json.dump(settings, f, indent=2, default=str)
-    if shards and all(s for s in shards):
+    merged = merge(inputs, out, comparable=comparable)
+    shards = merged.get("shards") or []
+    if shards and all(shards):
         n = {s[1] for s in shards}
         got = {s[0] for s in shards}
         if len(n) == 1 and got != set(range(next(iter(n)))):
             missing = sorted(set(range(next(iter(n)))) - got)
             print(f"note: shards {missing} of {next(iter(n))} are not among the inputs", file=sys.stderr)
-    del pd
-    return {"images": len(seen)}
+    from .evaluation.runs import RunFolder
+    return {"images": len(RunFolder(out).read_progress().done)}
 
 
 def cmd_merge(a, argv) -> int:

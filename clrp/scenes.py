@@ -453,6 +453,58 @@ def export_voc(scenes: Sequence[Scene] | Iterable[Scene], dest: str | os.PathLik
     return dest
 
 
+#: First seed of the scenes ``python -m clrp evaluate --dataset scenes:N`` and make_results.py use:
+#: disjoint from the bundled model's training (< 10,000,000) and metrics (20,000,000+) seeds.
+EVALUATION_SEED = 30_000_000
+
+
+def voc_cache(n: int, seed: int, folder: str | os.PathLike, *, progress: bool = False) -> str:
+    """Scenes ``seed .. seed+n-1`` as a VOC folder ``folder/scenes-<n>-<seed>``, generated once.
+
+    Safe for several workers sharing ``folder`` (``--cache-dir`` with ``--shard``): one generates
+    while the others wait on a lock; generation writes a temporary folder and renames it into place
+    only when complete (a ``complete.json`` marker inside), so a returned folder is always whole
+    and nobody deletes files another worker reads."""
+    import json
+    import shutil
+    import sys
+    import uuid
+
+    from .fileio import file_lock, makedirs
+
+    folder = str(folder)
+    makedirs(folder, f"create the scenes cache folder {folder}")
+    name = f"scenes-{n}-{seed}"
+    dest = os.path.join(folder, name)
+    marker = os.path.join(dest, "complete.json")
+    if os.path.isfile(marker):
+        return dest
+    with file_lock(os.path.join(folder, f".{name}.lock"), blocking=True):
+        if os.path.isfile(marker):
+            return dest  # another worker finished while this one waited
+        for stale in os.listdir(folder):  # leftovers of a generator that died (we hold the lock)
+            if stale.startswith(f".{name}.tmp-"):
+                shutil.rmtree(os.path.join(folder, stale), ignore_errors=True)
+        tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        it = iter_scenes(n, seed)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=n, unit="scene", desc="generating scenes", file=sys.stderr)
+        try:
+            export_voc(it, tmp, split="test")
+            with open(os.path.join(tmp, "complete.json"), "w", encoding="utf-8") as f:
+                json.dump({"n": n, "seed": seed, "seeds": [seed, seed + n - 1], "generator": "clrp.scenes"}, f)
+            if os.path.isdir(dest):  # an incomplete folder from an older version: set it aside
+                old = f"{tmp}-old"
+                os.rename(dest, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.rename(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 if __name__ == "__main__":  # pragma: no cover - quick preview / export helper
     import argparse
 

@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -313,35 +312,15 @@ def runs_dir() -> Path:
     return d
 
 
-_SCENES_LOCK = threading.Lock()
-
-
 def scenes_dataset(n: int, seed: int = SCENES_SEED, root: Optional[Path] = None) -> Path:
     """A VOC folder of ``n`` bundled scenes (seeds ``seed..seed+n-1``), generated once and kept in
-    the cache folder (written to a temporary name, then renamed: never half-written)."""
+    the cache folder (:func:`clrp.scenes.voc_cache`: never half-written, safe for several sessions)."""
     from clrp import scenes
 
     n = int(n)
     if not 1 <= n <= 5000:
         raise DatasetError("choose between 1 and 5000 scenes")
-    root = Path(root) if root is not None else cache_dir()
-    dest = root / f"scenes-n{n}-s{int(seed)}"
-    if (dest / ".complete").is_file():
-        return dest
-    with _SCENES_LOCK:
-        if (dest / ".complete").is_file():
-            return dest
-        tmp = root / f".tmp-{uuid.uuid4().hex}"
-        try:
-            scenes.export_voc(scenes.iter_scenes(n, int(seed)), tmp, split="test")
-            (tmp / ".complete").write_text("ok")
-            if dest.exists():
-                shutil.rmtree(dest, ignore_errors=True)
-            os.replace(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return Path(scenes.voc_cache(n, int(seed), root if root is not None else cache_dir()))
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")

@@ -42,7 +42,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import clrp  # noqa: E402
-from clrp import cli, scenes  # noqa: E402
+from clrp import scenes  # noqa: E402
 from clrp.datasets import open_dataset  # noqa: E402
 from clrp.evaluation import perturbation as P  # noqa: E402
 from clrp.evaluation import runner as R  # noqa: E402
@@ -267,7 +267,7 @@ def main():
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--n-perturbation", type=int, default=60)
     ap.add_argument("--n-ablation", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=cli.SCENES_DEFAULT_SEED)
+    ap.add_argument("--seed", type=int, default=scenes.EVALUATION_SEED)
     ap.add_argument("--patch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=18)
     ap.add_argument("--pps", type=int, default=4, help="regions per perturbation step")
@@ -306,7 +306,7 @@ def main():
 
     t0 = time.perf_counter()
     fresh = not os.path.isdir(os.path.join(work, f"scenes-{a.n}-{a.seed}"))
-    root = cli.scenes_dataset_dir(a.n, a.seed, work)
+    root = scenes.voc_cache(a.n, a.seed, work)
     timed("scene generation + VOC export", time.perf_counter() - t0, fresh)
 
     methods = tuple(clrp.METHODS)
@@ -379,7 +379,7 @@ def main():
     runtime = time.perf_counter() - t_start
     timed("tables, diagnostics and figure", time.perf_counter() - t_diag, True)
     compute = sum(v for k, v in timings.items())
-    versions = cli._versions()
+    versions = R.versions()
     heldout = lm.meta.get("heldout_metrics") if isinstance(getattr(lm, "meta", None), dict) else None
 
     # ---------------------------------------------------------------------------------------

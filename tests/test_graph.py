@@ -12,7 +12,7 @@ from torch import nn
 import clrp
 from clrp import engine
 from clrp.engine import ClrpWarning
-from clrp.errors import ClrpError, InvalidInput, UnsupportedModel
+from clrp.errors import ClrpError, InvalidInput
 from clrp.rules import AbsSum, Composite, Epsilon, ZPlus, ZSum
 
 from .conftest import relative_error

@@ -14,6 +14,7 @@ if not hasattr(clrp, "explain"):
 from clrp.datasets import VocDataset  # noqa: E402
 from clrp.errors import ClrpError  # noqa: E402
 from clrp.evaluation import runner as R  # noqa: E402
+from clrp.evaluation.runs import RunFolder  # noqa: E402
 from types import SimpleNamespace as LoadedModel  # noqa: E402  (anything with model/class_names/preprocessing)
 
 from clrp.models import Preprocessing  # noqa: E402
@@ -72,7 +73,7 @@ def test_run_and_resume_equal_one_uninterrupted_run(tmp_path):
     full = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, str(tmp_path / "full"), **SETTINGS)
     assert full.images_new == 4 and full.images_skipped == 1
     assert any("999.xml" in p.file for p in full.problems)
-    m = json.load(open(tmp_path / "full" / "mapping.json"))
+    m = json.load(open(tmp_path / "full" / "settings.json"))["mapping"]
     assert m["unmapped"] == ["unicorn"] and m["index"] == {"dog": 0, "cat": 1}
     a = _frames(str(tmp_path / "full"))
     # pairs: images 0,1,2 have dog+cat, image 3 dog only -> 7 pairs x (center + 2 methods)
@@ -111,7 +112,7 @@ def test_crash_mid_batch_is_redone(tmp_path, monkeypatch):
         calls["n"] += 1
         if calls["n"] == 2:
             # a part file of this batch reaches the disk, then the process dies
-            R._write_part(out, "pointing", 2, [{"image_id": "junk", "class_name": "x", "method": "m",
+            RunFolder(out).write_part("pointing", 2, [{"image_id": "junk", "class_name": "x", "method": "m",
                                                 "hit": True, "skipped": None, "tolerance": 15.0,
                                                 "difficult": False}])
             raise KeyboardInterrupt
@@ -230,4 +231,4 @@ def test_a_residual_network_runs_every_protocol_unchanged(tmp_path):
     res = _frames(out)
     assert set(res) == set(R.PROTOCOLS) and all(len(df) for df in res.values())
     assert set(res["ablation"]["layer"]) == {"layer4"}  # the engine's last feature map, by module path
-    assert json.load(open(os.path.join(out, "config.json")))["ablation_layer"] == "layer4"
+    assert json.load(open(os.path.join(out, "settings.json")))["ablation_layer"] == "layer4"

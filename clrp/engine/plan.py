@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInput, UnsupportedModel
-from .graph import Graph, Leaf, Node, Ref, iter_refs
+from .graph import Graph, Leaf, Node, Ref
 from .ops import Linear, first_ref
 from .trace import trace
 

@@ -202,7 +202,7 @@ def trace(model: nn.Module, sample_shape: tuple, dtype, device) -> tuple[Graph, 
     outputs = [s for s in ep.graph_signature.output_specs if s.kind.name == "USER_OUTPUT"]
     if not outputs:
         raise UnsupportedModel(f"{type(model).__name__} returns no tensor")
-    out_name = outputs[0].arg.name
+
 
     fnodes = [n for n in fx.nodes]
     depends = {}  # the value (not only the shape) depends on the model input

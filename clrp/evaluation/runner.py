@@ -2,25 +2,17 @@
 
 ``run_evaluation(dataset, model, out_dir, ...)`` iterates the dataset lazily, explains each
 (image, class) pair with every method ONCE per batch and feeds the same maps to the chosen
-protocols (``pointing``, ``discriminativeness``, ``perturbation``, ``ablation``). After each
-batch it writes one Parquet part per protocol and then appends the batch's image ids to
-``progress.jsonl``; a later call with the same settings skips the recorded images (resume), and
-removes part files of a batch that was interrupted before its progress line was written.
-
-Output folder::
-
-    config.json          settings, model class names and weights fingerprint (checked on resume)
-    mapping.json         dataset class -> model output, unmapped classes (skipped, reported)
-    progress.jsonl       {"batch": i, "image_ids": [...], "skipped": [...]} per finished batch
-    problems.jsonl       files skipped by the reader (broken image / annotation) and why
-    <protocol>/part-000001.parquet ...   result rows (see the protocol modules)
+protocols (``pointing``, ``discriminativeness``, ``perturbation``, ``ablation``). The output
+folder (settings, progress, parts, resume, lock) is a :class:`~clrp.evaluation.runs.RunFolder`:
+after each batch one Parquet part per protocol is written, then the batch's record is appended
+to ``progress.jsonl``; a later call with the same settings skips the recorded images (resume).
 
 ``load_results(out_dir)`` reads the rows back; ``summarize(out_dir)`` gives the summary tables.
 
 Which classes are evaluated in an image: the classes with at least one non-difficult object
 (datasets with boxes/masks), or the image labels (class-folder trees: no Pointing Game, no
 discriminativeness with a single label). Classes that do not map to a model output are skipped
-and listed in ``mapping.json``.
+and listed under ``mapping`` in ``settings.json``.
 
 Geometry: ``geometry="full"`` (default) feeds the whole image resized to the model's input size
 (aspect not kept), so a map covers the whole image -- the usual Pointing Game setting.
@@ -31,9 +23,9 @@ arg-max), and ground truth outside the crop can only be missed.
 from __future__ import annotations
 
 import dataclasses
-import json
+import datetime as _dt
 import os
-import re
+import platform
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -44,9 +36,10 @@ from . import ablation as _abl
 from . import discriminativeness as _disc
 from . import perturbation as _pert
 from . import pointing as _pt
+from .runs import RunFolder, dataset_digest, model_fingerprint
 
 PROTOCOLS = ("pointing", "discriminativeness", "perturbation", "ablation")
-_PART = re.compile(r"part-(\d{6})\.parquet$")
+SETTINGS_FORMAT = 2
 
 
 @dataclass
@@ -132,75 +125,12 @@ def _crop_box(pp, width: int, height: int):
     return (l * sx, t * sy, r * sx, b * sy)
 
 
-def model_fingerprint(model) -> str:
-    """SHA-1 of the model's parameters and buffers (names, shapes, bytes): a resumed run must
-    use the same weights."""
-    import hashlib
-
-    h = hashlib.sha1()
-    for name, t in list(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def default_ablation_layer(model, input_size=None) -> str:
     """The last feature map every path goes through (the engine's answer, shared with Grad-CAM)."""
     from .. import engine
 
     example = None if input_size is None else torch.zeros(1, 3, *input_size)
     return engine.last_feature_layer(model, example)
-
-
-def _read_progress(out_dir):
-    done, batches = set(), set()
-    p = os.path.join(out_dir, "progress.jsonl")
-    if os.path.exists(p):
-        with open(p, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line from a crash: that batch is redone
-                batches.add(int(rec["batch"]))
-                done.update(rec.get("image_ids", []))
-                done.update(rec.get("skipped", []))
-    return done, batches
-
-
-def _cleanup_orphans(out_dir, batches):
-    for proto in PROTOCOLS:
-        d = os.path.join(out_dir, proto)
-        if not os.path.isdir(d):
-            continue
-        for fn in os.listdir(d):
-            m = _PART.match(fn)
-            if (m and int(m.group(1)) not in batches) or fn.endswith(".tmp"):
-                os.remove(os.path.join(d, fn))
-
-
-def _write_part(out_dir, proto, batch_no, rows):
-    import pandas as pd
-
-    if not rows:
-        return
-    d = os.path.join(out_dir, proto)
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, f"part-{batch_no:06d}.parquet")
-    df = pd.DataFrame(rows)
-    df.to_parquet(path + ".tmp", index=False)
-    os.replace(path + ".tmp", path)
-
-
-def _append_jsonl(path, rec):
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _sample_classes(sample) -> list:
@@ -215,13 +145,16 @@ def _sample_classes(sample) -> list:
 
 # ---------------------------------------------------------------------------------------------
 def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = None, *,
-                   resume: bool = True, progress: bool | Callable = False, **overrides) -> RunResult:
+                   resume: bool = True, progress: bool | Callable = False, provenance: Optional[dict] = None,
+                   **overrides) -> RunResult:
     """Evaluate ``model`` (a ``LoadedModel``) on ``dataset`` (a ``clrp.datasets.Dataset``).
 
     Settings: a ``RunConfig`` and/or keyword overrides of its fields. ``resume=True`` continues a
     previous run in ``out_dir`` (same settings required; otherwise ``ClrpError``); ``False``
     refuses a non-empty ``out_dir``. ``progress``: True for a tqdm bar, or a callable
-    ``(images_done, images_total)``.
+    ``(images_done, images_total)``. ``provenance``: what the caller knows about the run and wants
+    in ``settings.json`` (the command line, a description of the dataset); its ``selection`` entry
+    (e.g. the shard) must match on resume.
     """
     import clrp
 
@@ -240,53 +173,45 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
                         + "; pass mapping={dataset class: model class}")
     layer = cfg.layer
     if "ablation" in cfg.protocols and layer is None:
-        layer = default_ablation_layer(net, tuple(pp.input_size) if hasattr(pp, "input_size") else None)
+        layer = default_ablation_layer(net, tuple(pp.input_size))
+    folder = RunFolder(out_dir)
+    with folder.lock():
+        settings = _settings(cfg, model, net, class_names, pp, mapping, layer, dataset, provenance or {})
+        old = folder.read_settings()
+        if old is None and (folder.read_progress().batches or os.path.exists(folder.file("config.json"))):
+            raise ClrpError(f"{out_dir} holds results of an older clrp version; use another folder")
+        if old is not None:
+            if not resume:
+                raise ClrpError(f"{out_dir} already holds results; use resume=True or another folder")
+            if old.get("format") != SETTINGS_FORMAT:
+                raise ClrpError(f"{out_dir} holds results of an older clrp version; use another folder")
+            diff = _first_difference(_identity(old), _identity(settings))
+            if diff:
+                raise ClrpError(f"{out_dir} holds results of different settings ({diff}); use another folder")
+            settings["started"] = old.get("started")
+            settings["resumed"] = old.get("resumed", []) + [_now()]
+        folder.write_settings(settings)
+        prog = folder.read_progress(repair=True)
+        prog = folder.drop_batches(prog, folder.verify(prog, cfg.protocols))
+        folder.remove_orphans(prog)
+        result = _run_batches(folder, prog, dataset, net, class_names, pp, mapping, cfg, layer, progress)
+        settings.update({"finished": _now(), "images_done": result.images_done, "images_new": result.images_new,
+                         "images_skipped": result.images_skipped, "problems": len(result.problems)})
+        folder.write_settings(settings)
+    return result
 
-    os.makedirs(out_dir, exist_ok=True)
-    meta = {"config": cfg.to_json(), "model_class_names": class_names,
-            "preprocessing": pp.to_dict() if hasattr(pp, "to_dict") else repr(pp),
-            "dataset": {"format": getattr(dataset, "format", "?"), "root": getattr(dataset, "root", None)},
-            "ablation_layer": layer, "clrp_version": getattr(clrp, "__version__", "?"),
-            "model_fingerprint": model_fingerprint(net)}
-    cfg_path = os.path.join(out_dir, "config.json")
-    if os.path.exists(cfg_path):
-        if not resume:
-            raise ClrpError(f"{out_dir} already holds results; use resume=True or another folder")
-        with open(cfg_path, encoding="utf-8") as f:
-            old = json.load(f)
-        keep = dict(meta, config={k: v for k, v in meta["config"].items() if k != "limit"})
-        was = dict(old, config={k: v for k, v in old.get("config", {}).items() if k != "limit"})
-        was["dataset"] = keep["dataset"] = None  # an archive is extracted to a new folder each time
-        if json.loads(json.dumps(keep)) != was:
-            raise ClrpError(f"{out_dir} holds results of different settings; use another folder")
-    else:
-        with open(cfg_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
-        os.replace(cfg_path + ".tmp", cfg_path)
-    with open(os.path.join(out_dir, "mapping.json"), "w", encoding="utf-8") as f:
-        json.dump({"index": mapping.index, "unmapped": mapping.unmapped, "how": mapping.how,
-                   "ambiguous": mapping.ambiguous}, f, indent=2)
 
-    done, batches = _read_progress(out_dir)
-    _cleanup_orphans(out_dir, batches)
-    batch_no = max(batches, default=0) + 1
+def _run_batches(folder, prog, dataset, net, class_names, pp, mapping, cfg, layer, progress) -> RunResult:
+    done = prog.done
+    batch_no = prog.next_batch
     n_done_before = len(done)
-    problems_path = os.path.join(out_dir, "problems.jsonl")
-    written = set()
-    if os.path.exists(problems_path):
-        with open(problems_path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                    written.add((rec["file"], rec["reason"]))
-                except (ValueError, KeyError):
-                    pass
+    logged = folder.logged_problems()
 
     def write_problems():
         for prob in dataset.problems:
-            if (prob.file, prob.reason) not in written:
-                written.add((prob.file, prob.reason))
-                _append_jsonl(problems_path, {"file": prob.file, "reason": prob.reason})
+            if (prob.file, prob.reason) not in logged:
+                logged.add((prob.file, prob.reason))
+                folder.log_problem(prob.file, prob.reason)
 
     total = None
     try:
@@ -311,17 +236,14 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
             count += 1
             yield s
 
-    buf = []
     new = skipped_total = 0
 
     def flush(buf):
         nonlocal batch_no, new, skipped_total
         rows, ids, skipped = _process_batch(buf, net, class_names, pp, mapping, cfg, layer, dataset.report)
-        for proto, r in rows.items():
-            _write_part(out_dir, proto, batch_no, r)
+        counts = {proto: folder.write_part(proto, batch_no, r) for proto, r in rows.items()}
         write_problems()
-        _append_jsonl(os.path.join(out_dir, "progress.jsonl"),
-                      {"batch": batch_no, "image_ids": ids, "skipped": skipped})
+        folder.append_progress({"batch": batch_no, "image_ids": ids, "skipped": skipped, "rows": counts})
         done.update(ids)
         done.update(skipped)
         batch_no += 1
@@ -332,19 +254,103 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
         elif callable(progress):
             progress(len(done), total)
 
-    image_iter = _iter_images(dataset, samples())
-    for item in image_iter:
+    buf = []
+    for item in _iter_images(dataset, samples()):
         buf.append(item)
         if len(buf) >= max(1, cfg.batch_size):
             flush(buf)
             buf = []
     if buf:
         flush(buf)
-    # problems found after the last batch (e.g. broken trailing files)
-    write_problems()
+    write_problems()  # problems found after the last batch (e.g. broken trailing files)
     if bar is not None:
         bar.close()
-    return RunResult(out_dir, len(done), new, skipped_total, list(dataset.problems), mapping)
+    return RunResult(folder.path, len(done), new, skipped_total, list(dataset.problems), mapping)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
+
+
+def versions() -> dict:
+    import numpy
+    import torchvision
+
+    import clrp
+
+    return {"clrp": clrp.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def methods_used(cfg: RunConfig, net, pp) -> dict:
+    """Every method's options as the run uses them: defaults, the caller's options, the model's zB
+    box and Grad-CAM's resolved layer."""
+    from .. import engine
+    from ..methods import REGISTRY
+
+    out = {}
+    for m in cfg.methods:
+        opts = {**REGISTRY[m].options, **cfg.method_options.get(m, {})}
+        if "box" in opts or REGISTRY[m].family == "relevance":
+            box = opts.get("box") or pp.box
+            opts["box"] = [[float(v) for v in torch.as_tensor(b, dtype=torch.float64).reshape(-1)] for b in box]
+        if m == "gradcam" and opts.get("layer") is None:
+            opts["layer"] = engine.last_feature_layer(net, torch.zeros(1, 3, *pp.input_size))
+        out[m] = {k: (v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else repr(v))
+                  for k, v in opts.items()}
+    return out
+
+
+def _settings(cfg, model, net, class_names, pp, mapping, layer, dataset, provenance) -> dict:
+    import clrp
+
+    config = cfg.to_json()
+    return {
+        "format": SETTINGS_FORMAT,
+        "command": provenance.get("command"),
+        "dataset": {"format": getattr(dataset, "format", "?"), "root": getattr(dataset, "root", None),
+                    **provenance.get("dataset", {}), "digest": dataset_digest(dataset)},
+        "selection": provenance.get("selection", {}),
+        "model": {"name": getattr(model, "name", None), "architecture": getattr(model, "architecture", None),
+                  "description": getattr(model, "description", None),
+                  "weights_path": str(getattr(model, "weights_path", None) or "") or None,
+                  "weights_fingerprint_sha1": model_fingerprint(net), "class_names": list(class_names),
+                  "preprocessing": pp.to_dict() if hasattr(pp, "to_dict") else repr(pp)},
+        "methods": list(cfg.methods), "protocols": list(cfg.protocols), "rules": cfg.rules,
+        "rules_description": str(getattr(clrp.RULES.get(cfg.rules), "description", cfg.rules)),
+        "method_options": methods_used(cfg, net, pp),
+        "tolerance": cfg.tolerance,
+        "tolerance_note": ("15 px per 224 px of the image's shorter side (per row)" if cfg.tolerance == "scaled"
+                           else f"{cfg.tolerance} px"),
+        "ablation_layer": layer,
+        "mapping": {"index": mapping.index, "unmapped": mapping.unmapped, "how": mapping.how,
+                    "ambiguous": mapping.ambiguous},
+        "config": config,
+        "versions": versions(),
+        "device": str(next(net.parameters()).device), "torch_threads": torch.get_num_threads(),
+        **{k: v for k, v in provenance.items() if k not in ("command", "dataset", "selection")},
+        "started": _now(),
+    }
+
+
+def _identity(s: dict) -> dict:
+    """What must agree for a run to be continued."""
+    return {"config": {k: v for k, v in (s.get("config") or {}).items() if k != "limit"},
+            "model weights": (s.get("model") or {}).get("weights_fingerprint_sha1"),
+            "class names": (s.get("model") or {}).get("class_names"),
+            "preprocessing": (s.get("model") or {}).get("preprocessing"),
+            "dataset": (s.get("dataset") or {}).get("digest"),
+            "selection": s.get("selection"), "method options": s.get("method_options"),
+            "ablation layer": s.get("ablation_layer"), "clrp version": (s.get("versions") or {}).get("clrp")}
+
+
+def _first_difference(a: dict, b: dict) -> str | None:
+    import json
+
+    for k in a:
+        if json.loads(json.dumps(a[k], default=str)) != json.loads(json.dumps(b.get(k), default=str)):
+            return k
+    return None
 
 
 def _iter_images(dataset, samples):
@@ -461,18 +467,7 @@ def _forward(net, x):
 # ---------------------------------------------------------------------------------------------
 def load_results(out_dir: str) -> dict:
     """``{protocol: DataFrame}`` of every recorded part (orphans of an interrupted batch excluded)."""
-    import pandas as pd
-
-    _, batches = _read_progress(out_dir)
-    out = {}
-    for proto in PROTOCOLS:
-        d = os.path.join(out_dir, proto)
-        if not os.path.isdir(d):
-            continue
-        parts = sorted(fn for fn in os.listdir(d) if _PART.match(fn) and int(_PART.match(fn).group(1)) in batches)
-        if parts:
-            out[proto] = pd.concat([pd.read_parquet(os.path.join(d, fn)) for fn in parts], ignore_index=True)
-    return out
+    return RunFolder(out_dir).load_results(PROTOCOLS)
 
 
 def summarize(results) -> dict:
