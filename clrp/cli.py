@@ -167,16 +167,29 @@ def _method_options(items: Sequence[str]) -> dict:
     return out
 
 
-def _effective_method_options(methods, given: dict) -> dict:
-    from .methods import REGISTRY
+def _protocol_of(option: str, protocols) -> bool:
+    """Whether one of the run's protocols has this option (flags of other protocols are ignored)."""
+    from .evaluation.protocol import option_fields
 
-    out = {}
-    for m in methods:
-        spec = REGISTRY.get(m)
-        base = dict(getattr(spec, "options", {}) or {})
-        base.update(given.get(m, {}))
-        out[m] = {k: (v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else repr(v))
-                  for k, v in base.items()}
+    return any(option in option_fields(p) for p in protocols)
+
+
+def _set_options(items, protocols) -> dict:
+    """``--set perturbation.steps=50`` -> {"perturbation": {"steps": 50}} (values parsed as JSON)."""
+    from .evaluation.protocol import option_fields, protocol
+
+    out: dict = {}
+    for it in items or []:
+        if "=" not in it or "." not in it.split("=", 1)[0]:
+            raise ClrpError(f"--set {it!r}: expected PROTOCOL.OPTION=VALUE, e.g. perturbation.steps=50")
+        key, val = it.split("=", 1)
+        p, k = key.split(".", 1)
+        protocol(p)
+        if p not in protocols:
+            raise ClrpError(f"--set for {p!r}, which is not among --protocols")
+        if k not in option_fields(p):
+            raise ClrpError(f"protocol {p!r} has no option {k!r}; its options: {', '.join(option_fields(p))}")
+        out.setdefault(p, {})[k] = _parse_value(val)
     return out
 
 
@@ -348,11 +361,13 @@ def cmd_evaluate(a, argv) -> int:
         ds = open_dataset(dataset_desc["voc_folder"], "voc", split=split)
     try:
         view = FilteredDataset(ds, shard, subset_ids) if (shard or subset_ids is not None) else ds
-        cfg = RunConfig(methods=tuple(methods), protocols=tuple(protocols), rules=a.rules,
-                        method_options=options, mapping=mapping, geometry=a.geometry,
-                        batch_size=a.batch_size, limit=a.limit, tolerance=tolerance, patch=a.patch,
-                        steps=a.steps, baseline=a.baseline, layer=a.layer, seed=a.seed,
-                        perturbation_batch=a.perturbation_batch)
+        flat = dict(tolerance=tolerance, patch=a.patch, steps=a.steps, baseline=a.baseline, layer=a.layer,
+                    perturbation_batch=a.perturbation_batch)
+        cfg = RunConfig.build(methods=tuple(methods), protocols=tuple(protocols), rules=a.rules,
+                              method_options=options, mapping=mapping, geometry=a.geometry,
+                              batch_size=a.batch_size, limit=a.limit, seed=a.seed,
+                              **{k: v for k, v in flat.items() if _protocol_of(k, protocols)},
+                              options=_set_options(a.set, protocols))
         provenance = {"command": "python -m clrp " + " ".join(shlex.quote(x) for x in argv),
                       "dataset": dataset_desc,
                       "selection": {"subset": a.subset, "shard": list(shard) if shard else None,
@@ -559,7 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(e)
     e.add_argument("--methods", default="lrp,clrp1,clrp2", help="comma-separated, or 'all' (see `methods`)")
     e.add_argument("--protocols", default="pointing,discriminativeness",
-                   help="comma-separated: pointing,discriminativeness,perturbation,ablation")
+                   help=f"comma-separated: {','.join(_protocol_names())} (see `protocols`)")
+    e.add_argument("--set", action="append", default=[], metavar="PROTOCOL.OPTION=VALUE",
+                   help="protocol option, e.g. perturbation.orders=[\"morf\"] (repeatable; VALUE parsed as JSON)")
     e.add_argument("--rules", default="paper", help="LRP rule preset")
     e.add_argument("--tolerance", default="15", help="Pointing Game tolerance in pixels, or 'scaled' "
                                                       "(15 px per 224 px of the shorter side)")
@@ -588,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true")
 
     sub.add_parser("methods", help="list explanation methods and LRP rule presets")
+    sub.add_parser("protocols", help="list evaluation protocols and their options")
     mo = sub.add_parser("models", help="list the model zoo with availability (no network access)")
     mo.add_argument("--models-config", help="lab models TOML (default $CLRP_MODELS_CONFIG)")
     mo.add_argument("--timm", help="comma-separated timm model names to list too")
@@ -606,8 +624,27 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _protocol_names() -> list:
+    from .evaluation.protocol import REGISTRY
+
+    return list(REGISTRY)
+
+
+def cmd_protocols(a, argv) -> int:
+    import dataclasses
+
+    from .evaluation.protocol import REGISTRY, field_default
+
+    for name, p in REGISTRY.items():
+        print(f"{name}: {p.title} - {p.description}")
+        for f in dataclasses.fields(p.Options):
+            print(f"    {name}.{f.name} = {json.dumps(field_default(f), default=str)}")
+    print("\nSet an option with --set PROTOCOL.OPTION=VALUE (VALUE parsed as JSON).")
+    return 0
+
+
 COMMANDS = {"evaluate": cmd_evaluate, "merge": cmd_merge, "methods": cmd_methods, "models": cmd_models,
-            "explain": cmd_explain}
+            "explain": cmd_explain, "protocols": cmd_protocols}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -437,10 +437,7 @@ class RunRegistry:
               model_loader: Callable[[str], Any] = load_model, label: str = "") -> EvalRun:
         from clrp.evaluation.runner import RunConfig
 
-        fields = {f.name for f in dataclasses.fields(RunConfig)}
-        unknown = set(config) - fields
-        if unknown:
-            raise ClrpError(f"unknown evaluation settings: {sorted(unknown)}")
+        RunConfig.build(**config)  # unknown settings: a ClrpError before anything starts
         if not config.get("methods"):
             raise ClrpError("choose at least one method")
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -484,7 +481,7 @@ class RunRegistry:
                 if run._cancel.is_set():
                     raise _Cancelled()
 
-            cfg = RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in run.config.items()})
+            cfg = RunConfig.build(**run.config)
             res = run_evaluation(ds, lm, run.out_dir, cfg, resume=False, progress=progress)
             run.done = res.images_done
             run.problems = [f"{p.file}: {p.reason}" for p in res.problems][:200]

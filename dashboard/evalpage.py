@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+
+import dataclasses
 
 import clrp
 from clrp import viz
 from clrp.errors import ClrpError
 from clrp.evaluation import perturbation as pert
+from clrp.evaluation.protocol import REGISTRY, field_default
 
 from . import core, ui
 
@@ -79,6 +81,43 @@ def _methods(kind: str, default) -> tuple[list, str]:
     return methods, rules
 
 
+_BUILT_IN = ("pointing", "discriminativeness", "perturbation", "ablation")  # their options have own widgets
+
+
+def _protocols(kind: str, page: str, default) -> list:
+    """The registry's protocols offered on this page (plug-ins appear here without code changes)."""
+    names = [n for n, p in REGISTRY.items() if p.page == page]
+    return st.multiselect("Protocols", names, default=[d for d in default if d in names], key=f"{kind}_protocols",
+                          format_func=lambda n: REGISTRY[n].title,
+                          help="; ".join(f"{REGISTRY[n].title}: {REGISTRY[n].description}" for n in names))
+
+
+def _plugin_options(kind: str, protocols) -> dict:
+    """Widgets for the options of protocols without a hand-made form, from their Options dataclass."""
+    out = {}
+    for name in protocols:
+        if name in _BUILT_IN:
+            continue
+        fields = dataclasses.fields(REGISTRY[name].Options)
+        if not fields:
+            continue
+        st.markdown(f"**{REGISTRY[name].title}**")
+        cols = st.columns(min(4, len(fields)))
+        opts = {}
+        for i, f in enumerate(fields):
+            d, c, k = field_default(f), cols[i % len(cols)], f"{kind}_{name}_{f.name}"
+            if isinstance(d, bool):
+                opts[f.name] = c.checkbox(f.name, d, key=k)
+            elif isinstance(d, int):
+                opts[f.name] = int(c.number_input(f.name, value=d, step=1, key=k))
+            elif isinstance(d, float):
+                opts[f.name] = float(c.number_input(f.name, value=d, key=k))
+            else:
+                opts[f.name] = c.text_input(f.name, "" if d is None else str(d), key=k) or d
+        out.setdefault("options", {})[name] = opts
+    return out
+
+
 def pointing_settings() -> dict:
     methods, rules = _methods("pg", ["lrp", "clrp1", "clrp2", "sglrp", "gradient", "gradcam"])
     c1, c2, c3, c4 = st.columns(4)
@@ -87,26 +126,21 @@ def pointing_settings() -> dict:
     tol = c1.number_input("Tolerance (px)", 0.0, 200.0, 15.0, 1.0, key="pg_tol", disabled=scaled)
     use_masks = c2.checkbox("Use masks when the dataset has them", True, key="pg_masks")
     center = c2.checkbox("Centre baseline", True, key="pg_center", help="Always point at the image centre")
-    disc = c3.checkbox("Also class-discriminativeness", True, key="pg_disc",
-                       help="Pearson r between the maps of the classes of each multi-class image")
     geometry = c3.selectbox("Geometry", ["full", "model"], key="pg_geom",
                             help="full: whole image resized to the model input; model: the model's own "
                                  "resize + centre crop")
     limit = c4.number_input("Max images (0 = all)", 0, 100000, 0, key="pg_limit")
     batch = c4.number_input("Images per batch", 1, 64, 4, key="pg_batch",
                             help="Results are written after each batch (resume and cancel keep them)")
-    return {"methods": methods, "rules": rules,
-            "protocols": ["pointing"] + (["discriminativeness"] if disc else []),
+    protocols = _protocols("pg", "pointing", ["pointing", "discriminativeness"])
+    return {"methods": methods, "rules": rules, "protocols": protocols, **_plugin_options("pg", protocols),
             "tolerance": "scaled" if scaled else float(tol), "use_masks": bool(use_masks), "center": bool(center),
             "geometry": geometry, "limit": int(limit) or None, "batch_size": int(batch)}
 
 
 def ablation_settings(lm) -> dict:
     methods, rules = _methods("abl", ["lrp", "clrp1", "clrp2", "gradient"])
-    protocols = st.multiselect("Protocols", ["perturbation", "ablation"], default=["perturbation", "ablation"],
-                               key="abl_protocols",
-                               format_func=lambda p: {"perturbation": "region perturbation (MoRF / LeRF, AOPC)",
-                                                      "ablation": "hidden-unit ablation"}[p])
+    protocols = _protocols("abl", "ablation", ["perturbation", "ablation"])
     c1, c2, c3, c4 = st.columns(4)
     patch = c1.number_input("Patch (px)", 2, 64, 8, key="abl_patch")
     steps = c1.number_input("Steps", 1, 1000, 30, key="abl_steps", help="Patches removed one per step")
@@ -124,7 +158,8 @@ def ablation_settings(lm) -> dict:
     except ValueError:
         st.error("k values: give positive integers separated by commas, e.g. 1, 2, 4")
         kvals = None
-    return {"methods": methods, "rules": rules, "protocols": protocols, "patch": int(patch), "steps": int(steps),
+    return {"methods": methods, "rules": rules, "protocols": protocols, **_plugin_options("abl", protocols),
+            "patch": int(patch), "steps": int(steps),
             "baseline": baseline, "orders": orders,
             "layer": None if layer.startswith("(") else layer, "ks": kvals, "random_repeats": int(repeats),
             "limit": int(limit) or None, "batch_size": 4}
@@ -133,75 +168,50 @@ def ablation_settings(lm) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Charts
 
-def _pointing_charts(res, summ, key):
-    s = summ.get("pointing")
-    if s is None or len(s) == 0:
+_DASH = ["solid", "dash", "dot", "dashdot"]
+_PALETTE = ["#b2182b", "#2166ac", "#1b7837", "#762a83", "#e08214", "#35978f", "#8c510a", "#4d4d4d", "#c51b7d",
+            "#5aae61", "#f4a582"]
+
+
+def _label(v):
+    return ui.method_label(v) if isinstance(v, str) and v in clrp.METHODS else str(v)
+
+
+def draw_chart(chart, key: str):
+    """Draw a protocol's :class:`~clrp.evaluation.protocol.Chart` (bar, line, heatmap, table)."""
+    df = chart.data
+    if df is None or len(df) == 0:
         return
-    s = s.reset_index()
-    fig = go.Figure()
-    fig.add_bar(name="all", x=s["method"], y=s["all"], text=[f"{v:.2f}" for v in s["all"]], textposition="outside")
-    if s["difficult"].notna().any():
-        fig.add_bar(name="difficult", x=s["method"], y=s["difficult"],
-                    text=["" if pd.isna(v) else f"{v:.2f}" for v in s["difficult"]], textposition="outside")
-    fig.update_layout(barmode="group", height=320, yaxis=dict(range=[0, 1.1], title="accuracy (mean over classes)"),
-                      margin=dict(l=0, r=0, t=30, b=0), title="Pointing Game accuracy per method")
-    st.plotly_chart(fig, key=f"{key}_acc", config=_PLOT_CFG)
-    cls_cols = [c for c in s.columns if c.startswith("class:")]
-    if cls_cols:
-        z = s[cls_cols].to_numpy(dtype=float)
-        hm = go.Figure(go.Heatmap(z=z, x=[c[6:] for c in cls_cols], y=s["method"], zmin=0, zmax=1,
-                                  colorscale=viz.plotly_colorscale("viridis"),
-                                  text=np.where(np.isnan(z), "", np.round(z, 2).astype(str)), texttemplate="%{text}",
+    if chart.kind == "table":
+        st.dataframe(df, hide_index=True, width="stretch")
+    elif chart.kind == "heatmap":
+        z = df.pivot_table(index=chart.y, columns=chart.x, values=chart.value, sort=False)
+        hm = go.Figure(go.Heatmap(z=z.to_numpy(dtype=float), x=list(z.columns), y=[_label(v) for v in z.index],
+                                  zmin=(chart.y_range or (None, None))[0], zmax=(chart.y_range or (None, None))[1],
+                                  colorscale=viz.plotly_colorscale("viridis"), texttemplate="%{z:.2f}",
                                   hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>"))
-        hm.update_layout(height=80 + 28 * len(s), margin=dict(l=0, r=0, t=30, b=0), title="Per-class accuracy")
-        st.plotly_chart(hm, key=f"{key}_cls", config=_PLOT_CFG)
-    cols = [c for c in ["all", "difficult", "n_all", "n_difficult", "n_classes"] if c in s.columns]
-    st.dataframe(s[["method"] + cols], hide_index=True, width="stretch")
-    if getattr(summ["pointing"], "attrs", {}).get("settings"):
-        st.caption(summ["pointing"].attrs["settings"])
-    d = summ.get("discriminativeness")
-    if d is not None and len(d):
-        st.markdown("**Class-discriminativeness** (Pearson r between the maps of two classes of one image; "
-                    "lower = more discriminative)")
-        st.dataframe(d.reset_index(), hide_index=True, width="stretch")
-
-
-def _ablation_charts(res, summ, key):
-    if "perturbation" in res and len(res["perturbation"]):
-        table, curves = pert.aopc_summary(res["perturbation"].to_dict("records"))
-        if len(table):
-            fig = go.Figure()
-            dash = {"morf": "solid", "lerf": "dash", "random": "dot"}
-            palette = ["#b2182b", "#2166ac", "#1b7837", "#762a83", "#e08214", "#35978f", "#8c510a", "#4d4d4d",
-                       "#c51b7d", "#5aae61", "#f4a582"]
-            colour = {m: palette[i % len(palette)] for i, m in enumerate(dict.fromkeys(m for m, _ in curves))}
-            for (m, o), c in sorted(curves.items()):
-                fig.add_scatter(y=c, x=np.arange(len(c)), mode="lines", name=f"{ui.method_label(m)} {o.upper()}",
-                                line=dict(dash=dash.get(o, "solid"), color=colour[m]))
-            fig.update_layout(height=340, margin=dict(l=0, r=0, t=30, b=0), xaxis_title="perturbation step",
-                              yaxis_title="target score (mean)", title="Region perturbation: MoRF / LeRF curves")
-            st.plotly_chart(fig, key=f"{key}_curves", config=_PLOT_CFG)
-            t = table.reset_index()
-            aopc_cols = [c for c in t.columns if c.startswith("aopc_")]
-            bar = go.Figure()
-            for c in aopc_cols:
-                bar.add_bar(name=c[5:].upper(), x=[ui.method_label(m) for m in t["method"]], y=t[c])
-            bar.update_layout(barmode="group", height=300, margin=dict(l=0, r=0, t=30, b=0),
-                              title="AOPC (MoRF: higher = better, LeRF: lower = better)", yaxis_title="AOPC")
-            st.plotly_chart(bar, key=f"{key}_aopc", config=_PLOT_CFG)
-            st.dataframe(t, hide_index=True, width="stretch")
-    a = summ.get("ablation")
-    if a is not None and len(a):
-        a = a.reset_index()
+        hm.update_layout(height=80 + 28 * len(z), margin=dict(l=0, r=0, t=30, b=0), title=chart.title)
+        st.plotly_chart(hm, key=key, config=_PLOT_CFG)
+    else:
         fig = go.Figure()
-        for r, g in a.groupby("ranking", sort=False):
-            fig.add_scatter(x=g["k"], y=g["target_drop"], mode="lines+markers", name=f"{r}: target")
-            fig.add_scatter(x=g["k"], y=g["others_drop"], mode="lines+markers", name=f"{r}: other classes",
-                            line=dict(dash="dash"))
-        fig.update_layout(height=320, margin=dict(l=0, r=0, t=30, b=0), xaxis_title="units ablated (k)",
-                          yaxis_title="logit drop (mean)", title="Hidden-unit ablation: top-k by relevance vs random")
-        st.plotly_chart(fig, key=f"{key}_abl", config=_PLOT_CFG)
-        st.dataframe(a, hide_index=True, width="stretch")
+        colours = {g: _PALETTE[i % len(_PALETTE)] for i, g in enumerate(dict.fromkeys(df[chart.series]))} \
+            if chart.series else {}
+        dashes = {d: _DASH[i % len(_DASH)] for i, d in enumerate(dict.fromkeys(df[chart.dash]))} if chart.dash else {}
+        for g, part in (df.groupby(chart.series, sort=False) if chart.series else [(None, df)]):
+            if chart.kind == "bar":
+                fig.add_bar(name=_label(g) if g is not None else chart.y, x=[_label(v) for v in part[chart.x]],
+                            y=part[chart.y], text=[f"{v:.2f}" for v in part[chart.y]], textposition="outside")
+            else:
+                for d, line in (part.groupby(chart.dash, sort=False) if chart.dash else [(None, part)]):
+                    name = " ".join(str(_label(v)) for v in (g, d) if v is not None)
+                    fig.add_scatter(x=line[chart.x], y=line[chart.y], mode="lines+markers" if len(line) < 20 else "lines",
+                                    name=name or chart.y, line=dict(color=colours.get(g), dash=dashes.get(d, "solid")))
+        fig.update_layout(barmode="group", height=320, margin=dict(l=0, r=0, t=30, b=0), title=chart.title,
+                          xaxis_title=chart.x_title, yaxis=dict(title=chart.y_title, range=list(chart.y_range)
+                                                                if chart.y_range else None))
+        st.plotly_chart(fig, key=key, config=_PLOT_CFG)
+    if chart.caption:
+        st.caption(chart.caption)
 
 
 def results_view(run: core.EvalRun, key: str):
@@ -214,10 +224,11 @@ def results_view(run: core.EvalRun, key: str):
     if not res:
         st.caption("No results written yet (results appear after each batch).")
         return
-    if run.kind == "pointing":
-        _pointing_charts(res, summ, key)
-    else:
-        _ablation_charts(res, summ, key)
+    for proto in res:
+        if proto in REGISTRY and proto in summ:
+            st.markdown(f"**{REGISTRY[proto].title}**")
+            for i, chart in enumerate(REGISTRY[proto].charts(summ[proto], rows=res[proto])):
+                draw_chart(chart, f"{key}_{proto}_{i}")
     cols = st.columns(len(res) + 1)
     for i, proto in enumerate(res):
         cols[i].download_button(f"{proto} rows (CSV)", core.results_csv(res, proto), f"{run.id}_{proto}.csv",

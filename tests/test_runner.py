@@ -14,7 +14,9 @@ if not hasattr(clrp, "explain"):
 from clrp.datasets import VocDataset  # noqa: E402
 from clrp.errors import ClrpError  # noqa: E402
 from clrp.evaluation import runner as R  # noqa: E402
+from clrp.evaluation.protocol import Batch  # noqa: E402
 from clrp.evaluation.runs import RunFolder  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 from types import SimpleNamespace as LoadedModel  # noqa: E402  (anything with model/class_names/preprocessing)
 
 from clrp.models import Preprocessing  # noqa: E402
@@ -162,7 +164,9 @@ def test_model_geometry_crop_and_folder_dataset(tmp_path):
     crop = LoadedModel(model=lm.model, class_names=lm.class_names,
                        preprocessing=Preprocessing(input_size=(16, 16), resize=16))
     # 40x30 image: shorter side 30 -> 16, resized 21x16, centre crop 16x16 at x = 2..18
-    assert R._crop_box(crop.preprocessing, 40, 30) == pytest.approx((2 * 40 / 21, 0, 18 * 40 / 21, 30))
+    batch = Batch([], [], [], {}, {}, None, crop.preprocessing, [], None, R.RunConfig(geometry="model"))
+    image = SimpleNamespace(width=40, height=30)
+    assert batch.crop_box(image) == pytest.approx((2 * 40 / 21, 0, 18 * 40 / 21, 30))
     _voc(str(tmp_path / "voc"), n=2)
     out = str(tmp_path / "o")
     R.run_evaluation(VocDataset(str(tmp_path / "voc")), crop, out, methods=("lrp",), protocols=("pointing",),

@@ -129,3 +129,77 @@ def ablation_summary(rows):
     out = g[["target_drop", "others_drop", "gap"]].mean()
     out["n"] = g.size()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol plug-in (see clrp.evaluation.protocol)
+
+from dataclasses import dataclass  # noqa: E402
+
+from .protocol import Chart, Protocol, register_protocol  # noqa: E402
+
+
+@register_protocol
+class FeatureAblation(Protocol):
+    name, title, page = "ablation", "Hidden-unit ablation", "ablation"
+    description = "zero the top-k units of a layer by relevance and compare the drop of the target with the others'"
+    needs_maps = False
+
+    @dataclass
+    class Options:
+        layer: Optional[str] = None  # by module path; default: the engine's last feature map
+        ks: tuple = DEFAULT_KS  # numbers of top units zeroed
+        random_repeats: int = 5
+        ablation_method: Optional[str] = None  # default: every LRP-family method of the run
+
+    def validate(self, o, run):
+        from ..errors import ClrpError
+
+        if not o.ks or any(int(k) < 1 for k in o.ks):
+            raise ClrpError(f"ks must be positive integers, got {list(o.ks)}")
+        if int(o.random_repeats) < 1:
+            raise ClrpError("random_repeats must be >= 1")
+
+    def resolve(self, o, model, preprocessing, run):
+        import dataclasses
+
+        from .. import engine
+
+        if o.layer is None:
+            o = dataclasses.replace(o, layer=engine.last_feature_layer(model, torch.zeros(1, 3, *preprocessing.input_size)))
+        return o
+
+    def rows(self, batch, o):
+        from ..methods import REGISTRY
+
+        if not batch.pairs:
+            return []
+        methods = ([o.ablation_method] if o.ablation_method else
+                   [m for m in batch.run.methods if getattr(REGISTRY.get(m), "family", None) == "relevance"])
+        x = torch.cat([batch.inputs[i] for i, _, _ in batch.pairs], 0)
+        targets = [t for _, _, t in batch.pairs]
+        ids = [batch.samples[i].image_id for i, _, _ in batch.pairs]
+        out = []
+        for mi, m in enumerate(methods):
+            rows = feature_ablation(batch.model, x, targets, o.layer, method=m, rules=batch.run.rules, ks=o.ks,
+                                    random_repeats=o.random_repeats, seed=batch.run.seed, image_ids=ids,
+                                    **batch.method_options(m))
+            for row in rows:
+                if mi > 0 and row["ranking"] == "random":
+                    continue  # the random baseline does not depend on the method: keep it once
+                row["class_name"] = batch.class_names[row["target"]]
+                out.append(row)
+        return out
+
+    def summary(self, df, options=None):
+        return ablation_summary(df)
+
+    def charts(self, summary, rows=None):
+        import pandas as pd
+
+        a = summary.reset_index()
+        long = pd.concat([a.assign(curve=a["ranking"] + ": target", drop=a["target_drop"], which="target"),
+                          a.assign(curve=a["ranking"] + ": other classes", drop=a["others_drop"], which="others")])
+        return [Chart("line", "Hidden-unit ablation: top-k by relevance vs random", long, x="k", y="drop",
+                      series="curve", dash="which", x_title="units ablated (k)", y_title="logit drop (mean)"),
+                Chart("table", "Hidden-unit ablation", a)]

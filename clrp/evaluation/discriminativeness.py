@@ -103,3 +103,43 @@ def discriminativeness_summary(rows):
     })
     out.attrs["settings"] = f"top-q IoU with q={sorted(df['q'].unique().tolist())}"
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol plug-in (see clrp.evaluation.protocol)
+
+from dataclasses import dataclass  # noqa: E402
+
+from .protocol import Chart, Protocol, register_protocol  # noqa: E402
+
+
+@register_protocol
+class Discriminativeness(Protocol):
+    name, title, page = "discriminativeness", "Class-discriminativeness", "pointing"
+    description = "Pearson r and top-q IoU between the maps of two classes of one image (lower = more discriminative)"
+
+    @dataclass
+    class Options:
+        q: float = DEFAULT_Q  # fraction of pixels in the top-q IoU
+
+    def validate(self, o, run):
+        if not 0 < float(o.q) <= 1:
+            from ..errors import ClrpError
+            raise ClrpError(f"q must be in (0, 1], got {o.q!r}")
+
+    def rows(self, batch, o):
+        out = []
+        for i, plist in batch.pairs_of().items():
+            if len(plist) >= 2:
+                maps = {m: {c: batch.maps[m][k] for k, c, _ in plist} for m in batch.run.methods}
+                out.extend(discriminativeness_rows(batch.samples[i].image_id, maps, q=o.q))
+        return out
+
+    def summary(self, df, options=None):
+        return discriminativeness_summary(df)
+
+    def charts(self, summary, rows=None):
+        s = summary.reset_index()
+        return [Chart("bar", "Pearson r between the maps of two classes of one image (lower = more discriminative)",
+                      s, x="method", y="pearson_mean", y_title="mean Pearson r"),
+                Chart("table", "Class-discriminativeness", s)]

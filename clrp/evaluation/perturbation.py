@@ -307,3 +307,76 @@ def aopc_summary(rows):
         n = min(len(a) for a in arrs)
         curves[(m, o)] = np.mean([a[:n] for a in arrs], axis=0)
     return table, curves
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol plug-in (see clrp.evaluation.protocol)
+
+from .protocol import Chart, Protocol, register_protocol  # noqa: E402
+
+
+@register_protocol
+class RegionPerturbation(Protocol):
+    name, title, page = "perturbation", "Region perturbation (MoRF / LeRF, AOPC)", "ablation"
+    description = "remove the most (MoRF) or least (LeRF) relevant patches first and follow the target score"
+
+    @dataclass
+    class Options:
+        patch: int = 8  # region size in input pixels
+        steps: Optional[int] = 100  # perturbation steps (None: until every region is replaced)
+        patches_per_step: int = 1
+        baseline: str = "mean"  # mean | blur | zeros | noise
+        orders: tuple = ORDERS
+        perturbation_batch: Optional[int] = None  # perturbed copies per forward (None: automatic)
+        score: str = "logit"  # logit | prob
+
+    def validate(self, o, run):
+        from ..errors import ClrpError
+
+        if o.baseline not in BASELINES:
+            raise ClrpError(f"baseline must be one of {', '.join(BASELINES)}, got {o.baseline!r}")
+        bad = [x for x in o.orders if x not in ORDERS]
+        if bad or not o.orders:
+            raise ClrpError(f"orders must be among {', '.join(ORDERS)}, got {list(o.orders)}")
+        if int(o.patch) < 1 or int(o.patches_per_step) < 1 or (o.steps is not None and int(o.steps) < 1):
+            raise ClrpError("patch, patches_per_step and steps must be >= 1")
+        if o.score not in ("logit", "prob"):
+            raise ClrpError(f"score must be 'logit' or 'prob', got {o.score!r}")
+
+    def rows(self, batch, o):
+        out = []
+        for i, plist in batch.pairs_of().items():
+            for k, c, t in plist:
+                for m in batch.run.methods:
+                    curves = perturbation_curves(
+                        batch.forward, batch.inputs[i][0], batch.maps[m][k], t, orders=o.orders, patch=o.patch,
+                        steps=o.steps, patches_per_step=o.patches_per_step, baseline=o.baseline,
+                        seed=batch.run.seed, batch_size=o.perturbation_batch, score=o.score)
+                    for row in perturbation_rows(batch.samples[i].image_id, m, t, curves):
+                        row["class_name"] = c
+                        out.append(row)
+        return out
+
+    def summary(self, df, options=None):
+        return aopc_summary(df.to_dict("records"))[0]
+
+    def charts(self, summary, rows=None):
+        import pandas as pd
+
+        charts = []
+        if rows is not None and len(rows):
+            _, curves = aopc_summary(rows.to_dict("records"))
+            long = pd.DataFrame([{"method": m, "order": o.upper(), "step": k, "score": float(v)}
+                                 for (m, o), c in sorted(curves.items()) for k, v in enumerate(c)])
+            charts.append(Chart("line", "Region perturbation: MoRF / LeRF curves", long, x="step", y="score",
+                                series="method", dash="order", x_title="perturbation step",
+                                y_title="target score (mean)"))
+        t = summary.reset_index()
+        cols = [c for c in t.columns if str(c).startswith("aopc_")]
+        if cols:
+            long = t.melt(id_vars=["method"], value_vars=cols, var_name="order", value_name="AOPC")
+            long["order"] = long["order"].str[5:].str.upper()
+            charts.append(Chart("bar", "AOPC (MoRF: higher = better, LeRF: lower = better)", long, x="method",
+                                y="AOPC", series="order", y_title="AOPC"))
+        charts.append(Chart("table", "AOPC", t))
+        return charts

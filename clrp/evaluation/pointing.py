@@ -305,3 +305,75 @@ def per_class_table(rows):
     a = df.groupby(["class_name", "method"])["hit"].mean().unstack("method")
     d = df[df["difficult"].astype(bool)].groupby(["class_name", "method"])["hit"].mean().unstack("method")
     return pd.concat({"all": a, "difficult": d}, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol plug-in (see clrp.evaluation.protocol)
+
+from .protocol import Chart, Protocol, register_protocol  # noqa: E402
+
+
+@register_protocol
+class PointingGame(Protocol):
+    name, title, page = "pointing", "Pointing Game", "pointing"
+    description = "is the map's arg-max within the tolerance of the class's ground truth?"
+    needs_objects = True
+
+    @dataclass
+    class Options:
+        tolerance: object = DEFAULT_TOLERANCE  # pixels, or "scaled" (15 px per 224 px of the shorter side)
+        use_masks: bool = True  # masks instead of boxes where the dataset has them
+        center: bool = True  # add the centre baseline
+
+    def validate(self, o, run):
+        t = o.tolerance
+        if t != "scaled" and (isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0):
+            raise _error(f"tolerance must be a number of pixels >= 0 or 'scaled', got {t!r}")
+
+    def ground_truth(self, sample, classes, o):
+        return pointing_targets(sample, use_masks=o.use_masks, classes=classes) if sample.objects else None
+
+    def rows(self, batch, o):
+        out = []
+        for i, plist in batch.pairs_of().items():
+            targets = batch.ground_truth[self.name].get(i)
+            if not targets:
+                continue
+            s = batch.samples[i]
+            crop = batch.crop_box(s)
+            k_of = {c: k for k, c, _ in plist}
+            maps = {m: {t.class_name: map_to_image(batch.maps[m][k_of[t.class_name]], s.height, s.width, crop)
+                        for t in targets} for m in batch.run.methods}
+            rows = pointing_rows(s.image_id, targets, maps, tolerance=o.tolerance, center=o.center)
+            for row in rows:
+                row["target"] = batch.mapping[row["class_name"]]
+            out.extend(rows)
+        return out
+
+    def summary(self, df, options=None):
+        return pointing_summary(df)
+
+    def charts(self, summary, rows=None):
+        import pandas as pd
+
+        s = summary.reset_index()
+        long = s.melt(id_vars=["method"], value_vars=[c for c in ("all", "difficult") if s[c].notna().any()],
+                      var_name="subset", value_name="accuracy")
+        charts = [Chart("bar", "Pointing Game accuracy per method", long, x="method", y="accuracy", series="subset",
+                        y_range=(0, 1.1), y_title="accuracy (mean over classes)",
+                        caption=summary.attrs.get("settings"))]
+        cls = [c for c in s.columns if str(c).startswith("class:")]
+        if cls:
+            per = s.melt(id_vars=["method"], value_vars=cls, var_name="class", value_name="accuracy")
+            per["class"] = per["class"].str[6:]
+            charts.append(Chart("heatmap", "Per-class accuracy", per, x="class", y="method", value="accuracy",
+                                y_range=(0, 1)))
+        cols = [c for c in ["all", "difficult", "n_all", "n_difficult", "n_classes"] if c in s.columns]
+        charts.append(Chart("table", "Pointing Game", pd.DataFrame(s[["method"] + cols])))
+        return charts
+
+
+def _error(msg):
+    from ..errors import ClrpError
+
+    return ClrpError(msg)

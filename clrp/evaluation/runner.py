@@ -32,12 +32,11 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import ClrpError
-from . import ablation as _abl
-from . import discriminativeness as _disc
-from . import perturbation as _pert
-from . import pointing as _pt
+from . import ablation, discriminativeness, perturbation, pointing  # noqa: F401  (register the protocols)
+from .protocol import REGISTRY, Batch, make_options, option_fields, protocol, split_options
 from .runs import RunFolder, dataset_digest, model_fingerprint
 
+#: The built-in protocols; REGISTRY also holds any registered later.
 PROTOCOLS = ("pointing", "discriminativeness", "perturbation", "ablation")
 SETTINGS_FORMAT = 2
 
@@ -54,32 +53,39 @@ class RunConfig:
     explain_batch: int = 16                              # (image, class) pairs per explain call
     limit: Optional[int] = None                          # at most this many images in total
     seed: int = 0
-    # Pointing Game
-    tolerance: object = _pt.DEFAULT_TOLERANCE            # pixels, or "scaled"
-    use_masks: bool = True
-    center: bool = True
-    # class-discriminativeness
-    q: float = _disc.DEFAULT_Q
-    # region perturbation
-    patch: int = 8
-    steps: Optional[int] = 100
-    patches_per_step: int = 1
-    baseline: str = "mean"
-    orders: tuple = _pert.ORDERS
-    perturbation_batch: Optional[int] = None             # None: perturbation.default_batch_size
-    score: str = "logit"
-    # feature ablation
-    layer: Optional[str] = None                          # default: the engine's last feature map
-    ks: tuple = _abl.DEFAULT_KS
-    random_repeats: int = 5
-    ablation_method: Optional[str] = None                # default: every LRP-family method in methods
+    options: dict = field(default_factory=dict)          # protocol -> its Options (or a dict of them)
+
+    @classmethod
+    def build(cls, **settings) -> "RunConfig":
+        """A RunConfig from flat settings: run fields as they are, protocol options (``tolerance``,
+        ``steps``, ``layer``, ...) routed to the protocols that have them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        rest, per = split_options({k: v for k, v in settings.items() if k not in names}, REGISTRY)
+        if rest:
+            raise ClrpError(f"unknown setting(s) {', '.join(sorted(rest))}; run settings: {', '.join(sorted(names))}; "
+                            f"protocol options: {', '.join(sorted({f for p in REGISTRY for f in option_fields(p)}))}")
+        own = {k: (tuple(v) if isinstance(v, list) and k in ("methods", "protocols") else v)
+               for k, v in settings.items() if k in names}
+        options = {p: dict(o) if isinstance(o, dict) else dataclasses.asdict(o)
+                   for p, o in (own.pop("options", None) or {}).items()}
+        for p, o in per.items():
+            options[p] = {**options.get(p, {}), **o}
+        return cls(**own, options=options)
+
+    def protocol_options(self, name: str):
+        return make_options(name, self.options.get(name))
 
     def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
+        d["options"] = {p: _jsonable(dataclasses.asdict(self.protocol_options(p))) for p in self.protocols}
         return d
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 @dataclass
@@ -116,15 +122,6 @@ def _eval_preprocessing(pp, geometry: str):
     raise ClrpError(f"geometry must be 'full' or 'model', got {geometry!r}")
 
 
-def _crop_box(pp, width: int, height: int):
-    """Region of the original image the input covers, in original pixel coordinates."""
-    g = pp.geometry(width, height)
-    rw, rh = g["resized"]
-    l, t, r, b = g["crop"]
-    sx, sy = width / rw, height / rh
-    return (l * sx, t * sy, r * sx, b * sy)
-
-
 def default_ablation_layer(model, input_size=None) -> str:
     """The last feature map every path goes through (the engine's answer, shared with Grad-CAM)."""
     from .. import engine
@@ -158,10 +155,15 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
     """
     import clrp
 
-    cfg = dataclasses.replace(config or RunConfig(), **overrides)
+    base = config or RunConfig()
+    if overrides:
+        merged = dict(base.to_json(), **overrides)
+        merged["options"] = {p: dict(o) for p, o in base.options.items()}
+        cfg = RunConfig.build(**merged)
+    else:
+        cfg = base
     for p in cfg.protocols:
-        if p not in PROTOCOLS:
-            raise ClrpError(f"unknown protocol {p!r}; choose from {PROTOCOLS}")
+        protocol(p)  # unknown protocols: a message listing the registry
     for m in cfg.methods:
         if m not in clrp.METHODS:
             raise ClrpError(f"unknown method {m!r}; choose from {', '.join(clrp.METHODS)}")
@@ -171,12 +173,15 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
     if not mapping.index:
         raise ClrpError("no dataset class maps to a model output; " + mapping.report()
                         + "; pass mapping={dataset class: model class}")
-    layer = cfg.layer
-    if "ablation" in cfg.protocols and layer is None:
-        layer = default_ablation_layer(net, tuple(pp.input_size))
+    options = {}
+    for p in cfg.protocols:
+        o = REGISTRY[p].resolve(cfg.protocol_options(p), net, pp, cfg)
+        REGISTRY[p].validate(o, cfg)
+        options[p] = o
+    cfg = dataclasses.replace(cfg, options=options)  # what the run uses, as the settings record it
     folder = RunFolder(out_dir)
     with folder.lock():
-        settings = _settings(cfg, model, net, class_names, pp, mapping, layer, dataset, provenance or {})
+        settings = _settings(cfg, model, net, class_names, pp, mapping, dataset, provenance or {})
         old = folder.read_settings()
         if old is None and (folder.read_progress().batches or os.path.exists(folder.file("config.json"))):
             raise ClrpError(f"{out_dir} holds results of an older clrp version; use another folder")
@@ -194,14 +199,14 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
         prog = folder.read_progress(repair=True)
         prog = folder.drop_batches(prog, folder.verify(prog, cfg.protocols))
         folder.remove_orphans(prog)
-        result = _run_batches(folder, prog, dataset, net, class_names, pp, mapping, cfg, layer, progress)
+        result = _run_batches(folder, prog, dataset, net, class_names, pp, mapping, cfg, progress)
         settings.update({"finished": _now(), "images_done": result.images_done, "images_new": result.images_new,
                          "images_skipped": result.images_skipped, "problems": len(result.problems)})
         folder.write_settings(settings)
     return result
 
 
-def _run_batches(folder, prog, dataset, net, class_names, pp, mapping, cfg, layer, progress) -> RunResult:
+def _run_batches(folder, prog, dataset, net, class_names, pp, mapping, cfg, progress) -> RunResult:
     done = prog.done
     batch_no = prog.next_batch
     n_done_before = len(done)
@@ -240,7 +245,7 @@ def _run_batches(folder, prog, dataset, net, class_names, pp, mapping, cfg, laye
 
     def flush(buf):
         nonlocal batch_no, new, skipped_total
-        rows, ids, skipped = _process_batch(buf, net, class_names, pp, mapping, cfg, layer, dataset.report)
+        rows, ids, skipped = _process_batch(buf, net, class_names, pp, mapping, cfg, dataset.report)
         counts = {proto: folder.write_part(proto, batch_no, r) for proto, r in rows.items()}
         write_problems()
         folder.append_progress({"batch": batch_no, "image_ids": ids, "skipped": skipped, "rows": counts})
@@ -301,7 +306,7 @@ def methods_used(cfg: RunConfig, net, pp) -> dict:
     return out
 
 
-def _settings(cfg, model, net, class_names, pp, mapping, layer, dataset, provenance) -> dict:
+def _settings(cfg, model, net, class_names, pp, mapping, dataset, provenance) -> dict:
     import clrp
 
     config = cfg.to_json()
@@ -319,10 +324,8 @@ def _settings(cfg, model, net, class_names, pp, mapping, layer, dataset, provena
         "methods": list(cfg.methods), "protocols": list(cfg.protocols), "rules": cfg.rules,
         "rules_description": str(getattr(clrp.RULES.get(cfg.rules), "description", cfg.rules)),
         "method_options": methods_used(cfg, net, pp),
-        "tolerance": cfg.tolerance,
-        "tolerance_note": ("15 px per 224 px of the image's shorter side (per row)" if cfg.tolerance == "scaled"
-                           else f"{cfg.tolerance} px"),
-        "ablation_layer": layer,
+        "options": config.pop("options"),
+        **_legacy_keys(cfg),
         "mapping": {"index": mapping.index, "unmapped": mapping.unmapped, "how": mapping.how,
                     "ambiguous": mapping.ambiguous},
         "config": config,
@@ -333,6 +336,18 @@ def _settings(cfg, model, net, class_names, pp, mapping, layer, dataset, provena
     }
 
 
+def _legacy_keys(cfg) -> dict:
+    """Top-level keys earlier settings files had (readers and scripts use them)."""
+    out = {}
+    if "pointing" in cfg.options:
+        t = cfg.options["pointing"].tolerance
+        out["tolerance"] = t
+        out["tolerance_note"] = "15 px per 224 px of the image's shorter side (per row)" if t == "scaled" else f"{t} px"
+    if "ablation" in cfg.options:
+        out["ablation_layer"] = cfg.options["ablation"].layer
+    return out
+
+
 def _identity(s: dict) -> dict:
     """What must agree for a run to be continued."""
     return {"config": {k: v for k, v in (s.get("config") or {}).items() if k != "limit"},
@@ -341,7 +356,7 @@ def _identity(s: dict) -> dict:
             "preprocessing": (s.get("model") or {}).get("preprocessing"),
             "dataset": (s.get("dataset") or {}).get("digest"),
             "selection": s.get("selection"), "method options": s.get("method_options"),
-            "ablation layer": s.get("ablation_layer"), "clrp version": (s.get("versions") or {}).get("clrp")}
+            "protocol options": s.get("options"), "clrp version": (s.get("versions") or {}).get("clrp")}
 
 
 def _first_difference(a: dict, b: dict) -> str | None:
@@ -374,23 +389,23 @@ def _explain_pairs(net, x_rows, targets, method, cfg, pp):
     return maps
 
 
-def _process_batch(items, net, class_names, pp, mapping, cfg, layer, report=None):
+def _process_batch(items, net, class_names, pp, mapping, cfg, report=None):
+    """Rows of every protocol for one batch of ``(sample, image)`` items."""
     from ..errors import DatasetError
 
-    rows = {p: [] for p in cfg.protocols}
-    ids, skipped = [], []
-    pairs = []      # (item index, class name, target index)
-    inputs = []     # per item: [1, 3, h, w]
-    gt = {}         # item index -> Pointing Game targets (ground truth checked before explaining)
+    protocols = [(REGISTRY[p], cfg.options[p]) for p in cfg.protocols]
+    ids, skipped, pairs, inputs = [], [], [], []
+    gt = {p.name: {} for p, _ in protocols}
     for i, (s, img) in enumerate(items):
         classes = [c for c in _sample_classes(s) if c in mapping] if img is not None else []
-        if classes and "pointing" in cfg.protocols and s.objects:
+        for p, o in protocols if classes else ():
             try:
-                gt[i] = _pt.pointing_targets(s, use_masks=cfg.use_masks, classes=classes)
-            except DatasetError as e:  # e.g. an unreadable or mis-sized mask file
+                gt[p.name][i] = p.ground_truth(s, classes, o)
+            except DatasetError as e:  # e.g. an unreadable or mis-sized mask file: the image is skipped
                 if report is not None:
                     report(s.path or s.image_id, f"ground truth: {e}")
                 classes = []
+                break
         if not classes:
             skipped.append(s.image_id)
             inputs.append(None)
@@ -399,61 +414,16 @@ def _process_batch(items, net, class_names, pp, mapping, cfg, layer, report=None
         param = next(net.parameters())
         inputs.append(pp.to_tensor(img).to(device=param.device, dtype=param.dtype))
         pairs.extend((i, c, mapping[c]) for c in classes)
+    rows = {p.name: [] for p, _ in protocols}
     if not pairs:
         return rows, ids, skipped
     x_rows = [inputs[i] for i, _, _ in pairs]
     targets = [t for _, _, t in pairs]
-    need_maps = any(p in cfg.protocols for p in ("pointing", "discriminativeness", "perturbation"))
+    need_maps = any(p.needs_maps for p, _ in protocols)
     maps = {m: _explain_pairs(net, x_rows, targets, m, cfg, pp) for m in cfg.methods} if need_maps else {}
-
-    per_item = {}
-    for k, (i, c, t) in enumerate(pairs):
-        per_item.setdefault(i, []).append((k, c, t))
-
-    for i, plist in per_item.items():
-        s, img = items[i]
-        if "pointing" in cfg.protocols and s.objects:
-            targets_i = gt[i]
-            crop = None if cfg.geometry == "full" else _crop_box(pp, s.width, s.height)
-            kidx = {c: k for k, c, _ in plist}
-            mdict = {m: {t.class_name: _pt.map_to_image(maps[m][kidx[t.class_name]], s.height, s.width, crop)
-                         for t in targets_i} for m in cfg.methods}
-            r = _pt.pointing_rows(s.image_id, targets_i, mdict, tolerance=cfg.tolerance, center=cfg.center)
-            for row in r:
-                row["target"] = mapping[row["class_name"]]
-            rows["pointing"].extend(r)
-        if "discriminativeness" in cfg.protocols and len(plist) >= 2:
-            mdict = {m: {c: maps[m][k] for k, c, _ in plist} for m in cfg.methods}
-            rows["discriminativeness"].extend(_disc.discriminativeness_rows(s.image_id, mdict, q=cfg.q))
-        if "perturbation" in cfg.protocols:
-            for k, c, t in plist:
-                for m in cfg.methods:
-                    curves = _pert.perturbation_curves(
-                        lambda xb: _forward(net, xb), inputs[i][0], maps[m][k], t, orders=cfg.orders,
-                        patch=cfg.patch, steps=cfg.steps, patches_per_step=cfg.patches_per_step,
-                        baseline=cfg.baseline, seed=cfg.seed, batch_size=cfg.perturbation_batch,
-                        score=cfg.score)
-                    for row in _pert.perturbation_rows(s.image_id, m, t, curves):
-                        row["class_name"] = c
-                        rows["perturbation"].append(row)
-    if "ablation" in cfg.protocols:
-        from ..methods import REGISTRY
-
-        abl_methods = ([cfg.ablation_method] if cfg.ablation_method else
-                       [m for m in cfg.methods if getattr(REGISTRY.get(m), "family", None) == "relevance"])
-        x = torch.cat(x_rows, 0)
-        pair_ids = [items[i][0].image_id for i, _, _ in pairs]
-        for mi, m in enumerate(abl_methods):
-            opts = dict(cfg.method_options.get(m, {}))
-            opts.setdefault("box", pp.box)
-            r = _abl.feature_ablation(net, x, targets, layer, method=m, rules=cfg.rules, ks=cfg.ks,
-                                      random_repeats=cfg.random_repeats, seed=cfg.seed,
-                                      image_ids=pair_ids, **opts)
-            for row in r:
-                if mi > 0 and row["ranking"] == "random":
-                    continue  # the random baseline does not depend on the method: keep it once
-                row["class_name"] = class_names[row["target"]]
-                rows["ablation"].append(row)
+    batch = Batch([s for s, _ in items], inputs, pairs, maps, gt, net, pp, class_names, mapping, cfg)
+    for p, o in protocols:
+        rows[p.name] = p.rows(batch, o)
     return rows, ids, skipped
 
 
@@ -467,20 +437,11 @@ def _forward(net, x):
 # ---------------------------------------------------------------------------------------------
 def load_results(out_dir: str) -> dict:
     """``{protocol: DataFrame}`` of every recorded part (orphans of an interrupted batch excluded)."""
-    return RunFolder(out_dir).load_results(PROTOCOLS)
+    return RunFolder(out_dir).load_results([p for p in REGISTRY])
 
 
 def summarize(results) -> dict:
     """Summary tables per protocol from ``load_results`` output or an output folder."""
     if isinstance(results, (str, os.PathLike)):
         results = load_results(str(results))
-    out = {}
-    if "pointing" in results:
-        out["pointing"] = _pt.pointing_summary(results["pointing"])
-    if "discriminativeness" in results:
-        out["discriminativeness"] = _disc.discriminativeness_summary(results["discriminativeness"])
-    if "perturbation" in results:
-        out["perturbation"] = _pert.aopc_summary(results["perturbation"].to_dict("records"))[0]
-    if "ablation" in results:
-        out["ablation"] = _abl.ablation_summary(results["ablation"])
-    return out
+    return {p: REGISTRY[p].summary(df) for p, df in results.items() if p in REGISTRY}
