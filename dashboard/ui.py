@@ -145,6 +145,17 @@ def model_picker(where=None):
     return lm
 
 
+def scoped_default(widget_key: str, scope, value) -> None:
+    """Set a widget's value to ``value`` whenever ``scope`` (e.g. the model key, or model and layer)
+    differs from the last time: class indices, layers and channel numbers belong to a model, and
+    the previous model's picks would be dropped by the widget and leave the page empty. Widgets
+    using this take no ``default``/``index`` of their own."""
+    tag = f"_scope_of_{widget_key}"
+    if st.session_state.get(tag) != scope or widget_key not in st.session_state:
+        st.session_state[widget_key] = value
+        st.session_state[tag] = scope
+
+
 # ---------------------------------------------------------------------------------------------
 # Images
 

@@ -21,7 +21,8 @@ st.subheader("What to explain")
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
     all_idx = list(range(lm.num_classes))
-    classes = st.multiselect("Class(es)", all_idx, default=[top[0][0]], format_func=lambda i: ui.class_label(lm, i),
+    ui.scoped_default("explain_classes", key, [top[0][0]])  # a new model starts from its top class
+    classes = st.multiselect("Class(es)", all_idx, format_func=lambda i: ui.class_label(lm, i),
                              key="explain_classes", help="Each class gets one row of maps")
 with c2:
     methods = st.multiselect("Methods", list(clrp.METHODS), default=list(core.DEFAULT_METHODS),

@@ -22,8 +22,9 @@ if lm.num_classes < 2:
 top = ui.top_classes(key, img["digest"], x, min(5, lm.num_classes))
 c1, c2, c3 = st.columns([3, 2, 1])
 with c1:
+    ui.scoped_default("contrast_classes", key, [i for i, _, _ in top[:2]])  # a new model: its two top classes
     classes = st.multiselect("Classes (two or more)", list(range(lm.num_classes)),
-                             default=[i for i, _, _ in top[:2]], format_func=lambda i: ui.class_label(lm, i),
+                             format_func=lambda i: ui.class_label(lm, i),
                              key="contrast_classes", help="Defaults to the two top-scoring classes")
 with c2:
     methods = st.multiselect("Methods", list(clrp.METHODS), default=["lrp", "clrp1", "clrp2"],

@@ -22,13 +22,16 @@ if layers is None:
 
 top = ui.top_classes(key, img["digest"], x, 1)
 c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+# layers and classes belong to the model: a new model starts from its own defaults
+ui.scoped_default("neuron_layer", key, default_layer if default_layer in layers else layers[0])
+ui.scoped_default("neuron_class", key, top[0][0])
 with c1:
-    layer = st.selectbox("Layer", layers, index=layers.index(default_layer) if default_layer in layers else 0,
-                         key="neuron_layer", help="Layers of the model's graph, in forward order (default: the last "
-                                                  "feature map every path goes through)")
+    layer = st.selectbox("Layer", layers, key="neuron_layer",
+                         help="Layers of the model's graph, in forward order (default: the last feature map every "
+                              "path goes through)")
 with c2:
-    target = st.selectbox("Class", list(range(lm.num_classes)), index=top[0][0],
-                          format_func=lambda i: ui.class_label(lm, i), key="neuron_class")
+    target = st.selectbox("Class", list(range(lm.num_classes)), format_func=lambda i: ui.class_label(lm, i),
+                          key="neuron_class")
 with c3:
     method = st.selectbox("Ranking method", ["lrp", "clrp1", "clrp2", "sglrp"], format_func=ui.method_label,
                           key="neuron_method", help="Relevance of each channel for the class (contrastive: "
@@ -54,12 +57,10 @@ st.plotly_chart(fig, key="neuron_bars", config={"displaylogo": False})
 st.caption("Top channels: " + ", ".join(f"{int(i)} ({rel[i]:.3g})" for i in order[:8]))
 
 st.subheader("Neurons")
-# Channel numbers belong to a layer: another layer starts again from its own most relevant channels
-# (the previous picks may not even exist there, and would silently leave the page empty).
-if st.session_state.get("_neuron_picks_layer") != layer:
-    st.session_state["neuron_picked"] = [int(i) for i in order[:3]]
-    st.session_state["neuron_pair"] = [int(i) for i in order[:2]]
-    st.session_state["_neuron_picks_layer"] = layer
+# Channel numbers belong to a layer: another layer (or model) starts again from its own most relevant
+# channels (the previous picks may not even exist there, and would silently leave the page empty).
+ui.scoped_default("neuron_picked", (key, layer), [int(i) for i in order[:3]])
+ui.scoped_default("neuron_pair", (key, layer), [int(i) for i in order[:2]])
 n1, n2 = st.columns(2)
 with n1:
     picked = st.multiselect("Neurons to explain", list(range(k)), key="neuron_picked",

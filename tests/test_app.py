@@ -542,3 +542,21 @@ def test_picking_a_model_whose_download_fails_is_a_message(monkeypatch, tmp_path
         assert any("squeezenet1_1" in c.value and "failed" in c.value for c in at.caption)
     finally:
         download.forget_failures()
+
+
+@pytest.mark.parametrize("page,n", [("pages/1_Explain.py", len(core.DEFAULT_METHODS)), ("pages/2_Class_contrast.py", 6),
+                                    ("pages/3_Neuron_contrast.py", 3 * 3 + 2)])
+def test_switching_to_the_resnet50_keeps_the_page_working(resnet_toml, monkeypatch, page, n):
+    """Class indices, layers and channel numbers belong to a model: after switching models the page
+    starts from the new model's defaults (the old picks used to leave it empty)."""
+    monkeypatch.setenv("CLRP_MODELS_CONFIG", str(resnet_toml))
+    at = app(page).run()
+    no_traceback(at)
+    at.selectbox(key="_model_picker").set_value(RESNET).run()
+    no_traceback(at)
+    assert heatmaps(at) == n, [i.value for i in at.info]
+    if "Neuron" in page:
+        assert at.selectbox(key="neuron_layer").value == "layer4"
+    at.selectbox(key="_model_picker").set_value(MODEL).run()  # and back
+    no_traceback(at)
+    assert heatmaps(at) == n, [i.value for i in at.info]
