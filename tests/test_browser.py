@@ -321,3 +321,48 @@ def test_two_sessions_at_once_give_identical_results(server, browser):
     assert not errors
     _check_csv(out[0], 6)
     assert out[0] == out[1]
+
+
+@pytest.fixture(scope="module")
+def resnet_server(tmp_path_factory):
+    """A server whose lab TOML lists a torchvision resnet50 with random weights (96 px inputs)."""
+    import torch
+    import torchvision
+
+    tmp = tmp_path_factory.mktemp("resnet-dashboard")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet50(num_classes=5).state_dict(), tmp / "resnet50.pt")
+    (tmp / "classes.txt").write_text("cat\ndog\nbird\nfish\nhorse\n")
+    (tmp / "lab.toml").write_text(
+        '[[models]]\nname = "lab-resnet50"\narchitecture = "resnet50"\nweights = "resnet50.pt"\n'
+        'class_names = "classes.txt"\ninput_size = 96\nresize = 110\n')
+    proc, url, log = start_server(tmp, {"CLRP_MODELS_CONFIG": str(tmp / "lab.toml"), "CLRP_OFFLINE": "1"})
+    try:
+        yield url
+    finally:
+        stop_server(proc)
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text, text[-3000:]
+
+
+def test_upload_explained_by_a_resnet50_lab_model(resnet_server, browser, tmp_path):
+    ctx, page = new_page(browser)
+    try:
+        goto(page, resnet_server, "explain")
+        expect(heatmaps(page).first).to_be_visible()  # the bundled model on the sample scene first
+        picker = page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name="Model")
+        picker.click()
+        page.get_by_role("option", name="lab-resnet50", exact=True).click()
+        expect(picker).to_have_value("lab-resnet50")
+        wait_app_idle(page)
+        page.get_by_text("Upload", exact=True).click()
+        page.locator('[data-testid="stFileUploader"] input[type=file]').set_input_files(
+            str(png_file(tmp_path / "disc.png")))
+        expect(page.get_by_text(re.compile(r"disc\.png — model input 96×96"))).to_be_visible()
+        wait_app_idle(page)
+        expect_heatmaps(page, 6)  # LRP, CLRP1, CLRP2, SGLRP, gradient, Grad-CAM on the residual graph
+        expect(picker).to_have_value("lab-resnet50")
+        no_exception(page)
+        assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    finally:
+        ctx.close()
