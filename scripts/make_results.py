@@ -100,10 +100,11 @@ def curves_for_pair(net, x, maps: dict, target: int, *, patch, steps, pps, basel
     k = min(steps, math.ceil(n_regions / pps))
     base = P.make_baseline(x, baseline, patch=patch, seed=seed)
     counts = torch.clamp(torch.arange(k + 1) * pps, max=n_regions)
-    specs = []   # (method, order, order_idx)
+    specs = []   # (method, order, order_idx): ties broken in a seeded random order, and in raster order
     for m, r in maps.items():
         for o in ("morf", "lerf"):
             specs.append((m, o, P.patch_order(r, h, w, patch, o, seed)))
+            specs.append((m, f"{o}_raster", P.patch_order(r, h, w, patch, o, seed, ties="raster")))
     first = next(iter(maps.values()))
     specs.append(("random", "random", P.patch_order(first, h, w, patch, "random", seed)))
     ranks = torch.stack([P._rank_map(oi, h, w, patch, x.device) for _, _, oi in specs])   # [S, H, W]
@@ -118,8 +119,9 @@ def curves_for_pair(net, x, maps: dict, target: int, *, patch, steps, pps, basel
         scores[a:a + len(idx)] = net(xb)[:, target].double()
     scores = scores.view(len(specs), k + 1).numpy()
     rows = []
+    shares = {m: P.tie_share(r, h, w, patch) for m, r in maps.items()}
     for (m, o, oi), s in zip(specs, scores):
-        rows.append({"method": m, "order": o, "aopc": P.aopc(s), "score_0": float(s[0]),
+        rows.append({"method": m, "order": o, "aopc": P.aopc(s), "score_0": float(s[0]), "tie_share": shares.get(m),
                      "score_K": float(s[-1]), "steps": k, "scores": s.tolist(), "patch": patch,
                      "patches_per_step": pps, "baseline": baseline,
                      "fraction_K": float(P._fractions(oi, h, w, patch, k, pps)[-1])})
@@ -446,13 +448,23 @@ def main():
              f"(= {pert['fraction_K'].iloc[0]:.0%} of the image), baseline = per-channel image mean, score = target "
              "logit. AOPC = mean over steps of (score_0 - score_k): MoRF high = good, LeRF low = good. "
              f"The random order (seed 0) does not depend on the method: mean AOPC "
-             f"{rnd['aopc'].mean():.3f} (n = {len(rnd)}). `center` perturbs from the centre outwards (MoRF).\n")
+             f"{rnd['aopc'].mean():.3f} (n = {len(rnd)}). `center` perturbs from the centre outwards (MoRF). "
+             "Regions with equal scores are taken in a seeded random order (clrp >= 0.2); `*_raster` columns "
+             "take them in raster order, as clrp 0.1 did; `tie_share` = mean fraction of regions whose score "
+             "equals another region's.\n")
     pert_table = pert_table.drop(index="random", errors="ignore")
-    t = pert_table[[c for c in pert_table.columns if c.startswith("aopc_") and c != "aopc_random"] + ["n"]]
+    t = pert_table[["aopc_morf", "aopc_lerf", "aopc_morf_raster", "aopc_lerf_raster", "tie_share", "n"]]
     t = t.assign(morf_minus_lerf=t["aopc_morf"] - t["aopc_lerf"]).sort_values("aopc_morf", ascending=False)
     t = t.rename(columns={"n": "n_images"})
     t["n_pairs"] = pert[pert["order"] == "morf"].groupby("method").size()
     L.append(md_table(t))
+    tied = t[t["tie_share"] > 0.2]
+    if len(tied):
+        L.append("\nWhat the tie order changed: " + "; ".join(
+            f"{m} (ties {r.tie_share:.0%} of regions) MoRF {r.aopc_morf_raster:.2f} in raster order, "
+            f"{r.aopc_morf:.2f} in random order" for m, r in tied.iterrows())
+            + f"; LRP, with {t.loc['lrp', 'tie_share']:.0%} ties, {t.loc['lrp', 'aopc_morf']:.2f}. Raster order "
+            "removes the tied regions of the top rows first, whatever the image shows.\n")
 
     L.append("\n## Hidden-layer feature ablation\n")
     L.append(f"First {a.n_ablation} scenes; layer `{R.default_ablation_layer(lm.model, lm.preprocessing.input_size)}` (last ReLU before the "

@@ -56,20 +56,44 @@ def test_aopc_by_hand_morf_lerf():
     assert c.scores[1] == pytest.approx(26 - 12 + 4 * 26 / 16)
 
 
-def test_patch_scores_and_ties_keep_raster_order():
+def test_patch_scores_and_raster_ties():
     x = _quadrants()
     assert patch_scores(x, 4, 4, 2).tolist() == [[4, 8], [12, 2]]
     # 5x5 with patch 2: border regions are smaller
     assert patch_scores(torch.ones(5, 5), 5, 5, 2).tolist() == [[4, 4, 2], [4, 4, 2], [2, 2, 1]]
     flat = torch.ones(6, 6)
-    assert patch_order(flat, 6, 6, 2, "morf").tolist() == list(range(9))
-    assert patch_order(flat, 6, 6, 2, "lerf").tolist() == list(range(9))
+    assert patch_order(flat, 6, 6, 2, "morf", ties="raster").tolist() == list(range(9))
+    assert patch_order(flat, 6, 6, 2, "lerf", ties="raster").tolist() == list(range(9))
     r1 = patch_order(flat, 6, 6, 2, "random", seed=3)
     assert r1.tolist() == patch_order(flat, 6, 6, 2, "random", seed=3).tolist()
     assert sorted(r1.tolist()) == list(range(9))
     assert r1.tolist() != patch_order(flat, 6, 6, 2, "random", seed=4).tolist()
     with pytest.raises(ValueError):
         patch_order(flat, 6, 6, 2, "sideways")
+
+
+def test_ties_are_broken_in_a_seeded_random_order_by_default():
+    # a clamped-CLRP-like map: one region relevant, the other eight tied at exactly 0
+    rel = torch.zeros(6, 6)
+    rel[2:4, 4:6] = 1.0  # region 5
+    a = patch_order(rel, 6, 6, 2, "morf", seed=7)
+    assert a[0] == 5  # the scores still decide where they differ
+    assert a.tolist() == patch_order(rel, 6, 6, 2, "morf", seed=7).tolist()  # reproducible from the seed
+    assert a.tolist() != patch_order(rel, 6, 6, 2, "morf", seed=8).tolist()
+    assert a[1:].tolist() != [0, 1, 2, 3, 4, 6, 7, 8]  # not raster order
+    assert patch_order(rel, 6, 6, 2, "morf", ties="raster")[1:].tolist() == [0, 1, 2, 3, 4, 6, 7, 8]
+    lerf = patch_order(rel, 6, 6, 2, "lerf", seed=7)
+    assert lerf[-1] == 5 and sorted(lerf[:-1].tolist()) == [0, 1, 2, 3, 4, 6, 7, 8]
+    # raster ties make MoRF remove the top-left zeros first; random ties spread them
+    m = SumModel()
+    x = torch.arange(36, dtype=torch.float64).reshape(1, 6, 6)
+    raster = region_perturbation(m, x, rel, 0, order="morf", patch=2, steps=None, baseline="zeros", ties="raster")
+    spread = region_perturbation(m, x, rel, 0, order="morf", patch=2, steps=None, baseline="zeros", seed=7)
+    assert raster.scores.tolist() != spread.scores.tolist()
+    assert raster.as_row()["tie_share"] == spread.as_row()["tie_share"] == pytest.approx(8 / 9)
+    assert spread.as_row()["ties"] == "random"
+    with pytest.raises(ValueError):
+        patch_order(rel, 6, 6, 2, "morf", ties="sideways")
 
 
 def _cnn():

@@ -6,7 +6,12 @@ Procedure for one image ``x`` [C, H, W], a relevance map ``R`` and a target clas
    channels (sum) and SUMMED per region.
 2. Orders: ``morf`` (most relevant first; descending), ``lerf`` (least relevant first;
    ascending), ``random`` (a permutation from ``torch.Generator().manual_seed(seed)``). Ties
-   keep raster order of the regions (stable sort).
+   between equal region scores are broken in a random order (``ties="random"``, default: a
+   permutation seeded with ``seed + 1``, so a run is reproducible from its recorded seed) or in
+   raster order (``ties="raster"``, what this module did before 0.2). Ties matter: a clamped
+   CLRP map leaves most regions at exactly 0, and raster order then removes the top rows first
+   (docs/RESULTS.md measures CLRP's AOPC both ways). Each curve records ``tie_share``, the
+   fraction of regions whose score equals another's.
 3. Step k (k = 1..K) replaces the first ``k * patches_per_step`` regions of the order by the
    baseline; step 0 is the unperturbed image. Baselines (in the model's input space, i.e. after
    normalisation):
@@ -58,6 +63,7 @@ import torch.nn.functional as F
 
 ORDERS = ("morf", "lerf", "random")
 BASELINES = ("mean", "blur", "zeros", "noise")
+TIES = ("random", "raster")
 
 
 @dataclass
@@ -104,17 +110,29 @@ def patch_scores(relevance, height: int, width: int, patch: int) -> torch.Tensor
     return pad.reshape(gh, patch, gw, patch).sum(dim=(1, 3))
 
 
-def patch_order(relevance, height: int, width: int, patch: int, order: str, seed: int = 0) -> torch.Tensor:
+def patch_order(relevance, height: int, width: int, patch: int, order: str, seed: int = 0,
+                ties: str = "random") -> torch.Tensor:
     """Region indices (raster index into the region grid) in perturbation order."""
     s = patch_scores(relevance, height, width, patch).reshape(-1)
-    if order == "morf":
-        return torch.sort(-s, stable=True).indices
-    if order == "lerf":
-        return torch.sort(s, stable=True).indices
     if order == "random":
         g = torch.Generator().manual_seed(int(seed))
         return torch.randperm(s.numel(), generator=g)
-    raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if order not in ("morf", "lerf"):
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    key = -s if order == "morf" else s
+    if ties == "raster":
+        return torch.sort(key, stable=True).indices
+    if ties != "random":
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+    perm = torch.randperm(s.numel(), generator=torch.Generator().manual_seed(int(seed) + 1))
+    return perm[torch.sort(key[perm], stable=True).indices]
+
+
+def tie_share(relevance, height: int, width: int, patch: int) -> float:
+    """Fraction of regions whose (summed) score equals another region's."""
+    s = patch_scores(relevance, height, width, patch).reshape(-1)
+    _, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)
+    return float((counts[inverse] > 1).double().mean())
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -209,7 +227,7 @@ def _fractions(order_idx, h, w, patch, k, pps) -> np.ndarray:
 def region_perturbation(model: Callable, x, relevance, target: int, *, order: str = "morf",
                         patch: int = 8, steps: Optional[int] = 100, patches_per_step: int = 1,
                         baseline="mean", blur_sigma: Optional[float] = None, seed: int = 0,
-                        batch_size: Optional[int] = None, score="logit") -> PerturbationCurve:
+                        batch_size: Optional[int] = None, score="logit", ties: str = "random") -> PerturbationCurve:
     """One perturbation curve, batched. ``model``: callable [N, C, H, W] -> logits [N, classes]
     (a ``torch.nn.Module`` in eval mode, or e.g. ``lambda x: clrp.engine.forward(m, x)``).
     ``steps=None`` perturbs until every region is replaced. ``batch_size=None``: 32 perturbed
@@ -219,7 +237,7 @@ def region_perturbation(model: Callable, x, relevance, target: int, *, order: st
     if batch_size is None:
         batch_size = default_batch_size(x)
     batch_size = max(1, int(batch_size))
-    order_idx = patch_order(relevance, h, w, patch, order, seed)
+    order_idx = patch_order(relevance, h, w, patch, order, seed, ties)
     base = make_baseline(x, baseline, patch=patch, blur_sigma=blur_sigma, seed=seed)
     rank = _rank_map(order_idx, h, w, patch, x.device)
     counts = torch.clamp(torch.arange(k + 1, device=x.device) * patches_per_step, max=n_regions)
@@ -231,18 +249,19 @@ def region_perturbation(model: Callable, x, relevance, target: int, *, order: st
         scores.append(_score(model(batch), target, score).detach().to("cpu", torch.float64))
     s = torch.cat(scores).numpy()
     return PerturbationCurve(order, s, _fractions(order_idx, h, w, patch, k, patches_per_step), aopc(s),
-                             _settings(patch, patches_per_step, baseline, score, seed))
+                             _settings(patch, patches_per_step, baseline, score, seed, ties,
+                                       tie_share(relevance, h, w, patch)))
 
 
 @torch.no_grad()
 def region_perturbation_naive(model: Callable, x, relevance, target: int, *, order: str = "morf",
                               patch: int = 8, steps: Optional[int] = 100, patches_per_step: int = 1,
                               baseline="mean", blur_sigma: Optional[float] = None, seed: int = 0,
-                              score="logit") -> PerturbationCurve:
+                              score="logit", ties: str = "random") -> PerturbationCurve:
     """Reference implementation: one forward pass per step, regions copied one at a time.
     Only for the benchmark and the equality test -- use :func:`region_perturbation`."""
     x, h, w, n_regions, k = _prepare(x, relevance, patch, steps, patches_per_step)
-    order_idx = patch_order(relevance, h, w, patch, order, seed)
+    order_idx = patch_order(relevance, h, w, patch, order, seed, ties)
     base = make_baseline(x, baseline, patch=patch, blur_sigma=blur_sigma, seed=seed)
     gw = math.ceil(w / patch)
     cur = x.clone()
@@ -259,13 +278,14 @@ def region_perturbation_naive(model: Callable, x, relevance, target: int, *, ord
         scores.append(float(_score(model(cur[None]), target, score)[0]))
     s = np.asarray(scores, dtype=np.float64)
     return PerturbationCurve(order, s, _fractions(order_idx, h, w, patch, k, patches_per_step), aopc(s),
-                             _settings(patch, patches_per_step, baseline, score, seed))
+                             _settings(patch, patches_per_step, baseline, score, seed, ties,
+                                       tie_share(relevance, h, w, patch)))
 
 
-def _settings(patch, pps, baseline, score, seed):
+def _settings(patch, pps, baseline, score, seed, ties, share):
     return {"patch": patch, "patches_per_step": pps,
             "baseline": baseline if isinstance(baseline, str) else "custom",
-            "score": score if isinstance(score, str) else "custom", "seed": seed}
+            "score": score if isinstance(score, str) else "custom", "seed": seed, "ties": ties, "tie_share": share}
 
 
 def perturbation_curves(model: Callable, x, relevance, target: int, *, orders: Sequence[str] = ORDERS,
@@ -300,6 +320,9 @@ def aopc_summary(rows):
     table = agg["mean"].unstack("order").add_prefix("aopc_")
     sem = agg["sem"].unstack("order").add_prefix("sem_")
     table = table.join(sem)
+    if "tie_share" in df:  # of the MoRF/LeRF orders (a random order has no ties to break)
+        ranked = df[df["order"] != "random"]
+        table["tie_share"] = ranked.groupby("method")["tie_share"].mean()
     table["n"] = df.groupby("method")["image_id"].nunique()
     curves = {}
     for (m, o), g in df.groupby(["method", "order"]):
@@ -329,6 +352,7 @@ class RegionPerturbation(Protocol):
         orders: tuple = ORDERS
         perturbation_batch: Optional[int] = None  # perturbed copies per forward (None: automatic)
         score: str = "logit"  # logit | prob
+        ties: str = "random"  # order of regions with equal scores: random (seeded) | raster
 
     def validate(self, o, run):
         from ..errors import ClrpError
@@ -342,6 +366,8 @@ class RegionPerturbation(Protocol):
             raise ClrpError("patch, patches_per_step and steps must be >= 1")
         if o.score not in ("logit", "prob"):
             raise ClrpError(f"score must be 'logit' or 'prob', got {o.score!r}")
+        if o.ties not in TIES:
+            raise ClrpError(f"ties must be one of {', '.join(TIES)}, got {o.ties!r}")
 
     def rows(self, batch, o):
         out = []
@@ -351,7 +377,7 @@ class RegionPerturbation(Protocol):
                     curves = perturbation_curves(
                         batch.forward, batch.inputs[i][0], batch.maps[m][k], t, orders=o.orders, patch=o.patch,
                         steps=o.steps, patches_per_step=o.patches_per_step, baseline=o.baseline,
-                        seed=batch.run.seed, batch_size=o.perturbation_batch, score=o.score)
+                        seed=batch.run.seed, batch_size=o.perturbation_batch, score=o.score, ties=o.ties)
                     for row in perturbation_rows(batch.samples[i].image_id, m, t, curves):
                         row["class_name"] = c
                         out.append(row)
