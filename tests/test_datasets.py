@@ -526,3 +526,31 @@ def test_open_dataset_explicit_format(tmp_path):
     (tmp_path / "c" / "val" / "boxes.csv").write_text("a.jpg,dog,0,0,3,3\n")
     ds = open_dataset(str(tmp_path / "c" / "val"), format="csv")
     assert ds.format == "csv" and [s.image_id for s in ds] == ["a.jpg"]
+
+
+def test_coco_masks_are_pycocotools_masks(tmp_path):
+    """Ground truth on COCO is what every COCO evaluation uses: pycocotools' annToMask, bit for bit,
+    also for polygons with fractional vertices on pixel boundaries."""
+    from pycocotools.coco import COCO
+    rng = np.random.default_rng(0)
+    _img(os.path.join(str(tmp_path), "val", "a.jpg"), 37, 23)
+    anns = []
+    for k in range(30):
+        pts = []
+        for _ in range(int(rng.integers(3, 9))):
+            pts += [round(float(rng.uniform(-2, 39)), int(rng.integers(0, 3))),
+                    round(float(rng.uniform(-2, 25)), int(rng.integers(0, 3)))]
+        anns.append({"id": k + 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 0,
+                     "area": 1.0, "segmentation": [pts]})
+    os.makedirs(tmp_path / "annotations")
+    path = tmp_path / "annotations" / "instances_val.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 37, "height": 23}],
+                                "categories": [{"id": 1, "name": "thing"}], "annotations": anns}))
+    ours = [o.mask for o in next(iter(CocoDataset(str(path)))).objects]
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):
+        api = COCO(str(path))
+    theirs = [api.annToMask(a).astype(bool) for a in api.loadAnns(api.getAnnIds())]
+    assert len(ours) == len(theirs) == 30
+    assert all((a == b).all() for a, b in zip(ours, theirs))

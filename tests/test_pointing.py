@@ -221,3 +221,99 @@ def test_map_to_image_crop_box():
     assert argmax_point(out) == (0, 2)
     assert not pointing_hit(argmax_point(out), _mask(8, 8, [(0, 0)]), tolerance=1.5)
     assert pointing_hit(argmax_point(out), _mask(8, 8, [(0, 0)]), tolerance=2)
+
+
+# -- TorchRay's published protocol ---------------------------------------------------------------
+
+def _torchray_saliency_to_point(saliency):
+    """The point of TorchRay's examples/attribution_benchmark.py: argmax of the flattened map, (u, v)."""
+    w = saliency.shape[3]
+    point = torch.argmax(saliency.view(len(saliency), -1), dim=1, keepdim=True)
+    return torch.cat((point % w, point // w), dim=1)
+
+
+def _voc_label(h, w, objects):
+    return {"annotation": {"size": {"width": str(w), "height": str(h)}, "object": [
+        {"name": c, "difficult": str(int(d)), "bndbox": {"xmin": str(x0), "ymin": str(y0), "xmax": str(x1),
+                                                         "ymax": str(y1)}} for c, (x0, y0, x1, y1), d in objects]}}
+
+
+def test_torchray_convention_equals_torchrays_decisions():
+    torchray = pytest.importorskip("torchray.benchmark.pointing_game")
+    from torchray.benchmark import datasets as trd
+    rng = np.random.default_rng(0)
+    checked = {"hits": 0, "misses": 0, "ties": 0, "difficult_boxes": 0, "nan": 0, "edges": 0}
+    for case in range(300):
+        h, w = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+        tol = int(rng.integers(0, 16))
+        classes = ["dog", "cat"]
+        objects = []
+        for c in classes:
+            for _ in range(int(rng.integers(1, 3))):
+                x0, y0 = int(rng.integers(1, w)), int(rng.integers(1, h))
+                x1, y1 = int(rng.integers(x0, w + 1)), int(rng.integers(y0, h + 1))
+                objects.append((c, (x0, y0, x1, y1), bool(rng.random() < 0.3)))
+        sample = Sample(f"{case:06d}", None, w, h,
+                        objects=[Obj(c, (x0 - 1, y0 - 1, x1, y1), d) for c, (x0, y0, x1, y1), d in objects])
+        sal = rng.random((h, w)).astype(np.float32)
+        kind = case % 5
+        if kind == 1:  # a plateau of equal maxima: first in raster order
+            sal[rng.integers(0, h, 4), rng.integers(0, w, 4)] = 2.0
+        elif kind == 2:  # a NaN
+            sal[rng.integers(0, h), rng.integers(0, w)] = np.nan
+        elif kind == 3:  # the maximum exactly `tol` pixels (in a row) from a box
+            _, (x0, y0, x1, y1), _ = objects[0]
+            sal[min(h - 1, y1 - 1), min(w - 1, x1 - 1 + tol)] = 3.0
+        targets = pointing_targets(sample, classes=classes, convention="torchray")
+        label = _voc_label(h, w, objects)
+        for t in targets:
+            cid = trd.VOC_CLASSES.index(t.class_name)
+            objs = [o for o in objects if o[0] == t.class_name]
+            gt = trd.voc_as_mask(label, cid)
+            assert np.array_equal(t.mask, gt.numpy()), case
+            pg = torchray.PointingGame(20, tolerance=tol)
+            u, v = _torchray_saliency_to_point(torch.from_numpy(sal)[None, None])[0].tolist()
+            theirs = pg.evaluate(gt, (u, v)) == 1
+            ours = pointing_row("i", t, "m", sal, tolerance=tol, convention="torchray")
+            assert ours["hit"] == theirs, (case, t.class_name, ours)
+            assert (ours["point_y"], ours["point_x"]) == (v, u)
+            centre = pointing_row("i", t, CENTER, point=center_point(h, w, "torchray"), tolerance=tol,
+                                  convention="torchray")
+            assert centre["hit"] == (pg.evaluate(gt, (w / 2, h / 2)) == 1), case
+            checked["hits" if theirs else "misses"] += 1
+            checked["ties"] += kind == 1
+            checked["nan"] += kind == 2
+            checked["edges"] += kind == 3
+            checked["difficult_boxes"] += any(d for _, _, d in objs)
+    assert min(checked.values()) > 10, checked  # every situation was exercised
+
+
+def test_torchray_convention_differs_where_documented():
+    gt = _mask(20, 20, [(2, 12)])
+    t = _target(gt)
+    sal = np.zeros((20, 20), np.float32)
+    sal[2, 2] = 1.0  # exactly 10 px from the ground truth
+    assert pointing_row("i", t, "m", sal, tolerance=10)["hit"]  # inclusive
+    assert not pointing_row("i", t, "m", sal, tolerance=10, convention="torchray")["hit"]  # strict
+    sal[0, 5] = np.nan
+    assert pointing_row("i", t, "m", sal, tolerance=10)["point_x"] == 2  # NaN never wins
+    assert pointing_row("i", t, "m", sal, tolerance=10, convention="torchray")["point_x"] == 5
+    assert center_point(20, 20) == (9.5, 9.5) and center_point(20, 20, "torchray") == (10.0, 10.0)
+    s = Sample("x", None, 20, 20, objects=[Obj("a", (0, 0, 4, 4)), Obj("a", (10, 10, 14, 14), difficult=True)])
+    (clrp_t,) = pointing_targets(s)
+    (tr_t,) = pointing_targets(s, convention="torchray")
+    assert clrp_t.mask.sum() == 16 and tr_t.mask.sum() == 32  # TorchRay counts the difficult box
+
+
+def test_torchray_difficult_table(tmp_path):
+    from clrp.evaluation.pointing import read_difficult_table
+    path = tmp_path / "table.txt"
+    path.write_text("000001\t" + "\t".join("1" if c == "dog" else "0" for c in
+                                           __import__("clrp.evaluation.pointing", fromlist=["x"]).VOC_CLASSES) + "\n")
+    assert read_difficult_table(str(path)) == {"000001": {"dog"}}
+    (tmp_path / "named.txt").write_text("# image\tcircle\tstar\nscene_1\t0\t1\n")
+    assert read_difficult_table(str(tmp_path / "named.txt")) == {"scene_1": {"star"}}
+    (tmp_path / "bad.txt").write_text("000001\t1\t0\n")
+    from clrp.errors import ClrpError
+    with pytest.raises(ClrpError, match="expected an image id and 20 flags"):
+        read_difficult_table(str(tmp_path / "bad.txt"))

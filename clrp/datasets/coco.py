@@ -1,11 +1,12 @@
-"""COCO instances reader (``instances_*.json``) with its own RLE decoder (no pycocotools).
+"""COCO instances reader (``instances_*.json``); masks are decoded and rasterised by pycocotools.
 
 * ``bbox [x, y, w, h]`` -> ``(x, y, x + w, y + h)`` (already 0-based pixel-edge coordinates).
-* ``segmentation``: polygons (list of ``[x1, y1, x2, y2, ...]``, rasterised with
-  ``PIL.ImageDraw.polygon`` on a 4x finer grid, a pixel set when half of it is covered -- close to,
-  not bit-identical with, pycocotools on boundary pixels), uncompressed RLE (``{"counts": [int, ...], "size": [h, w]}``)
-  or compressed RLE (``counts`` as a string, decoded by :func:`rle_string_to_counts`).
-  Masks are decoded lazily, on first access of ``Obj.mask``.
+* ``segmentation``: polygons (list of ``[x1, y1, x2, y2, ...]``), uncompressed RLE
+  (``{"counts": [int, ...], "size": [h, w]}``) or compressed RLE (``counts`` as a string).
+  pycocotools (``frPyObjects``, ``merge``, ``decode``) turns them into masks, so ground truth is
+  bit-identical with every other COCO evaluation; clrp checks the input first (malformed
+  polygons, RLE counts that do not cover the image, truncated RLE strings) so that a bad file is
+  a reported problem, not a crash. Masks are decoded lazily, on first access of ``Obj.mask``.
 * ``iscrowd`` is kept on ``Obj.iscrowd`` (crowd regions are ground truth for their class).
 * categories may have sparse ids; class names are the category ``name``.
 
@@ -64,18 +65,20 @@ def rle_decode(counts, height: int, width: int) -> np.ndarray:
 
     Runs alternate 0,1,0,... starting with zeros, in column-major (Fortran) order.
     """
+    from pycocotools import mask as coco_mask
+
     if isinstance(counts, (bytes, bytearray)):
         counts = counts.decode("ascii")
-    if isinstance(counts, str):
-        counts = rle_string_to_counts(counts)
-    counts = [int(c) for c in counts]
-    if any(c < 0 for c in counts):
+    text = counts if isinstance(counts, str) else None
+    runs = [int(c) for c in (rle_string_to_counts(text) if text is not None else counts)]  # validation
+    if any(c < 0 for c in runs):
         raise DatasetError("negative run length in RLE")
     total = height * width
-    if sum(counts) != total:
-        raise DatasetError(f"RLE covers {sum(counts)} pixels, image has {total}")
-    flat = np.repeat(np.arange(len(counts)) % 2 == 1, counts)
-    return flat.reshape((width, height)).T.copy()
+    if sum(runs) != total:
+        raise DatasetError(f"RLE covers {sum(runs)} pixels, image has {total}")
+    rle = ({"counts": text.encode("ascii"), "size": [height, width]} if text is not None
+           else coco_mask.frPyObjects({"counts": runs, "size": [height, width]}, height, width))
+    return coco_mask.decode(rle).astype(np.bool_)
 
 
 def rle_encode(mask: np.ndarray) -> list:
@@ -95,35 +98,14 @@ def rle_encode(mask: np.ndarray) -> list:
     return counts
 
 
-def polygons_to_mask(polygons, height: int, width: int, supersample: int = 4) -> np.ndarray:
-    """Rasterise COCO polygons (pixel-edge coordinates: pixel (r, c) spans [c, c+1] x [r, r+1])
-    into a bool mask: a pixel is set when at least half of it is covered (union of the parts).
+def polygons_to_mask(polygons, height: int, width: int) -> np.ndarray:
+    """Rasterise COCO polygons (the union of the parts) as pycocotools does."""
+    from pycocotools import mask as coco_mask
 
-    Drawn with ``PIL.ImageDraw.polygon`` on a ``supersample``-times finer grid, restricted to the
-    polygons' bounding box, then averaged per pixel. (PIL's own 1x rasterisation includes every
-    boundary pixel: a 3x2 rectangle would come out 4x3.)
-    """
-    from PIL import Image, ImageDraw
-
-    m = np.zeros((height, width), dtype=np.bool_)
-    xs = [float(v) for p in polygons for v in p[0::2]]
-    ys = [float(v) for p in polygons for v in p[1::2]]
-    if not xs:
-        return m
-    x0, y0 = max(0, int(math.floor(min(xs)))), max(0, int(math.floor(min(ys))))
-    x1, y1 = min(width, int(math.ceil(max(xs)))), min(height, int(math.ceil(max(ys))))
-    if x1 <= x0 or y1 <= y0:
-        return m
-    S = int(supersample)
-    img = Image.new("L", ((x1 - x0) * S, (y1 - y0) * S), 0)
-    draw = ImageDraw.Draw(img)
-    for poly in polygons:
-        pts = [((float(poly[i]) - x0) * S - 0.5, (float(poly[i + 1]) - y0) * S - 0.5)
-               for i in range(0, len(poly) - 1, 2)]
-        draw.polygon(pts, fill=1)
-    cover = np.asarray(img, dtype=np.float32).reshape(y1 - y0, S, x1 - x0, S).mean(axis=(1, 3))
-    m[y0:y1, x0:x1] = cover >= 0.5
-    return m
+    if not polygons:
+        return np.zeros((height, width), dtype=np.bool_)
+    rles = coco_mask.frPyObjects([[float(v) for v in p] for p in polygons], height, width)
+    return coco_mask.decode(coco_mask.merge(rles)).astype(np.bool_)
 
 
 def _check_segmentation(seg, height, width) -> None:

@@ -24,6 +24,20 @@ Protocol
 * Baseline ``center``: the point is the geometric image centre ``((H-1)/2, (W-1)/2)`` (between
   pixels for even sizes; distances are measured from that point).
 
+Conventions
+-----------
+``convention="clrp"`` (default) is the protocol above. ``convention="torchray"`` reproduces the
+decisions of TorchRay's ``PointingGameBenchmark`` (Fong et al., the published VGG16/ResNet-50
+tables): (1) a hit needs a ground-truth pixel at squared distance strictly below
+``tolerance**2`` (float32), not at most ``tolerance``; (2) the ground truth is the union of ALL
+the class's boxes, difficult ones included (masks are not used; a class whose boxes are all
+difficult is still skipped); (3) a map holding a NaN points at its first NaN (``torch.argmax``),
+where clrp ignores NaN; (4) the centre baseline points at ``(H/2, W/2)``, not
+``((H-1)/2, (W-1)/2)``. TorchRay's "difficult" subset is not a rule but a table of VOC07-test
+(and COCO) images with per-class flags (``pointing_game_ebp_voc07_difficult.txt`` in TorchRay):
+pass it as ``difficult_table`` and a pair is in the subset iff its image is flagged for the class
+(an image missing from the table counts, as in TorchRay).
+
 Rows are plain dicts / a DataFrame with one row per (image, class, method), so a runner can
 compute them per batch, append them to a file and resume.
 """
@@ -38,6 +52,7 @@ import numpy as np
 DEFAULT_TOLERANCE = 15.0
 DIFFICULT_COVERAGE = 0.25
 CENTER = "center"
+CONVENTIONS = ("clrp", "torchray")
 
 ROW_COLUMNS = ["image_id", "class_name", "method", "hit", "point_y", "point_x", "distance",
                "tolerance", "coverage", "other_classes", "difficult", "height", "width", "skipped",
@@ -118,8 +133,27 @@ def argmax_point(saliency) -> Optional[tuple]:
     return divmod(i, a.shape[1])
 
 
-def center_point(height: int, width: int) -> tuple:
+def center_point(height: int, width: int, convention: str = "clrp") -> tuple:
+    if convention == "torchray":
+        return (height / 2.0, width / 2.0)
     return ((height - 1) / 2.0, (width - 1) / 2.0)
+
+
+def torchray_point(saliency) -> tuple:
+    """TorchRay's point: ``torch.argmax`` of the flattened map (first maximum; a NaN wins)."""
+    a = _to_numpy_2d(saliency)
+    flat = a.reshape(-1)
+    nan = np.flatnonzero(np.isnan(flat))
+    i = int(nan[0]) if nan.size else int(np.argmax(flat))
+    return divmod(i, a.shape[1])
+
+
+def torchray_hit(point, gt_mask: np.ndarray, tolerance: float) -> bool:
+    """TorchRay's test: some ground-truth pixel at squared distance < tolerance**2 (float32)."""
+    h, w = gt_mask.shape
+    v = (np.arange(h, dtype=np.float32) - np.float32(point[0])) ** 2
+    u = (np.arange(w, dtype=np.float32) - np.float32(point[1])) ** 2
+    return bool((gt_mask & ((v[:, None] + u[None, :]) < np.float32(tolerance) ** 2)).any())
 
 
 def nearest_distance(point, gt_mask: np.ndarray, radius: Optional[float] = None) -> float:
@@ -165,23 +199,30 @@ class PointingTarget:
     difficult: bool           # member of the "difficult" subset
 
 
-def pointing_targets(sample, *, use_masks: bool = True, classes: Optional[Iterable[str]] = None) -> list:
+def pointing_targets(sample, *, use_masks: bool = True, classes: Optional[Iterable[str]] = None,
+                     convention: str = "clrp") -> list:
     """Per-class ground truth of a ``clrp.datasets.Sample``. Classes whose objects are all
     difficult are skipped. ``classes`` restricts to these class names (e.g. the mapped ones);
-    the "other class present" test still counts every evaluated class of the image."""
+    the "other class present" test still counts every evaluated class of the image.
+    ``convention="torchray"``: the union of all the class's boxes, difficult ones included."""
     present = []
     for o in sample.objects:
         if not o.difficult and o.class_name not in present:
             present.append(o.class_name)
     if not present:
         return []
-    h, w = sample.ensure_size()
+    w, h = sample.ensure_size()
     keep = None if classes is None else set(classes)
     out = []
     for c in present:
         if keep is not None and c not in keep:
             continue
-        m = sample.gt_mask(c, use_masks=use_masks)
+        if convention == "torchray":
+            m = np.zeros((h, w), dtype=np.bool_)
+            for o in sample.objects_of(c, include_difficult=True):
+                m |= o.region(h, w, use_mask=False)
+        else:
+            m = sample.gt_mask(c, use_masks=use_masks)
         boxes = m if not use_masks else sample.gt_mask(c, use_masks=False)
         cov = float(boxes.sum()) / float(h * w)  # the spec's "class's boxes cover", also with masks
         others = len(present) - 1
@@ -190,15 +231,17 @@ def pointing_targets(sample, *, use_masks: bool = True, classes: Optional[Iterab
 
 
 def pointing_row(image_id, target: PointingTarget, method: str, saliency=None, *,
-                 tolerance: float = DEFAULT_TOLERANCE, point=None) -> dict:
+                 tolerance: float = DEFAULT_TOLERANCE, point=None, convention: str = "clrp") -> dict:
     """One result row. Give ``saliency`` (any size; resized to the ground truth's size) or an
     explicit ``point`` (row, col) -- e.g. :func:`center_point` for the baseline."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     h, w = target.mask.shape
     if point is None:
         if saliency is None:
             raise ValueError("give a saliency map or a point")
         full = resize_map(saliency, h, w)
-        point = argmax_point(full)
+        point = torchray_point(full) if convention == "torchray" else argmax_point(full)
         with np.errstate(invalid="ignore"):
             constant = bool(point is None or np.nanmax(full) == np.nanmin(full))
     else:
@@ -209,7 +252,10 @@ def pointing_row(image_id, target: PointingTarget, method: str, saliency=None, *
     elif point is None:
         pass  # all-NaN map: counted as a miss
     d = nearest_distance(point, target.mask)
-    hit = skipped is None and point is not None and d <= tolerance + 1e-9
+    if convention == "torchray":
+        hit = skipped is None and torchray_hit(point, target.mask, tolerance)
+    else:
+        hit = skipped is None and point is not None and d <= tolerance + 1e-9
     return {
         "image_id": str(image_id), "class_name": target.class_name, "method": method,
         "hit": bool(hit),
@@ -223,7 +269,7 @@ def pointing_row(image_id, target: PointingTarget, method: str, saliency=None, *
 
 
 def pointing_rows(image_id, targets: Sequence[PointingTarget], maps: Mapping[str, Mapping[str, object]], *,
-                  tolerance: float | str = DEFAULT_TOLERANCE, center: bool = True) -> list:
+                  tolerance: float | str = DEFAULT_TOLERANCE, center: bool = True, convention: str = "clrp") -> list:
     """Rows for one image. ``maps``: method -> {class_name -> map}; a class missing from a
     method's dict is not evaluated for that method. ``center=True`` adds the centre baseline.
     ``tolerance="scaled"`` uses :func:`scaled_tolerance` of the image size."""
@@ -232,10 +278,12 @@ def pointing_rows(image_id, targets: Sequence[PointingTarget], maps: Mapping[str
         h, w = t.mask.shape
         tol = scaled_tolerance(h, w) if tolerance == "scaled" else float(tolerance)
         if center:
-            rows.append(pointing_row(image_id, t, CENTER, point=center_point(h, w), tolerance=tol))
+            rows.append(pointing_row(image_id, t, CENTER, point=center_point(h, w, convention), tolerance=tol,
+                                     convention=convention))
         for method, per_class in maps.items():
             if t.class_name in per_class:
-                rows.append(pointing_row(image_id, t, method, per_class[t.class_name], tolerance=tol))
+                rows.append(pointing_row(image_id, t, method, per_class[t.class_name], tolerance=tol,
+                                         convention=convention))
     return rows
 
 
@@ -324,14 +372,22 @@ class PointingGame(Protocol):
         tolerance: object = DEFAULT_TOLERANCE  # pixels, or "scaled" (15 px per 224 px of the shorter side)
         use_masks: bool = True  # masks instead of boxes where the dataset has them
         center: bool = True  # add the centre baseline
+        convention: str = "clrp"  # clrp | torchray (TorchRay's published decisions; see the module doc)
+        difficult_table: Optional[str] = None  # TorchRay's difficult-image table (a file), for its subset
 
     def validate(self, o, run):
         t = o.tolerance
         if t != "scaled" and (isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0):
             raise _error(f"tolerance must be a number of pixels >= 0 or 'scaled', got {t!r}")
+        if o.convention not in CONVENTIONS:
+            raise _error(f"convention must be one of {', '.join(CONVENTIONS)}, got {o.convention!r}")
+        if o.difficult_table is not None:
+            read_difficult_table(o.difficult_table)
 
     def ground_truth(self, sample, classes, o):
-        return pointing_targets(sample, use_masks=o.use_masks, classes=classes) if sample.objects else None
+        if not sample.objects:
+            return None
+        return pointing_targets(sample, use_masks=o.use_masks, classes=classes, convention=o.convention)
 
     def rows(self, batch, o):
         out = []
@@ -344,9 +400,14 @@ class PointingGame(Protocol):
             k_of = {c: k for k, c, _ in plist}
             maps = {m: {t.class_name: map_to_image(batch.maps[m][k_of[t.class_name]], s.height, s.width, crop)
                         for t in targets} for m in batch.run.methods}
-            rows = pointing_rows(s.image_id, targets, maps, tolerance=o.tolerance, center=o.center)
+            rows = pointing_rows(s.image_id, targets, maps, tolerance=o.tolerance, center=o.center,
+                                 convention=o.convention)
+            table = read_difficult_table(o.difficult_table) if o.difficult_table else None
             for row in rows:
                 row["target"] = batch.mapping[row["class_name"]]
+                if table is not None:
+                    flagged = table.get(str(s.image_id).rsplit(".", 1)[0])
+                    row["difficult"] = True if flagged is None else row["class_name"] in flagged
             out.extend(rows)
         return out
 
@@ -371,6 +432,37 @@ class PointingGame(Protocol):
         cols = [c for c in ["all", "difficult", "n_all", "n_difficult", "n_classes"] if c in s.columns]
         charts.append(Chart("table", "Pointing Game", pd.DataFrame(s[["method"] + cols])))
         return charts
+
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+_TABLES: dict = {}
+
+
+def read_difficult_table(path: str) -> dict:
+    """TorchRay's difficult-image table: ``image<TAB>flag...`` per line, one 0/1 flag per class.
+    Classes are named by a first line ``# image<TAB>class...`` or, without one, are PASCAL VOC's 20
+    classes in TorchRay's order. Returns {image id: set of flagged class names}."""
+    key = str(path)
+    if key in _TABLES:
+        return _TABLES[key]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [ln.rstrip("\n").split("\t") for ln in f if ln.strip()]
+    except OSError as exc:
+        raise _error(f"cannot read the difficult table {path}: {exc.strerror or exc}") from None
+    names = list(VOC_CLASSES)
+    if lines and lines[0][0].lstrip("# ").lower() in ("image", "image_id"):
+        names = [c.strip() for c in lines[0][1:]]
+        lines = lines[1:]
+    table = {}
+    for n, row in enumerate(lines, 1):
+        flags = row[1:]
+        if len(flags) != len(names) or any(f.strip() not in ("0", "1") for f in flags):
+            raise _error(f"difficult table {path}, line {n}: expected an image id and {len(names)} flags (0/1)")
+        table[row[0].strip()] = {c for c, f in zip(names, flags) if f.strip() == "1"}
+    _TABLES[key] = table
+    return table
 
 
 def _error(msg):
