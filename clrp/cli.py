@@ -377,8 +377,12 @@ def cmd_evaluate(a, argv) -> int:
 
         t0 = time.perf_counter()
         try:
+            executor = None
+            if a.ray:
+                from .evaluation.distributed import RayExecutor
+                executor = RayExecutor(None if a.ray == "local" else a.ray, workers=a.ray_workers)
             result = run_evaluation(view, loaded, out, cfg, resume=True, progress=not a.quiet,
-                                    provenance=provenance)
+                                    provenance=provenance, executor=executor)
         except KeyboardInterrupt:
             print(f"\ninterrupted: finished batches are saved in {out}; continue with:\n  {_resume_command(argv)}",
                   file=sys.stderr)
@@ -597,6 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--layer", help="ablation layer, by module path (default: the last feature map every path "
                                    "goes through, e.g. layer4 of a ResNet)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="evaluate on Ray: a cluster address (auto, ray://head:10001, host:6379) or none for a local "
+                        "Ray instance; results, resume and shards are the same as without it (docs/EVALUATION.md)")
+    e.add_argument("--ray-workers", type=int, help="Ray actors (default: one per CPU, or per GPU, of the cluster)")
     e.add_argument("--quiet", action="store_true", help="no progress bar, no summary printout")
 
     m = sub.add_parser("merge", help="join the results of several evaluate runs (shards)")

@@ -481,8 +481,10 @@ class RunRegistry:
                 if run._cancel.is_set():
                     raise _Cancelled()
 
+            from clrp.evaluation.distributed import lab_executor
+
             cfg = RunConfig.build(**run.config)
-            res = run_evaluation(ds, lm, run.out_dir, cfg, resume=False, progress=progress)
+            res = run_evaluation(ds, lm, run.out_dir, cfg, resume=False, progress=progress, executor=lab_executor())
             run.done = res.images_done
             run.problems = [f"{p.file}: {p.reason}" for p in res.problems][:200]
             if res.images_done == 0:

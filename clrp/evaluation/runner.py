@@ -34,6 +34,7 @@ import torch
 from ..errors import ClrpError
 from . import ablation, discriminativeness, perturbation, pointing  # noqa: F401  (register the protocols)
 from .protocol import REGISTRY, Batch, make_options, option_fields, protocol, split_options
+from .distributed import LocalExecutor
 from .runs import RunFolder, dataset_digest, model_fingerprint
 
 #: The built-in protocols; REGISTRY also holds any registered later.
@@ -143,7 +144,7 @@ def _sample_classes(sample) -> list:
 # ---------------------------------------------------------------------------------------------
 def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = None, *,
                    resume: bool = True, progress: bool | Callable = False, provenance: Optional[dict] = None,
-                   **overrides) -> RunResult:
+                   executor=None, **overrides) -> RunResult:
     """Evaluate ``model`` (a ``LoadedModel``) on ``dataset`` (a ``clrp.datasets.Dataset``).
 
     Settings: a ``RunConfig`` and/or keyword overrides of its fields. ``resume=True`` continues a
@@ -151,7 +152,9 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
     refuses a non-empty ``out_dir``. ``progress``: True for a tqdm bar, or a callable
     ``(images_done, images_total)``. ``provenance``: what the caller knows about the run and wants
     in ``settings.json`` (the command line, a description of the dataset); its ``selection`` entry
-    (e.g. the shard) must match on resume.
+    (e.g. the shard) must match on resume. ``executor``: where batches are evaluated (default
+    in this process; :class:`~clrp.evaluation.distributed.RayExecutor` on a Ray cluster); the
+    output folder is the same either way, so a run can be resumed with either.
     """
     import clrp
 
@@ -181,7 +184,9 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
     cfg = dataclasses.replace(cfg, options=options)  # what the run uses, as the settings record it
     folder = RunFolder(out_dir)
     with folder.lock():
+        executor = executor or LocalExecutor()
         settings = _settings(cfg, model, net, class_names, pp, mapping, dataset, provenance or {})
+        settings["executor"] = executor.describe()
         old = folder.read_settings()
         if old is None and (folder.read_progress().batches or os.path.exists(folder.file("config.json"))):
             raise ClrpError(f"{out_dir} holds results of an older clrp version; use another folder")
@@ -199,14 +204,39 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
         prog = folder.read_progress(repair=True)
         prog = folder.drop_batches(prog, folder.verify(prog, cfg.protocols))
         folder.remove_orphans(prog)
-        result = _run_batches(folder, prog, dataset, net, class_names, pp, mapping, cfg, progress)
+        work = BatchWork(net, class_names, pp, dict(mapping.index), cfg, {p: REGISTRY[p] for p in cfg.protocols})
+        result = _run_batches(folder, prog, dataset, work, executor, mapping, progress)
+        settings["executor"] = executor.describe()
         settings.update({"finished": _now(), "images_done": result.images_done, "images_new": result.images_new,
                          "images_skipped": result.images_skipped, "problems": len(result.problems)})
         folder.write_settings(settings)
     return result
 
 
-def _run_batches(folder, prog, dataset, net, class_names, pp, mapping, cfg, progress) -> RunResult:
+@dataclass
+class BatchWork:
+    """What evaluating one batch needs; picklable, so a Ray actor can hold it (model included)."""
+
+    net: object
+    class_names: list
+    pp: object
+    mapping: dict
+    cfg: RunConfig
+    protocols: dict
+
+    def process(self, items):
+        """``(rows per protocol, evaluated ids, skipped ids, problems [(file, reason)])``."""
+        problems = []
+        rows, ids, skipped = _process_batch(items, self.net, self.class_names, self.pp, self.mapping, self.cfg,
+                                            lambda f, r: problems.append((f, r)), self.protocols)
+        return rows, ids, skipped, problems
+
+    def to(self, device) -> "BatchWork":
+        return dataclasses.replace(self, net=self.net.to(device))
+
+
+def _run_batches(folder, prog, dataset, work, executor, mapping, progress) -> RunResult:
+    cfg = work.cfg
     done = prog.done
     batch_no = prog.next_batch
     n_done_before = len(done)
@@ -241,11 +271,20 @@ def _run_batches(folder, prog, dataset, net, class_names, pp, mapping, cfg, prog
             count += 1
             yield s
 
-    new = skipped_total = 0
+    def chunks():
+        buf = []
+        for item in _iter_images(dataset, samples()):
+            buf.append(item)
+            if len(buf) >= max(1, cfg.batch_size):
+                yield buf
+                buf = []
+        if buf:
+            yield buf
 
-    def flush(buf):
-        nonlocal batch_no, new, skipped_total
-        rows, ids, skipped = _process_batch(buf, net, class_names, pp, mapping, cfg, dataset.report)
+    new = skipped_total = 0
+    for rows, ids, skipped, problems in executor.run(chunks(), work):
+        for f, r in problems:
+            dataset.report(f, r)
         counts = {proto: folder.write_part(proto, batch_no, r) for proto, r in rows.items()}
         write_problems()
         folder.append_progress({"batch": batch_no, "image_ids": ids, "skipped": skipped, "rows": counts})
@@ -258,15 +297,6 @@ def _run_batches(folder, prog, dataset, net, class_names, pp, mapping, cfg, prog
             bar.update(len(ids) + len(skipped))
         elif callable(progress):
             progress(len(done), total)
-
-    buf = []
-    for item in _iter_images(dataset, samples()):
-        buf.append(item)
-        if len(buf) >= max(1, cfg.batch_size):
-            flush(buf)
-            buf = []
-    if buf:
-        flush(buf)
     write_problems()  # problems found after the last batch (e.g. broken trailing files)
     if bar is not None:
         bar.close()
@@ -389,11 +419,12 @@ def _explain_pairs(net, x_rows, targets, method, cfg, pp):
     return maps
 
 
-def _process_batch(items, net, class_names, pp, mapping, cfg, report=None):
+def _process_batch(items, net, class_names, pp, mapping, cfg, report=None, registry=None):
     """Rows of every protocol for one batch of ``(sample, image)`` items."""
     from ..errors import DatasetError
 
-    protocols = [(REGISTRY[p], cfg.options[p]) for p in cfg.protocols]
+    registry = REGISTRY if registry is None else registry
+    protocols = [(registry[p], cfg.options[p]) for p in cfg.protocols]
     ids, skipped, pairs, inputs = [], [], [], []
     gt = {p.name: {} for p, _ in protocols}
     for i, (s, img) in enumerate(items):
