@@ -602,9 +602,14 @@ def test_download_into_the_hub_cache_then_load_offline_from_it(online, hub, sque
     server = online({"/" + fname: data})
     info = {i.name: i for i in available_models()}["squeezenet1_1"]
     assert not info.available and info.downloadable and "downloadable" in info.reason and server.url in info.reason
-    lm = load("squeezenet1_1")
+    old_umask = os.umask(0o022)
+    try:
+        lm = load("squeezenet1_1")
+    finally:
+        os.umask(old_umask)
     assert server.hits == 1 and lm.meta["weights_origin"] == "downloaded"
     assert _hub_files(hub) == [fname] and (hub / fname).read_bytes() == data  # no partial file left
+    assert (hub / fname).stat().st_mode & 0o777 == 0o644  # a shared cache stays readable (not a temp file's 0600)
     _same_params(lm.model, m)
     assert lm.class_names == list(torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.meta["categories"])
     assert f"downloading {fname}" in capsys.readouterr().err  # the progress bar

@@ -29,12 +29,12 @@ import ipaddress
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 
 from ._errors import CorruptWeights, WeightsNotFound
@@ -207,9 +207,11 @@ def _reason(e: BaseException, timeout: float) -> str:
 def fetch(url: str, dest: str | os.PathLike | None = None, *, progress: bool = True, what: str = "weights",
           help_text: str = "", allow: bool | None = None) -> Path:
     """``dest`` (default: the hub cache file of ``url``), downloaded from ``url`` (or its mirror)
-    when missing (``allow=False``, or ``$CLRP_OFFLINE=1``, forbids downloading). Raises :class:`WeightsNotFound` (offline, refused, timeout, HTTP error; the
-    message names the file, the URL and where to put it, plus ``help_text``) or
-    :class:`CorruptWeights` (hash prefix mismatch; nothing is kept)."""
+    when missing; ``allow=False`` or ``$CLRP_OFFLINE=1`` forbids downloading. Raises
+    :class:`WeightsNotFound` (offline, refused, timeout, HTTP error; the message names the file,
+    the URL and where to put it, plus ``help_text``) or :class:`CorruptWeights` (hash prefix
+    mismatch; nothing is kept). The file gets the usual permissions (umask), not a temporary
+    file's private ones: a shared cache stays readable by the lab."""
     dest = Path(dest) if dest is not None else cached_file(url)
     if dest.is_file():
         return dest
@@ -233,7 +235,11 @@ def fetch(url: str, dest: str | os.PathLike | None = None, *, progress: bool = T
             dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise WeightsNotFound(f"{what}: cannot create the cache folder {dest.parent}: {e}. {where}") from None
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+        tmp = str(dest.parent / f".{dest.name}.{uuid.uuid4().hex}.partial")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as e:
+            raise WeightsNotFound(f"{what}: cannot write into the cache folder {dest.parent}: {e}. {where}") from None
         try:
             sha = hashlib.sha256()
             size = 0
