@@ -191,3 +191,17 @@ def test_filesystem_errors_on_out_are_one_line_errors(tmp_path, capsys, monkeypa
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     assert str(out) in lines[0] or os.path.basename(str(out)) in lines[0]
+
+
+def test_a_run_from_before_an_option_was_added_can_be_continued(tmp_path):
+    _voc(str(tmp_path / "voc"))
+    out = str(tmp_path / "out")
+    R.run_evaluation(VocDataset(str(tmp_path / "voc")), _model(), out, limit=2, **SETTINGS)
+    path = os.path.join(out, "settings.json")
+    s = json.load(open(path))
+    del s["options"]["pointing"]["convention"]  # as written before the option existed
+    json.dump(s, open(path, "w"))
+    r = R.run_evaluation(VocDataset(str(tmp_path / "voc")), _model(), out, **SETTINGS)
+    assert r.images_done == 5
+    with pytest.raises(ClrpError, match=r"different settings \(protocol options\)"):
+        R.run_evaluation(VocDataset(str(tmp_path / "voc")), _model(), out, **dict(SETTINGS, tolerance=3.0))

@@ -195,7 +195,7 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
                 raise ClrpError(f"{out_dir} already holds results; use resume=True or another folder")
             if old.get("format") != SETTINGS_FORMAT:
                 raise ClrpError(f"{out_dir} holds results of an older clrp version; use another folder")
-            diff = _first_difference(_identity(old), _identity(settings))
+            diff = _first_difference(_identity(_with_option_defaults(old)), _identity(settings))
             if diff:
                 raise ClrpError(f"{out_dir} holds results of different settings ({diff}); use another folder")
             settings["started"] = old.get("started")
@@ -387,6 +387,22 @@ def _identity(s: dict) -> dict:
             "dataset": (s.get("dataset") or {}).get("digest"),
             "selection": s.get("selection"), "method options": s.get("method_options"),
             "protocol options": s.get("options"), "clrp version": (s.get("versions") or {}).get("clrp")}
+
+
+def _with_option_defaults(s: dict) -> dict:
+    """Settings whose protocol options lack options added since (their defaults keep the old
+    behaviour): filled in, so such a run can still be continued."""
+    import dataclasses as dc
+
+    from .protocol import field_default
+
+    opts = {}
+    for p, o in (s.get("options") or {}).items():
+        if p in REGISTRY:
+            defaults = {f.name: field_default(f) for f in dc.fields(REGISTRY[p].Options)}
+            o = {**_jsonable(defaults), **o}
+        opts[p] = o
+    return dict(s, options=opts)
 
 
 def _first_difference(a: dict, b: dict) -> str | None:
