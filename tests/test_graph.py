@@ -421,3 +421,17 @@ def test_a_shared_resnet_is_never_mutated_and_threads_agree():
         th.join()
     assert all(torch.equal(a, b) for a, b in zip(serial, results))
     assert _same(before, _snapshot(model))
+
+
+def test_input_preprocessing_inside_the_model_is_not_a_feature_layer():
+    model = torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=True,
+                                         init_weights=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    layers = engine.feature_layers(model, x)
+    assert layers[0] == "conv1.conv" and not {"slice", "unsqueeze", "mul", "add"} & set(layers)
+    # zB gets the box carried through the transform: conservation with the paper preset holds
+    from .test_architectures import calibrate
+    calibrate(model, x)
+    t = int(engine.forward(model, x).argmax())
+    r = clrp.explain(model, x, t, "lrp")
+    assert torch.allclose(r.sum(), engine.forward(model, x)[0, t], rtol=1e-4)

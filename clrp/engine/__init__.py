@@ -43,7 +43,7 @@ def feature_layers(model, inputs: torch.Tensor | None = None) -> list[str]:
     plan = plan_for(model, inputs)
     g = plan.graph
     end = plan.output_layer if plan.output_layer is not None else g.output
-    return [g.preferred_name(n.index) for n in g.nodes[:end] if g.carries[n.index] and n.index != g.input
+    return [g.preferred_name(n.index) for n in g.nodes[:end] if g.carries[n.index] and n.index not in plan.prefix
             and n.shape is not None and len(n.shape) in (1, 3)]
 
 

@@ -125,7 +125,8 @@ class Graph:
 
     def preferred_name(self, i: int) -> str:
         """The shortest of a node's names (a module path such as ``layer4`` before ``layer4.1.relu_1``)."""
-        return min(self.nodes[i].names, key=lambda n: (n.count("."), len(n)))
+        node = self.nodes[i]
+        return min(node.names, key=lambda n: (n.count("."), n != node.name, len(n)))
 
     # -- structure ----------------------------------------------------------------------------
     def carried_inputs(self, i: int) -> list[int]:

@@ -81,6 +81,8 @@ class Plan:
                     self.first_layers.add(node.index)
             else:
                 before[node.index] = feeds
+        # the input's preprocessing inside the model (e.g. Inception's transform_input): no features yet
+        self.prefix = {i for i, b in enumerate(before) if b}
         self.output_layer = next((i for i in sorted(g.cuts, reverse=True) if isinstance(g.nodes[i].op, Linear)), None)
         self._sources = {node.index: self._leaves_of(node) for node in g.nodes if isinstance(node.op, Linear)
                          or node.op.rule_kind(node) == "norm"}
