@@ -231,8 +231,10 @@ def results_view(run: core.EvalRun, key: str):
                 draw_chart(chart, f"{key}_{proto}_{i}")
     cols = st.columns(len(res) + 1)
     for i, proto in enumerate(res):
-        cols[i].download_button(f"{proto} rows (CSV)", core.results_csv(res, proto), f"{run.id}_{proto}.csv",
-                                "text/csv", key=f"{key}_csv_{proto}", icon=":material/download:")
+        # read from disk when clicked: a button rendered before the run's last batch still gives every row
+        cols[i].download_button(f"{proto} rows (CSV)", lambda proto=proto: core.results_csv(
+                                    core.run_results(run.out_dir)[0], proto), f"{run.id}_{proto}.csv",
+                                "text/csv", key=f"{key}_csv_{proto}", icon=":material/download:", on_click="ignore")
     cols[-1].download_button("Settings (JSON)", viz.settings_json(run.settings()), f"{run.id}_settings.json",
                              "application/json", key=f"{key}_json", icon=":material/settings:")
 
