@@ -229,6 +229,9 @@ def results_view(run: core.EvalRun, key: str):
             st.markdown(f"**{REGISTRY[proto].title}**")
             for i, chart in enumerate(REGISTRY[proto].charts(summ[proto], rows=res[proto])):
                 draw_chart(chart, f"{key}_{proto}_{i}")
+    if run.active:  # a refreshing view: downloads come with the final page, which holds every row
+        st.caption("Downloads appear when the run ends (cancel keeps what is done).")
+        return
     cols = st.columns(len(res) + 1)
     for i, proto in enumerate(res):
         # read from disk when clicked: a button rendered before the run's last batch still gives every row
@@ -268,15 +271,15 @@ def live_panel(run_id: str, kind: str):
 
     def panel():
         r = core.REGISTRY.get(ui.session_id(), run_id)
+        if not r.active and st.session_state.get(f"{kind}_polling") == r.id:
+            st.session_state[f"{kind}_polling"] = None
+            st.rerun()  # the run ended: redraw the whole page once, without the timer (and with downloads)
         st.markdown(f"**Run {r.id}** · {r.label}")
         _status_line(r)
         if r.active:
             st.button("Cancel", key=f"{kind}_cancel_{r.id}", on_click=r.cancel, icon=":material/stop:",
                       help="Stops after the current batch; finished batches stay")
         results_view(r, key=f"{kind}_live_{r.id}")
-        if not r.active and st.session_state.get(f"{kind}_polling") == r.id:
-            st.session_state[f"{kind}_polling"] = None
-            st.rerun()  # stop polling: redraw the page once without the timer
 
     if run.active:
         st.session_state[f"{kind}_polling"] = run.id
