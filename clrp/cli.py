@@ -155,16 +155,21 @@ def _parse_value(v: str):
         return v
 
 
-def _method_options(items: Sequence[str]) -> dict:
-    """``--option clrp1.dual=abs_logits`` -> {"clrp1": {"dual": "abs_logits"}} (values parsed as JSON)."""
+def _dotted(items, flag: str, form: str, example: str) -> dict:
+    """``OWNER.KEY=VALUE`` arguments -> {owner: {key: value}} (values parsed as JSON)."""
     out: dict = {}
     for it in items or []:
         if "=" not in it or "." not in it.split("=", 1)[0]:
-            raise ClrpError(f"--option {it!r}: expected METHOD.KEY=VALUE, e.g. clrp1.dual=abs_logits")
+            raise ClrpError(f"{flag} {it!r}: expected {form}, e.g. {example}")
         key, val = it.split("=", 1)
-        m, k = key.split(".", 1)
-        out.setdefault(m, {})[k] = _parse_value(val)
+        owner, k = key.split(".", 1)
+        out.setdefault(owner, {})[k] = _parse_value(val)
     return out
+
+
+def _method_options(items: Sequence[str]) -> dict:
+    """``--option clrp1.dual=abs_logits`` -> {"clrp1": {"dual": "abs_logits"}}."""
+    return _dotted(items, "--option", "METHOD.KEY=VALUE", "clrp1.dual=abs_logits")
 
 
 def _protocol_of(option: str, protocols) -> bool:
@@ -175,21 +180,18 @@ def _protocol_of(option: str, protocols) -> bool:
 
 
 def _set_options(items, protocols) -> dict:
-    """``--set perturbation.steps=50`` -> {"perturbation": {"steps": 50}} (values parsed as JSON)."""
+    """``--set perturbation.steps=50`` -> {"perturbation": {"steps": 50}}, checked against the
+    registry."""
     from .evaluation.protocol import option_fields, protocol
 
-    out: dict = {}
-    for it in items or []:
-        if "=" not in it or "." not in it.split("=", 1)[0]:
-            raise ClrpError(f"--set {it!r}: expected PROTOCOL.OPTION=VALUE, e.g. perturbation.steps=50")
-        key, val = it.split("=", 1)
-        p, k = key.split(".", 1)
+    out = _dotted(items, "--set", "PROTOCOL.OPTION=VALUE", "perturbation.steps=50")
+    for p, opts in out.items():
         protocol(p)
         if p not in protocols:
             raise ClrpError(f"--set for {p!r}, which is not among --protocols")
-        if k not in option_fields(p):
-            raise ClrpError(f"protocol {p!r} has no option {k!r}; its options: {', '.join(option_fields(p))}")
-        out.setdefault(p, {})[k] = _parse_value(val)
+        for k in opts:
+            if k not in option_fields(p):
+                raise ClrpError(f"protocol {p!r} has no option {k!r}; its options: {', '.join(option_fields(p))}")
     return out
 
 
