@@ -10,8 +10,10 @@ batch). ``--shard i/n`` evaluates only the images whose id hashes to ``i`` modul
 (SHA-1 of the id, stable across machines and runs); ``python -m clrp merge OUT1 OUT2 ... --out
 MERGED`` joins the shards' results and recomputes the summary.
 
-User errors (:class:`clrp.errors.ClrpError`) print one line to stderr and exit with status 2.
-Ctrl-C stops after saying how to resume (exit status 130). This module never imports Streamlit.
+User errors (:class:`clrp.errors.ClrpError`) print one line to stderr and exit with status 2; an
+evaluation that could evaluate no image at all (no class of the model, unreadable files) says why
+and exits with status 1. Ctrl-C stops after saying how to resume (exit status 130). This module
+never imports Streamlit.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from .errors import ClrpError
 #: (20,000,000+).
 from .scenes import EVALUATION_SEED as SCENES_DEFAULT_SEED  # noqa: E402
 EXIT_USAGE = 2
+EXIT_NOTHING = 1  # the run finished but evaluated no image
 EXIT_INTERRUPTED = 130
 
 
@@ -394,6 +397,13 @@ def cmd_evaluate(a, argv) -> int:
               f"({result.images_skipped} skipped, {len(result.problems)} problems; {elapsed:.1f} s)")
         if result.problems:
             print(f"problems are listed in {os.path.join(out, 'problems.jsonl')}", file=sys.stderr)
+        if result.images_evaluated == 0:
+            unmapped = list(getattr(result.mapping, "unmapped", []) or [])
+            why = (f"{result.images_done} image(s) skipped: none has an object of a class the model knows"
+                   + (f" (unmapped dataset classes: {', '.join(unmapped[:8])}; pass --mapping)" if unmapped else "")
+                   + (f", {len(result.problems)} file(s) unreadable" if result.problems else ""))
+            print(f"error: no image could be evaluated: {why}", file=sys.stderr)
+            return EXIT_NOTHING
         write_tables(out, print_summary=True)
     finally:
         ds.close()

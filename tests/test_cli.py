@@ -256,3 +256,21 @@ def test_explain_and_evaluate_with_a_torchvision_model_and_weights_file(resnet_w
     assert cli.main(["explain", str(tmp_path / "scene.png"), "--model", "resnet50", "--offline"]) == 2
     err = capsys.readouterr().err
     assert "resnet50-11ad3fa6.pth" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_with_every_image_skipped_exits_1(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    voc = tmp_path / "voc"  # every image of this dataset is broken
+    (voc / "Annotations").mkdir(parents=True)
+    (voc / "JPEGImages").mkdir()
+    for i in range(2):
+        (voc / "JPEGImages" / f"{i}.jpg").write_bytes(b"not a jpeg")
+        (voc / "Annotations" / f"{i}.xml").write_text(
+            f"<annotation><filename>{i}.jpg</filename><size><width>20</width><height>20</height></size>"
+            "<object><name>circle</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
+    code = cli.main(["evaluate", "--dataset", str(voc), *_model_args(tiny), "--methods", "lrp",
+                     "--protocols", "pointing", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "error: no image could be evaluated: 2 image(s) skipped" in err and "2 file(s) unreadable" in err

@@ -92,11 +92,12 @@ def _jsonable(d: dict) -> dict:
 @dataclass
 class RunResult:
     out_dir: str
-    images_done: int
-    images_new: int
-    images_skipped: int
+    images_done: int        # evaluated or skipped, this call and earlier ones
+    images_new: int         # evaluated by this call
+    images_skipped: int     # skipped by this call (no class of the model, unreadable)
     problems: list          # every problem the dataset reader reported (also in problems.jsonl)
     mapping: object
+    images_evaluated: int = 0  # evaluated, this call and earlier ones
 
     def load(self) -> dict:
         return load_results(self.out_dir)
@@ -300,7 +301,8 @@ def _run_batches(folder, prog, dataset, work, executor, mapping, progress) -> Ru
     write_problems()  # problems found after the last batch (e.g. broken trailing files)
     if bar is not None:
         bar.close()
-    return RunResult(folder.path, len(done), new, skipped_total, list(dataset.problems), mapping)
+    evaluated = sum(len(rec.get("image_ids", [])) for rec in folder.read_progress().batches.values())
+    return RunResult(folder.path, len(done), new, skipped_total, list(dataset.problems), mapping, evaluated)
 
 
 def _now() -> str:
