@@ -22,7 +22,7 @@ import pytest
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CLRP_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 SHOTS = ROOT / "artifacts" / "screenshots"
@@ -31,13 +31,28 @@ PAGES = {"home": "", "explain": "Explain", "class_contrast": "Class_contrast", "
          "pointing_game": "Pointing_Game", "ablation": "Ablation"}
 T = 90_000  # ms
 
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
 try:
     from playwright.sync_api import expect, sync_playwright
+    expect.set_options(timeout=T)
 except ImportError:  # pragma: no cover
-    pytest.skip("playwright (python package) is not installed", allow_module_level=True)
-expect.set_options(timeout=T)
+    expect = sync_playwright = None
+
+
+def _missing() -> str | None:
+    if not os.path.exists(CHROMIUM):
+        return f"{CHROMIUM} not found (apt-get install chromium)"
+    if sync_playwright is None:
+        return "the playwright Python package is not installed"
+    return None
+
+
+def _require_browser():
+    """Each browser test says it was skipped, and why; under CI (``$CI`` set) they must run."""
+    why = _missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests are required when CI is set: {why}")
+        pytest.skip(why)
 
 
 def _free_port() -> int:
@@ -83,6 +98,7 @@ def stop_server(proc):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    _require_browser()
     tmp = tmp_path_factory.mktemp("dashboard")
     proc, url, log = start_server(tmp)
     try:
@@ -95,6 +111,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    _require_browser()
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -326,6 +343,7 @@ def test_two_sessions_at_once_give_identical_results(server, browser):
 @pytest.fixture(scope="module")
 def resnet_server(tmp_path_factory):
     """A server whose lab TOML lists a torchvision resnet50 with random weights (96 px inputs)."""
+    _require_browser()
     import torch
     import torchvision
 

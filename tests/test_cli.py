@@ -274,3 +274,20 @@ def test_evaluate_with_every_image_skipped_exits_1(tiny, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1, err
     assert "error: no image could be evaluated: 2 image(s) skipped" in err and "2 file(s) unreadable" in err
+
+
+@pytest.mark.parametrize("ci", ["", "1"])
+def test_browser_tests_say_why_they_skip_and_are_required_in_ci(ci):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, CLRP_CHROMIUM="/nonexistent/chromium", CI=ci)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rsf", "-p", "no:cacheprovider", "-n", "0",
+                        "tests/test_browser.py"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    n = sum(ln.startswith("def test_") for ln in open(root / "tests" / "test_browser.py"))
+    if ci:
+        assert r.returncode != 0 and "browser tests are required when CI is set" in out, out[-2000:]
+    else:
+        assert r.returncode == 0 and f"{n} skipped" in out and "/nonexistent/chromium not found" in out, out[-2000:]
