@@ -2,12 +2,12 @@
 import importlib
 
 from .errors import ClrpError
-from .methods import METHODS, explain, explain_neuron, layer_relevance
+from .methods import MAP_KINDS, METHOD_LABELS, METHODS, explain, explain_neuron, layer_relevance, map_kind
 from .rules import RULES, Composite, box_from_normalization
 
 __version__ = "0.2.0"
-__all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "RULES", "Composite",
-           "box_from_normalization", "ClrpError"]
+__all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "METHOD_LABELS", "MAP_KINDS", "map_kind",
+           "RULES", "Composite", "box_from_normalization", "ClrpError"]
 
 _SUBMODULES = {"cli", "datasets", "engine", "errors", "evaluation", "imageio", "methods", "models", "rules",
                "scenes", "viz"}

@@ -1,6 +1,6 @@
 """Command line: ``python -m clrp evaluate|merge|explain|methods|models``.
 
-``python -m clrp evaluate --dataset PATH|scenes:N[:SEED] --model bundled --methods lrp,clrp1,clrp2
+``python -m clrp evaluate --dataset PATH|scenes:N[:SEED]|scenes-hard:N[:SEED] --model bundled --methods lrp,clrp1,clrp2
 --protocols pointing,discriminativeness --out DIR`` runs :func:`clrp.evaluation.runner.run_evaluation`
 with a progress bar, writes the runner's per-batch Parquet parts plus ``results/<protocol>.csv``
 and ``.parquet`` (all rows), ``summary/<protocol>.csv`` and ``settings.json`` (the exact settings:
@@ -32,6 +32,7 @@ from .errors import ClrpError
 #: (seeds 0 .. 9,999,999), its held-out/monitor sets (10,000,000+) and ``bundled_metrics``
 #: (20,000,000+).
 from .scenes import EVALUATION_SEED as SCENES_DEFAULT_SEED  # noqa: E402
+from .datasets import FORMATS as DATASET_FORMATS  # noqa: E402
 EXIT_USAGE = 2
 EXIT_NOTHING = 1  # the run finished but evaluated no image
 EXIT_INTERRUPTED = 130
@@ -117,22 +118,26 @@ class FilteredDataset:
 
 
 def _parse_scenes(spec: str):
-    parts = spec.split(":")
+    """``scenes:N[:SEED]`` / ``scenes-hard:N[:SEED]`` -> :class:`clrp.scene_presets.SceneSpec`."""
+    from .scene_presets import parse_spec
+
     try:
-        n = int(parts[1])
-        seed = int(parts[2]) if len(parts) > 2 and parts[2] != "" else SCENES_DEFAULT_SEED
-    except (IndexError, ValueError):
-        raise ClrpError(f"--dataset {spec!r}: expected scenes:N or scenes:N:SEED (integers)") from None
-    if len(parts) > 3 or n < 1 or seed < 0:
-        raise ClrpError(f"--dataset {spec!r}: expected scenes:N[:SEED] with N >= 1, SEED >= 0")
-    return n, seed
+        return parse_spec(spec, SCENES_DEFAULT_SEED)
+    except ClrpError as e:
+        raise ClrpError(f"--dataset {e}") from None
 
 
-def scenes_dataset_dir(n: int, seed: int, folder: str, progress: bool = False) -> str:
-    """The bundled scenes as a cached VOC folder (see :func:`clrp.scenes.voc_cache`)."""
+def scenes_dataset_dir(n: int, seed: int, folder: str, progress: bool = False, preset: str = "scenes") -> str:
+    """Generated scenes as a cached VOC folder (see :func:`clrp.scenes.voc_cache`)."""
     from . import scenes
 
-    return scenes.voc_cache(n, seed, folder, progress=progress)
+    return scenes.voc_cache(n, seed, folder, progress=progress, preset=preset)
+
+
+def _is_scenes_spec(text: str) -> bool:
+    from .scene_presets import is_spec
+
+    return is_spec(text)
 
 
 def _read_mapping(text: Optional[str]):
@@ -248,19 +253,11 @@ def _resume_command(argv) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # results files
-def _flat_for_csv(df):
-    out = df.copy()
-    for c in out.columns:
-        if out[c].dtype == object and len(out) and any(isinstance(v, (list, tuple, dict)) or
-                                                          hasattr(v, "tolist") for v in out[c].head(20)):
-            out[c] = [json.dumps(v.tolist() if hasattr(v, "tolist") else v) for v in out[c]]
-    return out
-
-
 def write_tables(out_dir: str, print_summary: bool = True, stream=None) -> dict:
     """Write ``results/<protocol>.{csv,parquet}`` and ``summary/<protocol>.csv`` from the runner's
     parts in ``out_dir``; print the summary tables. Returns ``summarize(out_dir)``."""
     from .evaluation.runner import load_results, summarize
+    from .evaluation.runs import flat_for_csv
 
     from .fileio import makedirs
 
@@ -270,7 +267,7 @@ def write_tables(out_dir: str, print_summary: bool = True, stream=None) -> dict:
     makedirs(os.path.join(out_dir, "summary"))
     for proto, df in res.items():
         df.to_parquet(os.path.join(out_dir, "results", f"{proto}.parquet"), index=False)
-        _flat_for_csv(df).to_csv(os.path.join(out_dir, "results", f"{proto}.csv"), index=False)
+        flat_for_csv(df).to_csv(os.path.join(out_dir, "results", f"{proto}.csv"), index=False)
     summ = summarize(res)
     for proto, table in summ.items():
         table.to_csv(os.path.join(out_dir, "summary", f"{proto}.csv"))
@@ -332,16 +329,17 @@ def cmd_evaluate(a, argv) -> int:
     if RunFolder(out).exists() and not a.resume:
         raise ClrpError(f"{out} already holds results; pass --resume to continue them, or choose another --out")
 
-    if a.dataset.startswith("scenes:"):
+    if _is_scenes_spec(a.dataset):
         _parse_scenes(a.dataset)
     elif not os.path.exists(a.dataset):
         raise ClrpError(f"--dataset {a.dataset}: no such file or folder")
     loaded = _to_device(_load_model(a), a.device)   # model errors before any scene is generated
     # dataset
-    if a.dataset.startswith("scenes:"):
-        n, seed = _parse_scenes(a.dataset)
-        root = scenes_dataset_dir(n, seed, a.cache_dir or out, progress=not a.quiet)
-        dataset_desc = {"spec": a.dataset, "generator": "clrp.scenes", "n": n, "seeds": [seed, seed + n - 1],
+    if _is_scenes_spec(a.dataset):
+        spec = _parse_scenes(a.dataset)
+        n, seed = spec.n, spec.seed
+        root = scenes_dataset_dir(n, seed, a.cache_dir or out, progress=not a.quiet, preset=spec.preset)
+        dataset_desc = {"spec": a.dataset, "generator": spec.generator, "n": n, "seeds": [seed, seed + n - 1],
                         "voc_folder": os.path.abspath(root)}
         ds = open_dataset(root, "voc", split="test")
     else:
@@ -537,9 +535,7 @@ def cmd_explain(a, argv) -> int:
     param = next(loaded.model.parameters())
     x = img.tensor.to(param.device, param.dtype)
     target = _resolve_target(a.target, loaded, x)
-    opts = _method_options(a.option).get(a.method, {})
-    opts.setdefault("box", loaded.preprocessing.box)
-    r = clrp.explain(loaded.model, x, [target], a.method, rules=a.rules, **opts)
+    r = loaded.explain(x, [target], a.method, a.rules, **_method_options(a.option).get(a.method, {}))
     m = viz.channel_sum(r.detach().cpu())
     print("top classes: " + ", ".join(f"{n} ({i}) {s:.3f}" for i, n, s in loaded.top_classes(x, 5)))
     print(f"{a.method} ({a.rules}) for class {loaded.class_names[target]!r} ({target}): map {m.shape[0]}x{m.shape[1]}, "
@@ -561,7 +557,7 @@ def cmd_explain(a, argv) -> int:
 # ---------------------------------------------------------------------------------------------
 def _add_model_args(p):
     p.add_argument("--model", default="bundled",
-                   help="bundled | any torchvision classifier (resnet50, densenet121, ...; resnet50.IMAGENET1K_V1 "
+                   help="bundled | bundled-hard | any torchvision classifier (resnet50, densenet121, ...; resnet50.IMAGENET1K_V1 "
                         "for other weights) | timm:<name> | a lab model name (see `python -m clrp models`)")
     p.add_argument("--weights", help="weights file (a state_dict) instead of the cached/downloaded ImageNet "
                                      "weights, or the fine-tuned weights with --architecture")
@@ -585,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate explanation methods over a dataset (resumable)")
     e.add_argument("--dataset", required=True,
-                   help=f"dataset folder/archive/annotation file, or scenes:N[:SEED] (bundled scenes; "
+                   help=f"dataset folder/archive/annotation file, or scenes:N[:SEED] (bundled scenes) or "
+                        f"scenes-hard:N[:SEED] (the hard preset; model bundled-hard); "
                         f"default SEED {SCENES_DEFAULT_SEED}, disjoint from training)")
     _add_model_args(e)
     e.add_argument("--methods", default="lrp,clrp1,clrp2", help="comma-separated, or 'all' (see `methods`)")
@@ -602,7 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="at most this many images")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--resume", action="store_true", help="continue the results already in --out")
-    e.add_argument("--format", default="auto", choices=["auto", "voc", "coco", "csv", "folder", "folders"])
+    e.add_argument("--format", default="auto", choices=["auto", *DATASET_FORMATS, "folder"],
+                   help="dataset format (default: detected; 'folder' = 'folders')")
     e.add_argument("--mapping", help="JSON (or a JSON file) {dataset class: model class name or index}")
     e.add_argument("--cache-dir", help="where scenes:N are generated (default: --out)")
     e.add_argument("--geometry", default="full", choices=["full", "model"])

@@ -22,7 +22,8 @@ from .errors import ClrpError, InvalidInput, InvalidTarget, UnsupportedModel
 from .rules import (Epsilon, Gradient, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BOX, ZBox, box_from_normalization,
                     resolve_composite)
 
-__all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "REGISTRY"]
+__all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "REGISTRY", "MAP_KINDS", "METHOD_LABELS",
+           "map_kind"]
 
 
 @dataclass(frozen=True)
@@ -420,6 +421,38 @@ METHODS = MappingProxyType({name: m.description for name, m in REGISTRY.items()}
 
 def _family(family):
     return [n for n, m in REGISTRY.items() if m.family == family]
+
+
+#: What the values of a map measure. Maps compare on one colour scale only within a kind: an LRP
+#: map (logit units, ~1e-3 per pixel) next to a gradient (per input unit, ~0.1-1) would be white.
+MAP_KINDS = MappingProxyType({
+    "relevance": "LRP-family relevance (logit units)",
+    "normalised relevance": "CLRP reference output (maps normalised before subtracting)",
+    "softmax relevance": "SGLRP relevance (softmax-gradient units)",
+    "sensitivity": "gradient-type signal (per unit of input)",
+    "attribution": "gradient × input attribution (logit units)",
+    "cam": "Grad-CAM (feature-map units)",
+    "neuron relevance": "relevance of a hidden unit (activation units)",
+})
+_KIND_OF = {"lrp": "relevance", "clrp1": "relevance", "clrp2": "relevance", "sglrp": "softmax relevance",
+            "gradient": "sensitivity", "deconvnet": "sensitivity", "guided_backprop": "sensitivity",
+            "smoothgrad": "sensitivity", "gradient_x_input": "attribution", "integrated_gradients": "attribution",
+            "gradcam": "cam"}
+
+
+#: How each method is named in tables, charts and the dashboard (one spelling everywhere).
+METHOD_LABELS = MappingProxyType({
+    "lrp": "LRP", "clrp1": "CLRP1", "clrp2": "CLRP2", "sglrp": "SGLRP", "gradient": "Gradient",
+    "gradient_x_input": "Gradient×Input", "deconvnet": "DeConvNet", "guided_backprop": "Guided BP",
+    "gradcam": "Grad-CAM", "integrated_gradients": "Integrated Gradients", "smoothgrad": "SmoothGrad",
+    "center": "Centre baseline"})
+
+
+def map_kind(method: str, options: dict | None = None) -> str:
+    """The :data:`MAP_KINDS` key of ``method``'s maps under ``options`` (unknown methods: their own kind)."""
+    if method in ("clrp1", "clrp2") and (options or {}).get("contrast") == "reference":
+        return "normalised relevance"
+    return _KIND_OF.get(method, method)
 
 
 # ----------------------------------------------------------------------------------------------

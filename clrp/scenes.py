@@ -456,10 +456,16 @@ def export_voc(scenes: Sequence[Scene] | Iterable[Scene], dest: str | os.PathLik
 #: First seed of the scenes ``python -m clrp evaluate --dataset scenes:N`` and make_results.py use:
 #: disjoint from the bundled model's training (< 10,000,000) and metrics (20,000,000+) seeds.
 EVALUATION_SEED = 30_000_000
+#: The scene shown first in the dashboard and the README's examples (a star and an arrow; a
+#: metrics seed, never seen in training).
+SAMPLE_SEED = 20_000_006
 
 
-def voc_cache(n: int, seed: int, folder: str | os.PathLike, *, progress: bool = False) -> str:
+def voc_cache(n: int, seed: int, folder: str | os.PathLike, *, progress: bool = False,
+              preset: str = "scenes") -> str:
     """Scenes ``seed .. seed+n-1`` as a VOC folder ``folder/scenes-<n>-<seed>``, generated once.
+    ``preset="scenes-hard"``: the hard preset (:mod:`clrp.scenes_hard`), folder
+    ``scenes-hard-<n>-<seed>`` (see :mod:`clrp.scene_presets`).
 
     Safe for several workers sharing ``folder`` (``--cache-dir`` with ``--shard``): one generates
     while the others wait on a lock; generation writes a temporary folder and renames it into place
@@ -474,7 +480,14 @@ def voc_cache(n: int, seed: int, folder: str | os.PathLike, *, progress: bool = 
 
     folder = str(folder)
     makedirs(folder, f"create the scenes cache folder {folder}")
-    name = f"scenes-{n}-{seed}"
+    if preset == "scenes":
+        gen, generator = iter_scenes, "clrp.scenes"
+    else:
+        from .scene_presets import preset_module
+
+        mod = preset_module(preset)
+        gen, generator = mod.iter_scenes, mod.__name__
+    name = f"{preset}-{n}-{seed}"
     dest = os.path.join(folder, name)
     marker = os.path.join(dest, "complete.json")
     if os.path.isfile(marker):
@@ -486,7 +499,7 @@ def voc_cache(n: int, seed: int, folder: str | os.PathLike, *, progress: bool = 
             if stale.startswith(f".{name}.tmp-"):
                 shutil.rmtree(os.path.join(folder, stale), ignore_errors=True)
         tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-        it = iter_scenes(n, seed)
+        it = gen(n, seed)
         if progress:
             from tqdm import tqdm
 
@@ -494,7 +507,7 @@ def voc_cache(n: int, seed: int, folder: str | os.PathLike, *, progress: bool = 
         try:
             export_voc(it, tmp, split="test")
             with open(os.path.join(tmp, "complete.json"), "w", encoding="utf-8") as f:
-                json.dump({"n": n, "seed": seed, "seeds": [seed, seed + n - 1], "generator": "clrp.scenes"}, f)
+                json.dump({"n": n, "seed": seed, "seeds": [seed, seed + n - 1], "generator": generator}, f)
             if os.path.isdir(dest):  # an incomplete folder from an older version: set it aside
                 old = f"{tmp}-old"
                 os.rename(dest, old)

@@ -107,26 +107,43 @@ def _peak(a: np.ndarray, clip: float, signed: bool) -> float:
     return float(np.percentile(v, clip)) if clip < 100 else float(v.max())
 
 
+#: Maps whose largest |value| is below this are numerically zero (float32 rounding of outputs of
+#: order 1-10 is ~1e-6): drawn as zero, never stretched to full colour.
+ZERO_TOL = 1e-6
+
+
+def is_zero(a) -> bool:
+    """True if every finite value of ``a`` is below :data:`ZERO_TOL` in magnitude."""
+    return _peak(np.asarray(a), 100.0, True) < ZERO_TOL
+
+
 def color_limits(maps, *, scale: str = "shared", cmap: str | None = None, clip: float = 100.0,
-                 signed: bool | None = None) -> list[Limits]:
+                 signed: bool | None = None, groups: Sequence | None = None) -> list[Limits]:
     """Colour limits for each of ``maps``.
 
-    ``scale``: ``"shared"`` (one pair of limits for all maps) or ``"per_map"``. ``signed``: draw as
-    signed (symmetric ``[-m, m]``); default: True if the colormap is diverging or any map is
-    negative. ``clip``: percentile of |values| taken as the maximum (100 = the true maximum).
-    A map that is all zeros gets limits ``(-1, 1)`` / ``(0, 1)`` so it renders as zero, not noise.
+    ``scale``: ``"shared"`` (maps of one group share limits) or ``"per_map"``. ``groups``: one
+    label per map (e.g. :func:`clrp.methods.map_kind`): maps in different units never share a
+    scale; default: one group. ``signed``: draw as signed (symmetric ``[-m, m]``); default: True
+    if the colormap is diverging or any map is negative. ``clip``: percentile of |values| taken as
+    the maximum (100 = the true maximum). A map that is numerically zero (:func:`is_zero`) gets
+    limits ``(-1, 1)`` / ``(0, 1)`` (or its group's) so it renders as zero, not noise.
     """
     if scale not in ("shared", "per_map"):
         raise ValueError("scale must be 'shared' or 'per_map'")
     if not 0 < clip <= 100:
         raise ValueError("clip must be a percentile in (0, 100]")
     ms = [np.asarray(m) for m in _as_list(maps)]
+    if groups is not None and len(groups) != len(ms):
+        raise ValueError("one group label per map")
     if signed is None:
         signed = (cmap is not None and colormap_kind(cmap) == "diverging") or is_signed(ms)
-    peaks = [_peak(m, clip, signed) for m in ms]
+    peaks = [0.0 if is_zero(m) else _peak(m, clip, signed) for m in ms]
     if scale == "shared":
-        top = max(peaks, default=0.0)
-        peaks = [top] * len(ms)
+        labels = list(groups) if groups is not None else [None] * len(ms)
+        top = {}
+        for g, p in zip(labels, peaks):
+            top[g] = max(top.get(g, 0.0), p)
+        peaks = [top[g] for g in labels]
 
     def lim(p):
         p = p if p > 0 and np.isfinite(p) else 1.0
@@ -257,29 +274,74 @@ def colorbar_png(cmap: str, vmin: float, vmax: float, *, width: int = 320, heigh
     return buf.getvalue()
 
 
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(draw, text: str, font, width: int, max_lines: int = 2) -> list[str]:
+    """``text`` broken into at most ``max_lines`` lines that fit ``width`` px (the last one
+    shortened with an ellipsis only if it still does not fit)."""
+    words, lines, cur = str(text).split(), [], ""
+    for wd in words:
+        trial = f"{cur} {wd}".strip()
+        if draw.textlength(trial, font=font) <= width or not cur:
+            cur = trial
+        else:
+            lines.append(cur)
+            cur = wd
+    lines.append(cur)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [" ".join(lines[max_lines - 1:])]
+    last = lines[-1]
+    while draw.textlength(last, font=font) > width and len(last) > 2:
+        last = last[:-2] + "…"
+    lines[-1] = last
+    return lines
+
+
 def render_grid_png(tiles: Sequence[np.ndarray], titles: Sequence[str] | None = None, *, columns: int = 4,
-                    pad: int = 4, scale: int = 1) -> bytes:
-    """Several RGB tiles (same size) side by side in a grid, titles drawn above, as PNG bytes."""
+                    pad: int = 4, scale: int = 1, colorbars: Sequence[tuple] = ()) -> bytes:
+    """Several RGB tiles (same size) side by side in a grid, titles above each (wrapped, never
+    cut mid-word unless a word is wider than the tile), as PNG bytes. ``colorbars``: ``(label,
+    cmap, vmin, vmax)`` per colour scale in the grid, drawn below it."""
     from PIL import Image, ImageDraw
 
     tiles = [np.asarray(t) for t in tiles]
     if not tiles:
         raise ValueError("no tiles to render")
-    h, w = tiles[0].shape[:2]
+    scale = max(1, int(scale))
+    h, w = tiles[0].shape[0] * scale, tiles[0].shape[1] * scale
     columns = max(1, min(columns, len(tiles)))
     rows = -(-len(tiles) // columns)
-    title_h = 14 if titles else 0
-    canvas = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + pad + title_h) + pad), (255, 255, 255))
+    font = _font(max(11, min(16, w // 14)))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [_wrap(probe, t, font, w) for t in titles] if titles else []
+    line_h = int(font.size * 1.25) if hasattr(font, "size") else 12
+    title_h = (max(len(x) for x in wrapped) * line_h + 2) if wrapped else 0
+    bars = [Image.open(io.BytesIO(colorbar_png(cm, lo, hi, width=max(200, min(360, columns * w // max(1, len(colorbars)))),
+                                               label=lab))).convert("RGB") for lab, cm, lo, hi in colorbars]
+    bar_h = max((b.size[1] for b in bars), default=0)
+    width = max(columns * (w + pad) + pad, sum(b.size[0] + pad for b in bars) + pad)
+    canvas = Image.new("RGB", (width, rows * (h + pad + title_h) + pad + bar_h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for i, t in enumerate(tiles):
         r, c = divmod(i, columns)
         x, y = pad + c * (w + pad), pad + r * (h + pad + title_h)
-        if titles:
-            draw.text((x, y), str(titles[i])[: max(4, w // 6)], fill=(0, 0, 0))
-        tile = t if t.shape[:2] == (h, w) else _resize_rgb(t, h, w)
-        canvas.paste(Image.fromarray(np.ascontiguousarray(tile[..., :3])), (x, y + title_h))
-    out = np.asarray(canvas)
-    return to_png(out, scale=scale)
+        for j, line in enumerate(wrapped[i] if wrapped else []):
+            draw.text((x, y + j * line_h), line, fill=(0, 0, 0), font=font)
+        tile = Image.fromarray(np.ascontiguousarray(t[..., :3], dtype=np.uint8))
+        tile = tile.resize((w, h), Image.NEAREST)
+        canvas.paste(tile, (x, y + title_h))
+    x = pad
+    for b in bars:
+        canvas.paste(b, (x, rows * (h + pad + title_h) + pad))
+        x += b.size[0] + pad
+    return to_png(np.asarray(canvas))
 
 
 def settings_json(settings: dict) -> str:
@@ -359,12 +421,42 @@ def _fmt_limits(lim: Limits) -> str:
     return f"±{lim.vmax:.3g}" if lim.vmin == -lim.vmax else f"{lim.vmin:.3g}…{lim.vmax:.3g}"
 
 
+def _colorbar_places(cells: dict, columns: int, rows: int, boxes: dict) -> dict:
+    """Where each group's colour bar goes: under its columns when the groups' columns are
+    disjoint (e.g. methods as columns), right of its rows when their rows are (methods as rows),
+    else stacked on the right. ``cells``: group -> [(row, col)]; ``boxes``: group -> paper
+    ``(x0, x1, y0, y1)`` of its cells."""
+    groups = list(cells)
+    cols = {g: {c for _, c in cells[g]} for g in groups}
+    rws = {g: {r for r, _ in cells[g]} for g in groups}
+    disjoint = lambda sets: all(not (sets[a] & sets[b]) for i, a in enumerate(groups) for b in groups[i + 1:])
+    out = {}
+    if len(groups) > 1 and disjoint(cols):
+        for g in groups:
+            x0, x1, _, _ = boxes[g]
+            out[g] = dict(orientation="h", x=(x0 + x1) / 2, xanchor="center", y=-0.01, yanchor="top",
+                          len=max(0.12, x1 - x0), lenmode="fraction", title=dict(side="top"))
+    elif len(groups) > 1 and disjoint(rws):
+        for g in groups:
+            _, _, y0, y1 = boxes[g]
+            out[g] = dict(x=1.01, xanchor="left", y=(y0 + y1) / 2, yanchor="middle", len=max(0.15, y1 - y0),
+                          lenmode="fraction", title=dict(side="right"))
+    else:
+        n = len(groups)
+        for i, g in enumerate(groups):
+            out[g] = dict(x=1.01, xanchor="left", y=1 - (i + 0.5) / n, yanchor="middle", len=0.9 / n,
+                          lenmode="fraction", title=dict(side="right"))
+    return out
+
+
 def heatmap_grid_figure(maps: Sequence, titles: Sequence[str], image=None, *, limits: Sequence[Limits] | None = None,
                         cmap: str = "bwr", opacity: float = 0.6, columns: int = 4, cell_height: int = 250,
-                        shared: bool | None = None, hover_label: str = "relevance"):
+                        shared: bool | None = None, hover_label: str = "relevance", groups: Sequence | None = None):
     """Several maps in ONE plotly figure (a grid of subplots): one browser redraw instead of one per
-    map. With one shared scale (all ``limits`` equal) the heatmaps share a coloraxis and a single
-    colorbar; otherwise each subplot has its own limits, written in its title. Hover shows values."""
+    map. With shared scales (``shared``; default: maps of one group have equal limits), the maps of
+    each group (``groups``: one label per map, default one group) share a coloraxis and one colour
+    bar titled with the group's label; otherwise each subplot has its own limits, written in its
+    title. A numerically zero map is titled "≈ 0". Hover shows values."""
     import plotly.graph_objects as go
 
     maps = [channel_sum(m) for m in maps]
@@ -372,10 +464,14 @@ def heatmap_grid_figure(maps: Sequence, titles: Sequence[str], image=None, *, li
         raise ValueError("one title per map")
     if not maps:
         raise ValueError("no maps to draw")
+    groups = list(groups) if groups is not None else [hover_label] * len(maps)
+    if len(groups) != len(maps):
+        raise ValueError("one group label per map")
     if limits is None:
-        limits = color_limits(maps, scale="shared", cmap=cmap)
+        limits = color_limits(maps, scale="shared", cmap=cmap, groups=groups)
+    order = list(dict.fromkeys(groups))
     if shared is None:
-        shared = len({l.as_tuple() for l in limits}) == 1
+        shared = all(len({l.as_tuple() for l, g in zip(limits, groups) if g == k}) == 1 for k in order)
     n = len(maps)
     columns = max(1, min(columns, n))
     rows = -(-n // columns)
@@ -388,41 +484,57 @@ def heatmap_grid_figure(maps: Sequence, titles: Sequence[str], image=None, *, li
             img = _resize_rgb(img.astype(np.uint8), h, w)
         uri = image_data_uri(img)
     scale = plotly_colorscale(cmap)
+    axis_of = {g: "coloraxis" if i == 0 else f"coloraxis{i + 1}" for i, g in enumerate(order)}
     traces, layout, notes = [], {}, []
-    for i, (m, t, lim) in enumerate(zip(maps, titles, limits)):
+    cells, boxes, group_lim = {}, {}, {}
+    for i, (m, t, lim, g) in enumerate(zip(maps, titles, limits, groups)):
         r, c = divmod(i, columns)
         k = "" if i == 0 else str(i + 1)
         x0, x1 = c / columns + gap_x, (c + 1) / columns - gap_x
         y1 = 1 - r / rows - title_h / 2
         y0 = 1 - (r + 1) / rows + gap_y
+        cells.setdefault(g, []).append((r, c))
+        bx = boxes.get(g, (x0, x1, y0, y1))
+        boxes[g] = (min(bx[0], x0), max(bx[1], x1), min(bx[2], y0), max(bx[3], y1))
+        group_lim.setdefault(g, lim)
         axis = dict(showticklabels=False, showgrid=False, zeroline=False, ticks="", constrain="domain")
         layout[f"xaxis{k}"] = dict(domain=[x0, x1], anchor=f"y{k}", **axis)
         layout[f"yaxis{k}"] = dict(domain=[y0, y1], anchor=f"x{k}", autorange="reversed",
                                    scaleanchor=f"x{k}", **axis)
         if uri is not None:
             traces.append(go.Image(source=uri, xaxis=f"x{k}", yaxis=f"y{k}", hoverinfo="skip"))
+        unit = g if len(order) > 1 else hover_label
         hm = dict(z=m.astype(np.float32), xaxis=f"x{k}", yaxis=f"y{k}",
                   opacity=float(opacity) if uri is not None else 1.0,
-                  hovertemplate=f"{t}<br>x=%{{x}}, y=%{{y}}<br>{hover_label}=%{{z:.4g}}<extra></extra>")
+                  hovertemplate=f"{t}<br>x=%{{x}}, y=%{{y}}<br>{unit}=%{{z:.4g}}<extra></extra>")
         if shared:
-            hm["coloraxis"] = "coloraxis"
+            hm["coloraxis"] = axis_of[g]
         else:
             hm.update(zmin=lim.vmin, zmax=lim.vmax, colorscale=scale, showscale=False)
         traces.append(go.Heatmap(**hm))
-        label = t if shared else f"{t}  <span style='font-size:10px;color:#666'>({_fmt_limits(lim)})</span>"
+        zero = is_zero(m)
+        label = t + (" <span style='font-size:10px;color:#666'>(≈ 0)</span>" if zero else "")
+        if not shared and not zero:
+            label = f"{t}  <span style='font-size:10px;color:#666'>({_fmt_limits(lim)})</span>"
         notes.append(dict(text=f"<b>{label}</b>", x=(x0 + x1) / 2, y=y1 + 0.005, xref="paper", yref="paper",
                           xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=12)))
+    bottom = 8
     if shared:
-        # The colorbar comes from an empty, fully opaque marker trace: a colorbar attached to the
-        # semi-transparent heatmaps would be drawn faded.
-        layout["coloraxis"] = dict(cmin=limits[0].vmin, cmax=limits[0].vmax, colorscale=scale, showscale=False)
-        traces.append(go.Scatter(
-            x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
-            marker=dict(color=[limits[0].vmin], colorscale=scale, cmin=limits[0].vmin, cmax=limits[0].vmax,
-                        showscale=True, colorbar=dict(thickness=10, len=min(1.0, 0.9), tickfont=dict(size=10),
-                                                      title=dict(text=hover_label, side="right",
-                                                                 font=dict(size=11))))))
+        places = _colorbar_places(cells, columns, rows, boxes)
+        for g in order:
+            lim, key = group_lim[g], axis_of[g]
+            layout[key] = dict(cmin=lim.vmin, cmax=lim.vmax, colorscale=scale, showscale=False)
+            # The colour bar comes from an empty, fully opaque marker trace: one attached to the
+            # semi-transparent heatmaps would be drawn faded.
+            place = places[g]
+            title = dict(text=g if len(order) > 1 else hover_label, font=dict(size=11), **place.pop("title"))
+            if place.get("orientation") == "h":
+                bottom = 70
+            traces.append(go.Scatter(
+                x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
+                marker=dict(color=[lim.vmin], colorscale=scale, cmin=lim.vmin, cmax=lim.vmax, showscale=True,
+                            colorbar=dict(thickness=10, tickfont=dict(size=10), title=title, **place))))
     fig = go.Figure(traces)
-    fig.update_layout(height=rows * cell_height + 10, margin=dict(l=0, r=0, t=8, b=0), annotations=notes,
-                      plot_bgcolor="white", showlegend=False, **layout)
+    fig.update_layout(height=rows * cell_height + bottom + 2, margin=dict(l=0, r=0, t=8, b=bottom),
+                      annotations=notes, plot_bgcolor="white", showlegend=False, **layout)
     return fig

@@ -166,7 +166,7 @@ class FeatureAblation(Protocol):
         from .. import engine
 
         if o.layer is None:
-            o = dataclasses.replace(o, layer=engine.last_feature_layer(model, torch.zeros(1, 3, *preprocessing.input_size)))
+            o = dataclasses.replace(o, layer=engine.last_feature_layer(model, preprocessing.example_input()))
         return o
 
     def rows(self, batch, o):

@@ -98,9 +98,7 @@ class Batch:
         return (left * sx, top * sy, right * sx, bottom * sy)
 
     def method_options(self, method: str) -> dict:
-        opts = dict(self.run.method_options.get(method, {}))
-        opts.setdefault("box", self.preprocessing.box)
-        return opts
+        return self.preprocessing.method_options(self.run.method_options.get(method))
 
 
 class Protocol:

@@ -329,10 +329,10 @@ def methods_used(cfg: RunConfig, net, pp) -> dict:
     for m in cfg.methods:
         opts = {**REGISTRY[m].options, **cfg.method_options.get(m, {})}
         if "box" in opts or REGISTRY[m].family == "relevance":
-            box = opts.get("box") or pp.box
+            box = pp.method_options(opts)["box"]
             opts["box"] = [[float(v) for v in torch.as_tensor(b, dtype=torch.float64).reshape(-1)] for b in box]
         if m == "gradcam" and opts.get("layer") is None:
-            opts["layer"] = engine.last_feature_layer(net, torch.zeros(1, 3, *pp.input_size))
+            opts["layer"] = engine.last_feature_layer(net, pp.example_input())
         out[m] = {k: (v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else repr(v))
                   for k, v in opts.items()}
     return out
@@ -426,8 +426,7 @@ def _iter_images(dataset, samples):
 def _explain_pairs(net, x_rows, targets, method, cfg, pp):
     import clrp
 
-    opts = dict(cfg.method_options.get(method, {}))
-    opts.setdefault("box", pp.box)
+    opts = pp.method_options(cfg.method_options.get(method))
     maps = []
     for a in range(0, len(targets), max(1, cfg.explain_batch)):
         xb = torch.cat(x_rows[a:a + cfg.explain_batch], 0)

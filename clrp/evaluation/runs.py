@@ -333,3 +333,20 @@ def merge(inputs, out: str, *, comparable) -> dict:
         merged["selection"] = dict(merged["selection"], shard=None)
         target.write_settings(merged)
     return merged
+
+
+def flat_for_csv(df):
+    """A copy of a results table whose list/array cells (curves, boxes) are JSON strings, so a
+    CSV holds them losslessly (the CLI's results/*.csv and the dashboard's downloads)."""
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object and len(out) and any(isinstance(v, (list, tuple, dict)) or hasattr(v, "tolist")
+                                                        for v in out[c]):
+            out[c] = [json.dumps(v.tolist() if hasattr(v, "tolist") else v) if not isinstance(v, str) else v
+                      for v in out[c]]
+    return out
+
+
+def rows_csv(df) -> bytes:
+    """One protocol's rows as UTF-8 CSV bytes (see :func:`flat_for_csv`)."""
+    return flat_for_csv(df).to_csv(index=False).encode("utf-8")

@@ -3,6 +3,8 @@
 Entries
 - ``bundled`` (default): a small VGG-style CNN trained multi-label on clrp's procedural shape
   scenes (:mod:`clrp.scenes`); weights ship inside the package (``clrp/models/assets/``).
+- ``bundled-hard``: a deeper VGG-pattern CNN (8 convs) trained the same way on the hard scene
+  preset (:mod:`clrp.scenes_hard`, 224 px scenes seen at 128 px); also ships with the package.
 - every torchvision classification model (``torchvision.models.list_models(module=
   torchvision.models)``: ``resnet50``, ``densenet121``, ``efficientnet_b0``, ``vgg16``, ``vit_b_16``,
   ...) with its default ImageNet weights, or other weights by tag (``resnet50.IMAGENET1K_V1``).
@@ -112,6 +114,8 @@ class LoadedModel:
     multilabel: bool = False
     weights_path: Path | None = None
     meta: dict = field(default_factory=dict)
+    #: What the model was trained on, in words: inputs far from it get confident, meaningless scores.
+    domain: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -137,6 +141,42 @@ class LoadedModel:
     def display_array(self, tensor: torch.Tensor) -> np.ndarray:
         """Input tensor -> RGB uint8 array at the same geometry."""
         return self.preprocessing.denormalize(tensor)
+
+    def explain(self, inputs: torch.Tensor, targets, method: str = "lrp", rules: str = "paper",
+                **options) -> torch.Tensor:
+        """:func:`clrp.explain` on this model, with the zB box of its preprocessing by default."""
+        from ..methods import explain
+
+        return explain(self.model, inputs, targets, method, rules=rules, **self.preprocessing.method_options(options))
+
+    def explain_neuron(self, inputs: torch.Tensor, layer: str, channel: int, contrast=None,
+                       rules: str = "paper", **options) -> torch.Tensor:
+        """:func:`clrp.explain_neuron` on this model, with its zB box by default."""
+        from ..methods import explain_neuron
+
+        return explain_neuron(self.model, inputs, layer, channel, contrast=contrast, rules=rules,
+                              **self.preprocessing.method_options(options))
+
+    def layer_relevance(self, inputs: torch.Tensor, targets, layer: str, method: str = "lrp",
+                        rules: str = "paper", **options) -> torch.Tensor:
+        """:func:`clrp.layer_relevance` on this model (channel relevances of ``layer``)."""
+        from ..methods import layer_relevance
+
+        return layer_relevance(self.model, inputs, targets, layer, method, rules=rules,
+                               **self.preprocessing.method_options(options))
+
+    def feature_layers(self) -> list[str]:
+        """Hidden layers whose channels can be explained, in forward order (graph names)."""
+        from ..engine import feature_layers
+
+        return feature_layers(self.model, self.preprocessing.example_input())
+
+    def default_feature_layer(self) -> str:
+        """The last feature map every path goes through (Grad-CAM's, feature ablation's and the
+        neuron page's default layer)."""
+        from ..engine import last_feature_layer
+
+        return last_feature_layer(self.model, self.preprocessing.example_input())
 
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -221,28 +261,46 @@ def read_class_names(source: str | os.PathLike | Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Loaders
 
+IMAGENET_DOMAIN = ("ImageNet-1k: photographs of 1000 object classes (animals, objects, scenes), one main object "
+                   "per photo")
 
-def _load_bundled() -> LoadedModel:
+
+def _shipped_files(name: str) -> tuple[Path, Path, str]:
+    """(weights, metadata, training script) of a model that ships with clrp."""
+    if name == "bundled-hard":
+        from . import bundled_hard
+
+        return bundled_hard.WEIGHTS_FILE, bundled_hard.META_FILE, "scripts/train_hard_model.py"
     from . import bundled
 
-    if not bundled.WEIGHTS_FILE.is_file() or not bundled.META_FILE.is_file():
+    return bundled.WEIGHTS_FILE, bundled.META_FILE, "scripts/train_bundled_model.py"
+
+
+def _load_bundled(name: str = "bundled") -> LoadedModel:
+    weights_file, meta_file, script = _shipped_files(name)
+    if not weights_file.is_file() or not meta_file.is_file():
         raise WeightsNotFound(
-            f"the bundled model's files are missing: expected {bundled.WEIGHTS_FILE} and {bundled.META_FILE} "
-            "(reinstall clrp, or retrain them with `python scripts/train_bundled_model.py`)"
+            f"the {name} model's files are missing: expected {weights_file} and {meta_file} "
+            f"(reinstall clrp, or retrain them with `python {script}`)"
         )
-    meta = json.loads(bundled.META_FILE.read_text())
+    meta = json.loads(meta_file.read_text())
     model = build_architecture("scene_vgg", len(meta["class_names"]), meta["architecture"], initialize=False)
-    _apply_state_dict(model, load_state_dict(bundled.WEIGHTS_FILE), bundled.WEIGHTS_FILE)
+    _apply_state_dict(model, load_state_dict(weights_file), weights_file)
+    objects = "2-5 overlapping flat shapes" if name == "bundled-hard" else "1-3 flat shapes"
     return LoadedModel(
         model=model.eval(),
         class_names=list(meta["class_names"]),
         preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
-        name="bundled",
+        name=name,
         description=meta.get("description", ""),
         architecture="scene_vgg",
         multilabel=True,
-        weights_path=bundled.WEIGHTS_FILE,
+        weights_path=weights_file,
         meta=meta,
+        domain=meta.get("domain") or (
+            f"clrp's procedural scenes: {objects} ({', '.join(meta['class_names'])}) on textured "
+            f"backgrounds, {meta.get('scene_size', 128)} px. Photographs and drawings are outside what it knows: "
+            "its scores on them are confident and meaningless."),
     )
 
 
@@ -282,6 +340,7 @@ def _load_torchvision(name: str, weights=None, *, download_ok: bool | None = Non
         multilabel=False,
         weights_path=path,
         meta={"weights_url": url, "weights_tag": w.name, "weights_origin": origin},
+        domain=IMAGENET_DOMAIN,
     )
 
 
@@ -328,6 +387,7 @@ def _load_timm(name: str, weights=None, *, download_ok: bool | None = None, prog
         multilabel=False,
         weights_path=Path(path),
         meta={"weights_origin": origin, "hf_hub_id": (cfg or {}).get("hf_hub_id")},
+        domain=IMAGENET_DOMAIN if num == 1000 else "",
     )
 
 
@@ -445,7 +505,7 @@ def _config_path(config: str | os.PathLike | None) -> Path | None:
 
 
 def _reserved(name: str) -> bool:
-    return (name in ("bundled", "finetuned") or name.startswith(timm_zoo.PREFIX)
+    return (name in ("bundled", "bundled-hard", "finetuned") or name.startswith(timm_zoo.PREFIX)
             or _tvz.split_name(name)[0] in _tvz.names())
 
 
@@ -550,6 +610,8 @@ def _load_lab(entry: dict) -> LoadedModel:
 # --------------------------------------------------------------------------------------------
 
 _BUNDLED_DESCRIPTION = "VGG-style CNN trained on clrp's procedural shape scenes (ships with clrp; no download)"
+_BUNDLED_HARD_DESCRIPTION = ("deeper VGG-pattern CNN (8 convs) trained on clrp's hard scene preset "
+                             "(ships with clrp; no download)")
 
 
 def load(name: str = "bundled", *, weights: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
@@ -573,10 +635,10 @@ def load(name: str = "bundled", *, weights: str | os.PathLike | None = None, con
         return load_finetuned(arch, weights, names, name=name, **kw)
     if kw:
         raise ModelLoadError(f"unexpected options for {name!r}: {sorted(kw)}")
-    if name == "bundled":
+    if name in ("bundled", "bundled-hard"):
         if weights is not None:
-            raise ModelLoadError("the bundled model takes no weights=; use load('finetuned', architecture='scene_vgg', ...)")
-        return _load_bundled()
+            raise ModelLoadError(f"the {name} model takes no weights=; use load('finetuned', architecture='scene_vgg', ...)")
+        return _load_bundled(name)
     if name.startswith(timm_zoo.PREFIX):
         return _load_timm(name, weights, download_ok=download, progress=progress)
     if _tvz.split_name(name)[0] in _tvz.names():
@@ -584,7 +646,7 @@ def load(name: str = "bundled", *, weights: str | os.PathLike | None = None, con
     lab = read_config(config)
     if name in lab:
         return _load_lab(lab[name])
-    known = ["bundled", *lab]
+    known = ["bundled", "bundled-hard", *lab]
     raise ModelLoadError(f"unknown model {name!r}; available: {', '.join(known)}, any torchvision classification "
                          f"model (e.g. resnet50), timm:<name> (see `python -m clrp models`), or pass architecture=, "
                          "weights=, class_names= for a fine-tuned model")
@@ -651,6 +713,10 @@ def available_models(config: str | os.PathLike | None = None, *, timm: Sequence[
     out.append(ModelInfo("bundled", "bundled", _BUNDLED_DESCRIPTION, ok,
                          None if ok else f"missing {bundled.WEIGHTS_FILE} (retrain with scripts/train_bundled_model.py)",
                          str(bundled.WEIGHTS_FILE)))
+    hw, hm, hs = _shipped_files("bundled-hard")
+    ok = hw.is_file() and hm.is_file()
+    out.append(ModelInfo("bundled-hard", "bundled", _BUNDLED_HARD_DESCRIPTION, ok,
+                         None if ok else f"missing {hw} (retrain with {hs})", str(hw)))
     try:
         lab = read_config(config)
     except ModelLoadError as e:

@@ -116,6 +116,34 @@ class Preprocessing:
         high = [(1.0 - m) / s for m, s in zip(self.mean, self.std)]
         return low, high
 
+    def method_options(self, options: dict | None = None) -> dict:
+        """``options`` for :func:`clrp.explain` with this preprocessing's zB box as the default
+        (the one place that default is set: the CLI, the runner and the dashboard all use it)."""
+        opts = dict(options or {})
+        if opts.get("box") is None:
+            opts["box"] = self.box
+        return opts
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """A zero input batch of the model's geometry (to trace the model or list its layers)."""
+        return torch.zeros(batch, 3, *self.input_size)
+
+    def describe_geometry(self, width: int, height: int) -> str:
+        """How an image of ``width x height`` becomes the model input, in words."""
+        h, w = self.input_size
+        if self.resize is None:
+            if width * h == height * w:
+                return f"resized from {width}×{height} to {w}×{h}"
+            return (f"squashed from {width}×{height} to {w}×{h}: the model takes the whole image with its aspect "
+                    f"ratio changed ({width / height:.2f} → {w / h:.2f})")
+        g = self.geometry(width, height)
+        rw, rh = g["resized"]
+        left, top, right, bottom = g["crop"]
+        if (left, top, right, bottom) == (0, 0, rw, rh):
+            return f"resized from {width}×{height} to {w}×{h}"
+        return (f"resized from {width}×{height} to {rw}×{rh} (shorter side {self.resize}), then the centre "
+                f"{w}×{h} crop: the model does not see the borders outside it")
+
     def to_dict(self) -> dict:
         return {
             "mean": list(self.mean),
