@@ -1,10 +1,10 @@
 """clrp dashboard — home page. Run: ``streamlit run app.py``."""
 import streamlit as st
 
-from clrp import viz
+from clrp import scenes, viz
 from dashboard import core, ui
 
-ui.page("clrp — explain CNN decisions")
+ui.page("Home", ":material/home:")
 
 st.title("clrp — why did the network decide this, and not that?")
 st.markdown(
@@ -21,21 +21,23 @@ display = ui.display_controls("home")
 if lm is not None:
     with ui.guard("the first explanation"):
         key = st.session_state[ui.MODEL_STATE]
-        data = core.scene_png(core.SAMPLE_SCENE)
+        seed = scenes.SAMPLE_SEED
+        data = core.scene_png(seed)
         dig = core.digest(data)
         x, image, _ = ui.prepare_image(key, dig, data)
         top = ui.top_classes(key, dig, x, 3)
-        info = core.scene_info(core.SAMPLE_SCENE) if lm.architecture == "scene_vgg" else None
+        info = core.scene_info(seed) if lm.architecture == "scene_vgg" else None
         st.subheader("A first explanation")
         truth = f" Objects in the scene: {', '.join(info['classes'])}." if info else ""
-        st.caption(f"Bundled sample scene (seed {core.SAMPLE_SCENE}).{truth} Model: **{lm.name}**. "
+        st.caption(f"Bundled sample scene (seed {seed}).{truth} Model: **{lm.name}**. "
                    f"Top prediction: **{top[0][1]}** ({top[0][2]:.2f}). LRP and CLRP2 for the top two classes: "
                    "where does each class's evidence lie, and what is specific to it? (The *Class contrast* page "
                    "measures how much the classes' maps agree.)")
         items = []
         for idx, name, score in top[:2]:
             for method in ("lrp", "clrp2"):
-                items.append((f"{ui.method_label(method)} · {name}", ui.explain(key, dig, x, method, idx)))
+                items.append(ui.method_item(f"{ui.method_label(method)} · {name}", ui.explain(key, dig, x, method, idx),
+                                            method))
         st.caption("Hover values, more methods and downloads: the *Explain* page.")
         cols = st.columns([1, 4])
         with cols[0]:
@@ -46,18 +48,13 @@ if lm is not None:
             ui.image_grid(items, image, display, columns=4)
 
 with st.expander("Models on this server"):
-    rows = [{"model": c.key, "kind": c.kind,
-             "available": "yes" if c.available else "on first use" if c.downloadable else "no",
-             "note": c.reason or c.description} for c in ui._choices()]
-    st.dataframe(rows, hide_index=True, width="stretch")
+    st.dataframe(ui.model_table(), hide_index=True, width="stretch")
     st.caption("torchvision (and timm) models use the ImageNet weights in the server's torch hub (Hugging Face) "
                "cache and download missing ones there on first use, unless the server runs offline "
                "(CLRP_OFFLINE=1); lab models come from the TOML file named by $CLRP_MODELS_CONFIG. "
                "See docs/dashboard.md.")
 
 st.divider()
-st.markdown(
-    "**Pages** — *Explain*: any image, all methods side by side, downloads. *Class contrast*: LRP vs CLRP for "
-    "several classes with their correlation. *Neuron contrast*: channels of a layer, neuron vs neuron. "
-    "*Pointing Game* and *Ablation*: dataset-level evaluation running in the background."
-)
+st.markdown("**Pages**")
+for p in ui.PAGES[1:]:
+    st.page_link(p.path, label=f"**{p.title}** — {p.description}", icon=p.icon)

@@ -36,6 +36,7 @@ import torch
 
 import clrp
 from clrp.errors import ClrpError, DatasetError, InvalidTarget, ModelLoadError
+from clrp.scenes import EVALUATION_SEED
 
 DEV_ENV = "CLRP_DEV_RANDOM_MODELS"
 ROOTS_ENV = "CLRP_DATA_ROOTS"
@@ -45,10 +46,6 @@ MAX_RUNS_ENV = "CLRP_MAX_RUNS"
 
 #: Methods shown by default in the Explain grid (all of clrp.METHODS can be chosen).
 DEFAULT_METHODS = ("lrp", "clrp1", "clrp2", "sglrp", "gradient", "gradcam")
-#: Scenes used by the dashboard's evaluation come from seeds the bundled model never saw in training.
-SCENES_SEED = 20_000_000
-#: The sample scene shown first (two objects: a star and an arrow).
-SAMPLE_SCENE = 20_000_006
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,15 +172,6 @@ def scene_info(seed: int) -> dict:
     return {"seed": int(seed), "classes": sc.class_names, "boxes": [list(o.box) for o in sc.objects]}
 
 
-def method_family(method: str) -> str:
-    from clrp.methods import REGISTRY
-
-    spec = REGISTRY.get(method)
-    if spec is None:
-        raise ClrpError(f"unknown method {method!r}; known methods: {', '.join(clrp.METHODS)}")
-    return spec.family
-
-
 def class_index(lm, cls) -> int:
     """A class given by index or by name -> its index in the model; ``InvalidTarget`` otherwise."""
     if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
@@ -197,48 +185,6 @@ def class_index(lm, cls) -> int:
     if name.lower() in low:
         return low.index(name.lower())
     raise InvalidTarget(f"class {name!r} is not one of the model's classes")
-
-
-def explain_array(lm, x: torch.Tensor, target: int, method: str, rules: str = "paper",
-                  options: Optional[dict] = None) -> np.ndarray:
-    """One explanation as a float32 ``[C, H, W]`` array. The zB box comes from the model's
-    preprocessing unless given. Never mutates ``lm.model``."""
-    opts = dict(options or {})
-    opts.setdefault("box", lm.box)
-    if "condition" in opts and opts["condition"] is not None:
-        layer, chans = opts["condition"]
-        opts["condition"] = (layer, [int(c) for c in chans])
-    R = clrp.explain(lm.model, x, [int(target)], method, rules=rules, **opts)
-    return R[0].detach().to("cpu", torch.float32).numpy()
-
-
-def neuron_array(lm, x: torch.Tensor, layer: str, channel: int, contrast=None, rules: str = "paper") -> np.ndarray:
-    R = clrp.explain_neuron(lm.model, x, layer, int(channel), contrast=contrast, rules=rules, box=lm.box)
-    return R[0].detach().to("cpu", torch.float32).numpy()
-
-
-def layer_relevance_array(lm, x: torch.Tensor, target: int, layer: str, method: str = "lrp",
-                          rules: str = "paper") -> np.ndarray:
-    r = clrp.layer_relevance(lm.model, x, [int(target)], layer, method, rules=rules, box=lm.box)
-    return r[0].detach().to("cpu", torch.float32).numpy()
-
-
-def _example(lm) -> torch.Tensor:
-    return torch.zeros(1, 3, *lm.preprocessing.input_size)
-
-
-def feature_layers(lm) -> list[str]:
-    """Hidden layers whose channels can be explained, in forward order (the model graph's names)."""
-    from clrp import engine
-
-    return engine.feature_layers(lm.model, _example(lm))
-
-
-def default_feature_layer(lm) -> str:
-    """The last feature map every path goes through (Grad-CAM's and feature ablation's default)."""
-    from clrp import engine
-
-    return engine.last_feature_layer(lm.model, _example(lm))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +258,7 @@ def runs_dir() -> Path:
     return d
 
 
-def scenes_dataset(n: int, seed: int = SCENES_SEED, root: Optional[Path] = None) -> Path:
+def scenes_dataset(n: int, seed: int = EVALUATION_SEED, root: Optional[Path] = None) -> Path:
     """A VOC folder of ``n`` bundled scenes (seeds ``seed..seed+n-1``), generated once and kept in
     the cache folder (:func:`clrp.scenes.voc_cache`: never half-written, safe for several sessions)."""
     from clrp import scenes
@@ -326,8 +272,41 @@ def scenes_dataset(n: int, seed: int = SCENES_SEED, root: Optional[Path] = None)
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
+#: Uploaded archives older than this are deleted (a run deletes its own copy when it ends; this
+#: catches copies left by a server that stopped mid-run).
+UPLOAD_MAX_AGE_S = 6 * 3600
+_UPLOAD_PREFIX = "clrp-upload-"
+
+
+def prune_uploads(max_age_s: float = UPLOAD_MAX_AGE_S, root: Optional[Path] = None, now: Optional[float] = None) -> int:
+    """Delete upload folders older than ``max_age_s``; returns how many were deleted."""
+    import shutil
+
+    root = Path(root) if root is not None else cache_dir()
+    now = time.time() if now is None else now
+    n = 0
+    for d in root.glob(_UPLOAD_PREFIX + "*"):
+        try:
+            if d.is_dir() and now - d.stat().st_mtime > max_age_s:
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
+        except OSError:
+            continue
+    return n
+
+
+def discard_upload(path: str | os.PathLike) -> None:
+    """Delete the private folder :func:`save_upload` made for ``path`` (nothing else)."""
+    import shutil
+
+    folder = Path(path).parent
+    if folder.name.startswith(_UPLOAD_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def save_upload(name: str, data: bytes, folder: Optional[Path] = None) -> Path:
-    """Store an uploaded archive under a fresh private folder (never using the client's path)."""
+    """Store an uploaded archive under a fresh private folder (never using the client's path);
+    older uploads are pruned first (:data:`UPLOAD_MAX_AGE_S`)."""
     base = os.path.basename(str(name or "upload")).replace("\x00", "")
     low = base.lower()
     suffix = next((s for s in ARCHIVE_SUFFIXES if low.endswith(s)), None)
@@ -335,7 +314,9 @@ def save_upload(name: str, data: bytes, folder: Optional[Path] = None) -> Path:
         raise DatasetError(f"{base}: upload a dataset archive ({', '.join(ARCHIVE_SUFFIXES)})")
     if not data:
         raise DatasetError(f"{base} is empty")
-    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="clrp-upload-", dir=cache_dir()))
+    if folder is None:
+        prune_uploads()
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix=_UPLOAD_PREFIX, dir=cache_dir()))
     folder.mkdir(parents=True, exist_ok=True)
     p = folder / ("dataset" + suffix)
     p.write_bytes(data)
@@ -351,7 +332,7 @@ def open_source(source: dict):
     kind = source.get("kind")
     fmt = source.get("format", "auto")
     if kind == "scenes":
-        return open_dataset(str(scenes_dataset(source.get("n", 16), source.get("seed", SCENES_SEED))), "voc")
+        return open_dataset(str(scenes_dataset(source.get("n", 16), source.get("seed", EVALUATION_SEED))), "voc")
     if kind == "upload":
         return open_dataset(str(source["path"]), fmt)
     if kind == "server":
@@ -420,6 +401,7 @@ def _public_source(source: dict) -> dict:
     if s.get("kind") == "upload":
         s["path"] = s.get("name", "uploaded archive")
         s.pop("name", None)
+        s.pop("owned", None)
     return s
 
 
@@ -514,6 +496,8 @@ class RunRegistry:
                     ds.close()
                 except Exception:
                     pass
+            if run.source.get("kind") == "upload" and run.source.get("owned"):
+                discard_upload(run.source["path"])  # the results stay; the archive copy goes
             if acquired:
                 self._slots.release()
             run.finished = time.time()
@@ -549,13 +533,3 @@ def run_results(out_dir: str) -> tuple[dict, dict]:
     if not res:
         return {}, {}
     return res, summarize(res)
-
-
-def results_csv(results: dict, protocol: str) -> bytes:
-    """The rows of one protocol as CSV bytes (list-valued columns such as curves as JSON)."""
-    df = results[protocol].copy()
-    for c in df.columns:
-        if df[c].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
-            df[c] = df[c].map(lambda v: json.dumps(np.asarray(v).tolist()) if isinstance(v, (list, tuple, np.ndarray))
-                              else v)
-    return df.to_csv(index=False).encode("utf-8")

@@ -1,5 +1,6 @@
-"""The two evaluation pages (Pointing Game, Ablation): dataset source, settings, a background
-run with live progress and charts, cancel, downloads, and this session's past runs."""
+"""What the evaluation pages (Pointing Game, Ablation) share: the dataset source, method and
+protocol widgets, starting a background run, its live progress and charts, cancel, downloads and
+this session's past runs. Each page's own settings live in its page file."""
 from __future__ import annotations
 
 import time
@@ -11,14 +12,15 @@ import streamlit as st
 import dataclasses
 
 import clrp
-from clrp import viz
+from clrp import scenes, viz
 from clrp.errors import ClrpError
-from clrp.evaluation import perturbation as pert
+from clrp.datasets import FORMATS as DATASET_FORMATS
+from clrp.evaluation.runs import rows_csv
 from clrp.evaluation.protocol import REGISTRY, field_default
 
 from . import core, ui
 
-FORMATS = ["auto", "voc", "coco", "csv", "folders"]
+FORMATS = ["auto", *DATASET_FORMATS]
 REFRESH_S = 1.0
 _PLOT_CFG = {"displaylogo": False}
 
@@ -35,8 +37,9 @@ def dataset_source(kind: str) -> dict | None:
         c1, c2 = st.columns(2)
         n = c1.number_input("Number of scenes", 1, 5000, 16, key=f"{kind}_n",
                             help="Procedural scenes with exact boxes and masks, exported as a VOC dataset")
-        seed = c2.number_input("First seed", 0, 2**31 - 1000000, core.SCENES_SEED, key=f"{kind}_scene_seed",
-                               help="Seeds 20,000,000+ were never used to train the bundled model")
+        seed = c2.number_input("First seed", 0, 2**31 - 1000000, scenes.EVALUATION_SEED, key=f"{kind}_scene_seed",
+                               help="The evaluation scenes start at 30,000,000 (as `python -m clrp evaluate --dataset scenes:N`); "
+                                    "seeds from 10,000,000 on were never used to train the bundled model")
         return {"kind": "scenes", "n": int(n), "seed": int(seed)}
     if src == "Upload an archive":
         c1, c2 = st.columns([3, 1])
@@ -72,7 +75,8 @@ def dataset_source(kind: str) -> dict | None:
     return {"kind": "server", "path": str(real), "format": fmt}
 
 
-def _methods(kind: str, default) -> tuple[list, str]:
+def method_picker(kind: str, default) -> tuple[list, str]:
+    """Methods and the LRP rule preset."""
     c1, c2 = st.columns([3, 1])
     methods = c1.multiselect("Methods", list(clrp.METHODS), default=list(default), format_func=ui.method_label,
                              key=f"{kind}_methods")
@@ -84,7 +88,7 @@ def _methods(kind: str, default) -> tuple[list, str]:
 _BUILT_IN = ("pointing", "discriminativeness", "perturbation", "ablation")  # their options have own widgets
 
 
-def _protocols(kind: str, page: str, default) -> list:
+def protocol_picker(kind: str, page: str, default) -> list:
     """The registry's protocols offered on this page (plug-ins appear here without code changes)."""
     names = [n for n, p in REGISTRY.items() if p.page == page]
     return st.multiselect("Protocols", names, default=[d for d in default if d in names], key=f"{kind}_protocols",
@@ -92,7 +96,7 @@ def _protocols(kind: str, page: str, default) -> list:
                           help="; ".join(f"{REGISTRY[n].title}: {REGISTRY[n].description}" for n in names))
 
 
-def _plugin_options(kind: str, protocols) -> dict:
+def plugin_options(kind: str, protocols) -> dict:
     """Widgets for the options of protocols without a hand-made form, from their Options dataclass."""
     out = {}
     for name in protocols:
@@ -116,53 +120,6 @@ def _plugin_options(kind: str, protocols) -> dict:
                 opts[f.name] = c.text_input(f.name, "" if d is None else str(d), key=k) or d
         out.setdefault("options", {})[name] = opts
     return out
-
-
-def pointing_settings() -> dict:
-    methods, rules = _methods("pg", ["lrp", "clrp1", "clrp2", "sglrp", "gradient", "gradcam"])
-    c1, c2, c3, c4 = st.columns(4)
-    scaled = c1.checkbox("Scale tolerance with image size", False, key="pg_scaled",
-                         help="15 px at 224 px, proportionally otherwise")
-    tol = c1.number_input("Tolerance (px)", 0.0, 200.0, 15.0, 1.0, key="pg_tol", disabled=scaled)
-    use_masks = c2.checkbox("Use masks when the dataset has them", True, key="pg_masks")
-    center = c2.checkbox("Centre baseline", True, key="pg_center", help="Always point at the image centre")
-    geometry = c3.selectbox("Geometry", ["full", "model"], key="pg_geom",
-                            help="full: whole image resized to the model input; model: the model's own "
-                                 "resize + centre crop")
-    limit = c4.number_input("Max images (0 = all)", 0, 100000, 0, key="pg_limit")
-    batch = c4.number_input("Images per batch", 1, 64, 4, key="pg_batch",
-                            help="Results are written after each batch (resume and cancel keep them)")
-    protocols = _protocols("pg", "pointing", ["pointing", "discriminativeness"])
-    return {"methods": methods, "rules": rules, "protocols": protocols, **_plugin_options("pg", protocols),
-            "tolerance": "scaled" if scaled else float(tol), "use_masks": bool(use_masks), "center": bool(center),
-            "geometry": geometry, "limit": int(limit) or None, "batch_size": int(batch)}
-
-
-def ablation_settings(lm) -> dict:
-    methods, rules = _methods("abl", ["lrp", "clrp1", "clrp2", "gradient"])
-    protocols = _protocols("abl", "ablation", ["perturbation", "ablation"])
-    c1, c2, c3, c4 = st.columns(4)
-    patch = c1.number_input("Patch (px)", 2, 64, 8, key="abl_patch")
-    steps = c1.number_input("Steps", 1, 1000, 30, key="abl_steps", help="Patches removed one per step")
-    baseline = c2.selectbox("Replace with", list(pert.BASELINES), key="abl_baseline")
-    orders = c2.multiselect("Orders", list(pert.ORDERS), default=list(pert.ORDERS), key="abl_orders")
-    layers = core.feature_layers(lm) if lm is not None else []
-    layer = c3.selectbox("Ablation layer", ["(default: the last feature map)"] + layers, key="abl_layer")
-    ks = c3.text_input("k values", "1, 2, 4, 8, 16", key="abl_ks", help="Numbers of top units zeroed")
-    repeats = c4.number_input("Random repeats", 1, 50, 3, key="abl_repeats")
-    limit = c4.number_input("Max images (0 = all)", 0, 100000, 0, key="abl_limit")
-    try:
-        kvals = tuple(sorted({int(v) for v in ks.replace(";", ",").split(",") if v.strip()}))
-        if not kvals or min(kvals) < 1:
-            raise ValueError
-    except ValueError:
-        st.error("k values: give positive integers separated by commas, e.g. 1, 2, 4")
-        kvals = None
-    return {"methods": methods, "rules": rules, "protocols": protocols, **_plugin_options("abl", protocols),
-            "patch": int(patch), "steps": int(steps),
-            "baseline": baseline, "orders": orders,
-            "layer": None if layer.startswith("(") else layer, "ks": kvals, "random_repeats": int(repeats),
-            "limit": int(limit) or None, "batch_size": 4}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,14 +192,14 @@ def results_view(run: core.EvalRun, key: str):
     cols = st.columns(len(res) + 1)
     for i, proto in enumerate(res):
         # read from disk when clicked: a button rendered before the run's last batch still gives every row
-        cols[i].download_button(f"{proto} rows (CSV)", lambda proto=proto: core.results_csv(
-                                    core.run_results(run.out_dir)[0], proto), f"{run.id}_{proto}.csv",
+        cols[i].download_button(f"{proto} rows (CSV)", lambda proto=proto: rows_csv(
+                                    core.run_results(run.out_dir)[0][proto]), f"{run.id}_{proto}.csv",
                                 "text/csv", key=f"{key}_csv_{proto}", icon=":material/download:", on_click="ignore")
     cols[-1].download_button("Settings (JSON)", viz.settings_json(run.settings()), f"{run.id}_settings.json",
                              "application/json", key=f"{key}_json", icon=":material/settings:")
 
 
-def _status_line(run: core.EvalRun):
+def status_line(run: core.EvalRun):
     total = run.total if run.total is not None else "?"
     elapsed = (run.finished or time.time()) - (run.started or run.created)
     text = f"{run.state} — {run.done}/{total} images — {elapsed:.0f} s"
@@ -275,7 +232,7 @@ def live_panel(run_id: str, kind: str):
             st.session_state[f"{kind}_polling"] = None
             st.rerun()  # the run ended: redraw the whole page once, without the timer (and with downloads)
         st.markdown(f"**Run {r.id}** · {r.label}")
-        _status_line(r)
+        status_line(r)
         if r.active:
             st.button("Cancel", key=f"{kind}_cancel_{r.id}", on_click=r.cancel, icon=":material/stop:",
                       help="Stops after the current batch; finished batches stay")
@@ -288,43 +245,31 @@ def live_panel(run_id: str, kind: str):
         panel()
 
 
-# ---------------------------------------------------------------------------------------------
-# The page
 
-def render(kind: str):
-    title = {"pointing": "Pointing Game", "ablation": "Ablation"}[kind]
-    ui.page(title)
-    st.title(title)
-    if kind == "pointing":
-        st.caption("For each (image, class present): is the map's arg-max within the tolerance of the class's "
-                   "ground truth? Score = mean of per-class accuracies; “difficult” = small object with another "
-                   "class present. Runs in the background: you can leave the page and come back.")
-    else:
-        st.caption("Region perturbation: remove the most (MoRF) or least (LeRF) relevant patches first and follow "
-                   "the target score (AOPC). Hidden-unit ablation: zero the top-k units of a layer by relevance and "
-                   "compare the drop of the target with the other classes'. Runs in the background.")
-    lm = ui.model_picker()
+
+# ---------------------------------------------------------------------------------------------
+# Starting runs, the current run, earlier runs
+
+def _start(kind: str, model_key: str, source: dict, config: dict) -> None:
+    src = dict(source)
+    if src["kind"] == "upload":
+        up = src.pop("data")
+        src["path"] = str(core.save_upload(up.name, up.getvalue()))
+        src["owned"] = True  # the run deletes its copy of the upload when it ends
+    label = (f"{model_key} · " + (f"{src['n']} scenes" if src["kind"] == "scenes" else
+                                  src.get("name") or src.get("path")) + " · " +
+             ", ".join(ui.method_label(m) for m in config["methods"]))
+    run = core.REGISTRY.start(ui.session_id(), kind, model_key, src, config, model_loader=ui.get_model, label=label)
+    st.session_state[f"{kind}_current"] = run.id
+
+
+def run_controls(kind: str, lm, source: dict | None, config: dict | None, ready: bool) -> None:
+    """The Run button, the current run (live) and this session's earlier runs of this page."""
     model_key = st.session_state.get(ui.MODEL_STATE)
-    source = dataset_source(kind)
-    st.subheader("Settings")
-    with ui.guard("the settings"):
-        config = pointing_settings() if kind == "pointing" else ablation_settings(lm)
-    ready = lm is not None and source is not None and config.get("methods") and \
-        (kind == "pointing" or (config.get("protocols") and config.get("ks")))
-    if lm is not None and not config.get("methods"):
-        st.info("Choose at least one method.")
+    ready = bool(ready and lm is not None and source is not None and config)
     if st.button("Run", type="primary", disabled=not ready, key=f"{kind}_start", icon=":material/play_arrow:"):
         with ui.guard("starting the run"):
-            src = dict(source)
-            if src["kind"] == "upload":
-                up = src.pop("data")
-                src["path"] = str(core.save_upload(up.name, up.getvalue()))
-            label = (f"{model_key} · " + (f"{src['n']} scenes" if src["kind"] == "scenes" else
-                                          src.get("name") or src.get("path")) + " · " +
-                     ", ".join(ui.method_label(m) for m in config["methods"]))
-            run = core.REGISTRY.start(ui.session_id(), kind, model_key, src, config, model_loader=ui.get_model,
-                                      label=label)
-            st.session_state[f"{kind}_current"] = run.id
+            _start(kind, model_key, source, config)
     current = st.session_state.get(f"{kind}_current")
     if current:
         st.subheader("Current run")
@@ -336,5 +281,5 @@ def render(kind: str):
                                     "message": r.message} for r in past]), hide_index=True, width="stretch")
         pick = st.selectbox("Show the results of", [r.id for r in past], key=f"{kind}_past")
         r = next(r for r in past if r.id == pick)
-        _status_line(r)
+        status_line(r)
         results_view(r, key=f"{kind}_past_{r.id}")

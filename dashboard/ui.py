@@ -1,18 +1,21 @@
-"""Streamlit widgets, caches and error handling shared by ``app.py`` and ``pages/*.py``."""
+"""Streamlit widgets, caches and error handling shared by ``app.py`` and ``pages/*.py``: the page
+frame and navigation, the model and image pickers, cached explanations and the heatmap grids."""
 from __future__ import annotations
 
 import io
-import json
 import logging
 import zipfile
 from contextlib import contextmanager
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import streamlit as st
+import torch
 
-from clrp import viz
+from clrp import scenes, viz
 from clrp.errors import ClrpError
+from clrp.methods import MAP_KINDS, METHOD_LABELS, map_kind
 
 from . import core
 
@@ -26,8 +29,44 @@ DISPLAY_STATE = "clrp_display"   # shared display settings
 # ---------------------------------------------------------------------------------------------
 # Page frame and errors
 
+@dataclass(frozen=True)
+class PageInfo:
+    path: str         # relative to the app's folder (what st.page_link takes)
+    title: str
+    icon: str
+    description: str
+
+
+#: The dashboard's pages, in navigation order (the sidebar and the home page list them from here).
+PAGES = (
+    PageInfo("app.py", "Home", ":material/home:", "a first explanation of a sample scene"),
+    PageInfo("pages/1_Explain.py", "Explain", ":material/image_search:",
+             "any image, every method side by side, hover values, downloads"),
+    PageInfo("pages/2_Class_contrast.py", "Class contrast", ":material/compare:",
+             "LRP against CLRP for several classes of one image, with how much their maps agree"),
+    PageInfo("pages/3_Neuron_contrast.py", "Neuron contrast", ":material/hub:",
+             "the channels of a layer ranked for a class, neuron against neuron"),
+    PageInfo("pages/4_Pointing_Game.py", "Pointing Game", ":material/my_location:",
+             "does each map point at the object? Over a whole dataset, in the background"),
+    PageInfo("pages/5_Ablation.py", "Ablation", ":material/content_cut:",
+             "remove what a map calls relevant (pixels or hidden units) and watch the score"),
+)
+
+
 def page(title: str, icon: str = ":material/insights:") -> None:
+    """Page config + the sidebar navigation (Streamlit's own list is off in .streamlit/config.toml:
+    it would call the home page "app")."""
+    from streamlit.errors import StreamlitPageNotFoundError
+
     st.set_page_config(page_title=f"{title} · clrp", page_icon=icon, layout="wide")
+    with st.sidebar:
+        try:
+            for p in PAGES:
+                st.page_link(p.path, label=p.title, icon=p.icon)
+        except StreamlitPageNotFoundError:
+            pass  # a page file run on its own (``streamlit run pages/...``, AppTest) has no app to link to
+        else:
+            st.divider()
 
 
 def _is_streamlit_control(e: BaseException) -> bool:
@@ -73,6 +112,13 @@ def get_model(key: str):
 @st.cache_data(ttl=60, show_spinner=False)
 def _choices():
     return core.model_choices()
+
+
+def model_table() -> list[dict]:
+    """Every model the picker knows, as rows for a table (home page)."""
+    return [{"model": c.key, "kind": c.kind,
+             "available": "yes" if c.available else "on first use" if c.downloadable else "no",
+             "note": c.reason or c.description} for c in _choices()]
 
 
 def _unavailable_summary(missing) -> list[str]:
@@ -145,15 +191,22 @@ def model_picker(where=None):
     return lm
 
 
-def scoped_default(widget_key: str, scope, value) -> None:
-    """Set a widget's value to ``value`` whenever ``scope`` (e.g. the model key, or model and layer)
-    differs from the last time: class indices, layers and channel numbers belong to a model, and
-    the previous model's picks would be dropped by the widget and leave the page empty. Widgets
-    using this take no ``default``/``index`` of their own."""
-    tag = f"_scope_of_{widget_key}"
-    if st.session_state.get(tag) != scope or widget_key not in st.session_state:
-        st.session_state[widget_key] = value
-        st.session_state[tag] = scope
+def follow_default(widget_key: str, default, *, owner, context=None, valid=lambda v: True) -> None:
+    """Make a widget follow ``default`` (e.g. the image's top class) as ``context`` changes (a new
+    image), unless the user changed it and the choice is still ``valid``; a new ``owner`` (what the
+    values belong to: the model, or model and layer) always resets it, since class indices and
+    channel numbers mean nothing in another model or layer. Widgets using this take no
+    ``default``/``index`` of their own."""
+    tag = f"_follow_{widget_key}"
+    rec = st.session_state.get(tag)
+    current = st.session_state.get(widget_key)
+    if rec is None or widget_key not in st.session_state or rec["owner"] != owner:
+        st.session_state[widget_key] = default
+    elif rec["context"] != context:
+        pinned = current != rec["default"]
+        if not (pinned and valid(current)):
+            st.session_state[widget_key] = default
+    st.session_state[tag] = {"owner": owner, "context": context, "default": default}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +217,9 @@ def prepare_image(model_key: str, image_digest: str, _data: bytes):
     """Decode + preprocess an image for a model: ``(input tensor, display array, info)``."""
     lm = get_model(model_key)
     mi = lm.load_image(_data)
-    info = {"original_size": list(mi.original_size), "format": mi.source_format, "mode": mi.source_mode}
+    w, h = mi.original_size
+    info = {"original_size": [w, h], "format": mi.source_format, "mode": mi.source_mode,
+            "geometry": lm.preprocessing.describe_geometry(w, h)}
     return mi.tensor, mi.display, info
 
 
@@ -174,7 +229,7 @@ def set_image(data: bytes, name: str, scene: Optional[int] = None) -> None:
 
 def current_image() -> dict:
     if IMAGE_STATE not in st.session_state:
-        seed = core.SAMPLE_SCENE
+        seed = scenes.SAMPLE_SEED
         set_image(core.scene_png(seed), f"scene {seed}", seed)
     return st.session_state[IMAGE_STATE]
 
@@ -188,9 +243,9 @@ def image_picker(key: str = "img") -> dict:
                        index=0 if img.get("scene") is not None else 1)
         if src == "Bundled scene":
             seed = st.number_input("Scene seed", min_value=0, max_value=2**31 - 1, step=1,
-                                   value=int(img["scene"]) if img.get("scene") is not None else core.SAMPLE_SCENE,
-                                   key=f"{key}_img_seed", help="Procedural scenes with 1-3 shapes; the model never "
-                                                           "saw these seeds in training.")
+                                   value=int(img["scene"]) if img.get("scene") is not None else scenes.SAMPLE_SEED,
+                                   key=f"{key}_img_seed", help="Procedural scenes with 1-3 shapes; the bundled model "
+                                                           "never saw seeds from 10,000,000 on in training.")
             if img.get("scene") != int(seed):
                 set_image(core.scene_png(int(seed)), f"scene {int(seed)}", int(seed))
         else:
@@ -212,50 +267,43 @@ def load_current(lm, model_key: str):
 
 
 # ---------------------------------------------------------------------------------------------
-# Explanations (cached by model, image digest, method, settings)
+# Explanations, cached by model, image digest, method and settings (changing the colormap or
+# opacity never recomputes). Bounded: a 224 px map is 0.6 MB, so 256 entries stay below ~150 MB.
 
-def _opts_key(options: Optional[dict]) -> str:
-    return json.dumps(options or {}, sort_keys=True, default=str)
+def _numpy(r: torch.Tensor) -> np.ndarray:
+    return r[0].detach().to("cpu", torch.float32).numpy()
 
 
-# Bounded: a 224 px map is 0.6 MB, so 256 entries stay below ~150 MB per server.
 @st.cache_data(max_entries=256, ttl=6 * 3600, show_spinner=False)
-def _explain(model_key: str, image_digest: str, method: str, target: int, rules: str, options_key: str, _x):
-    lm = get_model(model_key)
-    return core.explain_array(lm, _x, target, method, rules, json.loads(options_key) or None)
-
-
-def explain(model_key: str, image_digest: str, x, method: str, target: int, rules: str = "paper",
+def explain(model_key: str, image_digest: str, _x, method: str, target: int, rules: str = "paper",
             options: Optional[dict] = None) -> np.ndarray:
-    """``[C, H, W]`` relevance (cached: changing colormap or opacity never recomputes)."""
-    return _explain(model_key, image_digest, method, int(target), rules, _opts_key(options), x)
+    """``[C, H, W]`` relevance of ``target`` by ``method`` (``LoadedModel.explain``: never mutates
+    the shared model)."""
+    return _numpy(get_model(model_key).explain(_x, [int(target)], method, rules, **(options or {})))
 
 
 @st.cache_data(max_entries=128, ttl=6 * 3600, show_spinner=False)
-def _neuron(model_key: str, image_digest: str, layer: str, channel: int, contrast, rules: str, _x):
-    return core.neuron_array(get_model(model_key), _x, layer, channel, contrast, rules)
-
-
-def explain_neuron(model_key, image_digest, x, layer, channel, contrast=None, rules="paper") -> np.ndarray:
-    return _neuron(model_key, image_digest, layer, int(channel), contrast, rules, x)
+def explain_neuron(model_key: str, image_digest: str, _x, layer: str, channel: int, contrast=None,
+                   rules: str = "paper") -> np.ndarray:
+    return _numpy(get_model(model_key).explain_neuron(_x, layer, int(channel), contrast, rules))
 
 
 @st.cache_data(max_entries=500, show_spinner=False)
-def _layer_rel(model_key: str, image_digest: str, target: int, layer: str, method: str, rules: str, _x):
-    return core.layer_relevance_array(get_model(model_key), _x, target, layer, method, rules)
-
-
-def layer_relevance(model_key, image_digest, x, target, layer, method="lrp", rules="paper") -> np.ndarray:
-    return _layer_rel(model_key, image_digest, int(target), layer, method, rules, x)
+def layer_relevance(model_key: str, image_digest: str, _x, target: int, layer: str, method: str = "lrp",
+                    rules: str = "paper") -> np.ndarray:
+    return _numpy(get_model(model_key).layer_relevance(_x, [int(target)], layer, method, rules))
 
 
 @st.cache_data(max_entries=500, show_spinner=False)
-def _top(model_key: str, image_digest: str, k: int, _x):
-    return get_model(model_key).top_classes(_x, k)
+def top_classes(model_key: str, image_digest: str, _x, k: int = 5):
+    return get_model(model_key).top_classes(_x, int(k))
 
 
-def top_classes(model_key, image_digest, x, k=5):
-    return _top(model_key, image_digest, int(k), x)
+@st.cache_data(max_entries=32, show_spinner=False)
+def feature_layers(model_key: str) -> tuple[list[str], str]:
+    """The model's explainable layers and its default (last feature map every path goes through)."""
+    lm = get_model(model_key)
+    return lm.feature_layers(), lm.default_feature_layer()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,10 +325,26 @@ def image_page(title: str, key: str, caption: str | None = None):
     model_key = st.session_state[MODEL_STATE]
     x = None
     with guard("reading the image"):
-        img, x, image, _info = load_current(lm, model_key)
+        img, x, image, info = load_current(lm, model_key)
     if x is None:
         st.stop()
+    input_note(lm, img, info)
     return lm, model_key, display, img, x, image
+
+
+def input_note(lm, img: dict, info: dict) -> None:
+    """Say what the model knows and what geometry the image took, under the title."""
+    text = f"**{img['name']}** → model input: {info['geometry']}."
+    squashed = "squashed" in info["geometry"]
+    if img.get("scene") is None and lm.architecture == "scene_vgg":
+        st.warning(f"{text} The model **{lm.name}** knows only {lm.domain}", icon=":material/info:")
+    elif squashed:
+        st.info(text + (f" The model knows {lm.domain}." if lm.domain else ""), icon=":material/aspect_ratio:")
+    else:
+        st.caption(text + (f" The model knows {lm.domain}." if lm.domain else ""))
+
+
+SCALES = {"shared": "shared per kind", "per_map": "per map"}
 
 
 def display_controls(key: str, where=None, signed_hint: bool = False) -> dict:
@@ -295,11 +359,12 @@ def display_controls(key: str, where=None, signed_hint: bool = False) -> dict:
                                  "Sequential maps suit non-negative maps.")
         opacity = st.slider("Overlay opacity", 0.0, 1.0, float(prev.get("opacity", 0.7)), 0.05, key=f"{key}_opacity",
                             help="0 = the image only, 1 = the heatmap only")
-        scale = st.radio("Colour scale", ["shared", "per_map"], horizontal=True, key=f"{key}_scale",
-                         index=["shared", "per_map"].index(prev.get("scale", "shared")),
-                         format_func=lambda s: {"shared": "shared", "per_map": "per map"}[s],
-                         help="Shared: one scale for all maps, so magnitudes compare. Per map: each map "
-                              "scaled to its own maximum.")
+        scale = st.radio("Colour scale", list(SCALES), horizontal=True, key=f"{key}_scale",
+                         index=list(SCALES).index(prev.get("scale", "shared")), format_func=SCALES.get,
+                         help="Shared per kind: maps in the same units (e.g. LRP, CLRP1 and CLRP2 relevance) share "
+                              "one scale and one colour bar, so their magnitudes compare; other kinds (gradients, "
+                              "Grad-CAM, SGLRP) get their own. Per map: each map scaled to its own maximum. "
+                              "A numerically zero map (|values| < 1e-6) is drawn as zero either way.")
         clip = st.slider("Clip at percentile", 90.0, 100.0, float(prev.get("clip", 99.5)), 0.1, key=f"{key}_clip",
                          help="Colour limits from this percentile of |relevance| (100 = the maximum)")
     d = {"cmap": cmap, "opacity": float(opacity), "scale": scale, "clip": float(clip)}
@@ -307,81 +372,120 @@ def display_controls(key: str, where=None, signed_hint: bool = False) -> dict:
     return d
 
 
-def heatmap_grid(items: Sequence[tuple[str, np.ndarray]], image: np.ndarray, display: dict, *, columns: int = 4,
+class MapItem(NamedTuple):
+    """One map of a grid: its title, the ``[C, H, W]`` (or ``[H, W]``) values, and its kind
+    (:data:`clrp.methods.MAP_KINDS`): maps share a colour scale only within a kind."""
+    title: str
+    values: np.ndarray
+    kind: str = "relevance"
+
+
+def method_item(title: str, values: np.ndarray, method: str, options: Optional[dict] = None) -> MapItem:
+    return MapItem(title, values, map_kind(method, options))
+
+
+def _limits(items: Sequence[MapItem], display: dict):
+    maps = [viz.channel_sum(it.values) for it in items]
+    kinds = [it.kind for it in items]
+    return maps, kinds, viz.color_limits(maps, scale=display["scale"], cmap=display["cmap"], clip=display["clip"],
+                                         groups=kinds)
+
+
+def scale_caption(items: Sequence[MapItem], display: dict) -> str:
+    kinds = list(dict.fromkeys(it.kind for it in items))
+    if display["scale"] == "per_map":
+        return "Each map on its own scale (its limits are in its title)."
+    if len(kinds) == 1:
+        return f"One colour scale: {MAP_KINDS.get(kinds[0], kinds[0])}; magnitudes compare."
+    return ("One colour scale per kind of map, each with its colour bar; magnitudes compare within a kind, not "
+            "across: " + "; ".join(f"**{k}** = {MAP_KINDS.get(k, k)}" for k in kinds) + ".")
+
+
+def heatmap_grid(items: Sequence[MapItem], image: np.ndarray, display: dict, *, columns: int = 4,
                  key: str = "grid", height: int = 250) -> list:
-    """Plot ``(title, map)`` items side by side in one plotly figure (hover shows values); returns
-    the colour limits used."""
-    maps = [viz.channel_sum(m) for _, m in items]
-    limits = viz.color_limits(maps, scale=display["scale"], cmap=display["cmap"], clip=display["clip"])
-    fig = viz.heatmap_grid_figure(maps, [t for t, _ in items], image, limits=limits, cmap=display["cmap"],
+    """Plot the items side by side in one plotly figure (hover shows values; one colour bar per
+    kind of map); returns the colour limits used."""
+    items = [MapItem(*it) for it in items]
+    maps, kinds, limits = _limits(items, display)
+    fig = viz.heatmap_grid_figure(maps, [it.title for it in items], image, limits=limits, cmap=display["cmap"],
                                   opacity=display["opacity"], columns=columns, cell_height=height,
-                                  shared=display["scale"] == "shared")
+                                  shared=display["scale"] == "shared", groups=kinds)
     st.plotly_chart(fig, key=key, config={"displaylogo": False, "displayModeBar": False})
     return limits
 
 
-def image_grid(items: Sequence[tuple[str, np.ndarray]], image: np.ndarray, display: dict, *, columns: int = 4,
+def _colorbars(items: Sequence[MapItem], limits, display: dict) -> list[tuple]:
+    if display["scale"] != "shared":
+        return []
+    first = {}
+    for it, lim in zip(items, limits):
+        first.setdefault(it.kind, lim)
+    return [(k, display["cmap"], lim.vmin, lim.vmax) for k, lim in first.items()]
+
+
+def image_grid(items: Sequence[MapItem], image: np.ndarray, display: dict, *, columns: int = 4,
                width: int = 200) -> list:
     """Static overlays (PNG) side by side: no plotly in the browser, so they appear fastest (used on
     the home page; the other pages use the interactive :func:`heatmap_grid`)."""
-    maps = [viz.channel_sum(m) for _, m in items]
-    limits = viz.color_limits(maps, scale=display["scale"], cmap=display["cmap"], clip=display["clip"])
+    items = [MapItem(*it) for it in items]
+    maps, _, limits = _limits(items, display)
     cols = st.columns(columns)
     scale = max(1, width // max(1, image.shape[1]))
-    for i, ((title, _), m, lim) in enumerate(zip(items, maps, limits)):
+    for i, (it, m, lim) in enumerate(zip(items, maps, limits)):
         png = viz.to_png(viz.overlay(image, m, display["cmap"], lim.vmin, lim.vmax, display["opacity"]), scale=scale)
-        cols[i % columns].image(png, caption=title if display["scale"] == "shared" else
-                                f"{title} (±{max(abs(lim.vmin), abs(lim.vmax)):.3g})", width="stretch")
-    if display["scale"] == "shared" and limits:
-        st.image(viz.colorbar_png(display["cmap"], limits[0].vmin, limits[0].vmax, label="relevance (shared scale)"),
-                 width=360)
+        note = " (≈ 0)" if viz.is_zero(m) else "" if display["scale"] == "shared" else \
+            f" (±{max(abs(lim.vmin), abs(lim.vmax)):.3g})"
+        cols[i % columns].image(png, caption=it.title + note, width="stretch")
+    for label, cmap, lo, hi in _colorbars(items, limits, display):
+        st.image(viz.colorbar_png(cmap, lo, hi, label=f"{label} (shared scale)"), width=360)
     return limits
 
 
-def maps_zip(items: Sequence[tuple[str, np.ndarray]], image: np.ndarray, display: dict, settings: dict) -> bytes:
+def maps_zip(items: Sequence[MapItem], image: np.ndarray, display: dict, settings: dict) -> bytes:
     """PNG overlays + raw .npy maps + settings.json in one zip."""
-    maps = [viz.channel_sum(m) for _, m in items]
-    limits = viz.color_limits(maps, scale=display["scale"], cmap=display["cmap"], clip=display["clip"])
+    items = [MapItem(*it) for it in items]
+    maps, _, limits = _limits(items, display)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for (title, raw), m, lim in zip(items, maps, limits):
-            name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in title)
+        for it, m, lim in zip(items, maps, limits):
+            name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in it.title)
             zf.writestr(f"{name}.png", viz.to_png(viz.overlay(image, m, display["cmap"], lim.vmin, lim.vmax,
                                                               display["opacity"])))
             zf.writestr(f"{name}_heatmap.png", viz.to_png(viz.colorize(m, display["cmap"], lim.vmin, lim.vmax)))
-            zf.writestr(f"{name}.npy", viz.npy_bytes(raw))
+            zf.writestr(f"{name}.npy", viz.npy_bytes(it.values))
         zf.writestr("image.png", viz.to_png(image))
-        zf.writestr("settings.json", viz.settings_json({**settings, "display": display,
-                                                        "limits": [l.as_tuple() for l in limits]}))
+        zf.writestr("settings.json", viz.settings_json({
+            **settings, "display": display,
+            "maps": [{"title": it.title, "kind": it.kind, "limits": lim.as_tuple()} for it, lim in zip(items, limits)]}))
     return buf.getvalue()
 
 
-def downloads(items, image, display, settings: dict, key: str) -> None:
+def grid_png(items: Sequence[MapItem], image: np.ndarray, display: dict, columns: int = 4) -> bytes:
+    """The grid as one PNG, with a colour bar per kind of map (shared scale)."""
+    items = [MapItem(*it) for it in items]
+    maps, _, limits = _limits(items, display)
+    tiles = [viz.overlay(image, m, display["cmap"], l.vmin, l.vmax, display["opacity"]) for m, l in zip(maps, limits)]
+    titles = [it.title + (" (≈ 0)" if viz.is_zero(m) else "" if display["scale"] == "shared" else
+                          f" (±{max(abs(l.vmin), abs(l.vmax)):.3g})") for it, m, l in zip(items, maps, limits)]
+    return viz.render_grid_png(tiles, titles, columns=columns, scale=max(1, 224 // max(1, image.shape[0])),
+                               colorbars=_colorbars(items, limits, display))
+
+
+def downloads(items, image, display, settings: dict, key: str, columns: int = 4) -> None:
     """Download buttons: one zip of maps (PNG + .npy), the grid as PNG, the settings as JSON."""
     c1, c2, c3 = st.columns(3)
     c1.download_button("Maps (PNG + .npy, zip)", lambda: maps_zip(items, image, display, settings),
                        file_name="clrp_maps.zip", mime="application/zip", key=f"{key}_zip",
                        icon=":material/download:")
-
-    def grid_png():
-        maps = [viz.channel_sum(m) for _, m in items]
-        lims = viz.color_limits(maps, scale=display["scale"], cmap=display["cmap"], clip=display["clip"])
-        tiles = [viz.overlay(image, m, display["cmap"], l.vmin, l.vmax, display["opacity"]) for m, l in zip(maps, lims)]
-        scale = max(1, 224 // max(1, image.shape[0]))
-        return viz.render_grid_png(tiles, [t for t, _ in items], columns=4, scale=scale)
-
-    c2.download_button("Grid (PNG)", grid_png, file_name="clrp_grid.png", mime="image/png", key=f"{key}_png",
-                       icon=":material/image:")
+    c2.download_button("Grid (PNG)", lambda: grid_png(items, image, display, columns), file_name="clrp_grid.png",
+                       mime="image/png", key=f"{key}_png", icon=":material/image:")
     c3.download_button("Settings (JSON)", viz.settings_json({**settings, "display": display}),
                        file_name="clrp_settings.json", mime="application/json", key=f"{key}_json",
                        icon=":material/settings:")
 
 
 def method_label(method: str) -> str:
-    return {"lrp": "LRP", "clrp1": "CLRP1", "clrp2": "CLRP2", "sglrp": "SGLRP", "gradient": "Gradient",
-            "gradient_x_input": "Gradient×Input", "deconvnet": "DeConvNet", "guided_backprop": "Guided BP",
-            "gradcam": "Grad-CAM", "integrated_gradients": "Integrated Gradients",
-            "smoothgrad": "SmoothGrad"}.get(method, method)
+    return METHOD_LABELS.get(method, method)
 
 
 def class_label(lm, idx: int) -> str:

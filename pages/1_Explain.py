@@ -3,13 +3,14 @@ import streamlit as st
 
 import clrp
 from clrp.errors import ClrpError
+from clrp.methods import REGISTRY
 from dashboard import core, ui
 
 lm, key, display, img, x, image = ui.image_page("Explain an image", "explain")
 
 left, right = st.columns([1, 2])
 with left:
-    st.image(image, caption=f"{img['name']} — model input {image.shape[1]}×{image.shape[0]}", width="stretch")
+    st.image(image, caption=f"{img['name']} as the model sees it ({image.shape[1]}×{image.shape[0]})", width="stretch")
 with right:
     k = st.slider("Top-k predictions", 1, min(20, lm.num_classes), min(5, lm.num_classes), key="explain_k")
     top = ui.top_classes(key, img["digest"], x, k)
@@ -21,7 +22,8 @@ st.subheader("What to explain")
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
     all_idx = list(range(lm.num_classes))
-    ui.scoped_default("explain_classes", key, [top[0][0]])  # a new model starts from its top class
+    # a new image starts from its top class unless the user chose classes; a new model always does
+    ui.follow_default("explain_classes", [top[0][0]], owner=key, context=img["digest"])
     classes = st.multiselect("Class(es)", all_idx, format_func=lambda i: ui.class_label(lm, i),
                              key="explain_classes", help="Each class gets one row of maps")
 with c2:
@@ -51,8 +53,7 @@ if not classes or not methods:
 
 
 def options_for(method):
-    fam = core.method_family(method)
-    if fam != "relevance":
+    if REGISTRY[method].family != "relevance":
         return {}
     o = {}
     if method in ("lrp", "clrp1", "clrp2"):
@@ -64,21 +65,22 @@ def options_for(method):
     return o
 
 
+# One row per class; within a row, maps of one kind (same units) side by side, so each kind's
+# columns share a colour bar.
+kind_order = list(clrp.MAP_KINDS)
+row = sorted([(m, None) for m in methods] + [("lrp", p) for p in extra_presets],
+             key=lambda mp: kind_order.index(clrp.map_kind(mp[0], options_for(mp[0])))
+             if clrp.map_kind(mp[0], options_for(mp[0])) in kind_order else len(kind_order))
 items, failures = [], []
 with st.spinner("Explaining…"):
     for c in classes:
-        for m in methods:
+        for m, preset in row:
+            title = f"{ui.method_label(m) if preset is None else f'LRP [{preset}]'} · {lm.class_names[c]}"
             try:
-                R = ui.explain(key, img["digest"], x, m, c, rules, options_for(m))
-                items.append((f"{ui.method_label(m)} · {lm.class_names[c]}", R))
+                R = ui.explain(key, img["digest"], x, m, c, preset or rules, options_for(m))
+                items.append(ui.method_item(title, R, m, options_for(m)))
             except ClrpError as e:
-                failures.append(f"{ui.method_label(m)} · {lm.class_names[c]}: {e}")
-        for p in extra_presets:
-            try:
-                R = ui.explain(key, img["digest"], x, "lrp", c, p, options_for("lrp"))
-                items.append((f"LRP [{p}] · {lm.class_names[c]}", R))
-            except ClrpError as e:
-                failures.append(f"LRP [{p}] · {lm.class_names[c]}: {e}")
+                failures.append(f"{title}: {e}")
 
 for f in failures:
     st.warning(f, icon=":material/warning:")
@@ -86,13 +88,13 @@ for f in failures:
 if items:
     st.subheader("Explanations")
     st.caption("Hover a map to read its values (relevance summed over colour channels). "
-               + ("One colour scale for all maps: magnitudes compare." if display["scale"] == "shared"
-                  else "Each map on its own scale."))
+               + ui.scale_caption(items, display))
     with ui.guard("drawing the maps"):
-        per_class = len(methods) + len(extra_presets)
+        per_class = len(row)
         ncol = per_class if per_class <= 6 else 4
         ui.heatmap_grid(items, image, display, columns=ncol, key="explain", height=max(170, 1100 // ncol + 25))
         settings = {"model": key, "image": img["name"], "image_sha256_prefix": img["digest"],
-                    "classes": {int(c): lm.class_names[c] for c in classes}, "methods": methods, "rules": rules, "extra_lrp_presets": extra_presets,
-                    "options": {m: options_for(m) for m in methods}, "clrp_version": clrp.__version__}
-        ui.downloads(items, image, display, settings, key="explain_dl")
+                    "classes": {int(c): lm.class_names[c] for c in classes}, "methods": methods, "rules": rules,
+                    "extra_lrp_presets": extra_presets, "options": {m: options_for(m) for m in methods},
+                    "clrp_version": clrp.__version__}
+        ui.downloads(items, image, display, settings, key="explain_dl", columns=ncol)

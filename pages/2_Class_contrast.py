@@ -22,7 +22,8 @@ if lm.num_classes < 2:
 top = ui.top_classes(key, img["digest"], x, min(5, lm.num_classes))
 c1, c2, c3 = st.columns([3, 2, 1])
 with c1:
-    ui.scoped_default("contrast_classes", key, [i for i, _, _ in top[:2]])  # a new model: its two top classes
+    # a new image starts from its two top classes unless the user chose classes; a new model always does
+    ui.follow_default("contrast_classes", [i for i, _, _ in top[:2]], owner=key, context=img["digest"])
     classes = st.multiselect("Classes (two or more)", list(range(lm.num_classes)),
                              format_func=lambda i: ui.class_label(lm, i),
                              key="contrast_classes", help="Defaults to the two top-scoring classes")
@@ -75,12 +76,13 @@ if rows:
     items = []
     for m, per in maps.items():
         for c in classes:
-            items.append((f"{ui.method_label(m)} · {lm.class_names[c]}", per[c]))
+            items.append(ui.method_item(f"{ui.method_label(m)} · {lm.class_names[c]}", per[c], m))
+    st.caption(ui.scale_caption(items, display))
     with ui.guard("drawing the maps"):
         ui.heatmap_grid(items, image, display, columns=len(classes), key="contrast",
                         height=max(170, min(330, 1100 // len(classes) + 25)))
         settings = {"model": key, "image": img["name"], "classes": {int(c): lm.class_names[c] for c in classes},
                     "methods": list(maps), "rules": rules, "clrp_version": clrp.__version__}
-        ui.downloads(items, image, display, settings, key="contrast_dl")
+        ui.downloads(items, image, display, settings, key="contrast_dl", columns=len(classes))
         st.download_button("Discriminativeness (CSV)", df.to_csv(index=False).encode(), "discriminativeness.csv",
                            "text/csv", key="contrast_csv")

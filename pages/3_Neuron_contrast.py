@@ -7,7 +7,7 @@ import streamlit as st
 
 import clrp
 from clrp.errors import ClrpError
-from dashboard import core, ui
+from dashboard import ui
 
 lm, key, display, img, x, image = ui.image_page(
     "Neuron contrast", "neuron",
@@ -15,16 +15,16 @@ lm, key, display, img, x, image = ui.image_page(
             "two of them.")
 layers = default_layer = None
 with ui.guard("listing the model's layers"):
-    layers = core.feature_layers(lm)
-    default_layer = core.default_feature_layer(lm)
-if layers is None:
+    layers, default_layer = ui.feature_layers(key)
+if not layers:
     st.stop()
 
 top = ui.top_classes(key, img["digest"], x, 1)
 c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
-# layers and classes belong to the model: a new model starts from its own defaults
-ui.scoped_default("neuron_layer", key, default_layer if default_layer in layers else layers[0])
-ui.scoped_default("neuron_class", key, top[0][0])
+# layers belong to the model (a new model starts from its default layer); the class follows the
+# image's top class unless the user chose another
+ui.follow_default("neuron_layer", default_layer if default_layer in layers else layers[0], owner=key)
+ui.follow_default("neuron_class", top[0][0], owner=key, context=img["digest"])
 with c1:
     layer = st.selectbox("Layer", layers, key="neuron_layer",
                          help="Layers of the model's graph, in forward order (default: the last feature map every "
@@ -58,9 +58,12 @@ st.caption("Top channels: " + ", ".join(f"{int(i)} ({rel[i]:.3g})" for i in orde
 
 st.subheader("Neurons")
 # Channel numbers belong to a layer: another layer (or model) starts again from its own most relevant
-# channels (the previous picks may not even exist there, and would silently leave the page empty).
-ui.scoped_default("neuron_picked", (key, layer), [int(i) for i in order[:3]])
-ui.scoped_default("neuron_pair", (key, layer), [int(i) for i in order[:2]])
+# channels; a new image, class or ranking re-ranks them unless the user picked channels.
+ranking = (img["digest"], target, method, rules)
+ui.follow_default("neuron_picked", [int(i) for i in order[:3]], owner=(key, layer), context=ranking,
+                  valid=lambda v: all(0 <= c < k for c in v))
+ui.follow_default("neuron_pair", [int(i) for i in order[:2]], owner=(key, layer), context=ranking,
+                  valid=lambda v: all(0 <= c < k for c in v))
 n1, n2 = st.columns(2)
 with n1:
     picked = st.multiselect("Neurons to explain", list(range(k)), key="neuron_picked",
@@ -71,9 +74,9 @@ with n2:
 items, failures = [], []
 
 
-def add(title, fn):
+def add(title, fn, kind="neuron relevance"):
     try:
-        items.append((title, fn()))
+        items.append(ui.MapItem(title, fn(), kind))
     except ClrpError as e:
         failures.append(f"{title}: {e}")
 
@@ -84,7 +87,8 @@ with st.spinner("Explaining…"):
         add(f"neuron {ch} vs rest of layer",
             lambda ch=ch: ui.explain_neuron(key, img["digest"], x, layer, ch, "rest", rules))
         add(f"class | neuron {ch}",
-            lambda ch=ch: ui.explain(key, img["digest"], x, "lrp", target, rules, {"condition": [layer, [int(ch)]]}))
+            lambda ch=ch: ui.explain(key, img["digest"], x, "lrp", target, rules, {"condition": (layer, (int(ch),))}),
+            "relevance")
     if len(pair) == 2:
         a, b = pair
         add(f"neuron {a} vs {b}", lambda: ui.explain_neuron(key, img["digest"], x, layer, a, int(b), rules))
@@ -96,9 +100,10 @@ if items:
     st.caption("Per neuron: its own explanation, the neuron against the rest of its layer (CLRP1 analogue), "
                "and the class explanation conditioned on the neuron (only relevance flowing through it). "
                "Last row: two neurons against each other.")
+    st.caption(ui.scale_caption(items, display))
     with ui.guard("drawing the maps"):
         ui.heatmap_grid(items, image, display, columns=3, key="neuron", height=330)
         settings = {"model": key, "image": img["name"], "layer": layer, "class": lm.class_names[target],
                     "ranking_method": method, "rules": rules, "neurons": picked, "pair": pair,
                     "clrp_version": clrp.__version__}
-        ui.downloads(items, image, display, settings, key="neuron_dl")
+        ui.downloads(items, image, display, settings, key="neuron_dl", columns=3)

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 import clrp  # noqa: E402
 from clrp.errors import ClrpError, DatasetError, InvalidTarget  # noqa: E402
 from clrp.models import bundled  # noqa: E402
+from clrp.evaluation.runs import rows_csv  # noqa: E402
 from dashboard import core  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +176,7 @@ def test_pointing_game_run_to_completion():
     labels = [b.label for b in at.get("download_button")]
     assert "pointing rows (CSV)" in labels and "Settings (JSON)" in labels
     res, summ = core.run_results(run.out_dir)
-    csv = core.results_csv(res, "pointing").decode()
+    csv = rows_csv(res["pointing"]).decode()
     assert csv.splitlines()[0].startswith("image_id,class_name,method,hit")
     assert set(summ["pointing"].index) == {"lrp", "clrp2", "gradient", "center"}
     assert time.time() - t < TIMEOUT
@@ -560,3 +561,29 @@ def test_switching_to_the_resnet50_keeps_the_page_working(resnet_toml, monkeypat
     at.selectbox(key="_model_picker").set_value(MODEL).run()  # and back
     no_traceback(at)
     assert heatmaps(at) == n, [i.value for i in at.info]
+
+
+def test_upload_store_is_bounded(tmp_path):
+    """Issue 11 item 10: an uploaded archive is deleted when its run ends, and old uploads are
+    pruned when a new one is saved (a server stopped mid-run leaves none behind for long)."""
+    import shutil
+
+    from clrp import scenes as sc
+
+    root = core.cache_dir()
+    voc = tmp_path / "voc"
+    sc.export_voc(sc.iter_scenes(2, 30_000_000), voc)
+    archive = shutil.make_archive(str(tmp_path / "voc"), "zip", voc)
+    data = Path(archive).read_bytes()
+    old = core.save_upload("old.zip", data)
+    os.utime(old.parent, (time.time() - core.UPLOAD_MAX_AGE_S - 60,) * 2)
+    new = core.save_upload("new.zip", data)
+    assert not old.parent.exists() and new.is_file()  # the stale one is gone, the fresh one kept
+    reg = core.RunRegistry()
+    r = reg.start("s", "pointing", "dev:bundled", {"kind": "upload", "path": str(new), "name": "new.zip",
+                                                    "owned": True},
+                  {"methods": ["lrp"], "protocols": ["pointing"]}, model_loader=lambda k: core.load_model(k))
+    assert r.wait(TIMEOUT) and r.state == "done", r.message
+    assert not new.parent.exists() and list(root.glob("clrp-upload-*")) == []
+    assert core.run_results(r.out_dir)[0]["pointing"]["image_id"].nunique() == 2  # results stay
+    assert r.settings()["dataset"] == {"kind": "upload", "path": "new.zip"}
