@@ -366,6 +366,9 @@ class EvalRun:
     started: Optional[float] = None
     finished: Optional[float] = None
     problems: list = field(default_factory=list)
+    units: dict = field(default_factory=dict)     # work inside batches: explanations, perturbation steps, ...
+    work_started: Optional[float] = None          # model loaded and dataset opened
+    _units_at_batch: int = 0                      # sum(units) when the last batch was written
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: Optional[threading.Thread] = field(default=None, repr=False)
 
@@ -383,6 +386,35 @@ class EvalRun:
 
     def cancel(self) -> None:
         self._cancel.set()
+
+    def tick(self, unit: str, n: int) -> None:
+        """Work inside a batch (``clrp.evaluation.progress``); a cancel stops the batch here."""
+        self.units[unit] = self.units.get(unit, 0) + int(n)
+        if self._cancel.is_set():
+            raise _Cancelled()
+
+    def batch_done(self, done: int, total: Optional[int]) -> None:
+        self.done = int(done)
+        if total:
+            self.total = int(total)
+        self._units_at_batch = sum(self.units.values())
+        if self._cancel.is_set():
+            raise _Cancelled()
+
+    def progress_estimate(self, now: Optional[float] = None) -> tuple[float, Optional[float]]:
+        """``(fraction done, seconds left or None)``: images done plus the share of the current
+        batch's work (its units against the units per image so far), extrapolated at the
+        measured rate. No time is promised before the first image is done."""
+        if self.state == "done":
+            return 1.0, 0.0
+        if not self.total or not self.done or self.work_started is None:
+            return self.fraction, None
+        units = sum(self.units.values())
+        per_image = self._units_at_batch / self.done if self._units_at_batch else 0.0
+        partial = min(1.0, (units - self._units_at_batch) / per_image) if per_image else 0.0
+        f = max(0.0, min(1.0, (self.done + partial) / self.total))
+        elapsed = (now or time.time()) - self.work_started
+        return f, (elapsed * (1 - f) / f if f > 0 else None)
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         t = self._thread
@@ -456,17 +488,14 @@ class RunRegistry:
             if run.total == 0:
                 raise DatasetError("the dataset holds no images")
 
-            def progress(done, total):
-                run.done = int(done)
-                if total:
-                    run.total = int(total)
-                if run._cancel.is_set():
-                    raise _Cancelled()
-
             from clrp.evaluation.distributed import lab_executor
+            from clrp.evaluation.progress import listening
 
             cfg = RunConfig.build(**run.config)
-            res = run_evaluation(ds, lm, run.out_dir, cfg, resume=False, progress=progress, executor=lab_executor())
+            run.work_started = time.time()
+            with listening(run.tick):
+                res = run_evaluation(ds, lm, run.out_dir, cfg, resume=False, progress=run.batch_done,
+                                     executor=lab_executor())
             run.done = res.images_done
             run.problems = [f"{p.file}: {p.reason}" for p in res.problems][:200]
             if res.images_done == 0:
@@ -520,6 +549,31 @@ class RunRegistry:
 
 
 REGISTRY = RunRegistry()
+
+
+def estimate(model_key: str, source: dict, config: dict, *, model_loader: Callable[[str], Any] = load_model,
+             images: int = 2):
+    """Time the run these settings describe on its first ``images`` images
+    (:func:`clrp.evaluation.estimate_duration`); an upload's archive is read from ``source["data"]``
+    and its temporary copy deleted afterwards."""
+    from clrp.evaluation.runner import RunConfig, estimate_duration
+
+    src = dict(source)
+    saved = None
+    if src.get("kind") == "upload" and "data" in src:
+        up = src.pop("data")
+        saved = save_upload(up.name, up.getvalue())
+        src["path"] = str(saved)
+    ds = None
+    try:
+        lm = model_loader(model_key)
+        ds = open_source(src)
+        return estimate_duration(ds, lm, RunConfig.build(**config), images=images)
+    finally:
+        if ds is not None:
+            ds.close()
+        if saved is not None:
+            discard_upload(saved)
 
 
 def run_results(out_dir: str) -> tuple[dict, dict]:

@@ -15,6 +15,7 @@ import clrp
 from clrp import scenes, viz
 from clrp.errors import ClrpError
 from clrp.datasets import FORMATS as DATASET_FORMATS
+from clrp.evaluation.runner import format_seconds
 from clrp.evaluation.runs import rows_csv
 from clrp.evaluation.protocol import REGISTRY, field_default
 
@@ -201,9 +202,14 @@ def results_view(run: core.EvalRun, key: str):
 
 def status_line(run: core.EvalRun):
     total = run.total if run.total is not None else "?"
-    elapsed = (run.finished or time.time()) - (run.started or run.created)
-    text = f"{run.state} — {run.done}/{total} images — {elapsed:.0f} s"
-    st.progress(run.fraction, text=text)
+    now = time.time()
+    elapsed = (run.finished or now) - (run.started or run.created)
+    fraction, left = run.progress_estimate(now)
+    text = f"{run.state} — {run.done}/{total} images — {format_seconds(elapsed)}"
+    if run.active and run.state == "running":
+        text += f", about {format_seconds(left)} left" if left is not None else ", time left known after the first image"
+    work = ", ".join(f"{n} {u}" for u, n in run.units.items())
+    st.progress(fraction, text=text + (f" — {work}" if work else ""))
     if run.state == "done":
         st.success(run.message, icon=":material/check_circle:")
     elif run.state == "failed":
@@ -263,13 +269,30 @@ def _start(kind: str, model_key: str, source: dict, config: dict) -> None:
     st.session_state[f"{kind}_current"] = run.id
 
 
+def _settings_key(model_key, source, config) -> str:
+    import json
+
+    src = {k: (v.name if k == "data" else v) for k, v in (source or {}).items()}
+    return json.dumps([model_key, src, config], sort_keys=True, default=str)
+
+
 def run_controls(kind: str, lm, source: dict | None, config: dict | None, ready: bool) -> None:
     """The Run button, the current run (live) and this session's earlier runs of this page."""
     model_key = st.session_state.get(ui.MODEL_STATE)
     ready = bool(ready and lm is not None and source is not None and config)
-    if st.button("Run", type="primary", disabled=not ready, key=f"{kind}_start", icon=":material/play_arrow:"):
+    c1, c2, c3 = st.columns([1, 1.6, 5])
+    if c1.button("Run", type="primary", disabled=not ready, key=f"{kind}_start", icon=":material/play_arrow:"):
         with ui.guard("starting the run"):
             _start(kind, model_key, source, config)
+    if c2.button("Estimate duration", disabled=not ready, key=f"{kind}_estimate", icon=":material/timer:",
+                 help="Runs these settings on the dataset's first 2 images and extrapolates (the first image's "
+                      "one-off costs counted once)"):
+        with ui.guard("estimating the duration"), st.spinner("Timing the first images…"):
+            est = core.estimate(model_key, source, config, model_loader=ui.get_model)
+            st.session_state[f"{kind}_estimate_text"] = (_settings_key(model_key, source, config), est.describe())
+    shown = st.session_state.get(f"{kind}_estimate_text")
+    if shown and shown[0] == _settings_key(model_key, source, config):
+        c3.info(f"Estimate: {shown[1]} on this server now.", icon=":material/timer:")
     current = st.session_state.get(f"{kind}_current")
     if current:
         st.subheader("Current run")

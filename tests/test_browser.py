@@ -185,7 +185,7 @@ def goto(page, url, name):
 
 def nav(page, label):
     """Go to another page through the sidebar: the same Streamlit session (a URL load starts a new one)."""
-    page.locator('[data-testid="stSidebarNav"] a', has_text=label).click()
+    page.locator('[data-testid="stSidebar"] a', has_text=label).first.click()
     expect(page.locator('[data-testid="stMain"] h1').first).to_be_visible()
     wait_app_idle(page)
 
@@ -207,6 +207,9 @@ def test_pages_render_and_upload(server, browser, tmp_path):
         goto(page, server, "home")
         expect(page.locator('[data-testid="stImage"] img')).to_have_count(6)  # input, 4 maps, colorbar
         no_exception(page)
+        links = page.locator('[data-testid="stSidebar"] a')
+        expect(links.first).to_have_text(re.compile("Home"))
+        expect(page.locator('[data-testid="stSidebar"] a', has_text=re.compile(r"^app$"))).to_have_count(0)
         shoot(page, "home")
 
         goto(page, server, "explain")
@@ -214,7 +217,7 @@ def test_pages_render_and_upload(server, browser, tmp_path):
         page.get_by_text("Upload", exact=True).click()
         page.locator('[data-testid="stFileUploader"] input[type=file]').set_input_files(
             str(png_file(tmp_path / "disc.png")))
-        expect(page.get_by_text(re.compile(r"disc\.png — model input"))).to_be_visible()
+        expect(page.get_by_text(re.compile(r"disc\.png → model input"))).to_be_visible()
         wait_app_idle(page)
         expect_heatmaps(page, 6)
         no_exception(page)
@@ -376,7 +379,7 @@ def test_upload_explained_by_a_resnet50_lab_model(resnet_server, browser, tmp_pa
         page.get_by_text("Upload", exact=True).click()
         page.locator('[data-testid="stFileUploader"] input[type=file]').set_input_files(
             str(png_file(tmp_path / "disc.png")))
-        expect(page.get_by_text(re.compile(r"disc\.png — model input 96×96"))).to_be_visible()
+        expect(page.get_by_text(re.compile(r"disc\.png → model input: .*96×96"))).to_be_visible()
         wait_app_idle(page)
         expect_heatmaps(page, 6)  # LRP, CLRP1, CLRP2, SGLRP, gradient, Grad-CAM on the residual graph
         expect(picker).to_have_value("lab-resnet50")

@@ -17,5 +17,8 @@ from .perturbation import (
 )
 from .ablation import DEFAULT_KS, ablation_summary, feature_ablation
 from .protocol import REGISTRY as PROTOCOL_REGISTRY, Batch, Chart, Protocol, register_protocol
-from .runner import PROTOCOLS, RunConfig, RunResult, load_results, run_evaluation, summarize
+from .runner import (
+    PROTOCOLS, DurationEstimate, RunConfig, RunResult, estimate_duration, load_results, run_evaluation, summarize,
+)
+from .progress import listening as listen_progress
 from .runs import RunFolder

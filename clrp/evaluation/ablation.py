@@ -22,6 +22,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .progress import tick
+
 DEFAULT_KS = (1, 2, 4, 8, 16, 32)
 
 
@@ -102,6 +104,7 @@ def feature_ablation(model, inputs: torch.Tensor, targets, layer: str, *,
     for k in sorted({min(int(k), n_ch) for k in ks if int(k) > 0}):
         td, od = run(ranked, k)
         tds, ods = zip(*(run(d, k) for d in draws))
+        tick("ablations", 1 + len(draws))
         td_r, od_r = torch.stack(tds), torch.stack(ods)
         for i in range(n):
             common = {"image_id": ids[i], "target": int(t[i]), "layer": layer, "k": k,

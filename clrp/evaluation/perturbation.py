@@ -61,6 +61,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .progress import tick
+
 ORDERS = ("morf", "lerf", "random")
 BASELINES = ("mean", "blur", "zeros", "noise")
 TIES = ("random", "raster")
@@ -247,6 +249,7 @@ def region_perturbation(model: Callable, x, relevance, target: int, *, order: st
         mask = rank[None] < c[:, None, None]                   # [B, H, W]
         batch = torch.where(mask[:, None], base[None], x[None])
         scores.append(_score(model(batch), target, score).detach().to("cpu", torch.float64))
+        tick("perturbation steps", len(c))
     s = torch.cat(scores).numpy()
     return PerturbationCurve(order, s, _fractions(order_idx, h, w, patch, k, patches_per_step), aopc(s),
                              _settings(patch, patches_per_step, baseline, score, seed, ties,

@@ -426,6 +426,8 @@ def _iter_images(dataset, samples):
 def _explain_pairs(net, x_rows, targets, method, cfg, pp):
     import clrp
 
+    from .progress import tick
+
     opts = pp.method_options(cfg.method_options.get(method))
     maps = []
     for a in range(0, len(targets), max(1, cfg.explain_batch)):
@@ -433,6 +435,7 @@ def _explain_pairs(net, x_rows, targets, method, cfg, pp):
         tb = targets[a:a + cfg.explain_batch]
         r = clrp.explain(net, xb, tb, method, rules=cfg.rules, **opts)
         maps.extend(r.detach().to("cpu", torch.float32).sum(1).numpy())
+        tick("explanations", len(tb))
     return maps
 
 
@@ -493,3 +496,75 @@ def summarize(results) -> dict:
     if isinstance(results, (str, os.PathLike)):
         results = load_results(str(results))
     return {p: REGISTRY[p].summary(df) for p, df in results.items() if p in REGISTRY}
+
+
+@dataclass(frozen=True)
+class DurationEstimate:
+    """What :func:`estimate_duration` measured: seconds per image on this machine, and the total."""
+
+    seconds_per_image: float
+    images_measured: int
+    images_total: Optional[int]
+    warmup_seconds: float   # the first image's extra cost (model tracing, caches)
+
+    @property
+    def seconds_total(self) -> Optional[float]:
+        if self.images_total is None:
+            return None
+        return self.warmup_seconds + self.seconds_per_image * self.images_total
+
+    def describe(self) -> str:
+        per = f"{format_seconds(self.seconds_per_image)} per image (measured on {self.images_measured})"
+        if self.seconds_total is None:
+            return per
+        return f"about {format_seconds(self.seconds_total)} for {self.images_total} images: {per}"
+
+
+def format_seconds(s: float) -> str:
+    s = float(s)
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{int(s // 60)} min {int(round(s % 60)):02d} s"
+    return f"{s / 3600:.1f} h"
+
+
+def estimate_duration(dataset, model, config: Optional[RunConfig] = None, *, images: int = 2,
+                      **overrides) -> DurationEstimate:
+    """Time a run of these settings on the first ``images`` images (one per batch, in a temporary
+    folder that is removed) and extrapolate to the whole dataset (``config.limit`` respected).
+    The first image also pays one-off costs (graph tracing, caches): it is reported apart as the
+    warm-up, and the per-image cost comes from the later ones."""
+    import shutil
+    import tempfile
+    import time
+
+    base = config or RunConfig()
+    settings = dict(base.to_json(), **overrides)
+    settings["options"] = {p: dict(o) for p, o in base.options.items()} if not overrides.get("options") \
+        else overrides["options"]
+    total = None
+    try:
+        total = len(dataset)
+    except Exception:
+        pass
+    if settings.get("limit") is not None:
+        total = settings["limit"] if total is None else min(total, settings["limit"])
+    settings.update(limit=max(1, int(images)), batch_size=1)
+    stamps = []
+    folder = tempfile.mkdtemp(prefix="clrp-estimate-")
+    try:
+        t0 = time.perf_counter()
+        run_evaluation(dataset, model, folder, RunConfig.build(**settings), resume=False,
+                       progress=lambda done, _total: stamps.append((done, time.perf_counter())))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if not stamps:
+        raise ClrpError("no image of the dataset could be evaluated, so nothing could be timed")
+    times = [t0] + [t for _, t in stamps]
+    costs = [b - a for a, b in zip(times, times[1:])]
+    later = costs[1:] or costs
+    per = sum(later) / len(later)
+    return DurationEstimate(per, len(costs), total, max(0.0, costs[0] - per))
