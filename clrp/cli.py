@@ -378,6 +378,13 @@ def cmd_evaluate(a, argv) -> int:
                       "subset": a.subset, "shard": list(shard) if shard else None}
         import time
 
+        if a.estimate:
+            from .evaluation.runner import estimate_duration
+
+            est = estimate_duration(view, loaded, cfg, images=a.estimate)
+            print(f"estimated duration: {est.describe()}; one-off warm-up {est.warmup_seconds:.1f} s "
+                  f"(on this machine, {loaded.name}, {', '.join(methods)})")
+            return 0
         t0 = time.perf_counter()
         try:
             executor = None
@@ -599,6 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="at most this many images")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--resume", action="store_true", help="continue the results already in --out")
+    e.add_argument("--estimate", type=int, nargs="?", const=2, default=0, metavar="IMAGES",
+                   help="time the first IMAGES images (default 2) with these settings, print the estimated "
+                        "duration of the whole run and exit (no results are written)")
     e.add_argument("--format", default="auto", choices=["auto", *DATASET_FORMATS, "folder"],
                    help="dataset format (default: detected; 'folder' = 'folders')")
     e.add_argument("--mapping", help="JSON (or a JSON file) {dataset class: model class name or index}")
