@@ -132,7 +132,11 @@ _PALETTE = ["#b2182b", "#2166ac", "#1b7837", "#762a83", "#e08214", "#35978f", "#
 
 
 def _label(v):
-    return ui.method_label(v) if isinstance(v, str) and v in clrp.METHODS else str(v)
+    """Method names as the rest of the dashboard writes them (LRP, CLRP2, Centre baseline)."""
+    return ui.method_label(v) if isinstance(v, str) else str(v)
+
+
+_NAME_COLUMNS = ("method", "ranking")
 
 
 def draw_chart(chart, key: str):
@@ -141,6 +145,10 @@ def draw_chart(chart, key: str):
     if df is None or len(df) == 0:
         return
     if chart.kind == "table":
+        df = df.copy()
+        for c in _NAME_COLUMNS:
+            if c in df.columns:
+                df[c] = df[c].map(_label)
         st.dataframe(df, hide_index=True, width="stretch")
     elif chart.kind == "heatmap":
         z = df.pivot_table(index=chart.y, columns=chart.x, values=chart.value, sort=False)

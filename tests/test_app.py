@@ -179,7 +179,21 @@ def test_pointing_game_run_to_completion():
     csv = rows_csv(res["pointing"]).decode()
     assert csv.splitlines()[0].startswith("image_id,class_name,method,hit")
     assert set(summ["pointing"].index) == {"lrp", "clrp2", "gradient", "center"}
+    # charts and tables name methods as the rest of the dashboard does (issue 11 item 10)
+    assert set(at.dataframe[0].value["method"]) == {"LRP", "CLRP2", "Gradient", "Centre baseline"}
+    assert set(_chart_words(at)) & {"lrp", "clrp2", "center"} == set()
     assert time.time() - t < TIMEOUT
+
+
+def _chart_words(at) -> list:
+    """Trace names and category labels of every plotly chart on the page."""
+    import json
+
+    words = []
+    for c in charts(at):
+        for t in json.loads(c.proto.spec)["data"]:
+            words += [t.get("name") or ""] + [v for k in ("x", "y") for v in (t.get(k) or []) if isinstance(v, str)]
+    return [w for w in words if w]
 
 
 def test_ablation_run_to_completion():
@@ -188,6 +202,9 @@ def test_ablation_run_to_completion():
     res, summ = core.run_results(run.out_dir)
     assert {"perturbation", "ablation"} <= set(res)
     assert len(charts(at)) >= 3  # curves, AOPC bars, ablation lines
+    words = _chart_words(at)
+    assert "LRP target" in words and "CLRP2 other classes" in words
+    assert not [w for w in words if "lrp" in w], words
 
 
 ALL_PAGES = ["app.py", "pages/1_Explain.py", "pages/2_Class_contrast.py", "pages/3_Neuron_contrast.py",

@@ -201,8 +201,8 @@ class FeatureAblation(Protocol):
         import pandas as pd
 
         a = summary.reset_index()
-        long = pd.concat([a.assign(curve=a["ranking"] + ": target", drop=a["target_drop"], which="target"),
-                          a.assign(curve=a["ranking"] + ": other classes", drop=a["others_drop"], which="others")])
+        long = pd.concat([a.assign(drop=a["target_drop"], which="target"),
+                          a.assign(drop=a["others_drop"], which="other classes")])
         return [Chart("line", "Hidden-unit ablation: top-k by relevance vs random", long, x="k", y="drop",
-                      series="curve", dash="which", x_title="units ablated (k)", y_title="logit drop (mean)"),
+                      series="ranking", dash="which", x_title="units ablated (k)", y_title="logit drop (mean)"),
                 Chart("table", "Hidden-unit ablation", a)]
