@@ -3,6 +3,10 @@
 ``open_dataset(path, format="auto")`` opens a folder, an annotation file or an archive (zip/tar,
 extracted safely into a temporary folder that ``close()`` removes). See ``base`` for the record
 types and the box convention (0-based, exclusive end).
+
+``display_name`` is the name the user knows the data by (an uploaded file's original name, a
+server folder relative to its root): every message and problem names the file under it, never
+under the temporary path it was saved or extracted to.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import weakref
 from typing import Optional, Sequence
 
 from ..errors import DatasetError, UnsafeArchive
-from .archive import DEFAULT_LIMITS, ArchiveLimits, is_archive, safe_extract
+from .archive import DEFAULT_LIMITS, UPLOAD_LIMITS, ArchiveLimits, archive_kind, is_archive, safe_extract
 from .base import IMAGE_EXTENSIONS, Dataset, Obj, Problem, Sample, box_to_mask, load_rgb
 from .classmap import ClassMapping, map_classes, normalize_name
 from .coco import CocoDataset, polygons_to_mask, rle_decode, rle_encode, rle_string_to_counts
@@ -25,7 +29,7 @@ FORMATS = ("voc", "coco", "csv", "folders")
 __all__ = [
     "open_dataset", "detect_format", "Dataset", "Sample", "Obj", "Problem", "ClassMapping",
     "map_classes", "normalize_name", "VocDataset", "CocoDataset", "CsvDataset", "FolderDataset",
-    "safe_extract", "ArchiveLimits", "DEFAULT_LIMITS", "is_archive", "box_to_mask", "load_rgb",
+    "safe_extract", "ArchiveLimits", "DEFAULT_LIMITS", "UPLOAD_LIMITS", "is_archive", "archive_kind", "box_to_mask", "load_rgb",
     "rle_decode", "rle_encode", "rle_string_to_counts", "polygons_to_mask", "parse_voc_xml",
     "DatasetError", "UnsafeArchive", "FORMATS", "IMAGE_EXTENSIONS",
 ]
@@ -80,7 +84,8 @@ def detect_format(path: str) -> tuple:
             return "csv", path
         if low.endswith(".xml"):
             raise DatasetError(f"{path}: a single XML file; open the VOC folder (with Annotations/) instead")
-        raise DatasetError(f"{path}: unknown dataset file type")
+        raise DatasetError(f"{path}: unknown dataset file type (expected a folder, a .zip or .tar archive, "
+                           "a COCO .json or a .csv of boxes)")
     if not os.path.isdir(path):
         raise DatasetError(f"{path}: no such file or folder")
     voc = _find_voc_root(path)
@@ -106,27 +111,32 @@ def detect_format(path: str) -> tuple:
 def open_dataset(path: str, format: str = "auto", *, split: Optional[str] = None,
                  images_dir: Optional[str] = None, classes: Optional[Sequence[str]] = None,
                  limits: ArchiveLimits = DEFAULT_LIMITS, extract_to: Optional[str] = None,
-                 **reader_options) -> Dataset:
+                 display_name: Optional[str] = None, **reader_options) -> Dataset:
     """Open a dataset folder, annotation file (COCO ``.json``, ``.csv``) or archive (zip/tar).
 
     ``format``: ``"auto"`` or one of ``FORMATS``. ``split``: VOC ``ImageSets/Main/<split>.txt``.
     ``images_dir``: image folder for COCO/CSV (guessed if omitted). ``classes``: restrict to these
     dataset classes (objects of other classes are dropped and reported). Archives are extracted
-    with ``safe_extract(limits=...)`` into ``extract_to`` or a temporary folder removed by
-    ``Dataset.close()`` (or at garbage collection). ``reader_options`` go to the reader
-    (e.g. ``box_convention`` for CSV, ``use_segmentation`` for COCO).
+    with ``safe_extract(limits=...)`` (``UPLOAD_LIMITS`` for files uploaded through a web page)
+    into ``extract_to`` or a temporary folder removed by ``Dataset.close()`` (or at garbage
+    collection; on an error it is removed at once). ``display_name``: the name messages use for
+    ``path`` (e.g. an upload's original file name; default: an archive's base name, a folder's
+    path as given); problems inside it are named relative to it. ``reader_options`` go to the
+    reader (e.g. ``box_convention`` for CSV, ``use_segmentation`` for COCO).
     """
+    path = os.fspath(path)
     if format != "auto" and format not in FORMATS:
         raise DatasetError(f"unknown format {format!r}; expected 'auto' or one of {FORMATS}")
-    tmp = None
-    if os.path.isfile(path) and is_archive(path):
+    if os.path.isfile(path) and archive_kind(path, display_name):
+        shown = display_name or os.path.basename(path)
+        tmp = None
         if extract_to is None:
             tmp = tempfile.mkdtemp(prefix="clrp-dataset-")
             extract_to = tmp
         try:
-            safe_extract(path, extract_to, limits)
-            ds = open_dataset(extract_to, format, split=split, images_dir=images_dir,
-                              classes=classes, **reader_options)
+            safe_extract(path, extract_to, limits, display_name=shown)
+            ds = _open_named(extract_to, format, shown, split=split, images_dir=images_dir,
+                             classes=classes, **reader_options)
         except BaseException:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -135,6 +145,39 @@ def open_dataset(path: str, format: str = "auto", *, split: Optional[str] = None
             fin = weakref.finalize(ds, shutil.rmtree, tmp, True)
             ds._cleanup = fin
         return ds
+    return _open_named(path, format, display_name or path, split=split, images_dir=images_dir,
+                       classes=classes, **reader_options)
+
+
+def _rename(msg: str, path: str, shown: str) -> str:
+    """``msg`` with the internal ``path`` (and its absolute/real forms) replaced by ``shown``."""
+    if shown == path:
+        return msg
+    for p in sorted({path, os.path.abspath(path), os.path.realpath(path)}, key=len, reverse=True):
+        msg = msg.replace(p, shown)
+    if os.path.isfile(path):  # readers name a single file by its base name
+        base = os.path.basename(path)
+        if msg.startswith(base + ":"):
+            msg = shown + msg[len(base):]
+    return msg
+
+
+def _open_named(path: str, format: str, shown: str, **kw) -> Dataset:
+    """``_open`` with the messages and problems naming ``path`` as ``shown``."""
+    try:
+        ds = _open(path, format, **kw)
+    except DatasetError as e:
+        msg = _rename(str(e), path, shown)
+        if msg == str(e):
+            raise
+        raise type(e)(msg) from e.__cause__
+    ds.display_name = shown
+    ds.base = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return ds
+
+
+def _open(path: str, format: str, *, split: Optional[str] = None, images_dir: Optional[str] = None,
+          classes: Optional[Sequence[str]] = None, **reader_options) -> Dataset:
     if format == "auto" or os.path.isfile(path):
         detected, loc = detect_format(path)
         fmt = detected if format == "auto" else format

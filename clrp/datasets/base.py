@@ -194,7 +194,8 @@ def load_rgb(path: str):
     except FileNotFoundError as e:
         raise DatasetError(f"{os.path.basename(path)}: missing image file") from e
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
-        raise DatasetError(f"{os.path.basename(path)}: cannot decode image ({type(e).__name__}: {e})") from e
+        detail = str(e).replace(os.path.abspath(path), os.path.basename(path)).replace(path, os.path.basename(path))
+        raise DatasetError(f"{os.path.basename(path)}: cannot decode image ({type(e).__name__}: {detail})") from e
 
 
 class Dataset:
@@ -208,18 +209,46 @@ class Dataset:
       mapping=None)`` maps them to a model's outputs (``ClassMapping`` with the unmapped ones).
     * Datasets opened from an archive own a temporary extraction folder; ``close()`` (or a
       ``with`` block) removes it.
+    * ``display_name`` is the name of the data as the user knows it (set by ``open_dataset``);
+      problems name files relative to ``base`` (the folder or archive the user gave), so a
+      temporary extraction path never appears in them.
+    * ``refused`` (file -> reason) lists the annotation files that were refused as unsafe or
+      unreadable; ``map_classes`` says so (and raises when they were the only annotations).
     """
 
     format = "base"
 
     def __init__(self, root: str):
         self.root = root
+        self.display_name: str = root
+        self.base: Optional[str] = None
         self.problems: list = []
+        self.refused: dict = {}
         self._problem_keys: set = set()
         self._cleanup: Optional[Callable[[], None]] = None
 
     # --- problems -----------------------------------------------------------------------------
+    def shown_path(self, file: str) -> str:
+        """``file`` as the user knows it: relative to ``base`` (or ``root``) when inside it."""
+        file = str(file)
+        if not os.path.isabs(file):
+            return file
+        for base in (self.base, self.root):
+            if base:
+                for b in {os.path.abspath(base), os.path.realpath(base)}:
+                    if file.startswith(b.rstrip(os.sep) + os.sep):
+                        return os.path.relpath(file, b)
+        return os.path.basename(file)
+
+    def _scrub(self, text: str) -> str:
+        for base in (self.base, self.root):
+            if base:
+                for b in sorted({os.path.abspath(base), os.path.realpath(base)}, key=len, reverse=True):
+                    text = text.replace(b.rstrip(os.sep) + os.sep, "")
+        return text
+
     def report(self, file: str, reason: str) -> None:
+        file, reason = self.shown_path(file), self._scrub(str(reason))
         key = (file, reason)
         if key not in self._problem_keys:  # iterating twice must not duplicate problems
             self._problem_keys.add(key)
@@ -260,10 +289,30 @@ class Dataset:
     def class_names(self) -> list:
         raise NotImplementedError
 
-    def map_classes(self, model_class_names: Sequence[str], mapping: Optional[dict] = None):
-        from .classmap import map_classes
+    def annotation_count(self) -> Optional[int]:
+        """How many annotation files the dataset has (None where that is not a meaningful count)."""
+        return None
 
-        return map_classes(self.class_names(), model_class_names, mapping)
+    def refuse(self, file: str, reason: str) -> None:
+        """Record an annotation file that was refused (unsafe or unreadable) -- and report it."""
+        self.report(file, reason)
+        self.refused.setdefault(self.shown_path(file), self._scrub(str(reason)))
+
+    def map_classes(self, model_class_names: Sequence[str], mapping: Optional[dict] = None):
+        """Map the dataset's classes to a model's outputs (``ClassMapping``). The mapping's report
+        names the refused annotation files; when every annotation was refused (so no class is
+        left), raises ``DatasetError`` saying so instead of returning an empty mapping."""
+        from .classmap import map_classes, refused_summary
+
+        names = self.class_names()
+        total = self.annotation_count()
+        if not names and self.refused:
+            raise DatasetError(f"{self.display_name}: "
+                               + refused_summary(self.refused, total, "so no annotation is left to evaluate"))
+        cm = map_classes(names, model_class_names, mapping)
+        cm.refused = dict(self.refused)
+        cm.annotation_files = total
+        return cm
 
     # --- resources ----------------------------------------------------------------------------
     def close(self) -> None:

@@ -28,6 +28,8 @@ class ClassMapping:
     how: dict = field(default_factory=dict)          # dataset class -> "explicit" | "name" | "synonym"
     ambiguous: dict = field(default_factory=dict)    # dataset class -> candidate indices (first used)
     model_class_names: list = field(default_factory=list)
+    refused: dict = field(default_factory=dict)      # annotation file -> why it was refused
+    annotation_files: Optional[int] = None           # how many annotation files the dataset has
 
     def __contains__(self, name):
         return name in self.index
@@ -40,11 +42,30 @@ class ClassMapping:
 
     def report(self) -> str:
         lines = [f"{len(self.index)} dataset classes mapped to model outputs, {len(self.unmapped)} unmapped"]
+        if self.refused:
+            lines.append(refused_summary(self.refused, self.annotation_files, "their classes are not counted"))
         if self.unmapped:
             lines.append("unmapped (skipped in evaluation): " + ", ".join(self.unmapped))
         for k, v in self.ambiguous.items():
             lines.append(f"ambiguous: {k!r} matches outputs {v}; using {v[0]}")
         return "\n".join(lines)
+
+
+def refused_summary(refused: dict, total: Optional[int] = None, consequence: str = "", limit: int = 5) -> str:
+    """``"2 of 3 annotation files were refused, <consequence>:"`` and one line per file (the first
+    ``limit``, then ``"... and N more"``)."""
+    n = len(refused)
+    many = (total if total is not None else n) != 1
+    head = f"{n} of {total}" if total is not None else f"{n}"
+    head += f" annotation file{'s' if many else ''} {'were' if n != 1 or many else 'was'} refused"
+    if consequence:
+        head += f", {consequence}"
+    lines = [head + ":"]
+    for f, why in list(refused.items())[:limit]:
+        lines.append(f"  {f}: {why}")
+    if n > limit:
+        lines.append(f"  ... and {n - limit} more")
+    return "\n".join(lines)
 
 
 def map_classes(dataset_classes: Sequence[str], model_class_names: Sequence[str],

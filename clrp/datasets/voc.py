@@ -40,6 +40,15 @@ def parse_voc_xml(data: bytes, name: str = "<xml>"):
         raise DatasetError(f"annotation larger than {MAX_XML_BYTES} bytes")
     try:
         root = ET.fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    except defusedxml.EntitiesForbidden as e:
+        if getattr(e, "sysid", None) or getattr(e, "pubid", None):
+            raise DatasetError("unsafe XML refused: it declares an external entity (a file or URL to read "
+                               "into the annotation); clrp never loads those") from e
+        raise DatasetError("unsafe XML refused: it declares entities (<!ENTITY>), which can expand without "
+                           "bound (billion laughs); clrp never expands them") from e
+    except (defusedxml.ExternalReferenceForbidden, defusedxml.DTDForbidden) as e:
+        raise DatasetError("unsafe XML refused: it refers to an external entity or DTD, which clrp never "
+                           "loads") from e
     except defusedxml.DefusedXmlException as e:
         raise DatasetError(f"unsafe XML refused ({type(e).__name__})") from e
     except (ParseError, ValueError) as e:
@@ -144,11 +153,15 @@ class VocDataset(Dataset):
         """Parse one annotation; raises ``DatasetError`` (with the reason) if it is unusable."""
         xml_path = os.path.join(self.ann_dir, image_id + ".xml")
         try:
-            with open(xml_path, "rb") as f:
-                data = f.read(MAX_XML_BYTES + 1)
-        except OSError as e:
-            raise DatasetError(f"cannot read annotation ({e.strerror or e})") from e
-        filename, width, height, raw = parse_voc_xml(data, xml_path)
+            try:
+                with open(xml_path, "rb") as f:
+                    data = f.read(MAX_XML_BYTES + 1)
+            except OSError as e:
+                raise DatasetError(f"cannot read annotation ({e.strerror or e})") from e
+            filename, width, height, raw = parse_voc_xml(data, xml_path)
+        except DatasetError as e:
+            e.annotation_refused = True  # the file itself is unusable (samples() records it)
+            raise
         img = self._image_path(image_id, filename)
         if img is None:
             raise DatasetError(f"missing image {filename or image_id + '.jpg'}")
@@ -171,12 +184,18 @@ class VocDataset(Dataset):
                 return lambda: _read_mask(p) == k + 1
         return None
 
+    def annotation_count(self) -> int:
+        return len(self.ids)
+
     def samples(self) -> Iterator[Sample]:
         for image_id in self.ids:
             try:
                 yield self.read(image_id)
             except DatasetError as e:
-                self.report(image_id + ".xml", str(e))
+                if getattr(e, "annotation_refused", False):
+                    self.refuse(image_id + ".xml", str(e))
+                else:
+                    self.report(image_id + ".xml", str(e))
 
     def class_names(self) -> list:
         """Every class named in the annotations (scans the XML files once; images not opened)."""
