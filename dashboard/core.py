@@ -323,20 +323,32 @@ def save_upload(name: str, data: bytes, folder: Optional[Path] = None) -> Path:
     return p
 
 
+def _relative_to_root(path: Path, roots: Sequence[Path]) -> str:
+    """``path`` as the user typed it relative to its allowed root (``root-name/sub/dir``)."""
+    for r in roots:
+        r = Path(r).resolve()
+        if path == r or r in path.parents:
+            return str(Path(r.name) / path.relative_to(r))
+    return path.name
+
+
 def open_source(source: dict):
     """Open the dataset a source dict describes: ``{"kind": "scenes", "n": .., "seed": ..}``,
     ``{"kind": "upload", "path": ...}`` or ``{"kind": "server", "path": ...}`` (checked against the
     roots again here). Returns a ``clrp.datasets.Dataset``; raises ``ClrpError`` subclasses."""
-    from clrp.datasets import open_dataset
+    from clrp.datasets import UPLOAD_LIMITS, open_dataset
 
     kind = source.get("kind")
     fmt = source.get("format", "auto")
     if kind == "scenes":
         return open_dataset(str(scenes_dataset(source.get("n", 16), source.get("seed", EVALUATION_SEED))), "voc")
-    if kind == "upload":
-        return open_dataset(str(source["path"]), fmt)
+    if kind == "upload":  # messages name the user's file, never the server's copy
+        return open_dataset(str(source["path"]), fmt, limits=UPLOAD_LIMITS,
+                            display_name=os.path.basename(str(source.get("name") or "the uploaded archive")))
     if kind == "server":
-        return open_dataset(str(resolve_server_path(source["path"], data_roots())), fmt)
+        roots = data_roots()
+        real = resolve_server_path(source["path"], roots)
+        return open_dataset(str(real), fmt, display_name=_relative_to_root(real, roots))
     raise DatasetError(f"unknown dataset source {kind!r}")
 
 

@@ -306,6 +306,23 @@ def feature_layers(model_key: str) -> tuple[list[str], str]:
     return lm.feature_layers(), lm.default_feature_layer()
 
 
+#: What the home page explains first: LRP and CLRP2 of the sample scene's two top classes.
+FIRST_METHODS = ("lrp", "clrp2")
+
+
+def first_explanation(model_key: str):
+    """The home page's first explanation, from the caches: ``(image, top 3 classes, map items)``.
+    The server computes it once at start (:mod:`dashboard.warmup`), so the first visitor gets it
+    from the cache."""
+    data = core.scene_png(scenes.SAMPLE_SEED)
+    dig = core.digest(data)
+    x, image, _ = prepare_image(model_key, dig, data)
+    top = top_classes(model_key, dig, x, 3)
+    items = [method_item(f"{method_label(m)} · {name}", explain(model_key, dig, x, m, idx), m)
+             for idx, name, _ in top[:2] for m in FIRST_METHODS]
+    return image, top, items
+
+
 # ---------------------------------------------------------------------------------------------
 # Display settings and heatmap grids
 

@@ -604,3 +604,22 @@ def test_upload_store_is_bounded(tmp_path):
     assert not new.parent.exists() and list(root.glob("clrp-upload-*")) == []
     assert core.run_results(r.out_dir)[0]["pointing"]["image_id"].nunique() == 2  # results stay
     assert r.settings()["dataset"] == {"kind": "upload", "path": "new.zip"}
+
+
+def test_upload_messages_name_the_users_file_never_the_servers_copy(tmp_path):
+    """Issue 11 item 6 in the dashboard: a run on an uploaded archive reports problems under the
+    name the user uploaded, not the server's temporary copy (``.../dataset.zip``)."""
+    laughs = ('<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]>'
+              "<annotation><filename>x.jpg</filename><object><name>&b;</name></object></annotation>")
+    cases = {"holiday photos.zip": (_zip([("VOC/Annotations/x.xml", laughs.encode()),
+                                          ("VOC/JPEGImages/x.jpg", png_bytes())]), "refused"),
+             "broken.zip": (b"PK\x03\x04 this is not really a zip archive", "corrupt")}
+    reg = core.RunRegistry()
+    for name, (data, word) in cases.items():
+        path = core.save_upload(name, data)
+        r = _wait(reg.start("s", "pointing", "dev:bundled", {"kind": "upload", "path": str(path), "name": name,
+                                                             "owned": True},
+                            {"methods": ["lrp"], "protocols": ["pointing"]}, model_loader=core.load_model))
+        assert r.state == "failed" and name in r.message and word in r.message, r.message
+        assert "dataset.zip" not in r.message and str(path.parent) not in r.message, r.message
+        assert not path.parent.exists()  # the copy is gone either way
