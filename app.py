@@ -22,7 +22,6 @@ def home() -> None:
     )
 
     lm = ui.model_picker()
-    display = ui.display_controls("home")
 
     if lm is not None:
         with ui.guard("the first explanation"):
@@ -43,7 +42,7 @@ def home() -> None:
                 for idx, name, score in top:
                     st.progress(min(1.0, max(0.0, score)), text=f"{name}: {score:.2f}")
             with cols[1]:
-                ui.image_grid(items, image, display, columns=4)
+                ui.map_view(items, image, key="home", settings={}, columns=4, static=True)
 
     with st.expander("Models on this server"):
         st.dataframe(ui.model_table(), hide_index=True, width="stretch")

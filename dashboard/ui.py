@@ -329,14 +329,13 @@ def first_explanation(model_key: str):
 def image_page(title: str, key: str, caption: str | None = None):
     """The frame shared by the single-image pages: title, model, image and display controls in the
     sidebar, the image prepared for the model. Stops the page (after a message) when there is no
-    usable model or image. Returns ``(lm, model_key, display, img, x, image)``."""
+    usable model or image. Returns ``(lm, model_key, img, x, image)``."""
     page(title)
     st.title(title)
     if caption:
         st.caption(caption)
     lm = model_picker()
     image_picker(key)
-    display = display_controls(key)
     if lm is None:
         st.stop()
     model_key = st.session_state[MODEL_STATE]
@@ -346,7 +345,7 @@ def image_page(title: str, key: str, caption: str | None = None):
     if x is None:
         st.stop()
     input_note(lm, img, info)
-    return lm, model_key, display, img, x, image
+    return lm, model_key, img, x, image
 
 
 def input_note(lm, img: dict, info: dict) -> None:
@@ -364,29 +363,50 @@ def input_note(lm, img: dict, info: dict) -> None:
 SCALES = {"shared": "shared per kind", "per_map": "per map"}
 
 
-def display_controls(key: str, where=None, signed_hint: bool = False) -> dict:
-    """Colormap, opacity, shared/per-map scale, clip percentile. Shared across pages."""
-    where = where or st.sidebar
+def display_controls(key: str) -> dict:
+    """Colormap, opacity, colour scale and clip percentile in one row above the maps; the choice
+    is shared by the pages (and is what the downloads use)."""
     prev = st.session_state.get(DISPLAY_STATE, {})
     cmaps = list(viz.COLORMAPS)
-    with where:
-        st.subheader("Display")
-        cmap = st.selectbox("Colormap", cmaps, index=cmaps.index(prev.get("cmap", "bwr")), key=f"{key}_cmap",
-                            help="Diverging maps (bwr, seismic, ...) are centred at 0: white = no relevance. "
-                                 "Sequential maps suit non-negative maps.")
-        opacity = st.slider("Overlay opacity", 0.0, 1.0, float(prev.get("opacity", 0.7)), 0.05, key=f"{key}_opacity",
-                            help="0 = the image only, 1 = the heatmap only")
-        scale = st.radio("Colour scale", list(SCALES), horizontal=True, key=f"{key}_scale",
-                         index=list(SCALES).index(prev.get("scale", "shared")), format_func=SCALES.get,
-                         help="Shared per kind: maps in the same units (e.g. LRP, CLRP1 and CLRP2 relevance) share "
-                              "one scale and one colour bar, so their magnitudes compare; other kinds (gradients, "
-                              "Grad-CAM, SGLRP) get their own. Per map: each map scaled to its own maximum. "
-                              "A numerically zero map (|values| < 1e-6) is drawn as zero either way.")
-        clip = st.slider("Clip at percentile", 90.0, 100.0, float(prev.get("clip", 99.5)), 0.1, key=f"{key}_clip",
-                         help="Colour limits from this percentile of |relevance| (100 = the maximum)")
+    c1, c2, c3, c4 = st.columns([1.1, 1.3, 1.5, 1.3])
+    cmap = c1.selectbox("Colormap", cmaps, index=cmaps.index(prev.get("cmap", "bwr")), key=f"{key}_cmap",
+                        help="Diverging maps (bwr, seismic, ...) are centred at 0: white = no relevance. "
+                             "Sequential maps suit non-negative maps.")
+    opacity = c2.slider("Overlay opacity", 0.0, 1.0, float(prev.get("opacity", 0.7)), 0.05, key=f"{key}_opacity",
+                        help="0 = the image only, 1 = the heatmap only")
+    scale = c3.radio("Colour scale", list(SCALES), horizontal=True, key=f"{key}_scale",
+                     index=list(SCALES).index(prev.get("scale", "shared")), format_func=SCALES.get,
+                     help="Shared per kind: maps in the same units (e.g. LRP, CLRP1 and CLRP2 relevance) share "
+                          "one scale and one colour bar, so their magnitudes compare; other kinds (gradients, "
+                          "Grad-CAM, SGLRP) get their own. Per map: each map scaled to its own maximum. "
+                          "A numerically zero map (|values| < 1e-6) is drawn as zero either way.")
+    clip = c4.slider("Clip at percentile", 90.0, 100.0, float(prev.get("clip", 99.5)), 0.1, key=f"{key}_clip",
+                     help="Colour limits from this percentile of |relevance| (100 = the maximum)")
     d = {"cmap": cmap, "opacity": float(opacity), "scale": scale, "clip": float(clip)}
     st.session_state[DISPLAY_STATE] = d
     return d
+
+
+def map_view(items: Sequence["MapItem"], image: np.ndarray, *, key: str, settings: dict, columns: int = 4,
+             height: int = 250, caption: str = "", static: bool = False) -> None:
+    """The maps, their display controls, the colour-scale note and the downloads, as one fragment:
+    changing the colormap, opacity or scale redraws only this part of the page (from the maps
+    already computed; nothing is recomputed). ``static``: PNG overlays instead of the interactive
+    plotly grid (fastest first paint, no hover values)."""
+    items = [MapItem(*it) for it in items]
+
+    @st.fragment
+    def view():
+        display = display_controls(key)
+        st.caption((caption + " " if caption else "") + scale_caption(items, display))
+        with guard("drawing the maps"):
+            if static:
+                image_grid(items, image, display, columns=columns)
+            else:
+                heatmap_grid(items, image, display, columns=columns, key=key, height=height)
+                downloads(items, image, display, settings, key=f"{key}_dl", columns=columns)
+
+    view()
 
 
 class MapItem(NamedTuple):

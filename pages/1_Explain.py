@@ -6,7 +6,7 @@ from clrp.errors import ClrpError
 from clrp.methods import REGISTRY
 from dashboard import core, ui
 
-lm, key, display, img, x, image = ui.image_page("Explain an image", "explain")
+lm, key, img, x, image = ui.image_page("Explain an image", "explain")
 
 left, right = st.columns([1, 2])
 with left:
@@ -87,14 +87,11 @@ for f in failures:
 
 if items:
     st.subheader("Explanations")
-    st.caption("Hover a map to read its values (relevance summed over colour channels). "
-               + ui.scale_caption(items, display))
-    with ui.guard("drawing the maps"):
-        per_class = len(row)
-        ncol = per_class if per_class <= 6 else 4
-        ui.heatmap_grid(items, image, display, columns=ncol, key="explain", height=max(170, 1100 // ncol + 25))
-        settings = {"model": key, "image": img["name"], "image_sha256_prefix": img["digest"],
-                    "classes": {int(c): lm.class_names[c] for c in classes}, "methods": methods, "rules": rules,
-                    "extra_lrp_presets": extra_presets, "options": {m: options_for(m) for m in methods},
-                    "clrp_version": clrp.__version__}
-        ui.downloads(items, image, display, settings, key="explain_dl", columns=ncol)
+    per_class = len(row)
+    ncol = per_class if per_class <= 6 else 4
+    settings = {"model": key, "image": img["name"], "image_sha256_prefix": img["digest"],
+                "classes": {int(c): lm.class_names[c] for c in classes}, "methods": methods, "rules": rules,
+                "extra_lrp_presets": extra_presets, "options": {m: options_for(m) for m in methods},
+                "clrp_version": clrp.__version__}
+    ui.map_view(items, image, key="explain", settings=settings, columns=ncol, height=max(170, 1100 // ncol + 25),
+                caption="Hover a map to read its values (relevance summed over colour channels).")

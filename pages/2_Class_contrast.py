@@ -10,7 +10,7 @@ from clrp.errors import ClrpError
 from clrp.evaluation import discriminativeness as disc
 from dashboard import ui
 
-lm, key, display, img, x, image = ui.image_page(
+lm, key, img, x, image = ui.image_page(
     "Class contrast", "contrast",
     caption="The paper found LRP maps of different classes of one image nearly identical on VGG16 (Pearson r ≈ 1); "
             "contrastive maps should differ (low or negative r). On the bundled model LRP's r is about 0.5 "
@@ -77,12 +77,9 @@ if rows:
     for m, per in maps.items():
         for c in classes:
             items.append(ui.method_item(f"{ui.method_label(m)} · {lm.class_names[c]}", per[c], m))
-    st.caption(ui.scale_caption(items, display))
-    with ui.guard("drawing the maps"):
-        ui.heatmap_grid(items, image, display, columns=len(classes), key="contrast",
-                        height=max(170, min(330, 1100 // len(classes) + 25)))
-        settings = {"model": key, "image": img["name"], "classes": {int(c): lm.class_names[c] for c in classes},
-                    "methods": list(maps), "rules": rules, "clrp_version": clrp.__version__}
-        ui.downloads(items, image, display, settings, key="contrast_dl", columns=len(classes))
-        st.download_button("Discriminativeness (CSV)", df.to_csv(index=False).encode(), "discriminativeness.csv",
-                           "text/csv", key="contrast_csv")
+    st.download_button("Discriminativeness (CSV)", df.to_csv(index=False).encode(), "discriminativeness.csv",
+                       "text/csv", key="contrast_csv")
+    settings = {"model": key, "image": img["name"], "classes": {int(c): lm.class_names[c] for c in classes},
+                "methods": list(maps), "rules": rules, "clrp_version": clrp.__version__}
+    ui.map_view(items, image, key="contrast", settings=settings, columns=len(classes),
+                height=max(170, min(330, 1100 // len(classes) + 25)))

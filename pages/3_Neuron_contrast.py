@@ -9,7 +9,7 @@ import clrp
 from clrp.errors import ClrpError
 from dashboard import ui
 
-lm, key, display, img, x, image = ui.image_page(
+lm, key, img, x, image = ui.image_page(
     "Neuron contrast", "neuron",
     caption="Which channels of a layer carry the decision for a class, what each one sees, and what separates "
             "two of them.")
@@ -97,13 +97,10 @@ for f in failures:
     st.warning(f, icon=":material/warning:")
 
 if items:
-    st.caption("Per neuron: its own explanation, the neuron against the rest of its layer (CLRP1 analogue), "
-               "and the class explanation conditioned on the neuron (only relevance flowing through it). "
-               "Last row: two neurons against each other.")
-    st.caption(ui.scale_caption(items, display))
-    with ui.guard("drawing the maps"):
-        ui.heatmap_grid(items, image, display, columns=3, key="neuron", height=330)
-        settings = {"model": key, "image": img["name"], "layer": layer, "class": lm.class_names[target],
-                    "ranking_method": method, "rules": rules, "neurons": picked, "pair": pair,
-                    "clrp_version": clrp.__version__}
-        ui.downloads(items, image, display, settings, key="neuron_dl", columns=3)
+    settings = {"model": key, "image": img["name"], "layer": layer, "class": lm.class_names[target],
+                "ranking_method": method, "rules": rules, "neurons": picked, "pair": pair,
+                "clrp_version": clrp.__version__}
+    ui.map_view(items, image, key="neuron", settings=settings, columns=3, height=330,
+                caption="Per neuron: its own explanation, the neuron against the rest of its layer (CLRP1 analogue), "
+                        "and the class explanation conditioned on the neuron (only relevance flowing through it). "
+                        "Last row: two neurons against each other.")
