@@ -50,7 +50,8 @@ def bench_browser(repeats: int) -> dict:
     out = {}
     tmp = Path(tempfile.mkdtemp(prefix="clrp-bench-"))
     # a visitor the moment the server answers (the warm-up still running)
-    proc, url, _ = start_server(tmp, {"CLRP_CACHE_DIR": str(tmp / "cache-a")})
+    (tmp / "a").mkdir()
+    proc, url, _ = start_server(tmp / "a")
     try:
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
