@@ -1,0 +1,208 @@
+#!/usr/bin/env python
+"""The paper's effect against depth: how alike are the LRP maps of two classes, per network depth?
+
+    python scripts/depth_study.py --models artifacts/depth_study          # models trained by:
+    python scripts/train_hard_model.py --depths 4,8,13 --depth-out artifacts/depth_study --out /tmp/unused
+
+The networks (:data:`clrp.models.bundled_hard.DEPTH_CONFIGS`: 4, 8 and 13 convs of the VGG
+pattern, one hidden dense layer, batch norm folded) were trained on the same hard scenes with the
+same recipe. On the same ``--n`` held-out two-class hard scenes (the first scenes from seed
+``--seed`` on whose class set has exactly two classes), for each depth:
+
+1. the mean (and median) Pearson r between the channel-summed input maps of the two present
+   classes, for lrp, clrp1, clrp2 and sglrp (rules ``paper``, the model's zB box), and the share of
+   scenes with r > 0.9;
+2. the layer-by-layer table of RESULTS.md: mean Pearson r between the two classes' relevance
+   tensors at each conv, pooling and dense layer's output, from the output downwards
+   (``clrp.layer_relevance(..., spatial=True)``; CLRP: the signed difference target - dual).
+
+Writes ``--doc`` (markdown, default ``docs/results/depth_study.md``) and a JSON of the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import clrp  # noqa: E402
+from clrp import scenes_hard  # noqa: E402
+from clrp.models import bundled, bundled_hard  # noqa: E402
+
+METHODS = ("lrp", "clrp1", "clrp2", "sglrp")
+LAYER_METHODS = ("lrp", "clrp1", "clrp2")
+KINDS = {"conv2d": "conv", "linear": "linear", "max_pool2d": "maxpool", "adaptive_avg_pool2d": "adaptive_avgpool"}
+
+
+def two_class_seeds(n: int, seed: int) -> list[int]:
+    out, s = [], seed
+    while len(out) < n:
+        if len(scenes_hard.scene_classes(s)) == 2:
+            out.append(s)
+        s += 1
+    return out
+
+
+def load_depth_model(folder: str, depth, device: str):
+    if depth == "shipped":
+        from clrp import models
+
+        lm = models.load("bundled-hard")
+        return lm.model.eval().to(device), lm.meta
+    meta = json.load(open(os.path.join(folder, f"scene_vgg_d{depth}.json")))
+    model = bundled.build_model(meta["architecture"])
+    model.load_state_dict(torch.load(os.path.join(folder, f"scene_vgg_d{depth}.pt"), map_location="cpu",
+                                     weights_only=True))
+    return model.eval().to(device), meta
+
+
+def pearson(a: torch.Tensor) -> float:
+    a = a.reshape(2, -1).double().cpu().numpy()
+    if a[0].std() == 0 or a[1].std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a)[0, 1])
+
+
+def study(model, seeds, device) -> tuple[list[dict], list[str]]:
+    from clrp import engine
+    from clrp.methods import layer_relevance
+
+    pp = bundled_hard.hard_preprocessing()
+    plan = engine.plan_for(model, torch.zeros(1, 3, *pp.input_size, device=device))
+    nodes = [nd for nd in plan.graph.nodes if nd.op_name in KINDS and plan.graph.carries[nd.index]]
+    layers = [nd.name for nd in nodes][::-1][1:]   # from the output down; the output layer holds only the seed
+    kinds = {nd.name: KINDS[nd.op_name] for nd in nodes}
+    rows = []
+    for s in seeds:
+        sc = scenes_hard.generate_scene(s)
+        x = pp.to_tensor(sc.image).repeat(2, 1, 1, 1).to(device)
+        t = [o.class_index for o in sc.objects]
+        for m in METHODS:
+            r = clrp.explain(model, x, t, m, box=pp.box).sum(1)
+            rows.append({"seed": s, "method": m, "layer": "input map (channel sum)", "r": pearson(r)})
+            if m in LAYER_METHODS:
+                for l in layers:
+                    r = layer_relevance(model, x, t, l, method=m, spatial=True, box=pp.box)
+                    rows.append({"seed": s, "method": m, "layer": f"{l} ({kinds[l]})", "r": pearson(r)})
+    return rows, [f"{l} ({kinds[l]})" for l in layers]
+
+
+def md_table(df, fmt="{:.3f}") -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join([str(df.index.name or "")] + [str(c) for c in cols]) + " |",
+             "|" + "---|" * (len(cols) + 1)]
+    for idx, row in df.iterrows():
+        cells = [str(idx)]
+        for c in cols:
+            v = row[c]
+            if isinstance(v, (int, np.integer)):
+                cells.append(str(v))
+            elif isinstance(v, (float, np.floating)):
+                cells.append("" if np.isnan(v) else fmt.format(v))
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write(a, seeds, done, summary, layer_tables, metas, times, started, t_all):
+    import pandas as pd
+
+    labels = [f"{d}" if d != "shipped" else "8 (bundled-hard)" for d in done]
+    tab = pd.DataFrame(summary, index=pd.Index(labels, name="model (convs)"))
+    dev = torch.cuda.get_device_name(a.device) if str(a.device).startswith("cuda") else "no GPU"
+    L = ["# The paper's effect against depth\n",
+         f"Generated by `python scripts/depth_study.py {' '.join(sys.argv[1:])}` on {started:%Y-%m-%d %H:%M} UTC "
+         f"in {(time.perf_counter() - t_all) / 60:.1f} min ({os.cpu_count()} CPU cores, torch threads "
+         f"{torch.get_num_threads()}, device {a.device}: {dev}).\n",
+         "## Setting\n",
+         "- Models: VGG-pattern `scene_vgg` networks of `clrp.models.bundled_hard.DEPTH_CONFIGS` (2x2 max-pools, "
+         "a global max-pool, one hidden dense layer of 256 units; batch norm during training, folded), conv widths: "
+         + "; ".join(f"{lab}: {[v for v in metas[d]['architecture']['features'] if v not in ('M', 'G')]}"
+                     for lab, d in zip(labels, done)) + ". "
+         + " ".join(sorted({f"Trained by `{metas[d].get('training', {}).get('command', '?')}` on "
+                            f"{metas[d].get('training', {}).get('device', '?')}." for d in done})),
+         f"- Scenes: the first {a.n} hard scenes from seed {a.seed} on with exactly two classes (seeds "
+         f"{seeds[0]}..{seeds[-1]}; held out from training), the same for every depth.",
+         "- Rules: preset `paper` (zB first conv with the model's box, z+ elsewhere); LRP seed = target logit; "
+         "CLRP1 dual = uniform, CLRP2 = negated weights, contrast = clamp; SGLRP = softmax-gradient seed.",
+         "- r = Pearson correlation between the two classes' maps (input: channel-summed relevance at 128 px), "
+         "per scene, then averaged over scenes (undefined r of a constant map is left out).\n",
+         "## Per depth: mean Pearson r between the two classes' input maps\n",
+         md_table(tab.astype(object)), ""]
+    for lab, d in zip(labels, done):
+        L.append(f"\n## Layer by layer, {lab} convs\n")
+        L.append("Mean Pearson r between the two classes' relevance at each layer's output, from the output "
+                 "downwards (CLRP: signed difference target - dual, before the clamp, which is applied to the "
+                 "input map only):\n")
+        L.append(md_table(layer_tables[d]))
+    os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)
+    with open(a.doc, "w", encoding="utf-8") as f:
+        f.write("\n".join(L) + "\n")
+    with open(a.json or os.path.splitext(a.doc)[0] + ".json", "w") as f:
+        json.dump({"summary": tab.reset_index().to_dict("records"), "seeds": seeds,
+                   "layers": {str(d): layer_tables[d].reset_index().to_dict("records") for d in done},
+                   "seconds": times}, f, indent=1, default=float)
+
+
+def main(argv=None) -> int:
+    import pandas as pd
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=os.path.join(ROOT, "artifacts", "depth_study"))
+    ap.add_argument("--depths", default="4,8,13")
+    ap.add_argument("--with-shipped", action="store_true",
+                    help="add the shipped bundled-hard model (8 convs, full width) as one more row")
+    ap.add_argument("--n", type=int, default=60, help="two-class scenes")
+    ap.add_argument("--seed", type=int, default=30_000_000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "results", "depth_study.md"))
+    ap.add_argument("--json", default=None, help="numbers (default: <doc>.json)")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    started = dt.datetime.now(dt.timezone.utc)
+    t_all = time.perf_counter()
+    seeds = two_class_seeds(a.n, a.seed)
+    depths = [int(d) for d in a.depths.split(",")] + (["shipped"] if a.with_shipped else [])
+    summary, layer_tables, metas, times, done = [], {}, {}, {}, []
+    for d in depths:
+        t0 = time.perf_counter()
+        model, meta = load_depth_model(a.models, d, a.device)
+        rows, layers = study(model, seeds, a.device)
+        df = pd.DataFrame(rows)
+        inp = df[df["layer"] == "input map (channel sum)"]
+        rec = {"convs": meta.get("n_convs", bundled_hard.n_convs(meta["architecture"])),
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "heldout_mAP": meta.get("heldout_metrics", {}).get("mAP", float("nan"))}
+        for m in METHODS:
+            v = inp[inp["method"] == m]["r"]
+            rec[f"{m} mean r"] = float(v.mean())
+        for m in METHODS:
+            v = inp[inp["method"] == m]["r"]
+            rec[f"{m} median r"] = float(v.median())
+        rec["lrp share r > 0.9"] = float((inp[inp["method"] == "lrp"]["r"] > 0.9).mean())
+        summary.append(rec)
+        lt = df[df["method"].isin(LAYER_METHODS)].pivot_table(index="layer", columns="method", values="r",
+                                                              aggfunc="mean")
+        layer_tables[d] = lt.loc[[l for l in layers if l in lt.index] + ["input map (channel sum)"]]
+        metas[d] = meta
+        times[d] = time.perf_counter() - t0
+        write(a, seeds, done + [d], summary, layer_tables, metas, times, started, t_all)
+        done.append(d)
+        print(f"depth {d}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()})} "
+              f"({times[d]:.0f} s)", flush=True)
+    print(f"wrote {a.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
