@@ -352,12 +352,13 @@ def input_note(lm, img: dict, info: dict) -> None:
     """Say what the model knows and what geometry the image took, under the title."""
     text = f"**{img['name']}** → model input: {info['geometry']}."
     squashed = "squashed" in info["geometry"]
+    domain = lm.domain.rstrip(".") + "." if lm.domain else ""
     if img.get("scene") is None and lm.architecture == "scene_vgg":
-        st.warning(f"{text} The model **{lm.name}** knows only {lm.domain}", icon=":material/info:")
+        st.warning(f"{text} The model **{lm.name}** knows only {domain}", icon=":material/info:")
     elif squashed:
-        st.info(text + (f" The model knows {lm.domain}." if lm.domain else ""), icon=":material/aspect_ratio:")
+        st.info(text + (f" The model knows {domain}" if domain else ""), icon=":material/aspect_ratio:")
     else:
-        st.caption(text + (f" The model knows {lm.domain}." if lm.domain else ""))
+        st.caption(text + (f" The model knows {domain}" if domain else ""))
 
 
 SCALES = {"shared": "shared per kind", "per_map": "per map"}

@@ -19,17 +19,17 @@ with right:
                   score_name: [round(s, 4) for _, _, s in top]}, hide_index=True, width="stretch")
 
 st.subheader("What to explain")
-c1, c2, c3 = st.columns([2, 2, 1])
+# methods get a row of their own: eleven chips do not fit in a column
+methods = st.multiselect("Methods", list(clrp.METHODS), default=list(core.DEFAULT_METHODS),
+                         format_func=ui.method_label, key="explain_methods",
+                         help="\n".join(f"- **{m}**: {d}" for m, d in clrp.METHODS.items()))
+c1, c3 = st.columns([3, 1])
 with c1:
     all_idx = list(range(lm.num_classes))
     # a new image starts from its top class unless the user chose classes; a new model always does
     ui.follow_default("explain_classes", [top[0][0]], owner=key, context=img["digest"])
     classes = st.multiselect("Class(es)", all_idx, format_func=lambda i: ui.class_label(lm, i),
                              key="explain_classes", help="Each class gets one row of maps")
-with c2:
-    methods = st.multiselect("Methods", list(clrp.METHODS), default=list(core.DEFAULT_METHODS),
-                             format_func=ui.method_label, key="explain_methods",
-                             help="\n".join(f"- **{m}**: {d}" for m, d in clrp.METHODS.items()))
 with c3:
     presets = list(clrp.RULES)
     rules = st.selectbox("LRP rule preset", presets, index=presets.index("paper"), key="explain_rules",

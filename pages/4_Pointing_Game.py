@@ -18,10 +18,11 @@ config = None
 with ui.guard("the settings"):
     methods, rules = ev.method_picker("pg", ["lrp", "clrp1", "clrp2", "sglrp", "gradient", "gradcam"])
     c1, c2, c3, c4 = st.columns(4)
-    scaled = c1.checkbox("Scale tolerance with image size", False, key="pg_scaled",
-                         help="15 px at 224 px, proportionally otherwise")
+    scaled = c1.checkbox("Scaled tolerance", False, key="pg_scaled",
+                         help="Scale the tolerance with the image size: 15 px at 224 px, proportionally otherwise")
     tol = c1.number_input("Tolerance (px)", 0.0, 200.0, 15.0, 1.0, key="pg_tol", disabled=scaled)
-    use_masks = c2.checkbox("Use masks when the dataset has them", True, key="pg_masks")
+    use_masks = c2.checkbox("Use masks", True, key="pg_masks",
+                            help="Hits against the objects' masks when the dataset has them (else their boxes)")
     center = c2.checkbox("Centre baseline", True, key="pg_center", help="Always point at the image centre")
     geometry = c3.selectbox("Geometry", ["full", "model"], key="pg_geom",
                             help="full: whole image resized to the model input; model: the model's own resize + "

@@ -19,15 +19,18 @@ config = None
 with ui.guard("the settings"):
     methods, rules = ev.method_picker("abl", ["lrp", "clrp1", "clrp2", "gradient"])
     protocols = ev.protocol_picker("abl", "ablation", ["perturbation", "ablation"])
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
     patch = c1.number_input("Patch (px)", 2, 64, 8, key="abl_patch")
-    steps = c1.number_input("Steps", 1, 1000, 30, key="abl_steps", help="Patches removed one per step")
-    baseline = c2.selectbox("Replace with", list(pert.BASELINES), key="abl_baseline")
-    orders = c2.multiselect("Orders", list(pert.ORDERS), default=list(pert.ORDERS), key="abl_orders")
+    steps = c2.number_input("Steps", 1, 1000, 30, key="abl_steps", help="Patches removed one per step")
+    baseline = c3.selectbox("Replace with", list(pert.BASELINES), key="abl_baseline")
+    orders = c4.multiselect("Orders", list(pert.ORDERS), default=list(pert.ORDERS), key="abl_orders",
+                            format_func=str.upper, help="MoRF: most relevant first; LeRF: least relevant first; "
+                                                        "RANDOM: a random order (the reference)")
+    c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
     layers = ui.feature_layers(st.session_state[ui.MODEL_STATE])[0] if lm is not None else []
-    layer = c3.selectbox("Ablation layer", ["(default: the last feature map)"] + layers, key="abl_layer")
-    ks = c3.text_input("k values", "1, 2, 4, 8, 16", key="abl_ks", help="Numbers of top units zeroed")
-    repeats = c4.number_input("Random repeats", 1, 50, 3, key="abl_repeats")
+    layer = c1.selectbox("Ablation layer", ["(default: the last feature map)"] + layers, key="abl_layer")
+    ks = c2.text_input("k values", "1, 2, 4, 8, 16", key="abl_ks", help="Numbers of top units zeroed")
+    repeats = c3.number_input("Random repeats", 1, 50, 3, key="abl_repeats")
     limit = c4.number_input("Max images (0 = all)", 0, 100000, 0, key="abl_limit")
     try:
         kvals = tuple(sorted({int(v) for v in ks.replace(";", ",").split(",") if v.strip()}))

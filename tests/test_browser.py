@@ -127,6 +127,29 @@ def new_page(browser, **kw):
     return ctx, page
 
 
+_CUT_JS = """() => {
+  const cut = [];
+  const main = document.querySelector('[data-testid="stMain"]');
+  for (const el of main.querySelectorAll('*')) {  // text shortened with an ellipsis
+    if (el.offsetParent !== null && el.scrollWidth > el.clientWidth + 1
+        && getComputedStyle(el).textOverflow === 'ellipsis') cut.push(el.textContent);
+  }
+  for (const box of main.querySelectorAll('[data-baseweb="select"]')) {  // chips scrolled out of their box
+    const outer = box.getBoundingClientRect();
+    for (const tag of box.querySelectorAll('[data-baseweb="tag"]')) {
+      const r = tag.getBoundingClientRect();
+      if (r.left < outer.left - 1 || r.right > outer.right + 1) cut.push('chip ' + tag.textContent);
+    }
+  }
+  return cut;
+}"""
+
+
+def nothing_cut(page):
+    """Issue 11 item 10: no widget label or multiselect chip is cut off at the default width."""
+    assert page.evaluate(_CUT_JS) == []
+
+
 def shoot(page, name: str):
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
@@ -211,6 +234,7 @@ def test_pages_render_and_upload(server, browser, tmp_path):
         expect(links.first).to_have_text(re.compile("Home"))
         expect(page.locator('[data-testid="stSidebar"] a', has_text=re.compile(r"^app$"))).to_have_count(0)
         shoot(page, "home")
+        nothing_cut(page)
 
         goto(page, server, "explain")
         expect(heatmaps(page).first).to_be_visible()
@@ -222,6 +246,7 @@ def test_pages_render_and_upload(server, browser, tmp_path):
         expect_heatmaps(page, 6)
         no_exception(page)
         shoot(page, "explain")
+        nothing_cut(page)
 
         # a file that is not an image: a readable error, no traceback
         bad = tmp_path / "bad.png"
@@ -239,6 +264,7 @@ def test_pages_render_and_upload(server, browser, tmp_path):
             expect_heatmaps(page, n)
             no_exception(page)
             shoot(page, name)
+            nothing_cut(page)
     finally:
         ctx.close()
 
@@ -277,6 +303,7 @@ def test_pointing_game_to_completion_and_csv(server, browser):
         expect(heatmaps(page).first).to_be_visible()  # accuracy bars
         no_exception(page)
         shoot(page, "pointing_game")
+        nothing_cut(page)
 
         nav(page, "Ablation")
         expect(page.locator('[data-testid="stMain"] h1').first).to_have_text(re.compile("Ablation"))
@@ -293,6 +320,7 @@ def test_pointing_game_to_completion_and_csv(server, browser):
         expect(page.get_by_role("button", name="perturbation rows (CSV)")).to_be_visible()
         no_exception(page)
         shoot(page, "ablation")
+        nothing_cut(page)
 
         # back to the Pointing Game through the sidebar (same session): the finished run is still there
         nav(page, "Pointing Game")
