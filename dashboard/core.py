@@ -258,15 +258,18 @@ def runs_dir() -> Path:
     return d
 
 
-def scenes_dataset(n: int, seed: int = EVALUATION_SEED, root: Optional[Path] = None) -> Path:
-    """A VOC folder of ``n`` bundled scenes (seeds ``seed..seed+n-1``), generated once and kept in
-    the cache folder (:func:`clrp.scenes.voc_cache`: never half-written, safe for several sessions)."""
-    from clrp import scenes
+def scenes_dataset(n: int, seed: int = EVALUATION_SEED, root: Optional[Path] = None, preset: str = "scenes") -> Path:
+    """A VOC folder of ``n`` generated scenes of ``preset`` (``clrp.scene_presets.PRESETS``: the
+    bundled ``scenes`` or ``scenes-hard``; seeds ``seed..seed+n-1``), generated once and kept in the
+    cache folder (never half-written, safe for several sessions) -- the ``scenes:N:SEED`` /
+    ``scenes-hard:N:SEED`` datasets of the command line."""
+    from clrp.scene_presets import SceneSpec, dataset_dir, preset_module
 
     n = int(n)
     if not 1 <= n <= 5000:
         raise DatasetError("choose between 1 and 5000 scenes")
-    return Path(scenes.voc_cache(n, int(seed), root if root is not None else cache_dir()))
+    preset_module(preset)  # an unknown preset: a message listing them
+    return Path(dataset_dir(SceneSpec(preset, n, int(seed)), root if root is not None else cache_dir()))
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -341,7 +344,8 @@ def open_source(source: dict):
     kind = source.get("kind")
     fmt = source.get("format", "auto")
     if kind == "scenes":
-        return open_dataset(str(scenes_dataset(source.get("n", 16), source.get("seed", EVALUATION_SEED))), "voc")
+        return open_dataset(str(scenes_dataset(source.get("n", 16), source.get("seed", EVALUATION_SEED),
+                                               preset=source.get("preset", "scenes"))), "voc")
     if kind == "upload":  # messages name the user's file, never the server's copy
         return open_dataset(str(source["path"]), fmt, limits=UPLOAD_LIMITS,
                             display_name=os.path.basename(str(source.get("name") or "the uploaded archive")))

@@ -12,7 +12,8 @@ import streamlit as st
 import dataclasses
 
 import clrp
-from clrp import scenes, viz
+from clrp import viz
+from clrp.scene_presets import DEFAULT_SEED, PRESET_MODEL, PRESETS
 from clrp.errors import ClrpError
 from clrp.datasets import FORMATS as DATASET_FORMATS
 from clrp.evaluation.runner import format_seconds
@@ -35,13 +36,18 @@ def dataset_source(kind: str) -> dict | None:
     src = st.radio("Source", ["Bundled scenes", "Upload an archive", "Folder on the server"], horizontal=True,
                    key=f"{kind}_src")
     if src == "Bundled scenes":
-        c1, c2 = st.columns(2)
+        c0, c1, c2 = st.columns([2, 1, 1])
+        preset = c0.selectbox("Preset", list(PRESETS), key=f"{kind}_preset",
+                              format_func=lambda p: f"{p} — {PRESETS[p][1]}",
+                              help="The same datasets as `python -m clrp evaluate --dataset scenes:N` / `scenes-hard:N`; "
+                                   "each preset has its model (" + ", ".join(f"{p}: {m}" for p, m in PRESET_MODEL.items())
+                                   + "), any model with the same ten classes can be evaluated on it")
         n = c1.number_input("Number of scenes", 1, 5000, 16, key=f"{kind}_n",
                             help="Procedural scenes with exact boxes and masks, exported as a VOC dataset")
-        seed = c2.number_input("First seed", 0, 2**31 - 1000000, scenes.EVALUATION_SEED, key=f"{kind}_scene_seed",
-                               help="The evaluation scenes start at 30,000,000 (as `python -m clrp evaluate --dataset scenes:N`); "
-                                    "seeds from 10,000,000 on were never used to train the bundled model")
-        return {"kind": "scenes", "n": int(n), "seed": int(seed)}
+        seed = c2.number_input("First seed", 0, 2**31 - 1000000, DEFAULT_SEED, key=f"{kind}_scene_seed",
+                               help="Evaluation scenes start at 30,000,000 (as the command line's scenes:N); "
+                                    "seeds from 10,000,000 on were never used in training")
+        return {"kind": "scenes", "preset": preset, "n": int(n), "seed": int(seed)}
     if src == "Upload an archive":
         c1, c2 = st.columns([3, 1])
         up = c1.file_uploader("Dataset archive (zip / tar)", type=["zip", "tar", "tgz", "gz", "bz2", "xz"],
@@ -270,7 +276,7 @@ def _start(kind: str, model_key: str, source: dict, config: dict) -> None:
         up = src.pop("data")
         src["path"] = str(core.save_upload(up.name, up.getvalue()))
         src["owned"] = True  # the run deletes its copy of the upload when it ends
-    label = (f"{model_key} · " + (f"{src['n']} scenes" if src["kind"] == "scenes" else
+    label = (f"{model_key} · " + (f"{src['n']} {src.get('preset', 'scenes')}" if src["kind"] == "scenes" else
                                   src.get("name") or src.get("path")) + " · " +
              ", ".join(ui.method_label(m) for m in config["methods"]))
     run = core.REGISTRY.start(ui.session_id(), kind, model_key, src, config, model_loader=ui.get_model, label=label)

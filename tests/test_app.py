@@ -623,3 +623,18 @@ def test_upload_messages_name_the_users_file_never_the_servers_copy(tmp_path):
         assert r.state == "failed" and name in r.message and word in r.message, r.message
         assert "dataset.zip" not in r.message and str(path.parent) not in r.message, r.message
         assert not path.parent.exists()  # the copy is gone either way
+
+
+def test_pointing_game_on_the_hard_scene_preset():
+    """Issue 10: scenes-hard:N in the dashboard, the same datasets as the command line's."""
+    at = app("pages/4_Pointing_Game.py").run()
+    at.selectbox(key="pointing_preset").set_value("scenes-hard").run()
+    at.number_input(key="pointing_n").set_value(2).run()
+    at.multiselect(key="pg_methods").set_value(["lrp"]).run()
+    at.button(key="pointing_start").click().run()
+    no_errors(at)
+    run = next(r for (s, i), r in core.REGISTRY._runs.items() if i == at.session_state["pointing_current"])
+    assert run.wait(TIMEOUT) and run.state == "done", (run.message, run.detail)
+    res, _ = core.run_results(run.out_dir)
+    assert set(res["pointing"]["image_id"].map(lambda i: i.split("_")[0])) == {"hard"}
+    assert "2 scenes-hard" in run.label
