@@ -18,7 +18,6 @@ Environment (set by whoever starts the server):
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os

@@ -3,7 +3,6 @@ perturbation steps, ablations), an ETA, and an estimate of a run's duration befo
 (Python, command line and dashboard)."""
 import os
 import re
-import time
 
 import pytest
 import torch
