@@ -151,3 +151,46 @@ def test_heatmap_grid_figure_shared_and_per_map():
     assert heats2[0].opacity == 1.0  # no image: the map itself
     with pytest.raises(ValueError):
         viz.heatmap_grid_figure(maps, ["a"], None)
+
+
+def test_limits_are_shared_only_within_a_kind_and_zero_maps_stay_zero():
+    """Issue 11 item 2: gradients (~0.5) must not set LRP's (~0.01) scale; SGLRP at 1e-9 is zero."""
+    lrp, clrp, grad = np.full((4, 4), 0.01), np.full((4, 4), -0.02), np.full((4, 4), 0.5)
+    zero = np.full((4, 4), 1e-9)
+    lims = viz.color_limits([lrp, clrp, grad, zero], cmap="bwr",
+                            groups=["relevance", "relevance", "sensitivity", "softmax relevance"])
+    assert lims[0].as_tuple() == lims[1].as_tuple() == (-0.02, 0.02)
+    assert lims[2].as_tuple() == (-0.5, 0.5)
+    assert viz.is_zero(zero) and not viz.is_zero(lrp)
+    rgb = viz.colorize(zero, "bwr", *lims[3].as_tuple())
+    white = viz.colorize(np.zeros((1, 1)), "bwr", -1, 1)[0, 0]
+    assert np.abs(rgb.astype(int) - white.astype(int)).max() <= 1  # drawn as zero, not stretched
+    # without kinds (the old behaviour) the gradient flattens LRP to near white: the defect
+    one = viz.color_limits([lrp, grad], cmap="bwr")
+    assert one[0].as_tuple() == (-0.5, 0.5)
+
+
+def test_grid_figure_one_coloraxis_and_colour_bar_per_kind():
+    maps = [np.full((4, 4), 0.01), np.full((4, 4), 0.02), np.full((4, 4), 0.4), np.full((4, 4), 1e-9)]
+    kinds = ["relevance", "relevance", "sensitivity", "softmax relevance"]
+    lims = viz.color_limits(maps, cmap="bwr", groups=kinds)
+    fig = viz.heatmap_grid_figure(maps, ["LRP", "CLRP2", "Gradient", "SGLRP"], None, limits=lims, cmap="bwr",
+                                  groups=kinds, columns=4)
+    heats = [t for t in fig.data if t.type == "heatmap"]
+    assert [h.coloraxis for h in heats] == ["coloraxis", "coloraxis", "coloraxis2", "coloraxis3"]
+    assert (fig.layout.coloraxis.cmax, fig.layout.coloraxis2.cmax) == (0.02, 0.4)
+    bars = [t.marker.colorbar.title.text for t in fig.data if t.type == "scatter"]
+    assert bars == ["relevance", "sensitivity", "softmax relevance"]
+    assert any("≈ 0" in a.text for a in fig.layout.annotations if "SGLRP" in a.text)
+
+
+def test_grid_png_has_a_colour_bar_per_scale():
+    tiles = [np.full((20, 20, 3), 200, np.uint8)] * 4
+    plain = Image.open(io.BytesIO(viz.render_grid_png(tiles, list("abcd"), columns=4)))
+    with_bars = Image.open(io.BytesIO(viz.render_grid_png(
+        tiles, list("abcd"), columns=4, colorbars=[("relevance", "bwr", -0.02, 0.02), ("sensitivity", "bwr", -1, 1)])))
+    assert with_bars.size[0] >= plain.size[0] and with_bars.size[1] > plain.size[1]
+    extra = np.asarray(with_bars.convert("RGB"))[plain.size[1]:]
+    red = ((extra[..., 0] > 150) & (extra[..., 2] < 80)).sum()
+    blue = ((extra[..., 2] > 150) & (extra[..., 0] < 80)).sum()
+    assert red > 20 and blue > 20  # the bars' colours are below the grid
