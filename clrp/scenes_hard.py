@@ -9,7 +9,9 @@ ground truth and the same VOC export, and makes the scenes harder in the ways re
   (P = :data:`OBJECT_COUNT_P` for 2, 3, 4, 5).
 - **Small objects**: each object is small with probability :data:`SIZE_CATEGORIES` ``small``
   (nominal size 20-44 px; its box is then always under 1/16 of the image, :data:`SMALL_AREA`
-  pixels), medium (46-80 px) or large (80-112 px). About half of all objects are small.
+  pixels), medium (46-80 px) or large (80-112 px). Half of the objects are drawn small, and
+  with the smaller medium ones and the occluded ones about 70 % of the objects end up with a
+  visible box under 1/16 of the image (72 % of the 657 objects of seeds 0..199).
 - **Partial occlusion**: objects are painted in a random order, later ones on top; about half of
   the objects are placed against an object already there. Every object keeps at least
   :data:`MIN_VISIBLE_FRACTION` of its pixels (and :data:`MIN_VISIBLE_PIXELS`) visible.

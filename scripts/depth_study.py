@@ -71,11 +71,11 @@ def pearson(a: torch.Tensor) -> float:
     return float(np.corrcoef(a)[0, 1])
 
 
-def study(model, seeds, device) -> tuple[list[dict], list[str]]:
+def study(model, seeds, device, input_size: int = bundled_hard.INPUT_SIZE) -> tuple[list[dict], list[str]]:
     from clrp import engine
     from clrp.methods import layer_relevance
 
-    pp = bundled_hard.hard_preprocessing()
+    pp = bundled_hard.hard_preprocessing(input_size)
     plan = engine.plan_for(model, torch.zeros(1, 3, *pp.input_size, device=device))
     nodes = [nd for nd in plan.graph.nodes if nd.op_name in KINDS and plan.graph.carries[nd.index]]
     layers = [nd.name for nd in nodes][::-1][1:]   # from the output down; the output layer holds only the seed
@@ -134,7 +134,8 @@ def write(a, seeds, done, summary, layer_tables, metas, times, started, t_all):
          f"{seeds[0]}..{seeds[-1]}; held out from training), the same for every depth.",
          "- Rules: preset `paper` (zB first conv with the model's box, z+ elsewhere); LRP seed = target logit; "
          "CLRP1 dual = uniform, CLRP2 = negated weights, contrast = clamp; SGLRP = softmax-gradient seed.",
-         "- r = Pearson correlation between the two classes' maps (input: channel-summed relevance at 128 px), "
+         "- r = Pearson correlation between the two classes' maps (input: channel-summed relevance at the model's "
+         "input size), "
          "per scene, then averaged over scenes (undefined r of a constant map is left out).\n",
          "## Per depth: mean Pearson r between the two classes' input maps\n",
          md_table(tab.astype(object)), ""]
@@ -177,7 +178,7 @@ def main(argv=None) -> int:
     for d in depths:
         t0 = time.perf_counter()
         model, meta = load_depth_model(a.models, d, a.device)
-        rows, layers = study(model, seeds, a.device)
+        rows, layers = study(model, seeds, a.device, int(meta["preprocessing"]["input_size"][0]))
         df = pd.DataFrame(rows)
         inp = df[df["layer"] == "input map (channel sum)"]
         rec = {"convs": meta.get("n_convs", bundled_hard.n_convs(meta["architecture"])),

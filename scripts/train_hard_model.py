@@ -54,10 +54,10 @@ def log(msg: str = "") -> None:
 
 
 def _render_chunk(args):
-    """Hard scenes ``start .. stop-1`` -> (uint8 [n, 128, 128, 3] at input geometry, float32 labels)."""
-    start, stop = args
+    """Hard scenes ``start .. stop-1`` -> (uint8 [n, S, S, 3] at input geometry, float32 labels)."""
+    start, stop, size = args
     torch.set_num_threads(1)
-    pp = bundled_hard.hard_preprocessing()
+    pp = bundled_hard.hard_preprocessing(size)
     xs, ys = [], []
     for seed in range(start, stop):
         sc = scenes_hard.generate_scene(seed)
@@ -66,8 +66,8 @@ def _render_chunk(args):
     return np.stack(xs), np.stack(ys)
 
 
-def build_cache(n: int, seed_base: int, workers: int, chunk: int = 250):
-    jobs = [(seed_base + i, seed_base + min(i + chunk, n)) for i in range(0, n, chunk)]
+def build_cache(n: int, seed_base: int, workers: int, chunk: int = 250, size: int = bundled_hard.INPUT_SIZE):
+    jobs = [(seed_base + i, seed_base + min(i + chunk, n), size) for i in range(0, n, chunk)]
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
@@ -84,7 +84,7 @@ class GpuData:
     def __init__(self, x: np.ndarray, y: np.ndarray, device: torch.device):
         self.x = torch.from_numpy(x).to(device)
         self.y = torch.from_numpy(y).to(device)
-        pp = bundled_hard.hard_preprocessing()
+        pp = bundled_hard.hard_preprocessing(x.shape[1])
         self.mean = torch.tensor(pp.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(pp.std, device=device).view(1, 3, 1, 1)
 
@@ -160,7 +160,7 @@ def train_one(depth: int, cfg: dict, train: GpuData, mon: GpuData | None, a, dev
     model.eval()
     cpu_model = model.to("cpu").to(memory_format=torch.contiguous_format).float()
     folded = bundled.fold_batch_norm(cpu_model, cfg)
-    probe = train.get(torch.arange(min(64, n))).cpu().contiguous()
+    probe = train.get(torch.arange(min(64, n))).cpu().contiguous()  # noqa: E501
     with torch.no_grad():
         err = float((folded(probe) - cpu_model(probe)).abs().max())
     log(f"[depth {depth}] trained in {train_s:.0f} s; folded batch norm into the convs (max |logit difference| "
@@ -191,6 +191,8 @@ def main(argv=None) -> int:
     ap.add_argument("--depth-out", type=Path, default=None,
                     help="folder for every depth's weights + metadata (default: --out)")
     ap.add_argument("--log", type=Path, default=None)
+    ap.add_argument("--input-size", type=int, default=bundled_hard.INPUT_SIZE,
+                    help="model input side (default 128; the depth-study models trained on a CPU: 80)")
     ap.add_argument("--width", type=float, default=1.0,
                     help="scale every conv's channel count (depth-study models trained on a CPU: 0.5)")
     ap.add_argument("--cache-file", type=Path, default=None,
@@ -228,17 +230,17 @@ def main(argv=None) -> int:
         assert len(x) == n, f"{cx} holds {len(x)} scenes, not {n}"
         log(f"loaded {n} training scenes from {cx} in {time.time() - t0:.0f} s")
     else:
-        x, y = build_cache(n, bundled_hard.TRAIN_SEED_BASE, a.workers)
+        x, y = build_cache(n, bundled_hard.TRAIN_SEED_BASE, a.workers, size=a.input_size)
         log(f"generated {n} training scenes in {time.time() - t0:.0f} s ({x.nbytes / 1e9:.2f} GB at 128 px)")
         if cx is not None:
             np.save(cx, x)
             np.save(cy, y)
     gen_s = time.time() - t0
     t0 = time.time()
-    hx, hy = build_cache(a.heldout, bundled_hard.HELDOUT_SEED_BASE, a.workers)
+    hx, hy = build_cache(a.heldout, bundled_hard.HELDOUT_SEED_BASE, a.workers, size=a.input_size)
     mon = None
     if a.monitor:
-        mx, my = build_cache(a.monitor, bundled_hard.HELDOUT_SEED_BASE + 5_000_000, a.workers)
+        mx, my = build_cache(a.monitor, bundled_hard.HELDOUT_SEED_BASE + 5_000_000, a.workers, size=a.input_size)
         mon = GpuData(mx, my, device)
     log(f"generated {a.heldout} held-out + {a.monitor} monitor scenes in {time.time() - t0:.0f} s")
     train = GpuData(x, y, device)
@@ -247,7 +249,7 @@ def main(argv=None) -> int:
 
     summary = {}
     for d in depths:
-        cfg = dict(bundled_hard.DEPTH_CONFIGS[d], num_classes=len(scenes_hard.CLASS_NAMES))
+        cfg = dict(bundled_hard.DEPTH_CONFIGS[d], num_classes=len(scenes_hard.CLASS_NAMES), input_size=a.input_size)
         if a.width != 1.0:
             cfg["features"] = [v if v in ("M", "G") else max(1, int(round(v * a.width))) for v in cfg["features"]]
         model, train_s, n_params = train_one(d, cfg, train, mon, a, device)
@@ -255,13 +257,13 @@ def main(argv=None) -> int:
         log(f"[depth {d}] held-out mAP {m['mAP']:.4f} on {a.heldout} scenes (seeds {bundled_hard.HELDOUT_SEED_BASE}..); "
             f"exact match {m['exact_match']:.3f}; per class " +
             ", ".join(f"{k} {v:.3f}" for k, v in m["per_class_AP"].items()))
-        shipped = d == SHIPPED_DEPTH and a.width == 1.0
+        shipped = d == SHIPPED_DEPTH and a.width == 1.0 and a.input_size == bundled_hard.INPUT_SIZE
         meta = {
             "name": "bundled-hard" if shipped else f"scene_vgg_d{d}",
             "description": (f"deeper VGG-pattern CNN ({bundled_hard.n_convs(cfg)} convs, no batch norm) trained "
                             "multi-label on clrp's hard procedural scenes"),
             "class_names": list(scenes_hard.CLASS_NAMES),
-            "preprocessing": bundled_hard.hard_preprocessing().to_dict(),
+            "preprocessing": bundled_hard.hard_preprocessing(a.input_size).to_dict(),
             "scene_size": scenes_hard.SCENE_SIZE,
             "scene_preset": "scenes-hard",
             "architecture": cfg,

@@ -51,10 +51,10 @@ HELDOUT_SEED_BASE = 10_000_000
 METRICS_SEED_BASE = 20_000_000
 
 
-def hard_preprocessing():
+def hard_preprocessing(input_size: int = INPUT_SIZE):
     from .preprocessing import Preprocessing
 
-    return Preprocessing(mean=MEAN, std=STD, input_size=(INPUT_SIZE, INPUT_SIZE), resize=None,
+    return Preprocessing(mean=MEAN, std=STD, input_size=(int(input_size), int(input_size)), resize=None,
                          interpolation="bilinear")
 
 
