@@ -244,7 +244,6 @@ def main(argv=None) -> int:
         mon = GpuData(mx, my, device)
     log(f"generated {a.heldout} held-out + {a.monitor} monitor scenes in {time.time() - t0:.0f} s")
     train = GpuData(x, y, device)
-    held = GpuData(hx, hy, device)
     del x
 
     summary = {}
