@@ -138,3 +138,14 @@ def test_shell_command_runs_as_documented(line, cmd, tmp_path):
     for out in ("--png", "--out"):  # what the command says it writes is there
         if out in args:
             assert (tmp_path / args[args.index(out) + 1]).exists(), (cmd, os.listdir(tmp_path))
+
+
+def test_pip_install_e_gets_the_runtime_requirements():
+    """``pip install -e .`` (the README's way to import clrp from anywhere) installs what
+    requirements.txt lists: a GPU machine set up that way once lacked defusedxml."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    reqs = [l.strip() for l in (ROOT / "requirements.txt").read_text().splitlines()
+            if l.strip() and not l.startswith("#")]
+    assert deps == reqs
