@@ -30,6 +30,18 @@ _PLOT_CFG = {"displaylogo": False}
 # ---------------------------------------------------------------------------------------------
 # Inputs
 
+def page_frame(kind: str, title: str, caption: str):
+    """The top of an evaluation page: title, model picker, dataset source, the settings heading.
+    Returns ``(LoadedModel or None, source dict or None)``."""
+    ui.page(title)
+    st.title(title)
+    st.caption(caption)
+    lm = ui.model_picker()
+    source = dataset_source(kind)
+    st.subheader("Settings")
+    return lm, source
+
+
 def dataset_source(kind: str) -> dict | None:
     """Dataset chooser; returns a source dict for ``core.open_source`` or None (message shown)."""
     st.subheader("Dataset")

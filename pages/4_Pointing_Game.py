@@ -6,14 +6,11 @@ from dashboard import evaluation as ev
 from dashboard import ui
 
 KIND = "pointing"
-ui.page("Pointing Game")
-st.title("Pointing Game")
-st.caption("For each (image, class present): is the map's arg-max within the tolerance of the class's ground truth? "
-           "Score = mean of per-class accuracies; “difficult” = small object with another class present. Runs in "
-           "the background: you can leave the page and come back.")
-lm = ui.model_picker()
-source = ev.dataset_source(KIND)
-st.subheader("Settings")
+lm, source = ev.page_frame(
+    KIND, "Pointing Game",
+    "For each (image, class present): is the map's arg-max within the tolerance of the class's ground truth? "
+    "Score = mean of per-class accuracies; “difficult” = small object with another class present. Runs in "
+    "the background: you can leave the page and come back.")
 config = None
 with ui.guard("the settings"):
     methods, rules = ev.method_picker("pg", ["lrp", "clrp1", "clrp2", "sglrp", "gradient", "gradcam"])

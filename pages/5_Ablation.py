@@ -7,14 +7,11 @@ from dashboard import evaluation as ev
 from dashboard import ui
 
 KIND = "ablation"
-ui.page("Ablation")
-st.title("Ablation")
-st.caption("Region perturbation: remove the most (MoRF) or least (LeRF) relevant patches first and follow the target "
-           "score (AOPC). Hidden-unit ablation: zero the top-k units of a layer by relevance and compare the drop of "
-           "the target with the other classes'. Runs in the background.")
-lm = ui.model_picker()
-source = ev.dataset_source(KIND)
-st.subheader("Settings")
+lm, source = ev.page_frame(
+    KIND, "Ablation",
+    "Region perturbation: remove the most (MoRF) or least (LeRF) relevant patches first and follow the target "
+    "score (AOPC). Hidden-unit ablation: zero the top-k units of a layer by relevance and compare the drop of "
+    "the target with the other classes'. Runs in the background.")
 config = None
 with ui.guard("the settings"):
     methods, rules = ev.method_picker("abl", ["lrp", "clrp1", "clrp2", "gradient"])
