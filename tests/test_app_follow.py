@@ -11,18 +11,9 @@ pytest.importorskip("streamlit")
 from clrp import scenes  # noqa: E402
 from clrp.models import bundled  # noqa: E402
 from dashboard import core  # noqa: E402
-from tests.test_app import MODEL, app, heatmaps, no_errors, png_bytes  # noqa: E402
+from tests.test_app import MODEL, _env, app, heatmaps, no_errors, png_bytes  # noqa: E402,F401 (_env: autouse)
 
 pytestmark = pytest.mark.skipif(not bundled.WEIGHTS_FILE.is_file(), reason="needs the bundled model's weights")
-
-
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv(core.DEV_ENV, "1")
-    monkeypatch.setenv(core.RUNS_ENV, str(tmp_path / "runs"))
-    monkeypatch.setenv(core.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.delenv(core.ROOTS_ENV, raising=False)
-    yield
 
 
 _LM = None
