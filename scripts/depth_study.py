@@ -1,13 +1,19 @@
 #!/usr/bin/env python
 """The paper's effect against depth: how alike are the LRP maps of two classes, per network depth?
 
-    python scripts/depth_study.py --models artifacts/depth_study          # models trained by:
+    python scripts/depth_study.py --world scenes --with-shipped       # easy world: 3, 5 (shipped), 9 convs
+    python scripts/depth_study.py --models artifacts/depth_study      # hard world, models trained by:
     python scripts/train_hard_model.py --depths 4,8,13 --depth-out artifacts/depth_study --out /tmp/unused
 
-The networks (:data:`clrp.models.bundled_hard.DEPTH_CONFIGS`: 4, 8 and 13 convs of the VGG
-pattern, one hidden dense layer, batch norm folded) were trained on the same hard scenes with the
-same recipe. On the same ``--n`` held-out two-class hard scenes (the first scenes from seed
-``--seed`` on whose class set has exactly two classes), for each depth:
+``--world scenes-hard`` (default): the networks of :data:`clrp.models.bundled_hard.DEPTH_CONFIGS`
+(4, 8 and 13 convs of the VGG pattern, one hidden dense layer, batch norm folded), trained on the
+same hard scenes with the same recipe; ``--with-shipped`` adds ``bundled-hard`` (8 convs).
+``--world scenes``: the easy world's networks of :data:`clrp.models.bundled.DEPTH_CONFIGS` (3 and 9
+convs, committed in ``docs/results/depth_study_models/``, trained by
+``scripts/train_bundled_model.py --features ...`` with the shipped model's recipe on its training
+scenes); ``--with-shipped`` adds the shipped ``bundled`` model (5 convs). On the same ``--n``
+held-out two-class scenes of the world (the first scenes from seed ``--seed`` on whose class set
+has exactly two classes), for each depth:
 
 1. the mean (and median) Pearson r between the channel-summed input maps of the two present
    classes, for lrp, clrp1, clrp2 and sglrp (rules ``paper``, the model's zB box), and the share of
@@ -16,7 +22,9 @@ same recipe. On the same ``--n`` held-out two-class hard scenes (the first scene
    tensors at each conv, pooling and dense layer's output, from the output downwards
    (``clrp.layer_relevance(..., spatial=True)``; CLRP: the signed difference target - dual).
 
-Writes ``--doc`` (markdown, default ``docs/results/depth_study.md``) and a JSON of the numbers.
+Writes ``--doc`` (markdown; default ``docs/results/depth_study.md`` for the easy world,
+``docs/results/depth_study_hard.md`` for the hard one) and a JSON of the numbers; ``--append-doc``
+appends another generated study document (e.g. the other world's) as a further section.
 """
 from __future__ import annotations
 
@@ -35,32 +43,54 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import clrp  # noqa: E402
-from clrp import scenes_hard  # noqa: E402
+from clrp import scene_presets, scenes, scenes_hard  # noqa: E402
 from clrp.models import bundled, bundled_hard  # noqa: E402
 
 METHODS = ("lrp", "clrp1", "clrp2", "sglrp")
 LAYER_METHODS = ("lrp", "clrp1", "clrp2")
 KINDS = {"conv2d": "conv", "linear": "linear", "max_pool2d": "maxpool", "adaptive_avg_pool2d": "adaptive_avgpool"}
 
+#: What differs between the two scene worlds; the measurement is the same.
+WORLDS = {
+    "scenes-hard": dict(
+        generator=scenes_hard, shipped="bundled-hard", shipped_label="8 (bundled-hard)", depths="4,8,13",
+        stem="scene_vgg_d", models=os.path.join(ROOT, "artifacts", "depth_study"), configs="bundled_hard",
+        doc=os.path.join(ROOT, "docs", "results", "depth_study_hard.md"), adjective="hard",
+        preprocessing=bundled_hard.hard_preprocessing, shipped_command=None),
+    "scenes": dict(
+        generator=scenes, shipped="bundled", shipped_label="5 (bundled)", depths="3,9",
+        stem="scenes_vgg_d", models=os.path.join(ROOT, "docs", "results", "depth_study_models"),
+        configs="bundled", doc=os.path.join(ROOT, "docs", "results", "depth_study.md"), adjective="easy",
+        preprocessing=lambda size=bundled.INPUT_SIZE: bundled.bundled_preprocessing(),
+        shipped_command="python scripts/train_bundled_model.py"),
+}
 
-def two_class_seeds(n: int, seed: int) -> list[int]:
+
+def scene_classes(world: str, seed: int) -> list[int]:
+    if world == "scenes-hard":
+        return scenes_hard.scene_classes(seed)
+    return sorted({o.class_index for o in scenes.generate_scene(seed).objects})
+
+
+def two_class_seeds(n: int, seed: int, world: str = "scenes-hard") -> list[int]:
     out, s = [], seed
     while len(out) < n:
-        if len(scenes_hard.scene_classes(s)) == 2:
+        if len(scene_classes(world, s)) == 2:
             out.append(s)
         s += 1
     return out
 
 
-def load_depth_model(folder: str, depth, device: str):
+def load_depth_model(folder: str, depth, device: str, world: str = "scenes-hard"):
+    w = WORLDS[world]
     if depth == "shipped":
         from clrp import models
 
-        lm = models.load("bundled-hard")
+        lm = models.load(w["shipped"])
         return lm.model.eval().to(device), lm.meta
-    meta = json.load(open(os.path.join(folder, f"scene_vgg_d{depth}.json")))
+    meta = json.load(open(os.path.join(folder, f"{w['stem']}{depth}.json")))
     model = bundled.build_model(meta["architecture"])
-    model.load_state_dict(torch.load(os.path.join(folder, f"scene_vgg_d{depth}.pt"), map_location="cpu",
+    model.load_state_dict(torch.load(os.path.join(folder, f"{w['stem']}{depth}.pt"), map_location="cpu",
                                      weights_only=True))
     return model.eval().to(device), meta
 
@@ -72,20 +102,22 @@ def pearson(a: torch.Tensor) -> float:
     return float(np.corrcoef(a)[0, 1])
 
 
-def study(model, seeds, device, input_size: int = bundled_hard.INPUT_SIZE) -> tuple[list[dict], list[str]]:
+def study(model, seeds, device, input_size: int = bundled_hard.INPUT_SIZE,
+          world: str = "scenes-hard") -> tuple[list[dict], list[str]]:
     from clrp import engine
     from clrp.methods import layer_relevance
 
-    pp = bundled_hard.hard_preprocessing(input_size)
+    gen = WORLDS[world]["generator"]
+    pp = WORLDS[world]["preprocessing"](input_size)
     plan = engine.plan_for(model, torch.zeros(1, 3, *pp.input_size, device=device))
     nodes = [nd for nd in plan.graph.nodes if nd.op_name in KINDS and plan.graph.carries[nd.index]]
     layers = [nd.name for nd in nodes][::-1][1:]   # from the output down; the output layer holds only the seed
     kinds = {nd.name: KINDS[nd.op_name] for nd in nodes}
     rows = []
     for s in seeds:
-        sc = scenes_hard.generate_scene(s)
+        sc = gen.generate_scene(s)
         x = pp.to_tensor(sc.image).repeat(2, 1, 1, 1).to(device)
-        t = [o.class_index for o in sc.objects]
+        t = [o.class_index for o in sc.objects]   # one object per class in both worlds
         for m in METHODS:
             r = clrp.explain(model, x, t, m, box=pp.box).sum(1)
             rows.append({"seed": s, "method": m, "layer": "input map (channel sum)", "r": pearson(r)})
@@ -117,7 +149,15 @@ def md_table(df, fmt="{:.3f}") -> str:
 def write(a, seeds, done, summary, layer_tables, metas, times, started, t_all):
     import pandas as pd
 
-    labels = [f"{d}" if d != "shipped" else "8 (bundled-hard)" for d in done]
+    w = WORLDS[a.world]
+    labels = [f"{d}" if d != "shipped" else w["shipped_label"] for d in done]
+
+    def trained_by(meta):
+        tr = meta.get("training", {})
+        cmd = tr.get("command") or w["shipped_command"] or "?"
+        device = tr.get("device") or (f"CPU, torch threads {tr['threads']}" if "threads" in tr else "?")
+        return f"Trained by `{cmd}` on {device}."
+
     tab = pd.DataFrame(summary, index=pd.Index(labels, name="model (convs)"))
     dev = torch.cuda.get_device_name(a.device) if str(a.device).startswith("cuda") else "no GPU"
     L = ["# The paper's effect against depth\n",
@@ -125,13 +165,13 @@ def write(a, seeds, done, summary, layer_tables, metas, times, started, t_all):
          f"in {(time.perf_counter() - t_all) / 60:.1f} min ({os.cpu_count()} CPU cores, torch threads "
          f"{torch.get_num_threads()}, device {a.device}: {dev}).\n",
          "## Setting\n",
-         "- Models: VGG-pattern `scene_vgg` networks of `clrp.models.bundled_hard.DEPTH_CONFIGS` (2x2 max-pools, "
+         f"- World: `{a.world}` ({scene_presets.PRESETS[a.world][1]}).",
+         f"- Models: VGG-pattern `scene_vgg` networks of `clrp.models.{w['configs']}.DEPTH_CONFIGS` (2x2 max-pools, "
          "a global max-pool, one hidden dense layer of 256 units; batch norm during training, folded), conv widths: "
          + "; ".join(f"{lab}: {[v for v in metas[d]['architecture']['features'] if v not in ('M', 'G')]}"
                      for lab, d in zip(labels, done)) + ". "
-         + " ".join(sorted({f"Trained by `{metas[d].get('training', {}).get('command', '?')}` on "
-                            f"{metas[d].get('training', {}).get('device', '?')}." for d in done})),
-         f"- Scenes: the first {a.n} hard scenes from seed {a.seed} on with exactly two classes (seeds "
+         + " ".join(dict.fromkeys(trained_by(metas[d]) for d in done)),
+         f"- Scenes: the first {a.n} {w['adjective']} scenes from seed {a.seed} on with exactly two classes (seeds "
          f"{seeds[0]}..{seeds[-1]}; held out from training), the same for every depth.",
          "- Rules: preset `paper` (zB first conv with the model's box, z+ elsewhere); LRP seed = target logit; "
          "CLRP1 dual = uniform, CLRP2 = negated weights, contrast = clamp; SGLRP = softmax-gradient seed.",
@@ -150,6 +190,10 @@ def write(a, seeds, done, summary, layer_tables, metas, times, started, t_all):
                  "downwards (CLRP: signed difference target - dual, before the clamp, which is applied to the "
                  "input map only):\n")
         L.append(md_table(layer_tables[d]))
+    if a.append_doc:
+        other = open(a.append_doc, encoding="utf-8").read().strip().splitlines()
+        L.append(f"\n---\n\n# Appended: `{os.path.relpath(a.append_doc, ROOT)}`\n")
+        L.extend(("#" + ln) if ln.startswith("#") else ln for ln in other)
     os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)
     with open(a.doc, "w", encoding="utf-8") as f:
         f.write("\n".join(L) + "\n")
@@ -163,31 +207,40 @@ def main(argv=None) -> int:
     import pandas as pd
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=os.path.join(ROOT, "artifacts", "depth_study"))
-    ap.add_argument("--depths", default="4,8,13")
+    ap.add_argument("--world", choices=sorted(WORLDS), default="scenes-hard",
+                    help="scene world and its model family (default: scenes-hard)")
+    ap.add_argument("--models", default=None, help="folder of the trained networks (default: per world: "
+                    "artifacts/depth_study, docs/results/depth_study_models)")
+    ap.add_argument("--depths", default=None, help="comma-separated conv counts (default: per world: 4,8,13; 3,9)")
     ap.add_argument("--with-shipped", action="store_true",
-                    help="add the shipped bundled-hard model (8 convs, full width) as one more row")
+                    help="add the shipped model of the world (bundled-hard: 8 convs; bundled: 5 convs) as one more row")
     ap.add_argument("--n", type=int, default=60, help="two-class scenes")
     ap.add_argument("--seed", type=int, default=30_000_000)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--note", default=None, help="a markdown file inserted before the tables (hand-written)")
-    ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "results", "depth_study.md"))
+    ap.add_argument("--doc", default=None, help="markdown output (default: per world: "
+                    "docs/results/depth_study_hard.md, docs/results/depth_study.md)")
     ap.add_argument("--json", default=None, help="numbers (default: <doc>.json)")
+    ap.add_argument("--append-doc", default=None, help="a generated study document to append as a further section")
     a = ap.parse_args(argv)
+    w = WORLDS[a.world]
+    a.models = a.models or w["models"]
+    a.depths = w["depths"] if a.depths is None else a.depths
+    a.doc = a.doc or w["doc"]
     torch.set_num_threads(a.threads)
     started = dt.datetime.now(dt.timezone.utc)
     t_all = time.perf_counter()
-    seeds = two_class_seeds(a.n, a.seed)
+    seeds = two_class_seeds(a.n, a.seed, a.world)
     depths = [int(d) for d in a.depths.split(",") if d.strip()] + (["shipped"] if a.with_shipped else [])
     summary, layer_tables, metas, times, done = [], {}, {}, {}, []
     for d in depths:
         t0 = time.perf_counter()
-        model, meta = load_depth_model(a.models, d, a.device)
-        rows, layers = study(model, seeds, a.device, int(meta["preprocessing"]["input_size"][0]))
+        model, meta = load_depth_model(a.models, d, a.device, a.world)
+        rows, layers = study(model, seeds, a.device, int(meta["preprocessing"]["input_size"][0]), a.world)
         df = pd.DataFrame(rows)
         inp = df[df["layer"] == "input map (channel sum)"]
-        rec = {"convs": meta.get("n_convs", bundled_hard.n_convs(meta["architecture"])),
+        rec = {"convs": meta.get("n_convs", bundled.n_convs(meta["architecture"])),
                "parameters": sum(p.numel() for p in model.parameters()),
                "heldout_mAP": meta.get("heldout_metrics", {}).get("mAP", float("nan"))}
         for m in METHODS:

@@ -3,6 +3,8 @@
 
     python scripts/train_bundled_model.py            # defaults = the shipped model
     python scripts/train_bundled_model.py --steps 200 --out /tmp/m   # quick smoke run
+    python scripts/train_bundled_model.py --features 32,M,64,M,128,G --name scenes_vgg_d3 --out DIR
+                                                     # another depth (clrp.models.bundled.DEPTH_CONFIGS)
 
 ``--train-scenes`` scenes (seeds 0 .. n-1, disjoint from the held-out seeds 10_000_000+ and the
 metrics seeds 20_000_000+) are generated once (in ``--workers`` processes; each scene is a pure
@@ -74,6 +76,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=bundled.ASSETS_DIR)
     ap.add_argument("--cache-file", type=Path, default=None,
                     help="optional .npz to save the generated training scenes to / load them from")
+    ap.add_argument("--features", default=",".join(map(str, bundled.DEFAULT_CONFIG["features"])),
+                    help="conv spec: channel counts (3x3 conv + BN + ReLU), M (2x2 max-pool), G (global max-pool); "
+                         "default: the shipped model's")
+    ap.add_argument("--name", default=bundled.WEIGHTS_FILE.stem,
+                    help="file stem of the weights (.pt) and metadata (.json) written to --out")
     ap.add_argument("--log-every", type=int, default=250)
     ap.add_argument("--monitor", type=int, default=300, help="held-out scenes for the progress mAP in the log")
     a = ap.parse_args(argv)
@@ -83,7 +90,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     torch.use_deterministic_algorithms(True)
 
-    cfg = dict(bundled.DEFAULT_CONFIG)
+    cfg = dict(bundled.DEFAULT_CONFIG, features=bundled.parse_features(a.features))
     cfg["num_classes"] = len(scenes.CLASS_NAMES)
     model = bundled.build_model(cfg, batch_norm=True)  # BN folded into the convs after training
     n_params = sum(p.numel() for p in model.parameters())
@@ -169,11 +176,12 @@ def main(argv=None) -> int:
     print(format_metrics(metrics))
 
     a.out.mkdir(parents=True, exist_ok=True)
-    wpath = a.out / bundled.WEIGHTS_FILE.name
+    wpath = a.out / f"{a.name}.pt"
     torch.save(model.state_dict(), wpath)
     meta = {
-        "name": "bundled",
+        "name": "bundled" if a.name == bundled.WEIGHTS_FILE.stem else a.name,
         "description": "VGG-style CNN (no batch norm) trained multi-label on clrp's procedural shape scenes",
+        **({} if a.name == bundled.WEIGHTS_FILE.stem else {"n_convs": bundled.n_convs(cfg)}),
         "class_names": list(scenes.CLASS_NAMES),
         "preprocessing": bundled.bundled_preprocessing().to_dict(),
         "scene_size": scenes.SCENE_SIZE,
@@ -186,6 +194,9 @@ def main(argv=None) -> int:
             "augmentation": "horizontal flip (p=0.5, from the seeded generator)",
             "threads": a.threads, "workers": a.workers, "generation_seconds": round(gen_s, 1),
             "train_seconds": round(train_s, 1),
+            **({} if a.name == bundled.WEIGHTS_FILE.stem else {
+                "command": "python scripts/train_bundled_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                "device": f"CPU ({os.cpu_count()} cores), torch threads {a.threads}"}),
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
         },
         "heldout_metrics": {
@@ -195,8 +206,9 @@ def main(argv=None) -> int:
             "per_class_AP": metrics["per_class_AP"],
         },
     }
-    (a.out / bundled.META_FILE.name).write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {wpath} ({os.path.getsize(wpath) / 1e6:.2f} MB) and {a.out / bundled.META_FILE.name}")
+    mpath = a.out / f"{a.name}.json"
+    mpath.write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {wpath} ({os.path.getsize(wpath) / 1e6:.2f} MB) and {mpath}")
     return 0
 
 

@@ -31,6 +31,39 @@ DEFAULT_CONFIG: dict = {
 }
 
 
+#: Networks of the easy-world depth study (``scripts/depth_study.py --world scenes``), by number of
+#: convs: the shipped 5-conv model and the same family with 3 and 9 convs (the 9-conv one in VGG's
+#: pattern of blocks of 1-1-2-2-3 convs between pools, its upper widths 64 and 96 instead of 128 so
+#: that its weights stay near 2 MB and it trains as fast as the shipped one on a CPU); input size,
+#: global max-pool and hidden layer alike. Trained on the shipped model's training scenes with its
+#: recipe: ``scripts/train_bundled_model.py --features 32,M,64,M,128,G --name scenes_vgg_d3`` etc.
+DEPTH_CONFIGS: dict[int, dict] = {
+    3: dict(DEFAULT_CONFIG, features=[32, "M", 64, "M", 128, "G"]),
+    5: dict(DEFAULT_CONFIG),
+    9: dict(DEFAULT_CONFIG, features=[32, "M", 64, "M", 64, 64, "M", 96, 96, "M", 96, 96, 96, "G"]),
+}
+
+
+def parse_features(text: str) -> list:
+    """``"32,M,64,M,128,G"`` -> ``[32, "M", 64, "M", 128, "G"]`` (ints = convs, ``M``/``G`` = pools)."""
+    out: list = []
+    for tok in str(text).split(","):
+        tok = tok.strip()
+        if tok.upper() in ("M", "G"):
+            out.append(tok.upper())
+        elif tok.isdigit() and int(tok) > 0:
+            out.append(int(tok))
+        else:
+            raise ValueError(f"bad feature spec item {tok!r} in {text!r}: expected a channel count, M or G")
+    if not any(isinstance(v, int) for v in out):
+        raise ValueError(f"feature spec {text!r} has no conv")
+    return out
+
+
+def n_convs(config: dict) -> int:
+    return sum(1 for v in config["features"] if v not in ("M", "G"))
+
+
 class SceneVGG(nn.Module):
     def __init__(self, features: Sequence = DEFAULT_CONFIG["features"], pool: int = 1, hidden: int = 256,
                  dropout: float = 0.3, in_channels: int = 3, num_classes: int = 10, input_size: int = 96,
