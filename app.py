@@ -35,14 +35,14 @@ def home() -> None:
                        f"Top prediction: **{top[0][1]}** ({top[0][2]:.2f}). LRP and CLRP2 for the top two classes: "
                        "where does each class's evidence lie, and what is specific to it? (The *Class contrast* page "
                        "measures how much the classes' maps agree.)")
-            st.caption("Hover values, more methods and downloads: the *Explain* page.")
+            st.caption("More methods, your own images and downloads: the *Explain* page.")
             cols = st.columns([1, 4])
             with cols[0]:
                 st.image(viz.to_png(image, scale=max(1, 200 // image.shape[1])), caption="input", width="stretch")
                 for idx, name, score in top:
                     st.progress(min(1.0, max(0.0, score)), text=f"{name}: {score:.2f}")
             with cols[1]:
-                ui.map_view(items, image, key="home", settings={}, columns=4, static=True)
+                ui.map_view(items, image, key="home", settings={}, columns=4, downloads=False)
 
     with st.expander("Models on this server"):
         st.dataframe(ui.model_table(), hide_index=True, width="stretch")

@@ -28,7 +28,7 @@ __all__ = [
     "COLORMAPS", "DIVERGING", "SEQUENTIAL", "Limits", "channel_sum", "is_signed", "default_colormap",
     "colormap_kind", "color_limits", "normalize", "colorize", "overlay", "to_png", "npy_bytes",
     "colorbar_png", "plotly_colorscale", "heatmap_figure", "heatmap_grid_figure", "image_data_uri",
-    "render_grid_png", "settings_json",
+    "render_grid_png", "settings_json", "map_grid_data",
 ]
 
 #: Diverging colormaps (for signed maps, centred at 0) and sequential ones (non-negative maps).
@@ -538,3 +538,69 @@ def heatmap_grid_figure(maps: Sequence, titles: Sequence[str], image=None, *, li
     fig.update_layout(height=rows * cell_height + bottom + 2, margin=dict(l=0, r=0, t=8, b=bottom),
                       annotations=notes, plot_bgcolor="white", showlegend=False, **layout)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Data for a browser-side grid (the dashboard's map view)
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+
+
+def map_grid_data(maps: Sequence, titles: Sequence[str], image=None, *, groups: Sequence | None = None,
+                  clip: float = 100.0, hover_label: str = "relevance", columns: int = 4,
+                  cell_height: int = 250) -> dict:
+    """Everything a browser needs to draw ``maps`` as overlays and to change the colormap, the
+    opacity and the colour scale itself, without asking the server again (JSON-serialisable).
+
+    The colour limits come from :func:`color_limits` for every choice the browser can make:
+    ``limits[scale][kind][i]`` for ``scale`` in ``shared`` / ``per_map`` and ``kind`` the
+    colormap kind (diverging maps are drawn symmetric, sequential ones on ``[0, m]`` unless the
+    maps are signed); only ``clip`` needs the server. A browser reproduces :func:`overlay`:
+    ``idx = rint(clip((v - vmin) / (vmax - vmin), 0, 1) * 255)``, colour ``luts[cmap][idx]``
+    (NaN: black), pixel ``rint((1 - opacity) * image + opacity * colour)``.
+
+    Arrays are base64 of little-endian bytes: ``values`` float32 ``H x W`` per map, ``image``
+    RGB uint8 ``H x W x 3`` (resized to the maps), LUTs ``256 x 3`` uint8. ``content`` is a
+    digest of the values and the image (a browser keeps what it decoded while it is unchanged).
+    """
+    import hashlib
+
+    maps = [channel_sum(m) for m in maps]
+    if not maps:
+        raise ValueError("no maps to draw")
+    if len(titles) != len(maps):
+        raise ValueError("one title per map")
+    if len({m.shape for m in maps}) != 1:
+        raise ValueError("the maps of one grid must have one size; got " + ", ".join(sorted({str(m.shape) for m in maps})))
+    groups = [str(g) for g in groups] if groups is not None else [hover_label] * len(maps)
+    if len(groups) != len(maps):
+        raise ValueError("one group label per map")
+    h, w = maps[0].shape
+    digest = hashlib.sha1()
+    for m in maps:
+        digest.update(m.astype("<f4").tobytes())
+    rgb = None
+    if image is not None:
+        img = np.asarray(image)
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        img = img[..., :3].astype(np.uint8)
+        if img.shape[:2] != (h, w):
+            img = _resize_rgb(img, h, w)
+        rgb = _b64(img)
+        digest.update(img.tobytes())
+    representative = {"diverging": DIVERGING[0], "sequential": SEQUENTIAL[0]}
+    limits = {scale: {kind: [l.as_tuple() for l in color_limits(maps, scale=scale, cmap=cm, clip=clip, groups=groups)]
+                      for kind, cm in representative.items()}
+              for scale in ("shared", "per_map")}
+    return {
+        "content": digest.hexdigest(),
+        "width": int(w), "height": int(h), "columns": int(max(1, min(columns, len(maps)))),
+        "cell_height": int(cell_height), "clip": float(clip), "hover_label": hover_label,
+        "image": rgb,
+        "maps": [{"title": str(t), "group": g, "zero": bool(is_zero(m)), "values": _b64(m.astype("<f4"))}
+                 for m, t, g in zip(maps, titles, groups)],
+        "limits": limits,
+        "colormaps": {name: {"kind": kind, "lut": _b64(_lut(name))} for name, kind in COLORMAPS.items()},
+    }

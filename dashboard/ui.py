@@ -7,6 +7,7 @@ import logging
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -362,50 +363,65 @@ def input_note(lm, img: dict, info: dict) -> None:
 
 
 SCALES = {"shared": "shared per kind", "per_map": "per map"}
+DEFAULT_DISPLAY = {"cmap": "bwr", "opacity": 0.7, "scale": "shared", "clip": 99.5}
+
+#: The map grid (custom component, ``dashboard/static``): canvases redrawn in the browser when the
+#: colormap, opacity or scale changes; Plotly needed a server round trip and ~0.3 s of redraw.
+_STATIC = Path(__file__).resolve().parent / "static"
+_map_grid = st.components.v2.component("clrp_map_grid", js=(_STATIC / "map_grid.js").read_text(),
+                                       css=(_STATIC / "map_grid.css").read_text())
 
 
-def display_controls(key: str) -> dict:
-    """Colormap, opacity, colour scale and clip percentile in one row above the maps; the choice
-    is shared by the pages (and is what the downloads use)."""
-    prev = st.session_state.get(DISPLAY_STATE, {})
-    cmaps = list(viz.COLORMAPS)
-    c1, c2, c3, c4 = st.columns([1.1, 1.3, 1.5, 1.3])
-    cmap = c1.selectbox("Colormap", cmaps, index=cmaps.index(prev.get("cmap", "bwr")), key=f"{key}_cmap",
-                        help="Diverging maps (bwr, seismic, ...) are centred at 0: white = no relevance. "
-                             "Sequential maps suit non-negative maps.")
-    opacity = c2.slider("Overlay opacity", 0.0, 1.0, float(prev.get("opacity", 0.7)), 0.05, key=f"{key}_opacity",
-                        help="0 = the image only, 1 = the heatmap only")
-    scale = c3.radio("Colour scale", list(SCALES), horizontal=True, key=f"{key}_scale",
-                     index=list(SCALES).index(prev.get("scale", "shared")), format_func=SCALES.get,
-                     help="Shared per kind: maps in the same units (e.g. LRP, CLRP1 and CLRP2 relevance) share "
-                          "one scale and one colour bar, so their magnitudes compare; other kinds (gradients, "
-                          "Grad-CAM, SGLRP) get their own. Per map: each map scaled to its own maximum. "
-                          "A numerically zero map (|values| < 1e-6) is drawn as zero either way.")
-    clip = c4.slider("Clip at percentile", 90.0, 100.0, float(prev.get("clip", 99.5)), 0.1, key=f"{key}_clip",
-                     help="Colour limits from this percentile of |relevance| (100 = the maximum)")
-    d = {"cmap": cmap, "opacity": float(opacity), "scale": scale, "clip": float(clip)}
-    st.session_state[DISPLAY_STATE] = d
+def valid_display(value) -> dict:
+    """Display settings from a browser (or the session), checked field by field: anything
+    missing or out of range falls back to the default, never to an error."""
+    d = dict(DEFAULT_DISPLAY)
+    if not isinstance(value, dict):
+        return d
+    if value.get("cmap") in viz.COLORMAPS:
+        d["cmap"] = value["cmap"]
+    if value.get("scale") in SCALES:
+        d["scale"] = value["scale"]
+    for name, lo, hi in (("opacity", 0.0, 1.0), ("clip", 90.0, 100.0)):
+        try:
+            v = float(value.get(name))
+        except (TypeError, ValueError):
+            continue
+        if lo <= v <= hi:
+            d[name] = v
     return d
 
 
+def current_display() -> dict:
+    """The display settings of this session (shared by the pages; what the downloads use)."""
+    return valid_display(st.session_state.get(DISPLAY_STATE))
+
+
+def _display_changed(component_key: str) -> None:
+    st.session_state[DISPLAY_STATE] = valid_display((st.session_state.get(component_key) or {}).get("display"))
+
+
 def map_view(items: Sequence["MapItem"], image: np.ndarray, *, key: str, settings: dict, columns: int = 4,
-             height: int = 250, caption: str = "", static: bool = False) -> None:
-    """The maps, their display controls, the colour-scale note and the downloads, as one fragment:
-    changing the colormap, opacity or scale redraws only this part of the page (from the maps
-    already computed; nothing is recomputed). ``static``: PNG overlays instead of the interactive
-    plotly grid (fastest first paint, no hover values)."""
+             height: int = 250, caption: str = "", downloads: bool = True) -> None:
+    """The maps with their display controls (colormap, opacity, colour scale, clip percentile),
+    the colour-scale note and the downloads, as one fragment. The grid redraws itself in the
+    browser for colormap, opacity and scale; it tells the server the choice, which reruns only
+    this fragment (downloads, caption; the clip percentile's new limits)."""
     items = [MapItem(*it) for it in items]
 
     @st.fragment
     def view():
-        display = display_controls(key)
+        display = current_display()
         st.caption((caption + " " if caption else "") + scale_caption(items, display))
         with guard("drawing the maps"):
-            if static:
-                image_grid(items, image, display, columns=columns)
-            else:
-                heatmap_grid(items, image, display, columns=columns, key=key, height=height)
-                downloads(items, image, display, settings, key=f"{key}_dl", columns=columns)
+            data = viz.map_grid_data([it.values for it in items], [it.title for it in items], image,
+                                     groups=[it.kind for it in items], clip=display["clip"], columns=columns,
+                                     cell_height=height)
+            data["display"] = display
+            ck = f"{key}_maps"
+            _map_grid(data=data, key=ck, on_display_change=lambda: _display_changed(ck))
+            if downloads:
+                download_buttons(items, image, display, settings, key=f"{key}_dl", columns=columns)
 
     view()
 
@@ -439,19 +455,6 @@ def scale_caption(items: Sequence[MapItem], display: dict) -> str:
             "across: " + "; ".join(f"**{k}** = {MAP_KINDS.get(k, k)}" for k in kinds) + ".")
 
 
-def heatmap_grid(items: Sequence[MapItem], image: np.ndarray, display: dict, *, columns: int = 4,
-                 key: str = "grid", height: int = 250) -> list:
-    """Plot the items side by side in one plotly figure (hover shows values; one colour bar per
-    kind of map); returns the colour limits used."""
-    items = [MapItem(*it) for it in items]
-    maps, kinds, limits = _limits(items, display)
-    fig = viz.heatmap_grid_figure(maps, [it.title for it in items], image, limits=limits, cmap=display["cmap"],
-                                  opacity=display["opacity"], columns=columns, cell_height=height,
-                                  shared=display["scale"] == "shared", groups=kinds)
-    st.plotly_chart(fig, key=key, config={"displaylogo": False, "displayModeBar": False})
-    return limits
-
-
 def _colorbars(items: Sequence[MapItem], limits, display: dict) -> list[tuple]:
     if display["scale"] != "shared":
         return []
@@ -459,24 +462,6 @@ def _colorbars(items: Sequence[MapItem], limits, display: dict) -> list[tuple]:
     for it, lim in zip(items, limits):
         first.setdefault(it.kind, lim)
     return [(k, display["cmap"], lim.vmin, lim.vmax) for k, lim in first.items()]
-
-
-def image_grid(items: Sequence[MapItem], image: np.ndarray, display: dict, *, columns: int = 4,
-               width: int = 200) -> list:
-    """Static overlays (PNG) side by side: no plotly in the browser, so they appear fastest (used on
-    the home page; the other pages use the interactive :func:`heatmap_grid`)."""
-    items = [MapItem(*it) for it in items]
-    maps, _, limits = _limits(items, display)
-    cols = st.columns(columns)
-    scale = max(1, width // max(1, image.shape[1]))
-    for i, (it, m, lim) in enumerate(zip(items, maps, limits)):
-        png = viz.to_png(viz.overlay(image, m, display["cmap"], lim.vmin, lim.vmax, display["opacity"]), scale=scale)
-        note = " (≈ 0)" if viz.is_zero(m) else "" if display["scale"] == "shared" else \
-            f" (±{max(abs(lim.vmin), abs(lim.vmax)):.3g})"
-        cols[i % columns].image(png, caption=it.title + note, width="stretch")
-    for label, cmap, lo, hi in _colorbars(items, limits, display):
-        st.image(viz.colorbar_png(cmap, lo, hi, label=f"{label} (shared scale)"), width=360)
-    return limits
 
 
 def maps_zip(items: Sequence[MapItem], image: np.ndarray, display: dict, settings: dict) -> bytes:
@@ -509,7 +494,7 @@ def grid_png(items: Sequence[MapItem], image: np.ndarray, display: dict, columns
                                colorbars=_colorbars(items, limits, display))
 
 
-def downloads(items, image, display, settings: dict, key: str, columns: int = 4) -> None:
+def download_buttons(items, image, display, settings: dict, key: str, columns: int = 4) -> None:
     """Download buttons: one zip of maps (PNG + .npy), the grid as PNG, the settings as JSON."""
     c1, c2, c3 = st.columns(3)
     c1.download_button("Maps (PNG + .npy, zip)", lambda: maps_zip(items, image, display, settings),

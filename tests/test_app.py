@@ -20,6 +20,7 @@ from clrp.errors import ClrpError, DatasetError, InvalidTarget  # noqa: E402
 from clrp.models import bundled  # noqa: E402
 from clrp.evaluation.runs import rows_csv  # noqa: E402
 from dashboard import core  # noqa: E402
+from dashboard import ui  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -54,12 +55,16 @@ def charts(at):
     return at.get("plotly_chart")
 
 
-def heatmaps(at) -> int:
-    """Number of heatmap traces over all plotly charts of the page (a grid is one figure)."""
+def map_grids(at) -> list[dict]:
+    """The data of each map grid of the page (``clrp.viz.map_grid_data`` + the display)."""
     import json
 
-    return sum(sum(1 for t in json.loads(c.proto.spec).get("data", []) if t.get("type") == "heatmap")
-               for c in charts(at))
+    return [json.loads(c.proto.json) for c in at.get("bidi_component") if c.proto.component_name == "clrp_map_grid"]
+
+
+def heatmaps(at) -> int:
+    """Number of maps drawn over all map grids of the page."""
+    return sum(len(g["maps"]) for g in map_grids(at))
 
 
 def png_bytes(size=(64, 48), color=(200, 30, 30)):
@@ -75,8 +80,9 @@ def test_home_shows_first_explanation_without_click():
     at = app("app.py").run()
     no_errors(at)
     assert at.selectbox(key="_model_picker").value == MODEL
-    # input + LRP and CLRP2 for the two top classes (static overlays: fastest first paint) + colorbar
-    assert len(at.get("image")) == 1 + 4 + 1
+    assert len(at.get("image")) == 1  # the input
+    assert heatmaps(at) == 4  # LRP and CLRP2 for the two top classes
+    assert not at.get("download_button")
     assert "A first explanation" in [s.value for s in at.subheader]
 
 
@@ -93,12 +99,12 @@ def test_explain_sample_scene_all_methods_and_display_change():
     at.multiselect(key="explain_classes").set_value([0, 1]).run()
     no_errors(at)
     assert heatmaps(at) == 4
-    # rule preset, colormap, opacity, per-map scale: re-render without errors
+    # rule preset; display settings of the session (what the browser's grid sends back): re-render
     at.selectbox(key="explain_rules").set_value("epsilon_plus").run()
-    at.selectbox(key="explain_cmap").set_value("hot").run()
-    at.slider(key="explain_opacity").set_value(0.3).run()
-    at.radio(key="explain_scale").set_value("per_map").run()
+    at.session_state[ui.DISPLAY_STATE] = {"cmap": "hot", "opacity": 0.3, "scale": "per_map", "clip": 97.0}
+    at.run()
     no_errors(at)
+    assert map_grids(at)[0]["display"] == {"cmap": "hot", "opacity": 0.3, "scale": "per_map", "clip": 97.0}
     # CLRP2 with an epsilon output layer is refused by the engine: a readable warning, not a crash
     assert any("CLRP2" in w.value for w in at.warning)
     # LRP under other presets side by side
@@ -138,7 +144,7 @@ def test_class_contrast_discriminativeness():
 def test_neuron_contrast_views():
     at = app("pages/3_Neuron_contrast.py").run()
     no_errors(at)
-    assert len(charts(at)) == 2  # channel bars + the grid of maps
+    assert len(charts(at)) == 1 and len(map_grids(at)) == 1  # channel bars + the grid of maps
     assert heatmaps(at) == 3 * 3 + 2  # (neuron, vs rest, conditioned) x 3 + the pair
     layers = at.selectbox(key="neuron_layer").options
     at.selectbox(key="neuron_layer").set_value(layers[0]).run()
@@ -638,3 +644,16 @@ def test_pointing_game_on_the_hard_scene_preset():
     res, _ = core.run_results(run.out_dir)
     assert set(res["pointing"]["image_id"].map(lambda i: i.split("_")[0])) == {"hard"}
     assert "2 scenes-hard" in run.label
+
+
+def test_display_settings_sent_by_a_browser_are_checked():
+    """The map grid sends its display choice from the browser: anything malformed or out of range
+    falls back to the default, field by field, never to an error."""
+    assert ui.valid_display(None) == ui.DEFAULT_DISPLAY
+    assert ui.valid_display("hot") == ui.DEFAULT_DISPLAY
+    good = {"cmap": "viridis", "opacity": 0.25, "scale": "per_map", "clip": 95.0}
+    assert ui.valid_display(good) == good
+    bad = {"cmap": "<img src=x>", "opacity": "1e9", "scale": "log", "clip": None, "extra": 1}
+    assert ui.valid_display(bad) == ui.DEFAULT_DISPLAY
+    assert ui.valid_display({"opacity": "0.5", "clip": 100})["opacity"] == 0.5
+    assert ui.valid_display({"opacity": float("nan")})["opacity"] == ui.DEFAULT_DISPLAY["opacity"]

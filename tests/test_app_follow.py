@@ -1,7 +1,6 @@
 """Issue 11, items 1, 2, 9 and 10 through AppTest: the explained class follows the image, the
 channels follow the layer, maps share a colour scale only within a kind, the navigation names
 the home page "Home", and the pages say what the model knows."""
-import json
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ pytest.importorskip("streamlit")
 from clrp import scenes  # noqa: E402
 from clrp.models import bundled  # noqa: E402
 from dashboard import core  # noqa: E402
-from tests.test_app import MODEL, _env, app, heatmaps, no_errors, png_bytes  # noqa: E402,F401 (_env: autouse)
+from tests.test_app import MODEL, _env, app, heatmaps, map_grids, no_errors, png_bytes  # noqa: E402,F401 (_env: autouse)
 
 pytestmark = pytest.mark.skipif(not bundled.WEIGHTS_FILE.is_file(), reason="needs the bundled model's weights")
 
@@ -105,22 +104,20 @@ def test_a_new_layer_selects_its_top_channels_and_keeps_the_pair_row():
     assert heatmaps(at) == 3 * 3 + 2  # neuron, vs rest, conditioned per neuron + the neuron-vs-neuron row
 
 
-def _figure(at):
-    return json.loads(at.get("plotly_chart")[-1].proto.spec)
-
-
 def test_explain_gives_lrp_and_gradients_separate_colour_scales():
     at = app("pages/1_Explain.py").run()
     no_errors(at)
-    fig = _figure(at)
-    axis = {t["hovertemplate"].split(" · ")[0]: t["coloraxis"] for t in fig["data"] if t.get("type") == "heatmap"}
-    assert axis["LRP"] == axis["CLRP1"] == axis["CLRP2"]  # relevance: one scale, magnitudes compare
-    assert axis["Gradient"] != axis["LRP"] and axis["Grad-CAM"] not in (axis["LRP"], axis["Gradient"])
-    lay = fig["layout"]
-    lrp, grad = lay[axis["LRP"]], lay[axis["Gradient"]]
-    assert (lrp["cmin"], lrp["cmax"]) != (grad["cmin"], grad["cmax"])
-    bars = [t["marker"]["colorbar"]["title"]["text"] for t in fig["data"] if t.get("type") == "scatter"]
-    assert len(bars) == len(set(axis.values()))  # one colour bar per kind
+    grid = map_grids(at)[-1]
+    kind = {m["title"].split(" · ")[0]: m["group"] for m in grid["maps"]}
+    assert kind["LRP"] == kind["CLRP1"] == kind["CLRP2"]  # relevance: one scale, magnitudes compare
+    assert kind["Gradient"] != kind["LRP"] and kind["Grad-CAM"] not in (kind["LRP"], kind["Gradient"])
+    index = {m["title"].split(" · ")[0]: i for i, m in enumerate(grid["maps"])}
+    for colormap_kind in ("diverging", "sequential"):
+        lim = grid["limits"]["shared"][colormap_kind]
+        assert lim[index["LRP"]] == lim[index["CLRP1"]] == lim[index["CLRP2"]]
+        assert lim[index["LRP"]] != lim[index["Gradient"]]
+        per_map = grid["limits"]["per_map"][colormap_kind]
+        assert per_map[index["LRP"]] != per_map[index["CLRP2"]]  # own maxima
     assert any("units" in c.value or "kind" in c.value for c in at.caption)
 
 

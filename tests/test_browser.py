@@ -8,6 +8,7 @@ model's weights exist; the bundled model is the default whenever it is present.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import socket
@@ -153,7 +154,7 @@ def nothing_cut(page):
 def shoot(page, name: str):
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
-    page.wait_for_timeout(800)  # let plotly finish drawing
+    page.wait_for_timeout(800)  # let plotly charts finish drawing
     # Streamlit scrolls inside its main container: grow the viewport to the content for a full shot
     h = page.evaluate("() => Math.max(...['stMain', 'stAppViewContainer', 'stMainBlockContainer']"
                       ".map(t => document.querySelector(`[data-testid=\"${t}\"]`))"
@@ -182,18 +183,25 @@ def wait_app_idle(page):
         " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
 
 
-def heatmaps(page):
+def plotly_charts(page):
+    """Plotly charts (the evaluation pages' charts)."""
     return page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot')
 
 
-_COUNT_JS = ("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
-             ".map(d => (d.data || []).filter(t => t.type === 'heatmap').length).reduce((a, b) => a + b, 0)")
+def map_grid(page):
+    """The map grids (dashboard/static/map_grid.js; Playwright's CSS locators pierce their shadow root)."""
+    return page.locator(".clrp-map-grid")
+
+
+_GRIDS_JS = ("() => { const g = []; for (const e of document.querySelectorAll('*')) { const r = e.shadowRoot "
+             "&& e.shadowRoot.querySelector('.clrp-map-grid'); if (r) g.push(r); } return g; }")
+_COUNT_JS = (f"() => ({_GRIDS_JS})().filter(g => g.dataset.draws !== '0')"
+             ".map(g => Number(g.dataset.maps)).reduce((a, b) => a + b, 0)")
 
 
 def expect_heatmaps(page, n):
-    """Wait until the page's plotly figures hold exactly ``n`` heatmap traces (drawn)."""
-    page.wait_for_function(f"(n) => ({_COUNT_JS})() === n && "
-                           "document.querySelectorAll('.js-plotly-plot .heatmaplayer').length > 0", arg=n)
+    """Wait until the page's map grids have drawn exactly ``n`` maps."""
+    page.wait_for_function(f"(n) => ({_COUNT_JS})() === n", arg=n)
 
 
 def no_exception(page):
@@ -228,7 +236,8 @@ def test_pages_render_and_upload(server, browser, tmp_path):
     ctx, page = new_page(browser)
     try:
         goto(page, server, "home")
-        expect(page.locator('[data-testid="stImage"] img')).to_have_count(6)  # input, 4 maps, colorbar
+        expect(page.locator('[data-testid="stImage"] img')).to_have_count(1)  # the input
+        expect_heatmaps(page, 4)  # LRP and CLRP2 for the two top classes
         no_exception(page)
         links = page.locator('[data-testid="stSidebar"] a')
         expect(links.first).to_have_text(re.compile("Home"))
@@ -237,7 +246,7 @@ def test_pages_render_and_upload(server, browser, tmp_path):
         nothing_cut(page)
 
         goto(page, server, "explain")
-        expect(heatmaps(page).first).to_be_visible()
+        expect(map_grid(page)).to_be_visible()
         page.get_by_text("Upload", exact=True).click()
         page.locator('[data-testid="stFileUploader"] input[type=file]').set_input_files(
             str(png_file(tmp_path / "disc.png")))
@@ -265,6 +274,71 @@ def test_pages_render_and_upload(server, browser, tmp_path):
             no_exception(page)
             shoot(page, name)
             nothing_cut(page)
+    finally:
+        ctx.close()
+
+
+def _download(page, name: str) -> bytes:
+    with page.expect_download() as dl:
+        page.get_by_role("button", name=name).click()
+    return Path(dl.value.path()).read_bytes()
+
+
+def _server_display(page, want: dict, tries: int = 60) -> dict:
+    """The display settings the server holds (its settings download), once they equal ``want``:
+    the browser sends them after drawing, and the server reruns the maps' fragment."""
+    from playwright.sync_api import Error
+
+    got = None
+    for _ in range(tries):
+        wait_app_idle(page)
+        try:
+            got = json.loads(_download(page, "Settings (JSON)"))["display"]
+        except Error as e:  # a rerun replaced the button's file while it was fetched: ask again
+            if "canceled" not in str(e):
+                raise
+            continue
+        if all(got.get(k) == v for k, v in want.items()):
+            return got
+    raise AssertionError(f"the server never got {want}; last {got}")
+
+
+def test_display_changes_are_drawn_in_the_browser_and_reach_the_downloads(server, browser):
+    """Issue 11: colormap, opacity and scale redraw the maps in the browser (no round trip), the
+    server learns the choice (downloads use it), and the browser's pixels equal the server's PNGs."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    ctx, page = new_page(browser)
+    try:
+        goto(page, server, "explain")
+        expect_heatmaps(page, 6)
+        grid = map_grid(page)
+        grid.locator("select").select_option("hot")
+        expect(grid).to_have_attribute("data-cmap", "hot")
+        grid.locator("input[aria-label='Overlay opacity']").fill("0.4")
+        expect(grid).to_have_attribute("data-opacity", "0.4")
+        _server_display(page, {"cmap": "hot", "opacity": 0.4})
+        # the browser's first map, pixel for pixel, against the server's overlay PNG of the same settings
+        canvas = grid.locator("canvas[role=img]").first
+        w, h, rgba = canvas.evaluate("c => [c.width, c.height, Array.from(c.getContext('2d')"
+                                     ".getImageData(0, 0, c.width, c.height).data)]")
+        drawn = np.array(rgba, dtype=int).reshape(h, w, 4)[..., :3]
+        with zipfile.ZipFile(io.BytesIO(_download(page, "Maps (PNG + .npy, zip)"))) as zf:
+            first = next(n for n in zf.namelist() if n.endswith(".png") and not n.endswith("_heatmap.png")
+                         and n != "image.png")
+            ref = np.asarray(Image.open(io.BytesIO(zf.read(first))).convert("RGB"), dtype=int)
+        assert first.startswith("LRP") and ref.shape == drawn.shape
+        assert np.abs(ref - drawn).max() <= 1
+        # per-map scale: each title gives its own limit
+        grid.get_by_text("per map", exact=True).click()
+        expect(grid).to_have_attribute("data-scale", "per_map")
+        expect(grid.locator("figcaption").first).to_contain_text("(±")
+        _server_display(page, {"scale": "per_map"})
+        no_exception(page)
     finally:
         ctx.close()
 
@@ -300,7 +374,7 @@ def test_pointing_game_to_completion_and_csv(server, browser):
     try:
         text = _run_pointing(page, server, 4)
         _check_csv(text, 4)
-        expect(heatmaps(page).first).to_be_visible()  # accuracy bars
+        expect(plotly_charts(page).first).to_be_visible()  # accuracy bars
         no_exception(page)
         shoot(page, "pointing_game")
         nothing_cut(page)
@@ -398,7 +472,7 @@ def test_upload_explained_by_a_resnet50_lab_model(resnet_server, browser, tmp_pa
     ctx, page = new_page(browser)
     try:
         goto(page, resnet_server, "explain")
-        expect(heatmaps(page).first).to_be_visible()  # the bundled model on the sample scene first
+        expect(map_grid(page)).to_be_visible()  # the bundled model on the sample scene first
         picker = page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name="Model")
         picker.click()
         page.get_by_role("option", name="lab-resnet50", exact=True).click()

@@ -194,3 +194,52 @@ def test_grid_png_has_a_colour_bar_per_scale():
     red = ((extra[..., 0] > 150) & (extra[..., 2] < 80)).sum()
     blue = ((extra[..., 2] > 150) & (extra[..., 0] < 80)).sum()
     assert red > 20 and blue > 20  # the bars' colours are below the grid
+
+
+def _decode_overlay(data, i, cmap, opacity, scale="shared"):
+    """The browser grid's recipe (dashboard/static/map_grid.js), in NumPy."""
+    import base64
+
+    h, w = data["height"], data["width"]
+    v = np.frombuffer(base64.b64decode(data["maps"][i]["values"]), "<f4").reshape(h, w)
+    vmin, vmax = data["limits"][scale][data["colormaps"][cmap]["kind"]][i]
+    lut = np.frombuffer(base64.b64decode(data["colormaps"][cmap]["lut"]), np.uint8).reshape(-1, 3)
+    t = np.clip((v.astype(np.float64) - vmin) / (vmax - vmin), 0, 1)
+    heat = lut[np.floor(t * 255 + 0.5).astype(int)].astype(np.float64)
+    img = np.frombuffer(base64.b64decode(data["image"]), np.uint8).reshape(h, w, 3).astype(np.float64)
+    return np.floor((1 - opacity) * img + opacity * heat + 0.5).astype(np.uint8)
+
+
+def test_map_grid_data_lets_a_browser_redraw_every_display_choice():
+    rng = np.random.default_rng(0)
+    maps = [rng.normal(size=(3, 12, 10)).astype(np.float32) * s for s in (0.01, 0.02, 0.5)]
+    maps.append(np.abs(rng.normal(size=(12, 10))).astype(np.float32))  # non-negative
+    kinds = ["relevance", "relevance", "sensitivity", "cam"]
+    image = rng.integers(0, 256, size=(24, 20, 3), dtype=np.uint8)  # resized to the maps
+    data = json.loads(json.dumps(viz.map_grid_data(maps, list("abcd"), image, groups=kinds, clip=99.0, columns=3)))
+    assert (data["width"], data["height"], data["columns"]) == (10, 12, 3)
+    flat = [viz.channel_sum(m) for m in maps]
+    for scale in ("shared", "per_map"):
+        for cmap in ("bwr", "hot"):
+            kind = viz.colormap_kind(cmap)
+            expect = [list(lim.as_tuple()) for lim in viz.color_limits(flat, scale=scale, cmap=cmap, clip=99.0,
+                                                                      groups=kinds)]
+            assert data["limits"][scale][kind] == expect
+    # non-negative maps: symmetric under a diverging colormap, [0, m] under a sequential one
+    pos = viz.map_grid_data([flat[3]], ["d"])["limits"]["per_map"]
+    assert pos["diverging"][0][0] < 0 == pos["sequential"][0][0]
+    # the recipe reproduces viz.overlay (off by one at most: rounding of float32 vs float64)
+    small = viz._resize_rgb(image, 12, 10)
+    for i, cmap, opacity in ((0, "bwr", 0.7), (2, "seismic", 0.3), (3, "hot", 1.0), (1, "viridis", 0.0)):
+        lim = data["limits"]["shared"][viz.colormap_kind(cmap)][i]
+        ref = viz.overlay(small, flat[i], cmap, *lim, opacity).astype(int)
+        assert np.abs(_decode_overlay(data, i, cmap, opacity).astype(int) - ref).max() <= 1
+    # a zero map is flagged; the digest follows the values, not the clip
+    z = viz.map_grid_data([np.full((4, 4), 1e-9)], ["z"], None, clip=100.0)
+    assert z["maps"][0]["zero"] and z["image"] is None
+    assert viz.map_grid_data([flat[0]], ["a"], clip=90.0)["content"] == viz.map_grid_data([flat[0]], ["a"])["content"]
+    assert viz.map_grid_data([flat[0]], ["a"])["content"] != viz.map_grid_data([flat[1]], ["a"])["content"]
+    with pytest.raises(ValueError, match="one size"):
+        viz.map_grid_data([np.zeros((4, 4)), np.zeros((5, 4))], ["a", "b"])
+    with pytest.raises(ValueError, match="one title per map"):
+        viz.map_grid_data([np.zeros((4, 4))], ["a", "b"])
