@@ -518,13 +518,21 @@ def voc_cache(n: int, seed: int, folder: str | os.PathLike, *, progress: bool = 
     return dest
 
 
-if __name__ == "__main__":  # pragma: no cover - quick preview / export helper
+def export_main(argv=None, *, scenes_from=None, folder_name: str | None = None,
+                description: str = "Generate procedural scenes and export them as VOC") -> None:
+    """``python -m clrp.scenes DEST [-n N] [--seed S] [--split SPLIT]`` (and the hard preset's
+    ``python -m clrp.scenes_hard``): N scenes from seed S exported as VOC to a folder or .zip."""
     import argparse
 
-    ap = argparse.ArgumentParser(description="Generate procedural scenes and export them as VOC")
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("dest", help="output folder or .zip")
     ap.add_argument("-n", type=int, default=100)
     ap.add_argument("--seed", type=int, default=9_000_000)
     ap.add_argument("--split", default="test")
-    a = ap.parse_args()
-    print(export_voc(iter_scenes(a.n, a.seed), a.dest, a.split))
+    a = ap.parse_args(argv)
+    extra = {"folder_name": folder_name} if folder_name else {}
+    print(export_voc((scenes_from or iter_scenes)(a.n, a.seed), a.dest, a.split, **extra))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    export_main()

@@ -535,13 +535,8 @@ def generate_dataset(n: int, seed: int = 0, size: int = SCENE_SIZE) -> list[Hard
     return list(iter_scenes(n, seed, size))
 
 
-if __name__ == "__main__":  # pragma: no cover - quick preview / export helper
-    import argparse
+if __name__ == "__main__":  # pragma: no cover
+    from .scenes import export_main
 
-    ap = argparse.ArgumentParser(description="Generate hard procedural scenes and export them as VOC")
-    ap.add_argument("dest", help="output folder or .zip")
-    ap.add_argument("-n", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=9_000_000)
-    ap.add_argument("--split", default="test")
-    a = ap.parse_args()
-    print(export_voc(iter_scenes(a.n, a.seed), a.dest, a.split, folder_name="CLRPHardScenes"))
+    export_main(scenes_from=iter_scenes, folder_name="CLRPHardScenes",
+                description="Generate hard procedural scenes and export them as VOC")
