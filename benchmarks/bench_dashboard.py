@@ -84,7 +84,7 @@ def bench_browser(repeats: int) -> dict:
                 page = ctx.new_page()
                 t0 = time.perf_counter()
                 page.goto(url + "/")
-                # the home page draws its maps as static overlays: wait for the first map image to be decoded
+                # the home page's map grid has drawn its canvases
                 page.wait_for_function(FIRST_MAP_JS, timeout=120_000)
                 dt = time.perf_counter() - t0
                 return ctx, page, dt
