@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """The paper's effect against depth: how alike are the LRP maps of two classes, per network depth?
 
-    python scripts/depth_study.py --world scenes --with-shipped       # easy world: 3, 5 (shipped), 9 convs
+    python scripts/depth_study.py --world scenes --with-shipped       # easy world: 3, 4, 5 (shipped), 9 convs
     python scripts/depth_study.py --models artifacts/depth_study      # hard world, models trained by:
     python scripts/train_hard_model.py --depths 4,8,13 --depth-out artifacts/depth_study --out /tmp/unused
 
 ``--world scenes-hard`` (default): the networks of :data:`clrp.models.bundled_hard.DEPTH_CONFIGS`
 (4, 8 and 13 convs of the VGG pattern, one hidden dense layer, batch norm folded), trained on the
 same hard scenes with the same recipe; ``--with-shipped`` adds ``bundled-hard`` (8 convs).
-``--world scenes``: the easy world's networks of :data:`clrp.models.bundled.DEPTH_CONFIGS` (3 and 9
+``--world scenes``: the easy world's networks of :data:`clrp.models.bundled.DEPTH_CONFIGS` (3, 4 and 9
 convs, committed in ``docs/results/depth_study_models/``, trained by
 ``scripts/train_bundled_model.py --features ...`` with the shipped model's recipe on its training
 scenes); ``--with-shipped`` adds the shipped ``bundled`` model (5 convs). On the same ``--n``
@@ -58,7 +58,7 @@ WORLDS = {
         doc=os.path.join(ROOT, "docs", "results", "depth_study_hard.md"), adjective="hard",
         preprocessing=bundled_hard.hard_preprocessing, shipped_command=None),
     "scenes": dict(
-        generator=scenes, shipped="bundled", shipped_label="5 (bundled)", depths="3,9",
+        generator=scenes, shipped="bundled", shipped_label="5 (bundled)", depths="3,4,9",
         stem="scenes_vgg_d", models=os.path.join(ROOT, "docs", "results", "depth_study_models"),
         configs="bundled", doc=os.path.join(ROOT, "docs", "results", "depth_study.md"), adjective="easy",
         preprocessing=lambda size=bundled.INPUT_SIZE: bundled.bundled_preprocessing(),
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
                     help="scene world and its model family (default: scenes-hard)")
     ap.add_argument("--models", default=None, help="folder of the trained networks (default: per world: "
                     "artifacts/depth_study, docs/results/depth_study_models)")
-    ap.add_argument("--depths", default=None, help="comma-separated conv counts (default: per world: 4,8,13; 3,9)")
+    ap.add_argument("--depths", default=None, help="comma-separated conv counts (default: per world: 4,8,13; 3,4,9)")
     ap.add_argument("--with-shipped", action="store_true",
                     help="add the shipped model of the world (bundled-hard: 8 convs; bundled: 5 convs) as one more row")
     ap.add_argument("--n", type=int, default=60, help="two-class scenes")

@@ -37,7 +37,7 @@ def test_parse_features_and_depth_configs():
         bundled.parse_features("32,X")
     with pytest.raises(ValueError):
         bundled.parse_features("M,G")
-    assert {d: bundled.n_convs(c) for d, c in bundled.DEPTH_CONFIGS.items()} == {3: 3, 5: 5, 9: 9}
+    assert {d: bundled.n_convs(c) for d, c in bundled.DEPTH_CONFIGS.items()} == {3: 3, 4: 4, 5: 5, 9: 9}
     assert bundled.DEPTH_CONFIGS[5] == bundled.DEFAULT_CONFIG
 
 
