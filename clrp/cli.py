@@ -503,26 +503,12 @@ def cmd_models(a, argv) -> int:
 
 
 def _resolve_target(text, loaded, x):
-    from .datasets.classmap import normalize_name
-
-    names = list(loaded.class_names)
     if text is None:
-        idx, name, score = loaded.top_classes(x, 1)[0]
-        return idx
+        return loaded.top_classes(x, 1)[0][0]
     try:
-        t = int(text)
-    except ValueError:
-        key = normalize_name(text)
-        hits = [i for i, n in enumerate(names) if normalize_name(n) == key]
-        if not hits:
-            hits = [i for i, n in enumerate(names) if key in [normalize_name(p) for p in n.split(",")]]
-        if not hits:
-            raise ClrpError(f"--target {text!r}: no class of that name in model {loaded.name!r} "
-                            f"(e.g. {', '.join(names[:5])}, ...)")
-        return hits[0]
-    if not 0 <= t < len(names):
-        raise ClrpError(f"--target {t}: the model has classes 0..{len(names) - 1}")
-    return t
+        return loaded.class_index(text)
+    except ClrpError as e:
+        raise ClrpError(f"--target {text!r}: {e}") from None
 
 
 def cmd_explain(a, argv) -> int:

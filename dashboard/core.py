@@ -30,11 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import torch
 
 import clrp
-from clrp.errors import ClrpError, DatasetError, InvalidTarget, ModelLoadError
+from clrp.errors import ClrpError, DatasetError, ModelLoadError
 from clrp.scenes import EVALUATION_SEED
 
 DEV_ENV = "CLRP_DEV_RANDOM_MODELS"
@@ -169,21 +168,6 @@ def scene_info(seed: int) -> dict:
 
     sc = scenes.generate_scene(int(seed))
     return {"seed": int(seed), "classes": sc.class_names, "boxes": [list(o.box) for o in sc.objects]}
-
-
-def class_index(lm, cls) -> int:
-    """A class given by index or by name -> its index in the model; ``InvalidTarget`` otherwise."""
-    if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
-        if 0 <= int(cls) < lm.num_classes:
-            return int(cls)
-        raise InvalidTarget(f"class {cls} is not in the model (it has {lm.num_classes} classes)")
-    name = str(cls).strip()
-    if name in lm.class_names:
-        return lm.class_names.index(name)
-    low = [c.lower() for c in lm.class_names]
-    if name.lower() in low:
-        return low.index(name.lower())
-    raise InvalidTarget(f"class {name!r} is not one of the model's classes")
 
 
 # ---------------------------------------------------------------------------------------------

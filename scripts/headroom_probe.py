@@ -40,7 +40,6 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
 
-    import numpy as np
     import torch
 
     from clrp import models, scenes_hard

@@ -286,12 +286,15 @@ def test_save_upload_and_class_index(tmp_path):
     p = core.save_upload("../../x/d.zip", b"PK", tmp_path / "u")
     assert p.parent == tmp_path / "u" and p.name == "dataset.zip"
     lm = core.load_model("dev:bundled")
-    assert core.class_index(lm, "star") == lm.class_names.index("star")
-    assert core.class_index(lm, "STAR") == lm.class_names.index("star")
+    assert lm.class_index("star") == lm.class_names.index("star")
+    assert lm.class_index("STAR") == lm.class_index(" star ") == lm.class_names.index("star")
+    assert lm.class_index(3) == lm.class_index("3") == 3
+    with pytest.raises(InvalidTarget, match="no class named 'zebra'"):
+        lm.class_index("zebra")
+    with pytest.raises(InvalidTarget, match="classes 0..9"):
+        lm.class_index(99)
     with pytest.raises(InvalidTarget):
-        core.class_index(lm, "zebra")
-    with pytest.raises(InvalidTarget):
-        core.class_index(lm, 99)
+        lm.class_index(True)
 
 
 def test_dev_models_need_the_env(monkeypatch):

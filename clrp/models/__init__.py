@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ClrpError, ModelLoadError
+from ..errors import ClrpError, InvalidTarget, ModelLoadError
 
 try:  # Python >= 3.11
     import tomllib
@@ -120,6 +120,29 @@ class LoadedModel:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def class_index(self, cls) -> int:
+        """A class given by index or by name (case and punctuation ignored; any of an ImageNet
+        name's comma-separated synonyms) -> its index; ``InvalidTarget`` otherwise."""
+        from ..datasets.classmap import normalize_name
+
+        names = list(self.class_names)
+        if isinstance(cls, str):
+            try:
+                cls = int(cls)
+            except ValueError:
+                pass
+        if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
+            if 0 <= int(cls) < len(names):
+                return int(cls)
+            raise InvalidTarget(f"class {cls} is not in model {self.name!r}: it has classes 0..{len(names) - 1}")
+        key = normalize_name(str(cls))
+        for match in (lambda n: normalize_name(n) == key,
+                      lambda n: key in [normalize_name(part) for part in n.split(",")]):
+            hits = [i for i, n in enumerate(names) if match(n)]
+            if hits:
+                return hits[0]
+        raise InvalidTarget(f"no class named {cls!r} in model {self.name!r} (e.g. {', '.join(names[:5])}, ...)")
 
     @property
     def box(self) -> tuple[list[float], list[float]]:
