@@ -17,7 +17,8 @@ has exactly two classes), for each depth:
 
 1. the mean (and median) Pearson r between the channel-summed input maps of the two present
    classes, for lrp, clrp1, clrp2 and sglrp (rules ``paper``, the model's zB box), and the share of
-   scenes with r > 0.9;
+   scenes with r > 0.9; the share of scenes where the model scores a present class negative (its
+   LRP map, seeded with the signed logit, is then sign-flipped) and LRP's mean r without them;
 2. the layer-by-layer table of RESULTS.md: mean Pearson r between the two classes' relevance
    tensors at each conv, pooling and dense layer's output, from the output downwards
    (``clrp.layer_relevance(..., spatial=True)``; CLRP: the signed difference target - dual).
@@ -118,9 +119,11 @@ def study(model, seeds, device, input_size: int = bundled_hard.INPUT_SIZE,
         sc = gen.generate_scene(s)
         x = pp.to_tensor(sc.image).repeat(2, 1, 1, 1).to(device)
         t = [o.class_index for o in sc.objects]   # one object per class in both worlds
+        with torch.no_grad():
+            neg = bool((model(x[:1])[0, t] < 0).any())   # a present class scored negative: its LRP map flips sign
         for m in METHODS:
             r = clrp.explain(model, x, t, m, box=pp.box).sum(1)
-            rows.append({"seed": s, "method": m, "layer": "input map (channel sum)", "r": pearson(r)})
+            rows.append({"seed": s, "method": m, "layer": "input map (channel sum)", "r": pearson(r), "neg": neg})
             if m in LAYER_METHODS:
                 for l in layers:
                     r = layer_relevance(model, x, t, l, method=m, spatial=True, box=pp.box)
@@ -177,7 +180,10 @@ def write(a, seeds, done, summary, layer_tables, metas, times, started, t_all):
          "CLRP1 dual = uniform, CLRP2 = negated weights, contrast = clamp; SGLRP = softmax-gradient seed.",
          "- r = Pearson correlation between the two classes' maps (input: channel-summed relevance at the model's "
          "input size), "
-         "per scene, then averaged over scenes (undefined r of a constant map is left out).\n",
+         "per scene, then averaged over scenes (undefined r of a constant map is left out). "
+         "`share with a present logit < 0`: scenes where the model scores one of the two present classes below 0 "
+         "(LRP's seed is the signed logit, so that class's map is sign-flipped); `lrp mean r, both logits > 0`: "
+         "LRP's mean r over the other scenes.\n",
          *([f"**Incomplete: {len(done)} model(s); the study asks for at least three depths.** "
             + (open(a.note, encoding="utf-8").read().strip() if a.note and os.path.isfile(a.note) else "") + "\n"]
            if len(done) < 3 else
@@ -249,7 +255,10 @@ def main(argv=None) -> int:
         for m in METHODS:
             v = inp[inp["method"] == m]["r"]
             rec[f"{m} median r"] = float(v.median())
-        rec["lrp share r > 0.9"] = float((inp[inp["method"] == "lrp"]["r"] > 0.9).mean())
+        lrp = inp[inp["method"] == "lrp"]
+        rec["lrp share r > 0.9"] = float((lrp["r"] > 0.9).mean())
+        rec["share with a present logit < 0"] = float(lrp["neg"].mean())
+        rec["lrp mean r, both logits > 0"] = float(lrp[~lrp["neg"].astype(bool)]["r"].mean())
         summary.append(rec)
         lt = df[df["method"].isin(LAYER_METHODS)].pivot_table(index="layer", columns="method", values="r",
                                                               aggfunc="mean")

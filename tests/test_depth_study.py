@@ -72,6 +72,7 @@ def test_trainer_features_and_study_end_to_end(tmp_path, torch_globals):
     for r in numbers["summary"]:
         for m in ("lrp", "clrp1", "clrp2", "sglrp"):
             assert -1.0 <= r[f"{m} mean r"] <= 1.0
+        assert 0.0 <= r["share with a present logit < 0"] <= 1.0
     seeds = numbers["seeds"]
     assert len(seeds) == 2 and all(len(scenes.generate_scene(s).objects) == 2 for s in seeds)
     assert seeds[0] >= 30_000_000
