@@ -59,6 +59,39 @@ def preset_module(preset: str) -> ModuleType:
     return importlib.import_module(PRESETS[preset][0])
 
 
+def _render_chunk(args):
+    preset, start, stop, preprocessing = args
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    module = preset_module(preset)
+    xs, ys = [], []
+    for seed in range(start, stop):
+        sc = module.generate_scene(seed)
+        xs.append(preprocessing.display_array(sc.image))
+        ys.append(sc.labels)
+    return np.stack(xs), np.stack(ys)
+
+
+def render_arrays(preset: str, n: int, seed_base: int, preprocessing, *, workers: int = 1, chunk: int = 250):
+    """Scenes ``seed_base .. seed_base + n - 1`` of ``preset`` at a model's input geometry
+    (``preprocessing.display_array``): ``(uint8 [n, H, W, 3], float32 labels [n, classes])``, as
+    the training scripts cache them. ``workers`` > 1 renders in forked processes; each scene is a
+    pure function of its seed, so the result does not depend on ``workers`` or ``chunk``."""
+    import numpy as np
+
+    jobs = [(preset, seed_base + i, seed_base + min(i + chunk, n), preprocessing) for i in range(0, n, chunk)]
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            parts = pool.map(_render_chunk, jobs)
+    else:
+        parts = [_render_chunk(j) for j in jobs]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def is_spec(text: str) -> bool:
     """Whether ``text`` names generated scenes (``scenes:...`` or ``scenes-hard:...``), as opposed
     to a path. A path that merely starts like a spec (``./scenes:1``) is not one."""

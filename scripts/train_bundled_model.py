@@ -30,36 +30,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clrp import scenes  # noqa: E402
+from clrp import scene_presets, scenes  # noqa: E402
 from clrp.models import bundled  # noqa: E402
 from clrp.models.bundled_metrics import evaluate_model, format_metrics  # noqa: E402
 
 
-def _render_chunk(args):
-    """Scenes ``start .. stop-1`` -> (uint8 [n, 96, 96, 3] at input geometry, float32 labels [n, C])."""
-    start, stop = args
-    torch.set_num_threads(1)
-    pp = bundled.bundled_preprocessing()
-    xs, ys = [], []
-    for seed in range(start, stop):
-        sc = scenes.generate_scene(seed)
-        xs.append(pp.display_array(sc.image))
-        ys.append(sc.labels)
-    return np.stack(xs), np.stack(ys)
-
-
 def build_cache(n: int, seed_base: int, workers: int):
-    """Generate ``n`` training scenes (seeds ``seed_base ..``) at the model's input geometry."""
-    chunk = 1000
-    jobs = [(seed_base + i, seed_base + min(i + chunk, n)) for i in range(0, n, chunk)]
-    if workers > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("fork").Pool(workers) as pool:
-            parts = pool.map(_render_chunk, jobs)
-    else:
-        parts = [_render_chunk(j) for j in jobs]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    """``n`` easy scenes (seeds ``seed_base ..``) at the model's input geometry."""
+    return scene_presets.render_arrays("scenes", n, seed_base, bundled.bundled_preprocessing(), workers=workers,
+                                       chunk=1000)
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clrp import scenes_hard  # noqa: E402
+from clrp import scene_presets, scenes_hard  # noqa: E402
 from clrp.models import bundled, bundled_hard  # noqa: E402
 from clrp.models.bundled_metrics import average_precision  # noqa: E402
 
@@ -53,29 +53,10 @@ def log(msg: str = "") -> None:
         _LOG.flush()
 
 
-def _render_chunk(args):
-    """Hard scenes ``start .. stop-1`` -> (uint8 [n, S, S, 3] at input geometry, float32 labels)."""
-    start, stop, size = args
-    torch.set_num_threads(1)
-    pp = bundled_hard.hard_preprocessing(size)
-    xs, ys = [], []
-    for seed in range(start, stop):
-        sc = scenes_hard.generate_scene(seed)
-        xs.append(pp.display_array(sc.image))
-        ys.append(sc.labels)
-    return np.stack(xs), np.stack(ys)
-
-
 def build_cache(n: int, seed_base: int, workers: int, chunk: int = 250, size: int = bundled_hard.INPUT_SIZE):
-    jobs = [(seed_base + i, seed_base + min(i + chunk, n), size) for i in range(0, n, chunk)]
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
-            parts = pool.map(_render_chunk, jobs)
-    else:
-        parts = [_render_chunk(j) for j in jobs]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    """``n`` hard scenes (seeds ``seed_base ..``) at the model's input geometry."""
+    return scene_presets.render_arrays("scenes-hard", n, seed_base, bundled_hard.hard_preprocessing(size),
+                                       workers=workers, chunk=chunk)
 
 
 class GpuData:
