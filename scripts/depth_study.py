@@ -153,6 +153,8 @@ def write(a, seeds, done, summary, layer_tables, metas, times, started, t_all):
     import pandas as pd
 
     w = WORLDS[a.world]
+    order = sorted(range(len(done)), key=lambda i: summary[i]["convs"])   # rows by depth, shipped model included
+    done, summary = [done[i] for i in order], [summary[i] for i in order]
     labels = [f"{d}" if d != "shipped" else w["shipped_label"] for d in done]
 
     def trained_by(meta):
