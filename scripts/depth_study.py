@@ -54,12 +54,12 @@ KINDS = {"conv2d": "conv", "linear": "linear", "max_pool2d": "maxpool", "adaptiv
 #: What differs between the two scene worlds; the measurement is the same.
 WORLDS = {
     "scenes-hard": dict(
-        generator=scenes_hard, shipped="bundled-hard", shipped_label="8 (bundled-hard)", depths="4,8,13",
+        shipped="bundled-hard", shipped_label="8 (bundled-hard)", depths="4,8,13",
         stem="scene_vgg_d", models=os.path.join(ROOT, "artifacts", "depth_study"), configs="bundled_hard",
         doc=os.path.join(ROOT, "docs", "results", "depth_study_hard.md"), adjective="hard",
         preprocessing=bundled_hard.hard_preprocessing, shipped_command=None),
     "scenes": dict(
-        generator=scenes, shipped="bundled", shipped_label="5 (bundled)", depths="3,4,9",
+        shipped="bundled", shipped_label="5 (bundled)", depths="3,4,9",
         stem="scenes_vgg_d", models=os.path.join(ROOT, "docs", "results", "depth_study_models"),
         configs="bundled", doc=os.path.join(ROOT, "docs", "results", "depth_study.md"), adjective="easy",
         preprocessing=lambda size=bundled.INPUT_SIZE: bundled.bundled_preprocessing(),
@@ -108,7 +108,7 @@ def study(model, seeds, device, input_size: int = bundled_hard.INPUT_SIZE,
     from clrp import engine
     from clrp.methods import layer_relevance
 
-    gen = WORLDS[world]["generator"]
+    gen = scene_presets.preset_module(world)
     pp = WORLDS[world]["preprocessing"](input_size)
     plan = engine.plan_for(model, torch.zeros(1, 3, *pp.input_size, device=device))
     nodes = [nd for nd in plan.graph.nodes if nd.op_name in KINDS and plan.graph.carries[nd.index]]

@@ -99,7 +99,7 @@ def train_one(depth: int, cfg: dict, train: GpuData, mon: GpuData | None, a, dev
     torch.manual_seed(a.seed)
     model = bundled.build_model(cfg, batch_norm=True).to(device).to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"[depth {depth}] {bundled_hard.n_convs(cfg)} convs, {n_params} parameters, features {cfg['features']}")
+    log(f"[depth {depth}] {bundled.n_convs(cfg)} convs, {n_params} parameters, features {cfg['features']}")
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps, pct_start=0.1)
     lossf = torch.nn.BCEWithLogitsLoss()
@@ -240,14 +240,14 @@ def main(argv=None) -> int:
         shipped = d == SHIPPED_DEPTH and a.width == 1.0 and a.input_size == bundled_hard.INPUT_SIZE
         meta = {
             "name": "bundled-hard" if shipped else f"scene_vgg_d{d}",
-            "description": (f"deeper VGG-pattern CNN ({bundled_hard.n_convs(cfg)} convs, no batch norm) trained "
+            "description": (f"deeper VGG-pattern CNN ({bundled.n_convs(cfg)} convs, no batch norm) trained "
                             "multi-label on clrp's hard procedural scenes"),
             "class_names": list(scenes_hard.CLASS_NAMES),
             "preprocessing": bundled_hard.hard_preprocessing(a.input_size).to_dict(),
             "scene_size": scenes_hard.SCENE_SIZE,
             "scene_preset": "scenes-hard",
             "architecture": cfg,
-            "n_convs": bundled_hard.n_convs(cfg),
+            "n_convs": bundled.n_convs(cfg),
             "training": {
                 "seed": a.seed, "steps": a.steps, "batch": a.batch, "lr": a.lr, "weight_decay": a.weight_decay,
                 "optimizer": "AdamW + OneCycleLR(pct_start=0.1)", "loss": "BCEWithLogitsLoss",

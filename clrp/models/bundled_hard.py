@@ -56,7 +56,3 @@ def hard_preprocessing(input_size: int = INPUT_SIZE):
 
     return Preprocessing(mean=MEAN, std=STD, input_size=(int(input_size), int(input_size)), resize=None,
                          interpolation="bilinear")
-
-
-def n_convs(config: dict) -> int:
-    return sum(1 for v in config["features"] if v not in ("M", "G"))
