@@ -223,7 +223,7 @@ def results_view(run: core.EvalRun, key: str):
                                     core.run_results(run.out_dir)[0][proto]), f"{run.id}_{proto}.csv",
                                 "text/csv", key=f"{key}_csv_{proto}", icon=":material/download:", on_click="ignore")
     cols[-1].download_button("Settings (JSON)", viz.settings_json(run.settings()), f"{run.id}_settings.json",
-                             "application/json", key=f"{key}_json", icon=":material/settings:")
+                             "application/json", key=f"{key}_json", icon=":material/settings:", on_click="ignore")
 
 
 def status_line(run: core.EvalRun):

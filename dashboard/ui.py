@@ -495,16 +495,17 @@ def grid_png(items: Sequence[MapItem], image: np.ndarray, display: dict, columns
 
 
 def download_buttons(items, image, display, settings: dict, key: str, columns: int = 4) -> None:
-    """Download buttons: one zip of maps (PNG + .npy), the grid as PNG, the settings as JSON."""
+    """Download buttons: one zip of maps (PNG + .npy), the grid as PNG, the settings as JSON. A download
+    does not rerun the page: a rerun would replace the other buttons' deferred files under a click."""
     c1, c2, c3 = st.columns(3)
     c1.download_button("Maps (PNG + .npy, zip)", lambda: maps_zip(items, image, display, settings),
                        file_name="clrp_maps.zip", mime="application/zip", key=f"{key}_zip",
-                       icon=":material/download:")
+                       icon=":material/download:", on_click="ignore")
     c2.download_button("Grid (PNG)", lambda: grid_png(items, image, display, columns), file_name="clrp_grid.png",
-                       mime="image/png", key=f"{key}_png", icon=":material/image:")
+                       mime="image/png", key=f"{key}_png", icon=":material/image:", on_click="ignore")
     c3.download_button("Settings (JSON)", viz.settings_json({**settings, "display": display}),
                        file_name="clrp_settings.json", mime="application/json", key=f"{key}_json",
-                       icon=":material/settings:")
+                       icon=":material/settings:", on_click="ignore")
 
 
 def method_label(method: str) -> str:

@@ -78,7 +78,7 @@ if rows:
         for c in classes:
             items.append(ui.method_item(f"{ui.method_label(m)} · {lm.class_names[c]}", per[c], m))
     st.download_button("Discriminativeness (CSV)", df.to_csv(index=False).encode(), "discriminativeness.csv",
-                       "text/csv", key="contrast_csv")
+                       "text/csv", key="contrast_csv", on_click="ignore")
     settings = {"model": key, "image": img["name"], "classes": {int(c): lm.class_names[c] for c in classes},
                 "methods": list(maps), "rules": rules, "clrp_version": clrp.__version__}
     ui.map_view(items, image, key="contrast", settings=settings, columns=len(classes),

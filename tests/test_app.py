@@ -62,6 +62,13 @@ def map_grids(at) -> list[dict]:
     return [json.loads(c.proto.json) for c in at.get("bidi_component") if c.proto.component_name == "clrp_map_grid"]
 
 
+def downloads_do_not_rerun(at) -> None:
+    """A download must not rerun the page: a rerun replaces the other buttons' deferred files, and a
+    click on one of them in the meantime fails ("Deferred file ... not found", the CI failure of stop 14)."""
+    buttons = at.get("download_button")
+    assert buttons and all(b.proto.ignore_rerun for b in buttons), [b.label for b in buttons if not b.proto.ignore_rerun]
+
+
 def heatmaps(at) -> int:
     """Number of maps drawn over all map grids of the page."""
     return sum(len(g["maps"]) for g in map_grids(at))
@@ -113,6 +120,7 @@ def test_explain_sample_scene_all_methods_and_display_change():
     assert heatmaps(at) == 2 * (1 + 2)  # per class: LRP (epsilon_plus) + LRP[paper] + LRP[zplus]; CLRP2 refused
     assert [b.label for b in at.get("download_button")][:3] == ["Maps (PNG + .npy, zip)", "Grid (PNG)",
                                                                "Settings (JSON)"]
+    downloads_do_not_rerun(at)
 
 
 def test_explain_upload_image_and_bad_file():
@@ -136,6 +144,7 @@ def test_class_contrast_discriminativeness():
     assert all(-1 <= v <= 1 for v in vals.values())
     assert vals["LRP"] > vals["CLRP1"]  # contrastive maps of two classes agree less than LRP's
     assert heatmaps(at) == 6
+    downloads_do_not_rerun(at)
     at.multiselect(key="contrast_classes").set_value([0, 1, 2]).run()
     no_errors(at)
     assert heatmaps(at) == 9
@@ -181,6 +190,7 @@ def test_pointing_game_run_to_completion():
     assert len(charts(at)) >= 1  # accuracy bars (+ per-class heatmap)
     labels = [b.label for b in at.get("download_button")]
     assert "pointing rows (CSV)" in labels and "Settings (JSON)" in labels
+    downloads_do_not_rerun(at)
     res, summ = core.run_results(run.out_dir)
     csv = rows_csv(res["pointing"]).decode()
     assert csv.splitlines()[0].startswith("image_id,class_name,method,hit")
