@@ -7,7 +7,7 @@ import torch
 
 from clrp.datasets import Obj, Sample
 from clrp.evaluation.pointing import (
-    CENTER, PointingTarget, argmax_point, center_point, pointing_game, pointing_hit, pointing_row,
+    CENTER, PointingTarget, argmax_point, at_tolerance, center_point, pointing_game, pointing_hit, pointing_row,
     pointing_rows, pointing_summary, pointing_targets, resize_map, scaled_tolerance, per_class_table,
 )
 
@@ -317,3 +317,32 @@ def test_torchray_difficult_table(tmp_path):
     from clrp.errors import ClrpError
     with pytest.raises(ClrpError, match="expected an image id and 20 flags"):
         read_difficult_table(str(tmp_path / "bad.txt"))
+
+
+def test_rows_rescored_at_another_tolerance_equal_rows_made_at_it():
+    """at_tolerance re-scores stored rows from their distances: the same hits as rows computed at that
+    tolerance, for both conventions, scaled or not; an empty ground truth stays a skipped miss."""
+    rng = np.random.default_rng(0)
+    targets = [_target(_mask(448, 300, [tuple(rng.integers(0, 300, 2)) for _ in range(3)]), name=f"c{i}")
+               for i in range(6)] + [_target(np.zeros((448, 300), bool), name="empty")]
+    maps = {"m": {t.class_name: rng.random((448, 300)) for t in targets}}
+    for convention in ("clrp", "torchray"):
+        rows = pd.DataFrame(pointing_rows("i", targets, maps, tolerance=15, convention=convention))
+        for tol, scaled in ((0, False), (5, False), (10.0, True), (40, False), (400, True)):
+            made = pd.DataFrame(pointing_rows("i", targets, maps, convention=convention,
+                                              tolerance=scaled_tolerance(448, 300, base=tol) if scaled else tol))
+            again = at_tolerance(rows, tol, scaled=scaled, convention=convention)
+            assert again["hit"].tolist() == made["hit"].tolist()
+            assert again["tolerance"].tolist() == made["tolerance"].tolist()
+        assert 0 < at_tolerance(rows, 100)["hit"].sum() < at_tolerance(rows, 300)["hit"].sum() == rows["skipped"].isna().sum()
+        assert not at_tolerance(rows, 1e6)["hit"].iloc[-1]  # the empty ground truth
+    # a point exactly 10 px away: a hit at 10 for clrp, not for torchray (strict), both at 10.01
+    sal = np.zeros((20, 20))
+    sal[2, 2] = 1.0
+    rows = pd.DataFrame([pointing_row("i", _target(_mask(20, 20, [(2, 12)])), "m", sal, tolerance=3)])
+    assert not rows["hit"].iloc[0]
+    assert at_tolerance(rows, 10)["hit"].iloc[0] and not at_tolerance(rows, 10, convention="torchray")["hit"].iloc[0]
+    assert at_tolerance(rows, 10.01, convention="torchray")["hit"].iloc[0]
+    assert rows["tolerance"].iloc[0] == 3  # the input is not changed
+    with pytest.raises(ValueError, match="tolerance"):
+        at_tolerance(rows, -1)

@@ -344,6 +344,28 @@ def pointing_summary(rows, per_class: bool = True):
     return res
 
 
+def at_tolerance(rows, tolerance: float, *, scaled: bool = False, convention: str = "clrp"):
+    """The rows re-scored at another ``tolerance`` from their stored distances (no map is recomputed):
+    a copy with ``hit`` and ``tolerance`` replaced. ``scaled``: ``tolerance`` pixels per 224 px of
+    each image's shorter side (:func:`scaled_tolerance`); ``convention`` as the rows were made
+    ("clrp": distance <= tolerance; "torchray": strictly below). Skipped rows stay misses."""
+    import pandas as pd
+
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ValueError(f"tolerance must be a number of pixels >= 0, got {tolerance!r}")
+    df = (pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows).copy()
+    tol = (df["height"].combine(df["width"], lambda h, w: scaled_tolerance(h, w, base=tolerance)) if scaled
+           else pd.Series(float(tolerance), index=df.index))
+    d = df["distance"].astype(float)
+    hit = d < tol if convention == "torchray" else d <= tol + 1e-9
+    if "skipped" in df:
+        hit &= df["skipped"].isna()
+    df["hit"], df["tolerance"] = hit.astype(bool), tol.astype(float)
+    return df
+
+
 def per_class_table(rows):
     """Per-class accuracies: index class, columns (method, subset)."""
     import pandas as pd
