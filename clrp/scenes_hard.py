@@ -48,6 +48,7 @@ metrics 20,000,000+, evaluation (``scenes-hard:N``, ``make_results.py``) 30,000,
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable
@@ -76,6 +77,8 @@ __all__ = [
     "generate_dataset",
     "iter_scenes",
     "export_voc",
+    "VARIANTS",
+    "variant",
 ]
 
 #: Side of every hard scene, pixels.
@@ -533,6 +536,37 @@ def iter_scenes(n: int, seed: int = 0, size: int = SCENE_SIZE) -> Iterable[HardS
 
 def generate_dataset(n: int, seed: int = 0, size: int = SCENE_SIZE) -> list[HardScene]:
     return list(iter_scenes(n, seed, size))
+
+
+# --------------------------------------------------------------------------------------------
+# World variants, for experiments only (headroom probes, models trained on a changed world): the
+# ``scenes-hard`` preset is what the constants above say; a variant overrides some of them for a
+# while, in this process and in processes forked inside it. Not thread-safe: scripts, not servers.
+
+VARIANTS: dict[str, dict] = {
+    "shipped": {},
+    "apart": {"OCCLUDE_P": 0.0},                                      # no object placed against another
+    "crowded": {"OBJECT_COUNT_P": (0.0, 0.0, 0.0, 1.0)},              # 5 objects in every scene
+    "partners": {"PARTNER_P": 1.0},      # a partner class comes with its partner whenever the scene has room
+    "small": {"SIZE_CATEGORIES": (("small", 1.0, 20.0, 44.0),)},      # every object small
+}
+
+
+@contextmanager
+def variant(name: str):
+    """``with variant("partners"): ...`` generates scenes of that world variant (:data:`VARIANTS`);
+    the constants are restored on exit, also after an error."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown world variant {name!r}; known: {', '.join(VARIANTS)}")
+    g = globals()
+    saved = {k: g[k] for k in VARIANTS[name]}
+    try:
+        g.update(VARIANTS[name])
+        class_statistics.cache_clear()
+        yield dict(VARIANTS[name])
+    finally:
+        g.update(saved)
+        class_statistics.cache_clear()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,9 +10,17 @@ Pointing Game accuracy ("all", TorchRay's 15 px tolerance and mean of per-class 
 each method and of the centre baseline, and the model's mAP on those scenes (how far the variant
 is from what the model knows). Prints a markdown table.
 
-Variants: ``shipped`` (the preset as it is), ``apart`` (no object placed against another:
-``OCCLUDE_P = 0``; objects still overlap when random placement makes them), ``crowded`` (5
-objects in every scene).
+Variants (:data:`clrp.scenes_hard.VARIANTS`): ``shipped`` (the preset as it is), ``apart`` (no
+object placed against another: ``OCCLUDE_P = 0``; objects still overlap when random placement
+makes them), ``crowded`` (5 objects in every scene), ``partners`` (a partner class comes with its
+partner whenever the scene has room), ``small`` (every object small).
+
+``--model VARIANT=WEIGHTS.pt`` evaluates that variant with a model trained on it
+(``scripts/train_hard_model.py --variant VARIANT``; its metadata ``WEIGHTS.json`` beside it)
+instead of the shipped one, e.g. on a GPU machine::
+
+    python scripts/train_hard_model.py --variant partners --depth-out /tmp/v
+    python scripts/headroom_probe.py --variants partners --model partners=/tmp/v/scene_vgg_d8_partners.pt --device cuda
 """
 from __future__ import annotations
 
@@ -24,13 +32,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VARIANTS = {
-    "shipped": {},
-    "apart": {"OCCLUDE_P": 0.0},
-    "crowded": {"OBJECT_COUNT_P": (0.0, 0.0, 0.0, 1.0)},
-}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100)
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="shipped,apart")
     ap.add_argument("--methods", default="lrp,clrp2,gradient,guided_backprop,deconvnet,gradcam")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", action="append", default=[], metavar="VARIANT=WEIGHTS",
+                    help="evaluate VARIANT with the model trained on it (repeatable; default: the shipped model)")
     a = ap.parse_args(argv)
 
     import torch
@@ -48,39 +52,58 @@ def main(argv=None) -> int:
     from clrp.models.bundled_metrics import evaluate_model
 
     torch.set_num_threads(a.threads)
-    lm = models.load("bundled-hard")
+    variants = [v for v in a.variants.split(",") if v]
+    trained = dict(m.split("=", 1) for m in a.model)
+    for v in [*variants, *trained]:
+        if v not in scenes_hard.VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; known: {', '.join(scenes_hard.VARIANTS)}")
+    shipped = models.load("bundled-hard")
     methods = [m for m in a.methods.split(",") if m]
     rows = []
-    for name in a.variants.split(","):
-        saved = {k: getattr(scenes_hard, k) for k in VARIANTS[name]}
+    for name in variants:
+        lm = variant_model(shipped, trained[name]) if name in trained else shipped
+        lm.model.to(a.device)
         t0 = time.perf_counter()
-        try:
-            for k, v in VARIANTS[name].items():
-                setattr(scenes_hard, k, v)
+        with scenes_hard.variant(name):
             scene_list = list(scenes_hard.iter_scenes(a.n, a.seed))
-            with tempfile.TemporaryDirectory() as tmp:
-                scenes_hard.export_voc(scene_list, f"{tmp}/voc", "test", folder_name="CLRPHardScenes")
-                ds = open_dataset(f"{tmp}/voc")
-                run_evaluation(ds, lm, f"{tmp}/run", methods=methods, protocols=["pointing"], resume=False)
-                table = summarize(f"{tmp}/run")["pointing"]
-            mAP = evaluate_model(lm.model, model_name="bundled-hard", scene_list=scene_list)["mAP"]
-        finally:
-            for k, v in saved.items():
-                setattr(scenes_hard, k, v)
-        rows.append((name, mAP, table, time.perf_counter() - t0))
-        print(f"{name}: done in {rows[-1][3]:.0f} s", file=sys.stderr)
-    print(f"`python scripts/headroom_probe.py --n {a.n} --seed {a.seed} --variants {a.variants} "
-          f"--methods {a.methods} --threads {a.threads}`\n")
+        with tempfile.TemporaryDirectory() as tmp:
+            scenes_hard.export_voc(scene_list, f"{tmp}/voc", "test", folder_name="CLRPHardScenes")
+            ds = open_dataset(f"{tmp}/voc")
+            run_evaluation(ds, lm, f"{tmp}/run", methods=methods, protocols=["pointing"], resume=False)
+            table = summarize(f"{tmp}/run")["pointing"]
+        mAP = evaluate_model(lm.model.cpu(), model_name="bundled-hard", scene_list=scene_list)["mAP"]
+        rows.append((name, lm.name, mAP, table, time.perf_counter() - t0))
+        print(f"{name}: done in {rows[-1][-1]:.0f} s", file=sys.stderr)
+    print(f"`python scripts/headroom_probe.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
     order = ["center"] + methods
-    print("| variant | model mAP | pairs | " + " | ".join(order) + " | best - worst (non-centre) |")
-    print("|---|---|---|" + "---|" * (len(order) + 1))
-    for name, mAP, table, secs in rows:
+    print("| variant | model | model mAP | pairs | " + " | ".join(order) + " | best - worst (non-centre) |")
+    print("|---|---|---|---|" + "---|" * (len(order) + 1))
+    for name, model_name, mAP, table, secs in rows:
         acc = {m: float(table.loc[m, "all"]) for m in order if m in table.index}
         spread = max(acc[m] for m in methods) - min(acc[m] for m in methods)
-        print(f"| {name} | {mAP:.3f} | {int(table['n_all'].iloc[0])} | "
+        print(f"| {name} | {model_name} | {mAP:.3f} | {int(table['n_all'].iloc[0])} | "
               + " | ".join(f"{100 * acc[m]:.1f}" for m in order) + f" | {100 * spread:.1f} |")
-    print("\nVariants: " + "; ".join(f"{n} = {VARIANTS[n] or 'as shipped'}" for n, *_ in rows) + ".")
+    print("\nVariants: " + "; ".join(f"{n} = {scenes_hard.VARIANTS[n] or 'as shipped'}" for n, *_ in rows) + ".")
     return 0
+
+
+def variant_model(shipped, weights: str):
+    """A model trained by ``train_hard_model.py --variant`` (weights + the metadata beside them), as a
+    LoadedModel like the shipped one."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from clrp.models import bundled
+    from clrp.models.preprocessing import Preprocessing
+
+    path = Path(weights)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    model = bundled.build_model(meta["architecture"])
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return dataclasses.replace(shipped, model=model.eval(), name=meta["name"], meta=meta, weights_path=path,
+                               preprocessing=Preprocessing.from_dict(meta["preprocessing"]))
 
 
 if __name__ == "__main__":

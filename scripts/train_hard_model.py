@@ -19,7 +19,10 @@ the batch norms are folded into the convs. On CUDA the forward/backward runs in 
 
 Outputs: the 8-conv network goes to ``--out`` as the shipped model (``bundled_hard_vgg.pt`` +
 ``bundled_hard_vgg.json`` with the held-out mAP on ``--heldout`` scenes of seeds 10,000,000+);
-every depth (8 included) to ``--depth-out/scene_vgg_d<depth>.{pt,json}``. The whole console
+every depth (8 included) to ``--depth-out/scene_vgg_d<depth>.{pt,json}``. ``--variant NAME`` trains on
+a world variant (:data:`clrp.scenes_hard.VARIANTS`, for headroom experiments): training, held-out
+and monitor scenes all come from that variant, nothing replaces the shipped model, and the files
+are ``scene_vgg_d<depth>_<variant>.{pt,json}``. The whole console
 output is also written to ``--log`` (default ``<out>/bundled_hard_training_log.txt``).
 """
 from __future__ import annotations
@@ -151,7 +154,6 @@ def train_one(depth: int, cfg: dict, train: GpuData, mon: GpuData | None, a, dev
 
 
 def main(argv=None) -> int:
-    global _LOG
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depths", default=str(SHIPPED_DEPTH), help="comma-separated numbers of convs (4, 8, 13)")
     ap.add_argument("--steps", type=int, default=5000)
@@ -176,14 +178,26 @@ def main(argv=None) -> int:
                     help="model input side (default 128; the depth-study models trained on a CPU: 80)")
     ap.add_argument("--width", type=float, default=1.0,
                     help="scale every conv's channel count (depth-study models trained on a CPU: 0.5)")
+    ap.add_argument("--variant", default="shipped", choices=list(scenes_hard.VARIANTS),
+                    help="world variant to train on (default: the preset as shipped)")
     ap.add_argument("--cache-file", type=Path, default=None,
                     help="optional .npy pair prefix to save the generated training scenes to / load them from")
     a = ap.parse_args(argv)
+    a.argv = sys.argv[1:] if argv is None else [str(x) for x in argv]   # what the metadata records
+    if a.variant != "shipped" and a.depth_out is None:
+        ap.error("--variant needs --depth-out (a variant's model never goes into the shipped assets)")
+    with scenes_hard.variant(a.variant):   # every scene of this run comes from the variant's world
+        return run(a)
 
+
+def run(a) -> int:
+    global _LOG
     a.out.mkdir(parents=True, exist_ok=True)
     depth_out = a.depth_out or a.out
     depth_out.mkdir(parents=True, exist_ok=True)
-    _LOG = open(a.log or (a.out / bundled_hard.LOG_FILE.name), "w", encoding="utf-8")
+    tag = "" if a.variant == "shipped" else f"_{a.variant}"
+    _LOG = open(a.log or (depth_out / f"training_log{tag}.txt" if tag else a.out / bundled_hard.LOG_FILE.name),
+                "w", encoding="utf-8")
     started = dt.datetime.now(dt.timezone.utc)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
@@ -194,7 +208,7 @@ def main(argv=None) -> int:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    log(f"command: python {' '.join(sys.argv)}")
+    log(f"command: python scripts/train_hard_model.py {' '.join(a.argv)}")
     log(f"started {started:%Y-%m-%d %H:%M:%S} UTC on {platform.node() or '?'}; device {dev_name}; torch {torch.__version__}; "
         f"python {platform.python_version()}; threads {a.threads}; scene workers {a.workers}")
 
@@ -205,14 +219,14 @@ def main(argv=None) -> int:
     n = a.train_scenes
     assert bundled_hard.TRAIN_SEED_BASE + n <= bundled_hard.HELDOUT_SEED_BASE
     t0 = time.time()
-    cx, cy = (Path(f"{a.cache_file}.{k}.npy") for k in "xy") if a.cache_file else (None, None)
+    cx, cy = (Path(f"{a.cache_file}{tag}.{k}.npy") for k in "xy") if a.cache_file else (None, None)
     if cx is not None and cx.is_file() and cy.is_file():
         x, y = np.load(cx), np.load(cy)
         assert len(x) == n, f"{cx} holds {len(x)} scenes, not {n}"
         log(f"loaded {n} training scenes from {cx} in {time.time() - t0:.0f} s")
     else:
         x, y = build_cache(n, bundled_hard.TRAIN_SEED_BASE, a.workers, size=a.input_size)
-        log(f"generated {n} training scenes in {time.time() - t0:.0f} s ({x.nbytes / 1e9:.2f} GB at 128 px)")
+        log(f"generated {n} training scenes in {time.time() - t0:.0f} s ({x.nbytes / 1e9:.2f} GB at {a.input_size} px)")
         if cx is not None:
             np.save(cx, x)
             np.save(cy, y)
@@ -237,15 +251,18 @@ def main(argv=None) -> int:
         log(f"[depth {d}] held-out mAP {m['mAP']:.4f} on {a.heldout} scenes (seeds {bundled_hard.HELDOUT_SEED_BASE}..); "
             f"exact match {m['exact_match']:.3f}; per class " +
             ", ".join(f"{k} {v:.3f}" for k, v in m["per_class_AP"].items()))
-        shipped = d == SHIPPED_DEPTH and a.width == 1.0 and a.input_size == bundled_hard.INPUT_SIZE
+        shipped = (d == SHIPPED_DEPTH and a.width == 1.0 and a.input_size == bundled_hard.INPUT_SIZE
+                   and a.variant == "shipped")
         meta = {
-            "name": "bundled-hard" if shipped else f"scene_vgg_d{d}",
+            "name": "bundled-hard" if shipped else f"scene_vgg_d{d}{tag}",
             "description": (f"deeper VGG-pattern CNN ({bundled.n_convs(cfg)} convs, no batch norm) trained "
                             "multi-label on clrp's hard procedural scenes"),
             "class_names": list(scenes_hard.CLASS_NAMES),
             "preprocessing": bundled_hard.hard_preprocessing(a.input_size).to_dict(),
             "scene_size": scenes_hard.SCENE_SIZE,
             "scene_preset": "scenes-hard",
+            **({"scene_variant": {a.variant: {k: repr(v) for k, v in scenes_hard.VARIANTS[a.variant].items()}}}
+               if tag else {}),
             "architecture": cfg,
             "n_convs": bundled.n_convs(cfg),
             "training": {
@@ -260,7 +277,7 @@ def main(argv=None) -> int:
                 "train_seconds": round(train_s, 1), "parameters": n_params,
                 "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
                 "started_utc": f"{started:%Y-%m-%d %H:%M:%S}",
-                "command": "python scripts/train_hard_model.py " + " ".join(sys.argv[1:]),
+                "command": "python scripts/train_hard_model.py " + " ".join(a.argv),
             },
             "heldout_metrics": {
                 "scene_seeds": [bundled_hard.HELDOUT_SEED_BASE, bundled_hard.HELDOUT_SEED_BASE + a.heldout - 1],
@@ -269,7 +286,7 @@ def main(argv=None) -> int:
             },
         }
         sd = model.state_dict()
-        paths = [(depth_out / f"scene_vgg_d{d}.pt", depth_out / f"scene_vgg_d{d}.json")]
+        paths = [(depth_out / f"scene_vgg_d{d}{tag}.pt", depth_out / f"scene_vgg_d{d}{tag}.json")]
         if shipped:
             paths.insert(0, (a.out / bundled_hard.WEIGHTS_FILE.name, a.out / bundled_hard.META_FILE.name))
         for wp, mp_ in paths:

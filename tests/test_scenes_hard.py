@@ -168,3 +168,35 @@ def test_voc_export_round_trip(tmp_path):
         for o in sc.objects:
             gt = s.gt_mask(o.class_name)
             assert (gt == o.mask).all()      # the exported mask is the visible part
+
+
+def test_world_variants_change_the_world_and_restore_it():
+    """scenes_hard.variant: the world changes inside the block (the exact statistics too), the preset
+    is restored after it, also after an error; the shipped variant is the preset."""
+    ci = H.CLASS_NAMES.index
+    before = H.class_statistics()["pair"].copy()
+    seeds = range(20_000_000, 20_000_040)
+    shipped = [H.scene_classes(s) for s in seeds]
+    with H.variant("partners"):
+        st = H.class_statistics()
+        cond = st["pair"] / st["class"][:, None]
+        # a partner is added whenever the scene has room (it has none when its class is drawn last)
+        assert all(0.84 < cond[ci(a), ci(b)] < 0.85 and before[ci(a), ci(b)] / before[ci(a), ci(a)] < 0.81
+                   for a, b in H.PARTNERS)
+    with H.variant("crowded"):
+        assert all(len(H.scene_classes(s)) == 5 for s in seeds)
+    with H.variant("small"):
+        objs = [o for s in range(40) for o in H.generate_layout(s)]
+        assert all((o.box[2] - o.box[0] + 1) * (o.box[3] - o.box[1] + 1) < H.SMALL_AREA for o in objs)
+    with pytest.raises(RuntimeError):
+        with H.variant("apart"):
+            assert H.OCCLUDE_P == 0.0
+            raise RuntimeError("inside")
+    assert H.OCCLUDE_P == 0.5 and H.PARTNER_P == 0.9
+    assert np.array_equal(H.class_statistics()["pair"], before)
+    assert [H.scene_classes(s) for s in seeds] == shipped
+    with H.variant("shipped"):
+        assert [H.scene_classes(s) for s in seeds] == shipped
+    with pytest.raises(ValueError, match="known: shipped"):
+        with H.variant("nope"):
+            pass
