@@ -42,6 +42,12 @@ from the seed with ``numpy.random.SeedSequence``) draw the class set, the geomet
 painting, so :func:`scene_classes` (class set only, ~0.1 ms) and :func:`generate_layout`
 (geometry and masks, no painting) agree exactly with :func:`generate_scene`.
 
+World variants (:data:`VARIANTS`, :func:`variant`) change some of the constants above for a while,
+for experiments on where the Pointing Game's headroom comes from (``scripts/headroom_probe.py``,
+``scripts/train_hard_model.py --variant``): objects apart, crowded scenes, partners whenever there is
+room, only small objects, or *class context* (bands along the image edges in a style that predicts
+a class without proving it, as water predicts a boat); the preset itself draws none of them.
+
 Seeds follow the easy preset's convention: training < 10,000,000, held-out 10,000,000+,
 metrics 20,000,000+, evaluation (``scenes-hard:N``, ``make_results.py``) 30,000,000+.
 """
@@ -101,6 +107,14 @@ MIN_VISIBLE_PIXELS = 60
 OCCLUDE_P = 0.5
 MAX_ROTATION = _easy.MAX_ROTATION
 DISTRACTOR_SHAPES = ("bar", "L", "T", "chevron", "U")
+#: class context (0 in the preset; the ``context`` variant): each present class gets, with
+#: probability CONTEXT_P, a band along an image edge in that class's own style (colours, stripe
+#: angle and period), and with probability CONTEXT_FALSE_P one absent class's band is drawn, so that
+#: the context predicts the class without proving it (boats and water in a photo)
+CONTEXT_P = 0.0
+CONTEXT_FALSE_P = 0.0
+CONTEXT_WIDTH = (28.0, 56.0)
+CONTEXT_EDGES = ("top", "bottom", "left", "right")
 
 _SS = 4
 _STREAM = 0x4A5D
@@ -149,6 +163,7 @@ class HardScene(Scene):
     """A hard scene; ``name`` is ``hard_<seed:08d>`` (easy scenes are ``scene_<seed>``)."""
 
     distractors: tuple = ()  # (shape name, centre x, centre y) of each distractor
+    contexts: tuple = ()     # (class name, image edge, width in px) of each class-context band
 
     @property
     def name(self) -> str:
@@ -459,6 +474,41 @@ def _composite(img: np.ndarray, cov: np.ndarray, rng: np.random.Generator, min_c
     img[ya:yb, xa:xb] = img[ya:yb, xa:xb] * (1 - a) + tex * a
 
 
+def _context_style(ci: int) -> tuple:
+    """A class's context style: two colours of its own hue, stripe angle and period (fixed)."""
+    import colorsys
+
+    hue = (ci * 0.37) % 1.0
+    c1 = np.array(colorsys.hsv_to_rgb(hue, 0.75, 0.9), dtype=np.float32) * 255
+    c2 = np.array(colorsys.hsv_to_rgb(hue, 0.45, 0.45), dtype=np.float32) * 255
+    return c1, c2, math.radians(ci * 18.0), 5.0 + (ci % 4) * 1.5
+
+
+def _paint_contexts(rng: np.random.Generator, img: np.ndarray, present: list[int], size: int) -> tuple:
+    """Class-context bands with a wavy inner edge (water, grass, road), see :data:`CONTEXT_P`."""
+    drawn = [c for c in present if rng.random() < CONTEXT_P]
+    absent = [c for c in range(NUM_CLASSES) if c not in present]
+    if absent and rng.random() < CONTEXT_FALSE_P:
+        drawn.append(absent[int(rng.integers(len(absent)))])
+    out = []
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    edges = rng.permutation(len(CONTEXT_EDGES))
+    for i, c in enumerate(drawn):
+        edge = CONTEXT_EDGES[int(edges[i % len(edges)])]
+        width = float(rng.uniform(*CONTEXT_WIDTH))
+        amp, wavelength, phase = rng.uniform(3, 8), rng.uniform(40, 90), rng.uniform(0, 2 * math.pi)
+        along, depth = {"top": (xx, yy), "bottom": (xx, size - 1 - yy),
+                        "left": (yy, xx), "right": (yy, size - 1 - xx)}[edge]
+        inner = width + amp * np.sin(along * 2 * math.pi / wavelength + phase)
+        a = np.clip((inner - depth) / 2.0, 0.0, 1.0)[..., None]
+        c1, c2, ang, period = _context_style(c)
+        u = math.cos(ang) * xx + math.sin(ang) * yy
+        stripes = (np.sin(u * 2 * math.pi / period) > 0).astype(np.float32)[..., None]
+        img[:] = img * (1 - a) + (c1 * (1 - stripes) + c2 * stripes) * a
+        out.append((CLASS_NAMES[c], edge, round(width, 1)))
+    return tuple(out)
+
+
 def _structured_background(rng: np.random.Generator, size: int) -> np.ndarray:
     img = _easy._background(rng, size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -496,6 +546,9 @@ def _structured_background(rng: np.random.Generator, size: int) -> np.ndarray:
 def _paint(seed: int, objects: list[HardSceneObject], vis: list[np.ndarray], size: int):
     rng = _rng(seed, 2)
     img = _structured_background(rng, size)
+    contexts = ()
+    if CONTEXT_P > 0 or CONTEXT_FALSE_P > 0:   # its own stream: the rest of the scene draws as without
+        contexts = _paint_contexts(_rng(seed, 3), img, sorted({o.class_index for o in objects}), size)
     # distractor shapes: no class, same colour/texture distributions, below the objects
     distractors = []
     for _ in range(int(rng.integers(1, 5))):
@@ -518,14 +571,14 @@ def _paint(seed: int, objects: list[HardSceneObject], vis: list[np.ndarray], siz
     for v in vis:
         _composite(img, v, rng, 70.0)
     img += rng.normal(0, rng.uniform(1, 5), size=img.shape).astype(np.float32)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8), tuple(distractors)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), tuple(distractors), contexts
 
 
 def generate_scene(seed: int, size: int = SCENE_SIZE) -> HardScene:
     """One hard scene, a pure function of ``seed``."""
     objects, vis = _layout(seed, size)
-    image, distractors = _paint(int(seed), objects, vis, size)
-    return HardScene(image=image, objects=list(objects), seed=int(seed), distractors=distractors)
+    image, distractors, contexts = _paint(int(seed), objects, vis, size)
+    return HardScene(image=image, objects=list(objects), seed=int(seed), distractors=distractors, contexts=contexts)
 
 
 def iter_scenes(n: int, seed: int = 0, size: int = SCENE_SIZE) -> Iterable[HardScene]:
@@ -549,18 +602,24 @@ VARIANTS: dict[str, dict] = {
     "crowded": {"OBJECT_COUNT_P": (0.0, 0.0, 0.0, 1.0)},              # 5 objects in every scene
     "partners": {"PARTNER_P": 1.0},      # a partner class comes with its partner whenever the scene has room
     "small": {"SIZE_CATEGORIES": (("small", 1.0, 20.0, 44.0),)},      # every object small
+    "context": {"CONTEXT_P": 0.8, "CONTEXT_FALSE_P": 0.3},             # class-context bands along the edges
 }
+
+
+_PRESET = {k: globals()[k] for v in VARIANTS.values() for k in v}
 
 
 @contextmanager
 def variant(name: str):
-    """``with variant("partners"): ...`` generates scenes of that world variant (:data:`VARIANTS`);
-    the constants are restored on exit, also after an error."""
+    """``with variant("partners"): ...`` generates scenes of that world variant (:data:`VARIANTS`;
+    the others' changes are undone inside, so ``variant("shipped")`` is always the preset); the
+    constants are restored on exit, also after an error."""
     if name not in VARIANTS:
         raise ValueError(f"unknown world variant {name!r}; known: {', '.join(VARIANTS)}")
     g = globals()
-    saved = {k: g[k] for k in VARIANTS[name]}
+    saved = {k: g[k] for k in _PRESET}
     try:
+        g.update(_PRESET)
         g.update(VARIANTS[name])
         class_statistics.cache_clear()
         yield dict(VARIANTS[name])

@@ -13,7 +13,8 @@ is from what the model knows). Prints a markdown table.
 Variants (:data:`clrp.scenes_hard.VARIANTS`): ``shipped`` (the preset as it is), ``apart`` (no
 object placed against another: ``OCCLUDE_P = 0``; objects still overlap when random placement
 makes them), ``crowded`` (5 objects in every scene), ``partners`` (a partner class comes with its
-partner whenever the scene has room), ``small`` (every object small).
+partner whenever the scene has room), ``small`` (every object small), ``context`` (class-context
+bands along the image edges; a model must be trained on it to learn them).
 
 ``--model VARIANT=WEIGHTS.pt`` evaluates that variant with a model trained on it
 (``scripts/train_hard_model.py --variant VARIANT``; its metadata ``WEIGHTS.json`` beside it)

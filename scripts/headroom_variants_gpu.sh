@@ -4,7 +4,7 @@
 # Pointing Game with the model trained on it (scripts/headroom_probe.py). About 150 s of training
 # and 60 s of probing per variant on one H100/H200 with 16 CPU cores.
 #
-#   OUT=/tmp/out bash scripts/headroom_variants_gpu.sh                       # partners, small
+#   OUT=/tmp/out bash scripts/headroom_variants_gpu.sh                       # context, small
 #   OUT=/tmp/out VARIANTS=crowded,partners bash scripts/headroom_variants_gpu.sh
 #   OUT=/tmp/out SMOKE=1 bash scripts/headroom_variants_gpu.sh               # tiny settings, CPU is fine
 #
@@ -30,8 +30,8 @@ else
   PROBE="--n 300"
   NEED=170
 fi
-log "device $DEV, $NCPU CPUs, variants ${VARIANTS:-partners,small}"
-for v in $(echo "${VARIANTS:-partners,small}" | tr ',' ' '); do
+log "device $DEV, $NCPU CPUs, variants ${VARIANTS:-context,small}"
+for v in $(echo "${VARIANTS:-context,small}" | tr ',' ' '); do
   if [ "$(left)" -lt "$NEED" ]; then log "skip $v: $(left) s left"; continue; fi
   log "train $v"
   timeout "$(left)" python scripts/train_hard_model.py --variant "$v" --depths 8 $TRAIN --device "$DEV" --threads 4 \

@@ -75,7 +75,7 @@ def test_objects_are_painted_where_their_masks_are(some_scenes):
     # the visible pixels of an object differ from the scene without it: its mask is where it is drawn
     sc = some_scenes[0]
     objs, vis = H._layout(sc.seed, H.SCENE_SIZE)
-    img_without, _ = H._paint(sc.seed, objs, [v * 0 for v in vis], H.SCENE_SIZE)
+    img_without, *_ = H._paint(sc.seed, objs, [v * 0 for v in vis], H.SCENE_SIZE)
     for o in sc.objects:
         diff = np.abs(sc.image.astype(int) - img_without.astype(int)).sum(-1)
         assert np.median(diff[o.mask]) > 20
@@ -200,3 +200,36 @@ def test_world_variants_change_the_world_and_restore_it():
     with pytest.raises(ValueError, match="known: shipped"):
         with H.variant("nope"):
             pass
+
+
+def test_context_variant_bands_follow_their_rates_and_leave_the_layout_alone():
+    """The context variant: each present class has its band with probability CONTEXT_P, one absent
+    class's band appears in a CONTEXT_FALSE_P share of the scenes; objects, masks and classes are
+    those of the preset's scene of the same seed; the preset itself draws no band."""
+    seeds = range(20_000_000, 20_000_300)
+    assert all(H.generate_scene(s).contexts == () for s in seeds[:5])
+    with H.variant("context"):
+        p, q = H.CONTEXT_P, H.CONTEXT_FALSE_P
+        present = drawn = false = 0
+        for s in seeds:
+            sc = H.generate_scene(s)
+            names = {o.class_name for o in sc.objects}
+            bands = [c for c, edge, w in sc.contexts]
+            assert all(edge in H.CONTEXT_EDGES and H.CONTEXT_WIDTH[0] <= w <= H.CONTEXT_WIDTH[1]
+                       for _, edge, w in sc.contexts)
+            present += len(names)
+            drawn += sum(c in names for c in bands)
+            extra = [c for c in bands if c not in names]
+            assert len(extra) <= 1
+            false += len(extra)
+            if s < seeds[0] + 5:
+                lay = H.generate_layout(s)
+                with H.variant("shipped"):
+                    plain = H.generate_scene(s)
+                assert [(o.class_index, o.box) for o in lay] == [(o.class_index, o.box) for o in plain.objects]
+                assert all((o.mask == m.mask).all() for o, m in zip(plain.objects, sc.objects))
+                assert plain.contexts == () and plain.image.tobytes() != sc.image.tobytes()
+        n = len(seeds)
+        assert abs(drawn - present * p) <= 4.5 * (present * p * (1 - p)) ** 0.5
+        assert abs(false - n * q) <= 4.5 * (n * q * (1 - q)) ** 0.5
+    assert H.CONTEXT_P == 0.0 and H.CONTEXT_FALSE_P == 0.0
