@@ -196,7 +196,10 @@ def run(a) -> int:
     depth_out = a.depth_out or a.out
     depth_out.mkdir(parents=True, exist_ok=True)
     tag = "" if a.variant == "shipped" else f"_{a.variant}"
-    _LOG = open(a.log or (depth_out / f"training_log{tag}.txt" if tag else a.out / bundled_hard.LOG_FILE.name),
+    # the shipped model's log only when this run writes the shipped model
+    writes_shipped = (str(SHIPPED_DEPTH) in a.depths.split(",") and a.width == 1.0 and not tag
+                      and a.input_size == bundled_hard.INPUT_SIZE)
+    _LOG = open(a.log or (a.out / bundled_hard.LOG_FILE.name if writes_shipped else depth_out / f"training_log{tag}.txt"),
                 "w", encoding="utf-8")
     started = dt.datetime.now(dt.timezone.utc)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else

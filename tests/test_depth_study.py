@@ -107,6 +107,11 @@ def test_variant_training_and_headroom_probe_with_its_model(tmp_path, torch_glob
     assert "--variant small" in meta["training"]["command"]
     assert scenes_hard.SIZE_CATEGORIES[0][1] == 0.5            # the preset is restored after the run
     assert {p: p.stat().st_mtime_ns for p in (ROOT / "clrp" / "models" / "assets").iterdir()} == shipped
+    # another depth of the preset's world: its log goes beside its weights, not over the shipped log
+    assert train.main([*common, "--depth-out", str(tmp_path / "p")]) == 0
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["scene_vgg_d4.json", "scene_vgg_d4.pt",
+                                                                  "training_log.txt"]
+    assert {p: p.stat().st_mtime_ns for p in (ROOT / "clrp" / "models" / "assets").iterdir()} == shipped
 
     probe = _script("headroom_probe")
     capsys.readouterr()
