@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,3 +122,16 @@ def test_variant_training_and_headroom_probe_with_its_model(tmp_path, torch_glob
     assert "| shipped | bundled-hard |" in table and "| small | scene_vgg_d4_small |" in table
     with pytest.raises(SystemExit, match="unknown variant"):
         probe.main(["--n", "1", "--variants", "nope"])
+    # the mAP column is measured at each model's own input geometry (this one: 64 px)
+    from clrp import models
+    from clrp.models.bundled_metrics import average_precision, predict_scenes
+
+    lm = probe.variant_model(models.load("bundled-hard"), out / "scene_vgg_d4_small.pt")
+    assert lm.preprocessing.input_size == (64, 64)
+    with scenes_hard.variant("small"):
+        sc = list(scenes_hard.iter_scenes(6, 30_000_000))
+    logits = predict_scenes(lm.model, sc, preprocessing=lm.preprocessing)
+    labels = np.stack([s.labels for s in sc])
+    want = np.nanmean([average_precision(logits[:, k], labels[:, k]) for k in range(labels.shape[1])])
+    assert probe.scene_map(lm, sc) == pytest.approx(want)
+    assert f"| small | scene_vgg_d4_small | {probe.scene_map(lm, sc[:2]):.3f} |" in table
