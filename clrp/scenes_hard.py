@@ -85,6 +85,7 @@ __all__ = [
     "export_voc",
     "VARIANTS",
     "variant",
+    "context_masks",
 ]
 
 #: Side of every hard scene, pixels.
@@ -163,7 +164,7 @@ class HardScene(Scene):
     """A hard scene; ``name`` is ``hard_<seed:08d>`` (easy scenes are ``scene_<seed>``)."""
 
     distractors: tuple = ()  # (shape name, centre x, centre y) of each distractor
-    contexts: tuple = ()     # (class name, image edge, width in px) of each class-context band
+    contexts: tuple = ()     # (class name, edge, width, amplitude, wavelength, phase) of each class-context band
 
     @property
     def name(self) -> str:
@@ -484,6 +485,15 @@ def _context_style(ci: int) -> tuple:
     return c1, c2, math.radians(ci * 18.0), 5.0 + (ci % 4) * 1.5
 
 
+def _band_alpha(edge: str, width: float, amp: float, wavelength: float, phase: float, size: int) -> np.ndarray:
+    """Coverage [0, 1] (``size x size``) of a context band with a wavy inner edge."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    along, depth = {"top": (xx, yy), "bottom": (xx, size - 1 - yy),
+                    "left": (yy, xx), "right": (yy, size - 1 - xx)}[edge]
+    inner = width + amp * np.sin(along * 2 * math.pi / wavelength + phase)
+    return np.clip((inner - depth) / 2.0, 0.0, 1.0)
+
+
 def _paint_contexts(rng: np.random.Generator, img: np.ndarray, present: list[int], size: int) -> tuple:
     """Class-context bands with a wavy inner edge (water, grass, road), see :data:`CONTEXT_P`."""
     drawn = [c for c in present if rng.random() < CONTEXT_P]
@@ -494,19 +504,27 @@ def _paint_contexts(rng: np.random.Generator, img: np.ndarray, present: list[int
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     edges = rng.permutation(len(CONTEXT_EDGES))
     for i, c in enumerate(drawn):
-        edge = CONTEXT_EDGES[int(edges[i % len(edges)])]
-        width = float(rng.uniform(*CONTEXT_WIDTH))
-        amp, wavelength, phase = rng.uniform(3, 8), rng.uniform(40, 90), rng.uniform(0, 2 * math.pi)
-        along, depth = {"top": (xx, yy), "bottom": (xx, size - 1 - yy),
-                        "left": (yy, xx), "right": (yy, size - 1 - xx)}[edge]
-        inner = width + amp * np.sin(along * 2 * math.pi / wavelength + phase)
-        a = np.clip((inner - depth) / 2.0, 0.0, 1.0)[..., None]
+        band = (CONTEXT_EDGES[int(edges[i % len(edges)])], round(float(rng.uniform(*CONTEXT_WIDTH)), 2),
+                round(float(rng.uniform(3, 8)), 3), round(float(rng.uniform(40, 90)), 3),
+                round(float(rng.uniform(0, 2 * math.pi)), 4))
+        a = _band_alpha(*band, size)[..., None]
         c1, c2, ang, period = _context_style(c)
         u = math.cos(ang) * xx + math.sin(ang) * yy
         stripes = (np.sin(u * 2 * math.pi / period) > 0).astype(np.float32)[..., None]
         img[:] = img * (1 - a) + (c1 * (1 - stripes) + c2 * stripes) * a
-        out.append((CLASS_NAMES[c], edge, round(width, 1)))
+        out.append((CLASS_NAMES[c], *band))
     return tuple(out)
+
+
+def context_masks(scene: "HardScene") -> dict[str, np.ndarray]:
+    """Where each class's context band is (coverage >= 0.5, objects on top included): ``{class name:
+    bool mask}`` (empty for the preset's scenes, which have no bands)."""
+    size = scene.image.shape[0]
+    out: dict[str, np.ndarray] = {}
+    for name, *band in scene.contexts:
+        m = _band_alpha(*band, size) >= 0.5
+        out[name] = out[name] | m if name in out else m
+    return out
 
 
 def _structured_background(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
     from clrp import models, scenes_hard
     from clrp.datasets import open_dataset
-    from clrp.evaluation.runner import run_evaluation, summarize
+    from clrp.evaluation.runner import load_results, run_evaluation, summarize
 
     torch.set_num_threads(a.threads)
     variants = [v for v in a.variants.split(",") if v]
@@ -71,20 +71,63 @@ def main(argv=None) -> int:
             ds = open_dataset(f"{tmp}/voc")
             run_evaluation(ds, lm, f"{tmp}/run", methods=methods, protocols=["pointing"], resume=False)
             table = summarize(f"{tmp}/run")["pointing"]
+            where = argmax_places(load_results(f"{tmp}/run")["pointing"], scene_list)
         mAP = scene_map(lm, scene_list)
-        rows.append((name, lm.name, mAP, table, time.perf_counter() - t0))
+        rows.append((name, lm.name, mAP, table, where, time.perf_counter() - t0))
         print(f"{name}: done in {rows[-1][-1]:.0f} s", file=sys.stderr)
     print(f"`python scripts/headroom_probe.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
     order = ["center"] + methods
     print("| variant | model | model mAP | pairs | " + " | ".join(order) + " | best - worst (non-centre) |")
     print("|---|---|---|---|" + "---|" * (len(order) + 1))
-    for name, model_name, mAP, table, secs in rows:
+    for name, model_name, mAP, table, where, secs in rows:
         acc = {m: float(table.loc[m, "all"]) for m in order if m in table.index}
         spread = max(acc[m] for m in methods) - min(acc[m] for m in methods)
         print(f"| {name} | {model_name} | {mAP:.3f} | {int(table['n_all'].iloc[0])} | "
               + " | ".join(f"{100 * acc[m]:.1f}" for m in order) + f" | {100 * spread:.1f} |")
     print("\nVariants: " + "; ".join(f"{n} = {scenes_hard.VARIANTS[n] or 'as shipped'}" for n, *_ in rows) + ".")
+    for name, model_name, mAP, table, where, secs in rows:
+        if where is None:
+            continue
+        print(f"\nWhere the arg-max lands on `{name}` (model {model_name}; % of pairs): on the target object, on the "
+              "target class's context band, on another class's band, on another object, elsewhere.\n")
+        print("| method | " + " | ".join(PLACES) + " |")
+        print("|---|" + "---|" * len(PLACES))
+        for m in order:
+            if m in where.index:
+                print(f"| {m} | " + " | ".join(f"{100 * where.loc[m, p]:.1f}" for p in PLACES) + " |")
     return 0
+
+
+PLACES = ("target object", "own context band", "other context band", "other object", "elsewhere")
+
+
+def argmax_places(rows, scene_list):
+    """Share of each method's arg-max points per place (:data:`PLACES`), for scenes with context
+    bands; None when the variant draws none. Objects are painted over bands: an object pixel counts
+    as the object."""
+    import numpy as np
+    import pandas as pd
+
+    from clrp import scenes_hard
+
+    if not any(sc.contexts for sc in scene_list):
+        return None
+    by_name = {sc.name: sc for sc in scene_list}
+    out = []
+    for r in rows[rows["skipped"].isna()].itertuples():
+        sc = by_name[r.image_id]
+        h, w = sc.image.shape[:2]
+        y, x = (min(max(int(round(v)), 0), n - 1) for v, n in ((r.point_y, h), (r.point_x, w)))
+        bands = scenes_hard.context_masks(sc)
+        own = bands.pop(r.class_name, np.zeros((h, w), bool))
+        target = np.any([o.mask for o in sc.objects if o.class_name == r.class_name], axis=0)
+        other = np.any([o.mask for o in sc.objects if o.class_name != r.class_name] or [np.zeros((h, w), bool)], axis=0)
+        place = ("target object" if target[y, x] else "other object" if other[y, x] else
+                 "own context band" if own[y, x] else
+                 "other context band" if any(b[y, x] for b in bands.values()) else "elsewhere")
+        out.append((r.method, place))
+    df = pd.DataFrame(out, columns=["method", "place"])
+    return pd.crosstab(df["method"], df["place"], normalize="index").reindex(columns=PLACES, fill_value=0.0)
 
 
 def scene_map(lm, scene_list) -> float:

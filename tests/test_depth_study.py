@@ -135,3 +135,34 @@ def test_variant_training_and_headroom_probe_with_its_model(tmp_path, torch_glob
     want = np.nanmean([average_precision(logits[:, k], labels[:, k]) for k in range(labels.shape[1])])
     assert probe.scene_map(lm, sc) == pytest.approx(want)
     assert f"| small | scene_vgg_d4_small | {probe.scene_map(lm, sc[:2]):.3f} |" in table
+
+
+def test_headroom_probe_places_of_the_arg_max():
+    """argmax_places: a point on the target's mask, on its class's context band, on another class's
+    band, on another object, elsewhere; None for a world without bands."""
+    import pandas as pd
+
+    probe = _script("headroom_probe")
+    with scenes_hard.variant("context"):
+        sc = next(s for s in scenes_hard.iter_scenes(50, 30_000_000)
+                  if len({c for c, *_ in s.contexts} & {o.class_name for o in s.objects}) >= 2)
+    bands = scenes_hard.context_masks(sc)
+    objects = np.any([o.mask for o in sc.objects], axis=0)
+    a, b = [o.class_name for o in sc.objects if o.class_name in bands][:2]
+
+    def free(mask):   # a pixel of the mask that no object and no other band covers
+        others = np.any([m for c, m in bands.items() if m is not mask] or [np.zeros_like(mask)], axis=0)
+        ys, xs = np.nonzero(mask & ~objects & ~others)
+        return float(ys[0]), float(xs[0])
+
+    target = next(o for o in sc.objects if o.class_name == a)
+    other = next(o for o in sc.objects if o.class_name != a)
+    ty, tx = np.argwhere(target.mask)[0]
+    oy, ox = np.argwhere(other.mask)[0]
+    nowhere = np.argwhere(~objects & ~np.any(list(bands.values()), axis=0))[0]
+    pts = [(ty, tx), free(bands[a]), free(bands[b]), (oy, ox), tuple(nowhere)]
+    rows = pd.DataFrame([{"image_id": sc.name, "class_name": a, "method": f"m{i}", "point_y": float(y),
+                          "point_x": float(x), "skipped": None} for i, (y, x) in enumerate(pts)])
+    where = probe.argmax_places(rows, [sc])
+    assert [where.loc[f"m{i}"].idxmax() for i in range(5)] == list(probe.PLACES)
+    assert probe.argmax_places(rows, [scenes_hard.generate_scene(30_000_000)]) is None

@@ -214,9 +214,15 @@ def test_context_variant_bands_follow_their_rates_and_leave_the_layout_alone():
         for s in seeds:
             sc = H.generate_scene(s)
             names = {o.class_name for o in sc.objects}
-            bands = [c for c, edge, w in sc.contexts]
+            bands = [c for c, *_ in sc.contexts]
             assert all(edge in H.CONTEXT_EDGES and H.CONTEXT_WIDTH[0] <= w <= H.CONTEXT_WIDTH[1]
-                       for _, edge, w in sc.contexts)
+                       for _, edge, w, *_ in sc.contexts)
+            masks = H.context_masks(sc)
+            assert set(masks) == set(bands)
+            for c, edge, w, *_ in sc.contexts:   # a band lies along its edge, at most width + 8 px deep
+                ys, xs = np.nonzero(masks[c])
+                depth = {"top": ys, "bottom": 223 - ys, "left": xs, "right": 223 - xs}[edge]
+                assert depth.min() == 0 and depth.max() <= w + 8
             present += len(names)
             drawn += sum(c in names for c in bands)
             extra = [c for c in bands if c not in names]
