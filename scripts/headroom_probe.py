@@ -113,12 +113,15 @@ def argmax_places(rows, scene_list):
     if not any(sc.contexts for sc in scene_list):
         return None
     by_name = {sc.name: sc for sc in scene_list}
+    band_cache: dict = {}
     out = []
     for r in rows[rows["skipped"].isna()].itertuples():
         sc = by_name[r.image_id]
         h, w = sc.image.shape[:2]
         y, x = (min(max(int(round(v)), 0), n - 1) for v, n in ((r.point_y, h), (r.point_x, w)))
-        bands = scenes_hard.context_masks(sc)
+        if sc.name not in band_cache:
+            band_cache[sc.name] = scenes_hard.context_masks(sc)
+        bands = dict(band_cache[sc.name])
         own = bands.pop(r.class_name, np.zeros((h, w), bool))
         target = np.any([o.mask for o in sc.objects if o.class_name == r.class_name], axis=0)
         other = np.any([o.mask for o in sc.objects if o.class_name != r.class_name] or [np.zeros((h, w), bool)], axis=0)
