@@ -89,11 +89,8 @@ def load_depth_model(folder: str, depth, device: str, world: str = "scenes-hard"
 
         lm = models.load(w["shipped"])
         return lm.model.eval().to(device), lm.meta
-    meta = json.load(open(os.path.join(folder, f"{w['stem']}{depth}.json")))
-    model = bundled.build_model(meta["architecture"])
-    model.load_state_dict(torch.load(os.path.join(folder, f"{w['stem']}{depth}.pt"), map_location="cpu",
-                                     weights_only=True))
-    return model.eval().to(device), meta
+    model, meta = bundled.load_trained(os.path.join(folder, f"{w['stem']}{depth}.pt"))
+    return model.to(device), meta
 
 
 def pearson(a: torch.Tensor) -> float:

@@ -148,18 +148,12 @@ def variant_model(shipped, weights: str):
     """A model trained by ``train_hard_model.py --variant`` (weights + the metadata beside them), as a
     LoadedModel like the shipped one."""
     import dataclasses
-    import json
-
-    import torch
 
     from clrp.models import bundled
     from clrp.models.preprocessing import Preprocessing
 
-    path = Path(weights)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    model = bundled.build_model(meta["architecture"])
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return dataclasses.replace(shipped, model=model.eval(), name=meta["name"], meta=meta, weights_path=path,
+    model, meta = bundled.load_trained(weights)
+    return dataclasses.replace(shipped, model=model, name=meta["name"], meta=meta, weights_path=Path(weights),
                                preprocessing=Preprocessing.from_dict(meta["preprocessing"]))
 
 

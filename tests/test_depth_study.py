@@ -129,12 +129,11 @@ def test_variant_training_and_headroom_probe_with_its_model(tmp_path, torch_glob
     lm = probe.variant_model(models.load("bundled-hard"), out / "scene_vgg_d4_small.pt")
     assert lm.preprocessing.input_size == (64, 64)
     with scenes_hard.variant("small"):
-        sc = list(scenes_hard.iter_scenes(6, 30_000_000))
+        sc = list(scenes_hard.iter_scenes(2, 30_000_000))   # the probe's scenes
     logits = predict_scenes(lm.model, sc, preprocessing=lm.preprocessing)
     labels = np.stack([s.labels for s in sc])
     want = np.nanmean([average_precision(logits[:, k], labels[:, k]) for k in range(labels.shape[1])])
-    assert probe.scene_map(lm, sc) == pytest.approx(want)
-    assert f"| small | scene_vgg_d4_small | {probe.scene_map(lm, sc[:2]):.3f} |" in table
+    assert f"| small | scene_vgg_d4_small | {want:.3f} |" in table
 
 
 def test_headroom_probe_places_of_the_arg_max():

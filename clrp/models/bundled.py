@@ -116,6 +116,19 @@ def build_model(config: dict | None = None, batch_norm: bool = False) -> SceneVG
                     cfg["num_classes"], cfg["input_size"], batch_norm=batch_norm)
 
 
+def load_trained(weights) -> tuple[SceneVGG, dict]:
+    """A network written by the training scripts (``scripts/train_*_model.py``): the weights file
+    and its metadata ``.json`` beside it -> ``(model in eval mode, metadata)``; tensors only."""
+    import json
+    from pathlib import Path
+
+    path = Path(weights)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    model = build_model(meta["architecture"])
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval(), meta
+
+
 @torch.no_grad()
 def fold_batch_norm(trained: SceneVGG, config: dict | None = None) -> SceneVGG:
     """A BN-free :class:`SceneVGG` computing exactly what ``trained`` (built with
