@@ -39,7 +39,7 @@ from pathlib import Path
 
 from ._errors import CorruptWeights, WeightsNotFound
 
-__all__ = ["MIRROR_ENV", "TIMEOUT_ENV", "OFFLINE_ENV", "TORCHVISION_BASE", "hub_checkpoints", "cached_file",
+__all__ = ["MIRROR_ENV", "TIMEOUT_ENV", "OFFLINE_ENV", "TORCHVISION_BASE", "check_reachable", "hub_checkpoints", "cached_file",
            "file_name", "hash_prefix", "source_url", "download_timeout", "downloads_enabled", "fetch",
            "recent_failure", "remember_failure", "forget_failures"]
 
@@ -145,16 +145,30 @@ def _lock(key: str) -> threading.Lock:
 # ---------------------------------------------------------------------------------------------
 # Download
 
-def _connect_host(url: str) -> str | None:
-    """The host the request will actually connect to (the proxy's when one applies)."""
+def _connect_address(url: str) -> tuple[str, int] | None:
+    """The ``(host, port)`` the request will actually connect to (the proxy's when one applies)."""
     p = urllib.parse.urlparse(url)
     if p.scheme not in ("http", "https") or not p.hostname:
         return None
     proxies = urllib.request.getproxies()
     proxy = proxies.get(p.scheme)
     if proxy and not urllib.request.proxy_bypass(p.hostname):
-        return urllib.parse.urlparse(proxy if "://" in proxy else "http://" + proxy).hostname
-    return p.hostname
+        q = urllib.parse.urlparse(proxy if "://" in proxy else "http://" + proxy)
+        return q.hostname, q.port or (443 if q.scheme == "https" else 80)
+    return p.hostname, p.port or (443 if p.scheme == "https" else 80)
+
+
+def check_reachable(url: str, timeout: float, *, connect: bool = True) -> None:
+    """Raise ``OSError`` unless ``url``'s host resolves (and, with ``connect``, accepts a TCP
+    connection) within ``timeout`` seconds. A client library that retries with backoff
+    (huggingface_hub 0.x retries a refused connection for ~23 s) is called only after this."""
+    addr = _connect_address(url)
+    if addr is None:
+        return
+    _resolve(addr[0], timeout)
+    if connect:
+        with socket.create_connection(addr, timeout=timeout):
+            pass
 
 
 class _ResolveError(OSError):
@@ -245,9 +259,7 @@ def fetch(url: str, dest: str | os.PathLike | None = None, *, progress: bool = T
             size = 0
             with os.fdopen(fd, "wb") as f:
                 try:
-                    host = _connect_host(src)
-                    if host:
-                        _resolve(host, timeout)
+                    check_reachable(src, timeout, connect=False)  # urllib bounds the connection itself
                     req = urllib.request.Request(src, headers={"User-Agent": "clrp (torch.hub compatible)"})
                     with urllib.request.urlopen(req, timeout=timeout) as r:
                         total = r.headers.get("Content-Length") if hasattr(r, "headers") else None

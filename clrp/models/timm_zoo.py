@@ -186,9 +186,7 @@ def fetch_weights(cfg: dict, *, progress: bool = True, allow: bool | None = None
     local_missing = getattr(hf_errors, "LocalEntryNotFoundError", ())
     last = "no weights file found in the repository"
     try:
-        host = download._connect_host(endpoint or "https://huggingface.co")
-        if host:
-            download._resolve(host, timeout)
+        download.check_reachable(endpoint or "https://huggingface.co", timeout)
         for fn in _hf_files(cfg):
             # one metadata request first: hf_hub_download retries a failed connection for a
             # minute (backoff), which would look like a hang on a machine without internet
