@@ -344,6 +344,7 @@ from .protocol import Chart, Protocol, register_protocol  # noqa: E402
 @register_protocol
 class RegionPerturbation(Protocol):
     name, title, page = "perturbation", "Region perturbation (MoRF / LeRF, AOPC)", "ablation"
+    built_in = True
     description = "remove the most (MoRF) or least (LeRF) relevant patches first and follow the target score"
 
     @dataclass

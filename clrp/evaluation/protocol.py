@@ -30,7 +30,8 @@ from typing import Any, Optional
 
 from ..errors import ClrpError
 
-__all__ = ["Protocol", "Batch", "Chart", "REGISTRY", "register_protocol", "protocol", "split_options"]
+__all__ = ["Protocol", "Batch", "Chart", "REGISTRY", "register_protocol", "protocol", "split_options",
+           "built_in_protocols"]
 
 REGISTRY: dict[str, "Protocol"] = {}
 
@@ -108,6 +109,7 @@ class Protocol:
     needs_maps: bool = True  # the methods' maps of every pair
     needs_objects: bool = False  # boxes or masks (image labels are not enough)
     page: str = "pointing"  # the dashboard page that offers it: "pointing" or "ablation"
+    built_in: bool = False  # shipped with clrp (the dashboard gives these hand-made option widgets)
 
     @dataclass
     class Options:
@@ -142,6 +144,11 @@ def register_protocol(cls):
         raise ClrpError(f"protocol {cls.__name__} has no name")
     REGISTRY[inst.name] = inst
     return cls
+
+
+def built_in_protocols() -> tuple:
+    """Names of the protocols shipped with clrp, in registration order."""
+    return tuple(n for n, p in REGISTRY.items() if p.built_in)
 
 
 def protocol(name: str) -> Protocol:

@@ -33,12 +33,12 @@ import torch
 
 from ..errors import ClrpError
 from . import ablation, discriminativeness, perturbation, pointing  # noqa: F401  (register the protocols)
-from .protocol import REGISTRY, Batch, make_options, option_fields, protocol, split_options
+from .protocol import REGISTRY, Batch, built_in_protocols, make_options, option_fields, protocol, split_options
 from .distributed import LocalExecutor
 from .runs import RunFolder, dataset_digest, model_fingerprint
 
 #: The built-in protocols; REGISTRY also holds any registered later.
-PROTOCOLS = ("pointing", "discriminativeness", "perturbation", "ablation")
+PROTOCOLS = built_in_protocols()
 SETTINGS_FORMAT = 2
 
 
