@@ -4,6 +4,7 @@ import json
 import os
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -271,3 +272,37 @@ def test_disk_full_while_writing_the_results_tables_is_one_line_and_resumable(tm
     monkeypatch.setattr(pq.ParquetWriter, "close", real_close)  # space freed: the same command finishes
     assert _eval(tmp_path, out, "--resume", dataset="scenes:2") == 0
     assert len(pq.read_table(out / "results" / "pointing.parquet")) > 0
+
+
+def test_random_draws_are_per_image(tmp_path):
+    """Issue 16 item 6: the random region order, the tie order and the noise baseline used one
+    permutation (the run seed's) for every image, so two equal images got equal random curves. Each
+    image now draws from its own seed, derived from the run seed and its id and recorded per row,
+    the same whatever batch it is evaluated in."""
+    import shutil
+
+    from clrp.evaluation.protocol import image_seed
+
+    root = str(tmp_path / "voc")
+    _voc(root)
+    shutil.copy(os.path.join(root, "JPEGImages", "000.jpg"), os.path.join(root, "JPEGImages", "100.jpg"))
+    xml = open(os.path.join(root, "Annotations", "000.xml")).read().replace("000.jpg", "100.jpg")
+    open(os.path.join(root, "Annotations", "100.xml"), "w").write(xml)  # the same image under another id
+    settings = dict(SETTINGS, protocols=("perturbation",), orders=("random", "morf"), baseline="noise", seed=3)
+    runs = {}
+    for bs in (1, 4):
+        out = str(tmp_path / f"b{bs}")
+        R.run_evaluation(VocDataset(root), _model(), out, **dict(settings, batch_size=bs))
+        runs[bs] = _frames(out)["perturbation"]
+    df = runs[1]
+    assert list(df["seed"]) == [image_seed(3, i) for i in df["image_id"]]  # recorded per row
+    assert df["seed"].nunique() == df["image_id"].nunique() > 2
+    key = ["class_name", "method", "order"]
+    a = df[df["image_id"] == "000"].set_index(key)["scores"]
+    b = df[df["image_id"] == "100"].set_index(key)["scores"].loc[a.index]
+    assert len(a) == 8  # 2 classes x 2 methods x 2 orders
+    for k in a.index:  # equal images, equal maps: only their own draws tell them apart
+        assert not np.array_equal(a[k][1:], b[k][1:]), k
+        assert a[k][0] == b[k][0]  # step 0 is the unperturbed image: the same
+    cols = [c for c in df.columns if c != "scores"]
+    assert runs[4][cols].equals(df[cols])  # batches of 4: the same draws per image

@@ -31,7 +31,7 @@ from typing import Any, Optional
 from ..errors import ClrpError
 
 __all__ = ["Protocol", "Batch", "Chart", "REGISTRY", "register_protocol", "protocol", "split_options",
-           "built_in_protocols"]
+           "built_in_protocols", "image_seed"]
 
 REGISTRY: dict[str, "Protocol"] = {}
 
@@ -54,6 +54,15 @@ class Chart:
     x_title: Optional[str] = None
     y_range: Optional[tuple] = None
     caption: Optional[str] = None
+
+
+def image_seed(seed: int, image_id) -> int:
+    """The seed of one image's random draws (region order, tie order, noise baseline): SHA-1 of
+    ``"<run seed>:<image id>"``, 62 bits. Each image gets its own draws, the same in any batch, shard
+    or resume, on any machine."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha1(f"{int(seed)}:{image_id}".encode("utf-8")).digest()[:8], "big") >> 2
 
 
 @dataclass
@@ -97,6 +106,10 @@ class Batch:
         left, top, right, bottom = g["crop"]
         sx, sy = sample.width / rw, sample.height / rh
         return (left * sx, top * sy, right * sx, bottom * sy)
+
+    def image_seed(self, i: int) -> int:
+        """:func:`image_seed` of item ``i`` under the run's seed."""
+        return image_seed(self.run.seed, self.samples[i].image_id)
 
     def method_options(self, method: str) -> dict:
         return self.preprocessing.method_options(self.run.method_options.get(method))
