@@ -107,6 +107,11 @@ class FilteredDataset:
 
     __iter__ = samples
 
+    @property
+    def unfiltered(self):
+        """The whole dataset (its digest is recorded: merged shards must come from one dataset)."""
+        return self._ds
+
     def __len__(self):
         ids = getattr(self._ds, "ids", None)
         if ids is None:
@@ -259,18 +264,19 @@ def write_tables(out_dir: str, print_summary: bool = True, stream=None) -> dict:
     from .evaluation.runner import load_results, summarize
     from .evaluation.runs import flat_for_csv
 
-    from .fileio import makedirs
+    from .fileio import makedirs, write_atomic
 
     stream = stream or sys.stdout
     res = load_results(out_dir)
     makedirs(os.path.join(out_dir, "results"))
     makedirs(os.path.join(out_dir, "summary"))
-    for proto, df in res.items():
-        df.to_parquet(os.path.join(out_dir, "results", f"{proto}.parquet"), index=False)
-        flat_for_csv(df).to_csv(os.path.join(out_dir, "results", f"{proto}.csv"), index=False)
+    for proto, df in res.items():  # exports of the parts: a failed write leaves the run resumable
+        table = os.path.join(out_dir, "results", proto)
+        write_atomic(table + ".parquet", lambda p: df.to_parquet(p, index=False))
+        write_atomic(table + ".csv", lambda p: flat_for_csv(df).to_csv(p, index=False))
     summ = summarize(res)
     for proto, table in summ.items():
-        table.to_csv(os.path.join(out_dir, "summary", f"{proto}.csv"))
+        write_atomic(os.path.join(out_dir, "summary", f"{proto}.csv"), table.to_csv)
     if print_summary:
         print_summaries(summ, stream)
     return summ

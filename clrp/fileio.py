@@ -50,6 +50,20 @@ def write_json_atomic(path: str, obj, **kw) -> None:
         raise os_error(exc, f"write {path}") from None
 
 
+def write_atomic(path: str, write) -> None:
+    """``write(tmp)`` writes the file at a temporary path that then replaces ``path``: a failure
+    (a full disk, a lost mount) leaves the old file or none, never a truncated one, and is a
+    one-line ``ClrpError``."""
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise os_error(exc if exc.filename else OSError(exc.errno, exc.strerror, path), f"write {path}") from None
+
+
 @contextlib.contextmanager
 def file_lock(path: str, *, blocking: bool, busy: str = "is in use"):
     """An exclusive lock on ``path`` (created if needed), held by this process and thread.

@@ -18,7 +18,7 @@ from clrp.errors import ClrpError
 from clrp.datasets import FORMATS as DATASET_FORMATS
 from clrp.evaluation.runner import format_seconds
 from clrp.evaluation.runs import rows_csv
-from clrp.evaluation.protocol import REGISTRY, field_default
+from clrp.evaluation.protocol import REGISTRY, built_in_protocols, field_default
 
 from . import core, ui
 
@@ -104,7 +104,7 @@ def method_picker(kind: str, default) -> tuple[list, str]:
     return methods, rules
 
 
-_BUILT_IN = ("pointing", "discriminativeness", "perturbation", "ablation")  # their options have own widgets
+_BUILT_IN = built_in_protocols()  # their options have own widgets
 
 
 def protocol_picker(kind: str, page: str, default) -> list:

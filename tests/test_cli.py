@@ -291,3 +291,21 @@ def test_browser_tests_say_why_they_skip_and_are_required_in_ci(ci):
         assert r.returncode != 0 and "browser tests are required when CI is set" in out, out[-2000:]
     else:
         assert r.returncode == 0 and f"{n} skipped" in out and "/nonexistent/chromium not found" in out, out[-2000:]
+
+
+def test_merge_refuses_runs_of_different_datasets(tiny, capsys):
+    """Issue 16 item 6: merge dropped the dataset digest before comparing, so shards of two different
+    datasets were joined into one table."""
+    seed = cli.SCENES_DEFAULT_SEED
+    a, b = tiny / "ds_a", tiny / "ds_b"
+    assert _eval(tiny, a, "--shard", "0/2", dataset=f"scenes:6:{seed}") == 0
+    assert _eval(tiny, b, "--shard", "1/2", dataset=f"scenes:6:{seed + 100}") == 0
+    da = json.loads((a / "settings.json").read_text())["dataset"]
+    db = json.loads((b / "settings.json").read_text())["dataset"]
+    capsys.readouterr()
+    assert cli.main(["merge", str(a), str(b), "--out", str(tiny / "mixed"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "dataset" in err and da["source_digest"] in err and db["source_digest"] in err
+    assert da["source_digest"] != db["source_digest"]
+    assert not (tiny / "mixed" / "progress.jsonl").exists()

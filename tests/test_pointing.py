@@ -346,3 +346,77 @@ def test_rows_rescored_at_another_tolerance_equal_rows_made_at_it():
     assert rows["tolerance"].iloc[0] == 3  # the input is not changed
     with pytest.raises(ValueError, match="tolerance"):
         at_tolerance(rows, -1)
+
+
+def test_torchray_convention_resizes_maps_as_torchray_does_on_ties():
+    """Issue 16 item 6: maps were resized in float64 where TorchRay resizes a model's float32
+    saliency (``torchray.attribution.common.resize_saliency``), so the arg-max of a plateau differed.
+    Low-resolution maps of a few levels, upsampled to the image: ties everywhere."""
+    pytest.importorskip("torchray.benchmark.pointing_game")
+    from torchray.attribution.common import resize_saliency
+    from torchray.benchmark.pointing_game import PointingGame
+
+    from clrp.evaluation.pointing import map_to_image
+    rng = np.random.default_rng(1)
+    pairs = float64_differs = 0
+    for case in range(150):
+        sh, sw = int(rng.integers(3, 12)), int(rng.integers(3, 12))
+        h, w = int(rng.integers(20, 70)), int(rng.integers(20, 70))
+        sal = rng.choice(rng.choice([0.1, 0.2, 0.3, 0.7, 1 / 3], size=3), size=(sh, sw)).astype(np.float32)
+        gt = np.zeros((h, w), bool)
+        y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        gt[y0:y0 + int(rng.integers(1, 10)), x0:x0 + int(rng.integers(1, 10))] = True
+        tol = int(rng.integers(0, 16))
+        theirs_map = resize_saliency(None, torch.from_numpy(sal)[None, None], (w, h), "bilinear")
+        u, v = _torchray_saliency_to_point(theirs_map)[0].tolist()
+        hit = PointingGame(1, tolerance=tol).evaluate(torch.from_numpy(gt), (u, v)) == 1
+        for full in (map_to_image(sal, h, w, None, "torchray"), sal):  # the runner's path and pointing_row's
+            row = pointing_row("i", _target(gt), "m", full, tolerance=tol, convention="torchray")
+            assert (row["point_y"], row["point_x"]) == (v, u), case
+            assert row["hit"] == hit, case
+        pairs += 1
+        float64_differs += argmax_point(resize_map(sal, h, w)) != (v, u)
+    assert float64_differs > 10, float64_differs  # the cases do tell the two resizings apart
+
+
+def test_one_hit_rule_for_rows_rescoring_and_the_runner(monkeypatch):
+    """Issue 20 item 4: the decision lived in pointing_hit, inline in pointing_row and again in
+    at_tolerance. Now every path asks is_hit, and each gives what is_hit says."""
+    from clrp.evaluation import pointing as P
+
+    calls = []
+    real = P.is_hit
+    monkeypatch.setattr(P, "is_hit", lambda *a, **k: calls.append(a) or real(*a, **k))
+    rng = np.random.default_rng(3)
+    for convention in P.CONVENTIONS:
+        rows = []
+        for case in range(40):
+            h, w = int(rng.integers(10, 40)), int(rng.integers(10, 40))
+            gt = np.zeros((h, w), bool)
+            gt[int(rng.integers(0, h)), int(rng.integers(0, w))] = True
+            tol = float(rng.choice([0, 1, 2.5, 3, 5, 10]))
+            row = pointing_row("i", _target(gt), "m", rng.random((h, w)), tolerance=tol, convention=convention)
+            assert row["hit"] == real(row["distance"], tol, convention)
+            point = (row["point_y"], row["point_x"])
+            assert P.pointing_hit(point, gt, tol, convention) == row["hit"]
+            rows.append(row)
+        n = len(calls)
+        again = at_tolerance(pd.DataFrame(rows), 4.0, convention=convention)
+        assert len(calls) == n + 1  # one vectorised call
+        assert list(again["hit"]) == [real(d, 4.0, convention) for d in again["distance"]]
+    assert calls
+    # the two conventions part exactly at the tolerance (inclusive vs strict), nowhere else
+    assert real(5.0, 5) and not real(5.0, 5, "torchray") and real(4.999, 5, "torchray")
+    assert not real(np.inf, 1e9) and not real(np.inf, 1e9, "torchray")
+    with pytest.raises(ValueError):
+        real(1.0, 2, "other")
+
+
+def test_the_built_in_protocol_list_is_the_registry_s():
+    """Issue 20 item 4: the dashboard kept its own copy of the built-in protocols."""
+    from clrp.evaluation import PROTOCOL_REGISTRY, PROTOCOLS
+    from clrp.evaluation.protocol import built_in_protocols
+
+    assert PROTOCOLS == built_in_protocols() == ("pointing", "discriminativeness", "perturbation", "ablation")
+    assert all(PROTOCOL_REGISTRY[p].built_in for p in PROTOCOLS)
+    assert not [n for n, p in PROTOCOL_REGISTRY.items() if p.built_in and n not in PROTOCOLS]

@@ -83,7 +83,31 @@ def test_a_worker_killed_mid_run_loses_nothing(world):
     assert len(ids) == len(set(ids)) == N  # every image once
 
 
+def _ray_processes(pid):
+    import psutil
+
+    from clrp.evaluation.distributed import _GUARD
+    kids = psutil.Process(pid).children(recursive=True)
+    return [p for p in kids if p.name() in ("gcs_server", "raylet") or p.name().startswith("ray::")
+            or any("/ray/" in a for a in p.cmdline() if a != _GUARD)]
+
+
+def _alive(procs):
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def test_a_killed_driver_resumes_locally(world):
+    """The driver killed alone: no process of the local Ray instance it started outlives it, and the
+    run resumes locally."""
     d, root, lm, expected = world
     ray.shutdown()  # the driver below starts its own local Ray
     out = d / "killed_driver"
@@ -103,9 +127,19 @@ def test_a_killed_driver_resumes_locally(world):
             time.sleep(0.2)  # polling the file's state, not waiting for a duration
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert len(progress.read_text().splitlines()) >= 2
+        instance = _ray_processes(proc.pid)  # gcs, raylet, agents, workers
+        assert {p.name() for p in instance} >= {"gcs_server", "raylet"}, instance
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as a crash or the OOM killer would
+        proc.wait(60)
+        # issue 16 item 6: the agents stayed alive, re-parented to PID 1, until Ray's own reconnect
+        # timeout (60 s and more); clrp's guard ends them when it sees the driver gone (0.5 s polls)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(instance):
+            time.sleep(0.2)  # polling the processes' states, not waiting for a duration
+        assert not _alive(instance), [(p.pid, p.name()) for p in _alive(instance)]
     finally:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the driver's group
         except ProcessLookupError:
             pass
         proc.wait(60)

@@ -4,6 +4,7 @@ import json
 import os
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,3 +206,103 @@ def test_a_run_from_before_an_option_was_added_can_be_continued(tmp_path):
     assert r.images_done == 5
     with pytest.raises(ClrpError, match=r"different settings \(protocol options\)"):
         R.run_evaluation(VocDataset(str(tmp_path / "voc")), _model(), out, **dict(SETTINGS, tolerance=3.0))
+
+
+def _damage_data_pages(path):
+    """Overwrite a Parquet file's data pages with garbage, leaving its footer (the metadata with
+    the row count) and magic bytes intact: the footer still reads, the rows do not."""
+    import pyarrow.parquet as pq
+
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    footer = int.from_bytes(data[-8:-4], "little")
+    end = len(data) - 8 - footer
+    data[4:end] = bytes([0xFF]) * (end - 4)
+    with open(path, "wb") as f:
+        f.write(data)
+    assert pq.ParquetFile(path).metadata.num_rows > 0  # the footer is intact
+    with pytest.raises(Exception):
+        pq.read_table(path)  # the data is not
+
+
+def test_a_part_with_damaged_data_and_an_intact_footer_is_redone(reference):
+    """Issue 16 item 6: verify read only the footer's row count, so such a part was never redone and
+    every resume evaluated 0 images and failed again."""
+    tmp, expected = reference
+    out = str(tmp / "pages")
+    settings = dict(SETTINGS, batch_size=1)
+    R.run_evaluation(VocDataset(str(tmp / "voc")), _model(), out, **settings)
+    _damage_data_pages(os.path.join(out, "perturbation", "part-000002.parquet"))
+    r = R.run_evaluation(VocDataset(str(tmp / "voc")), _model(), out, **settings)
+    assert r.images_new == 1  # exactly the affected image is redone
+    _same_rows(_frames(out), expected)
+
+
+def test_disk_full_while_writing_the_results_tables_is_one_line_and_resumable(tmp_path, capsys, monkeypatch):
+    """Issue 16 item 6: ENOSPC when a results table is closed gave a pyarrow traceback and exit 1."""
+    import errno
+
+    import pyarrow.parquet as pq
+
+    from .test_cli import _eval
+    torch.manual_seed(0)
+    from clrp.models import build_architecture
+    torch.save(build_architecture("scene_vgg", len(scenes.CLASS_NAMES)).state_dict(), tmp_path / "rand.pt")
+    (tmp_path / "classes.txt").write_text("\n".join(scenes.CLASS_NAMES))
+    out = tmp_path / "run"
+    assert _eval(tmp_path, out, dataset="scenes:2") == 0
+    real_close = pq.ParquetWriter.close
+    calls = []
+
+    def full(self, *a, **k):  # the file's last bytes do not fit on the disk
+        calls.append(1)
+        real_close(self, *a, **k)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pq.ParquetWriter, "close", full)
+    capsys.readouterr()
+    code = _eval(tmp_path, out, "--resume", dataset="scenes:2")  # nothing left to evaluate: writes the tables
+    err = capsys.readouterr().err
+    assert calls, "the results table was not written through ParquetWriter"
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert os.strerror(errno.ENOSPC) in lines[0] and "results" in lines[0]
+    assert not [f for f in os.listdir(out / "results") if ".tmp" in f]  # nothing half-written left
+    monkeypatch.setattr(pq.ParquetWriter, "close", real_close)  # space freed: the same command finishes
+    assert _eval(tmp_path, out, "--resume", dataset="scenes:2") == 0
+    assert len(pq.read_table(out / "results" / "pointing.parquet")) > 0
+
+
+def test_random_draws_are_per_image(tmp_path):
+    """Issue 16 item 6: the random region order, the tie order and the noise baseline used one
+    permutation (the run seed's) for every image, so two equal images got equal random curves. Each
+    image now draws from its own seed, derived from the run seed and its id and recorded per row,
+    the same whatever batch it is evaluated in."""
+    import shutil
+
+    from clrp.evaluation.protocol import image_seed
+
+    root = str(tmp_path / "voc")
+    _voc(root)
+    shutil.copy(os.path.join(root, "JPEGImages", "000.jpg"), os.path.join(root, "JPEGImages", "100.jpg"))
+    xml = open(os.path.join(root, "Annotations", "000.xml")).read().replace("000.jpg", "100.jpg")
+    open(os.path.join(root, "Annotations", "100.xml"), "w").write(xml)  # the same image under another id
+    settings = dict(SETTINGS, protocols=("perturbation",), orders=("random", "morf"), baseline="noise", seed=3)
+    runs = {}
+    for bs in (1, 4):
+        out = str(tmp_path / f"b{bs}")
+        R.run_evaluation(VocDataset(root), _model(), out, **dict(settings, batch_size=bs))
+        runs[bs] = _frames(out)["perturbation"]
+    df = runs[1]
+    assert list(df["seed"]) == [image_seed(3, i) for i in df["image_id"]]  # recorded per row
+    assert df["seed"].nunique() == df["image_id"].nunique() > 2
+    key = ["class_name", "method", "order"]
+    a = df[df["image_id"] == "000"].set_index(key)["scores"]
+    b = df[df["image_id"] == "100"].set_index(key)["scores"].loc[a.index]
+    assert len(a) == 8  # 2 classes x 2 methods x 2 orders
+    for k in a.index:  # equal images, equal maps: only their own draws tell them apart
+        assert not np.array_equal(a[k][1:], b[k][1:]), k
+        assert a[k][0] == b[k][0]  # step 0 is the unperturbed image: the same
+    cols = [c for c in df.columns if c != "scores"]
+    assert runs[4][cols].equals(df[cols])  # batches of 4: the same draws per image

@@ -3,8 +3,8 @@ hidden-layer feature ablation -- each a protocol plug-in (:mod:`.protocol`) -- t
 runner (:mod:`.runner`) and its run folders (:mod:`.runs`). Functions work per image / per batch
 and return plain rows (dicts / DataFrames) so a run can append results incrementally."""
 from .pointing import (
-    CENTER, DEFAULT_TOLERANCE, PointingTarget, argmax_point, at_tolerance, center_point, map_to_image, nearest_distance,
-    per_class_table, pointing_game, pointing_hit, pointing_row, pointing_rows, pointing_summary,
+    CENTER, DEFAULT_TOLERANCE, PointingTarget, argmax_point, at_tolerance, center_point, is_hit, map_to_image,
+    nearest_distance, per_class_table, pointing_game, pointing_hit, pointing_row, pointing_rows, pointing_summary,
     pointing_targets, resize_map, scaled_tolerance,
 )
 from .discriminativeness import (

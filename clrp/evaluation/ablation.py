@@ -145,6 +145,7 @@ from .protocol import Chart, Protocol, register_protocol  # noqa: E402
 @register_protocol
 class FeatureAblation(Protocol):
     name, title, page = "ablation", "Hidden-unit ablation", "ablation"
+    built_in = True
     description = "zero the top-k units of a layer by relevance and compare the drop of the target with the others'"
     needs_maps = False
 

@@ -116,6 +116,7 @@ from .protocol import Chart, Protocol, register_protocol  # noqa: E402
 @register_protocol
 class Discriminativeness(Protocol):
     name, title, page = "discriminativeness", "Class-discriminativeness", "pointing"
+    built_in = True
     description = "Pearson r and top-q IoU between the maps of two classes of one image (lower = more discriminative)"
 
     @dataclass

@@ -98,6 +98,8 @@ class RayExecutor:
             except Exception as exc:  # connection refused, bad address, ...
                 raise ClrpError(f"cannot start or reach Ray at {self.address or 'a local instance'}: "
                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            if kw["address"] == "local":
+                guard_local_ray()
         return ray
 
     def run(self, chunks, work):
@@ -157,6 +159,57 @@ class RayExecutor:
         import ray
 
         return ray.get([a.pid.remote() for a in self.actors])
+
+
+# Ray ends the GCS and the raylet of a local instance with its driver (they get PDEATHSIG), but the
+# agents the raylet starts (dashboard and runtime-env agents) survive a driver killed by SIGKILL,
+# re-parented to PID 1, and ignore SIGTERM. Nothing in a killed driver runs, so a small process
+# outside it watches the driver and kills what is left of the instance when it is gone.
+_GUARD = r"""
+import sys, time
+import psutil
+
+def ray_process(p):
+    try:
+        name, cmd = p.name(), " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+    return name in ("gcs_server", "raylet") or name.startswith("ray::") or "/ray/" in cmd
+
+driver, me = psutil.Process(int(sys.argv[1])), psutil.Process()
+seen, started = {}, False
+while True:
+    try:
+        if not driver.is_running() or driver.status() == psutil.STATUS_ZOMBIE:
+            break
+        kids = [p for p in driver.children(recursive=True) if p.pid != me.pid and ray_process(p)]
+    except psutil.Error:
+        break
+    seen.update({p.pid: p for p in kids})
+    seen = {pid: p for pid, p in seen.items() if p.is_running()}
+    if started and not seen:
+        sys.exit(0)  # the instance was shut down and the driver lives on
+    started = started or bool(seen)
+    time.sleep(0.5)
+for p in seen.values():
+    try:
+        p.kill()  # psutil checks the creation time: a reused pid is not touched
+    except psutil.Error:
+        pass
+"""
+
+
+def guard_local_ray() -> None:
+    """Start the watcher (above) of the local Ray instance this process just started: when this
+    process dies, even by SIGKILL, no process of the instance outlives it."""
+    import subprocess
+
+    try:
+        import psutil  # noqa: F401  (a dependency of ray[default]; without it there is no guard)
+    except ImportError:  # pragma: no cover
+        return
+    subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid())], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 class _Worker:

@@ -8,7 +8,9 @@ Procedure for one image ``x`` [C, H, W], a relevance map ``R`` and a target clas
    ascending), ``random`` (a permutation from ``torch.Generator().manual_seed(seed)``). Ties
    between equal region scores are broken in a random order (``ties="random"``, default: a
    permutation seeded with ``seed + 1``, so a run is reproducible from its recorded seed) or in
-   raster order (``ties="raster"``, what this module did before 0.2). Ties matter: a clamped
+   raster order (``ties="raster"``, what this module did before 0.2). The runner passes each
+   image its own seed (:func:`clrp.evaluation.protocol.image_seed` of the run seed and the image
+   id, recorded in the row), so images do not share one permutation or one noise draw. Ties matter: a clamped
    CLRP map leaves most regions at exactly 0, and raster order then removes the top rows first
    (docs/RESULTS.md measures CLRP's AOPC both ways). Each curve records ``tie_share``, the
    fraction of regions whose score equals another's.
@@ -344,6 +346,7 @@ from .protocol import Chart, Protocol, register_protocol  # noqa: E402
 @register_protocol
 class RegionPerturbation(Protocol):
     name, title, page = "perturbation", "Region perturbation (MoRF / LeRF, AOPC)", "ablation"
+    built_in = True
     description = "remove the most (MoRF) or least (LeRF) relevant patches first and follow the target score"
 
     @dataclass
@@ -380,7 +383,7 @@ class RegionPerturbation(Protocol):
                     curves = perturbation_curves(
                         batch.forward, batch.inputs[i][0], batch.maps[m][k], t, orders=o.orders, patch=o.patch,
                         steps=o.steps, patches_per_step=o.patches_per_step, baseline=o.baseline,
-                        seed=batch.run.seed, batch_size=o.perturbation_batch, score=o.score, ties=o.ties)
+                        seed=batch.image_seed(i), batch_size=o.perturbation_batch, score=o.score, ties=o.ties)
                     for row in perturbation_rows(batch.samples[i].image_id, m, t, curves):
                         row["class_name"] = c
                         out.append(row)

@@ -33,10 +33,16 @@ tables): (1) a hit needs a ground-truth pixel at squared distance strictly below
 the class's boxes, difficult ones included (masks are not used; a class whose boxes are all
 difficult is still skipped); (3) a map holding a NaN points at its first NaN (``torch.argmax``),
 where clrp ignores NaN; (4) the centre baseline points at ``(H/2, W/2)``, not
-``((H-1)/2, (W-1)/2)``. TorchRay's "difficult" subset is not a rule but a table of VOC07-test
-(and COCO) images with per-class flags (``pointing_game_ebp_voc07_difficult.txt`` in TorchRay):
-pass it as ``difficult_table`` and a pair is in the subset iff its image is flagged for the class
-(an image missing from the table counts, as in TorchRay).
+``((H-1)/2, (W-1)/2)``; (5) the map is resized to the image in float32 (TorchRay's
+``resize_saliency`` on a model's saliency), not float64, which decides ties on plateaus.
+TorchRay's "difficult" subset is not a rule but a table of VOC07-test (and COCO) images with
+per-class flags (``pointing_game_ebp_voc07_difficult.txt`` in TorchRay): pass it as
+``difficult_table`` and a pair is in the subset iff its image is flagged for the class (an image
+missing from the table counts, as in TorchRay).
+
+The hit decision of both conventions is one function, :func:`is_hit`, on the distance from the
+point to the nearest ground-truth pixel: rows store that distance, so :func:`at_tolerance`
+re-scores them with the same rule.
 
 Rows are plain dicts / a DataFrame with one row per (image, class, method), so a runner can
 compute them per batch, append them to a file and resume.
@@ -82,21 +88,25 @@ def _to_numpy_2d(saliency) -> np.ndarray:
     return a
 
 
-def resize_map(saliency, height: int, width: int) -> np.ndarray:
+def resize_map(saliency, height: int, width: int, convention: str = "clrp") -> np.ndarray:
     """Channel-sum a map ([H, W], [C, H, W] or [1, C, H, W]; NumPy or torch) and resize it to
-    (height, width) with bilinear interpolation (``align_corners=False``). Returns float64."""
+    (height, width) with bilinear interpolation (``align_corners=False``). Returns float64.
+    ``convention="torchray"`` interpolates in float32, as TorchRay's ``resize_saliency`` does
+    with a model's saliency: the rounding decides which pixel of a plateau is the maximum."""
     a = _to_numpy_2d(saliency)
+    if convention == "torchray":
+        a = a.astype(np.float32)
     if a.shape == (height, width):
-        return a
+        return a.astype(np.float64)
     import torch
     import torch.nn.functional as F
 
     t = torch.from_numpy(np.ascontiguousarray(a))[None, None]
     out = F.interpolate(t, size=(int(height), int(width)), mode="bilinear", align_corners=False)
-    return out[0, 0].numpy()
+    return out[0, 0].numpy().astype(np.float64)  # exact for float32 values: the same arg-max
 
 
-def map_to_image(saliency, height: int, width: int, crop_box=None) -> np.ndarray:
+def map_to_image(saliency, height: int, width: int, crop_box=None, convention: str = "clrp") -> np.ndarray:
     """Place a map on the original image's pixel grid.
 
     ``crop_box=(x0, y0, x1, y1)`` (original-image pixel coordinates, exclusive end) is the region
@@ -105,16 +115,16 @@ def map_to_image(saliency, height: int, width: int, crop_box=None) -> np.ndarray
     simply resized, bilinear).
     """
     if crop_box is None:
-        return resize_map(saliency, height, width)
+        return resize_map(saliency, height, width, convention)
     x0, y0, x1, y1 = (float(v) for v in crop_box)
     if (x0, y0, x1, y1) == (0.0, 0.0, float(width), float(height)):
-        return resize_map(saliency, height, width)
+        return resize_map(saliency, height, width, convention)
     c0, r0 = int(round(x0)), int(round(y0))
     c1, r1 = int(round(x1)), int(round(y1))
     out = np.full((height, width), np.nan)
     if c1 <= c0 or r1 <= r0:
         return out
-    inner = resize_map(saliency, r1 - r0, c1 - c0)
+    inner = resize_map(saliency, r1 - r0, c1 - c0, convention)
     ys, xs = slice(max(r0, 0), min(r1, height)), slice(max(c0, 0), min(c1, width))
     out[ys, xs] = inner[ys.start - r0:ys.stop - r0, xs.start - c0:xs.stop - c0]
     return out
@@ -148,14 +158,6 @@ def torchray_point(saliency) -> tuple:
     return divmod(i, a.shape[1])
 
 
-def torchray_hit(point, gt_mask: np.ndarray, tolerance: float) -> bool:
-    """TorchRay's test: some ground-truth pixel at squared distance < tolerance**2 (float32)."""
-    h, w = gt_mask.shape
-    v = (np.arange(h, dtype=np.float32) - np.float32(point[0])) ** 2
-    u = (np.arange(w, dtype=np.float32) - np.float32(point[1])) ** 2
-    return bool((gt_mask & ((v[:, None] + u[None, :]) < np.float32(tolerance) ** 2)).any())
-
-
 def nearest_distance(point, gt_mask: np.ndarray, radius: Optional[float] = None) -> float:
     """Euclidean distance from ``point`` (row, col; may be fractional) to the nearest True pixel of
     ``gt_mask``; ``inf`` if none (within ``radius`` when given, which bounds the search window)."""
@@ -179,12 +181,28 @@ def nearest_distance(point, gt_mask: np.ndarray, radius: Optional[float] = None)
     return float(math.sqrt(d2.min()))
 
 
-def pointing_hit(point, gt_mask: np.ndarray, tolerance: float = DEFAULT_TOLERANCE) -> bool:
-    """Hit iff a ground-truth pixel lies within ``tolerance`` (Euclidean, inclusive) of ``point``.
+def is_hit(distance, tolerance, convention: str = "clrp"):
+    """THE Pointing Game decision, from the distance (px) between the point and the nearest
+    ground-truth pixel (``inf``: no such pixel, or no point). ``clrp``: ``distance <= tolerance``
+    (inclusive; a 1e-9 slack absorbs sqrt's rounding at integer offsets). ``torchray``: TorchRay's
+    ``distance**2 < tolerance**2`` in float32 (strict; the squares of pixel offsets are exact in
+    float32, so this is its per-pixel test). Scalars give a bool, arrays/Series an array of bools."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    d = np.asarray(distance, dtype=np.float64)
+    t = np.asarray(tolerance, dtype=np.float64)
+    if convention == "torchray":
+        with np.errstate(over="ignore", invalid="ignore"):
+            hit = (d * d).astype(np.float32) < t.astype(np.float32) ** 2
+    else:
+        hit = d <= t + 1e-9
+    return bool(hit) if hit.ndim == 0 else hit
+
+
+def pointing_hit(point, gt_mask: np.ndarray, tolerance: float = DEFAULT_TOLERANCE, convention: str = "clrp") -> bool:
+    """Hit iff a ground-truth pixel lies within ``tolerance`` of ``point`` (:func:`is_hit`).
     An empty ground truth or a missing point (all-NaN map) is never a hit."""
-    d = nearest_distance(point, gt_mask, radius=tolerance)
-    # the tiny slack absorbs float error of sqrt for integer offsets at exactly the tolerance
-    return d <= tolerance + 1e-9
+    return is_hit(nearest_distance(point, gt_mask, radius=tolerance), tolerance, convention)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +258,7 @@ def pointing_row(image_id, target: PointingTarget, method: str, saliency=None, *
     if point is None:
         if saliency is None:
             raise ValueError("give a saliency map or a point")
-        full = resize_map(saliency, h, w)
+        full = resize_map(saliency, h, w, convention)
         point = torchray_point(full) if convention == "torchray" else argmax_point(full)
         with np.errstate(invalid="ignore"):
             constant = bool(point is None or np.nanmax(full) == np.nanmin(full))
@@ -252,10 +270,7 @@ def pointing_row(image_id, target: PointingTarget, method: str, saliency=None, *
     elif point is None:
         pass  # all-NaN map: counted as a miss
     d = nearest_distance(point, target.mask)
-    if convention == "torchray":
-        hit = skipped is None and torchray_hit(point, target.mask, tolerance)
-    else:
-        hit = skipped is None and point is not None and d <= tolerance + 1e-9
+    hit = skipped is None and is_hit(d, tolerance, convention)
     return {
         "image_id": str(image_id), "class_name": target.class_name, "method": method,
         "hit": bool(hit),
@@ -348,7 +363,7 @@ def at_tolerance(rows, tolerance: float, *, scaled: bool = False, convention: st
     """The rows re-scored at another ``tolerance`` from their stored distances (no map is recomputed):
     a copy with ``hit`` and ``tolerance`` replaced. ``scaled``: ``tolerance`` pixels per 224 px of
     each image's shorter side (:func:`scaled_tolerance`); ``convention`` as the rows were made
-    ("clrp": distance <= tolerance; "torchray": strictly below). Skipped rows stay misses."""
+    (:func:`is_hit`: "clrp" distance <= tolerance, "torchray" strictly below). Skipped rows stay misses."""
     import pandas as pd
 
     if convention not in CONVENTIONS:
@@ -358,8 +373,7 @@ def at_tolerance(rows, tolerance: float, *, scaled: bool = False, convention: st
     df = (pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows).copy()
     tol = (df["height"].combine(df["width"], lambda h, w: scaled_tolerance(h, w, base=tolerance)) if scaled
            else pd.Series(float(tolerance), index=df.index))
-    d = df["distance"].astype(float)
-    hit = d < tol if convention == "torchray" else d <= tol + 1e-9
+    hit = pd.Series(is_hit(df["distance"].astype(float).to_numpy(), tol.to_numpy(), convention), index=df.index)
     if "skipped" in df:
         hit &= df["skipped"].isna()
     df["hit"], df["tolerance"] = hit.astype(bool), tol.astype(float)
@@ -386,6 +400,7 @@ from .protocol import Chart, Protocol, register_protocol  # noqa: E402
 @register_protocol
 class PointingGame(Protocol):
     name, title, page = "pointing", "Pointing Game", "pointing"
+    built_in = True
     description = "is the map's arg-max within the tolerance of the class's ground truth?"
     needs_objects = True
 
@@ -420,7 +435,8 @@ class PointingGame(Protocol):
             s = batch.samples[i]
             crop = batch.crop_box(s)
             k_of = {c: k for k, c, _ in plist}
-            maps = {m: {t.class_name: map_to_image(batch.maps[m][k_of[t.class_name]], s.height, s.width, crop)
+            maps = {m: {t.class_name: map_to_image(batch.maps[m][k_of[t.class_name]], s.height, s.width, crop,
+                                                   o.convention)
                         for t in targets} for m in batch.run.methods}
             rows = pointing_rows(s.image_id, targets, maps, tolerance=o.tolerance, center=o.center,
                                  convention=o.convention)

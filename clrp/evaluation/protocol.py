@@ -30,7 +30,8 @@ from typing import Any, Optional
 
 from ..errors import ClrpError
 
-__all__ = ["Protocol", "Batch", "Chart", "REGISTRY", "register_protocol", "protocol", "split_options"]
+__all__ = ["Protocol", "Batch", "Chart", "REGISTRY", "register_protocol", "protocol", "split_options",
+           "built_in_protocols", "image_seed"]
 
 REGISTRY: dict[str, "Protocol"] = {}
 
@@ -53,6 +54,15 @@ class Chart:
     x_title: Optional[str] = None
     y_range: Optional[tuple] = None
     caption: Optional[str] = None
+
+
+def image_seed(seed: int, image_id) -> int:
+    """The seed of one image's random draws (region order, tie order, noise baseline): SHA-1 of
+    ``"<run seed>:<image id>"``, 62 bits. Each image gets its own draws, the same in any batch, shard
+    or resume, on any machine."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha1(f"{int(seed)}:{image_id}".encode("utf-8")).digest()[:8], "big") >> 2
 
 
 @dataclass
@@ -97,6 +107,10 @@ class Batch:
         sx, sy = sample.width / rw, sample.height / rh
         return (left * sx, top * sy, right * sx, bottom * sy)
 
+    def image_seed(self, i: int) -> int:
+        """:func:`image_seed` of item ``i`` under the run's seed."""
+        return image_seed(self.run.seed, self.samples[i].image_id)
+
     def method_options(self, method: str) -> dict:
         return self.preprocessing.method_options(self.run.method_options.get(method))
 
@@ -108,6 +122,7 @@ class Protocol:
     needs_maps: bool = True  # the methods' maps of every pair
     needs_objects: bool = False  # boxes or masks (image labels are not enough)
     page: str = "pointing"  # the dashboard page that offers it: "pointing" or "ablation"
+    built_in: bool = False  # shipped with clrp (the dashboard gives these hand-made option widgets)
 
     @dataclass
     class Options:
@@ -142,6 +157,11 @@ def register_protocol(cls):
         raise ClrpError(f"protocol {cls.__name__} has no name")
     REGISTRY[inst.name] = inst
     return cls
+
+
+def built_in_protocols() -> tuple:
+    """Names of the protocols shipped with clrp, in registration order."""
+    return tuple(n for n, p in REGISTRY.items() if p.built_in)
 
 
 def protocol(name: str) -> Protocol:

@@ -33,12 +33,12 @@ import torch
 
 from ..errors import ClrpError
 from . import ablation, discriminativeness, perturbation, pointing  # noqa: F401  (register the protocols)
-from .protocol import REGISTRY, Batch, make_options, option_fields, protocol, split_options
+from .protocol import REGISTRY, Batch, built_in_protocols, make_options, option_fields, protocol, split_options
 from .distributed import LocalExecutor
 from .runs import RunFolder, dataset_digest, model_fingerprint
 
 #: The built-in protocols; REGISTRY also holds any registered later.
-PROTOCOLS = ("pointing", "discriminativeness", "perturbation", "ablation")
+PROTOCOLS = built_in_protocols()
 SETTINGS_FORMAT = 2
 
 
@@ -342,11 +342,14 @@ def _settings(cfg, model, net, class_names, pp, mapping, dataset, provenance) ->
     import clrp
 
     config = cfg.to_json()
+    digest = dataset_digest(dataset)
+    whole = getattr(dataset, "unfiltered", None)  # a shard or subset: what it was taken from
     return {
         "format": SETTINGS_FORMAT,
         "command": provenance.get("command"),
         "dataset": {"format": getattr(dataset, "format", "?"), "root": getattr(dataset, "root", None),
-                    **provenance.get("dataset", {}), "digest": dataset_digest(dataset)},
+                    **provenance.get("dataset", {}), "digest": digest,
+                    "source_digest": digest if whole is None else dataset_digest(whole)},
         "selection": provenance.get("selection", {}),
         "model": {"name": getattr(model, "name", None), "architecture": getattr(model, "architecture", None),
                   "description": getattr(model, "description", None),
