@@ -190,7 +190,9 @@ def data_roots(env: Optional[str] = None) -> list[Path]:
 
 def resolve_server_path(path: str, roots: Sequence[Path]) -> Path:
     """``path`` (absolute, or relative to the first root) resolved with symlinks followed; raises
-    ``DatasetError`` unless it exists and lies inside one of ``roots``."""
+    ``DatasetError`` unless it exists and lies inside one of ``roots``. A path outside the roots
+    gets the same answer whether it exists or not (no probing of the server's files), and the
+    answer names no root."""
     if not roots:
         raise DatasetError(f"server folders are disabled: the server admin has not set {ROOTS_ENV}")
     if not path or not str(path).strip():
@@ -200,16 +202,16 @@ def resolve_server_path(path: str, roots: Sequence[Path]) -> Path:
     p = Path(str(path).strip()).expanduser()
     if not p.is_absolute():
         p = roots[0] / p
+    unknown = DatasetError(f"{path}: no such file or folder in the folders this server allows")
     try:
-        real = p.resolve(strict=True)
-    except (FileNotFoundError, OSError, RuntimeError):
-        raise DatasetError(f"{path} does not exist (or is not readable) on the server") from None
-    for r in roots:
-        r = Path(r).resolve()
-        if real == r or r in real.parents:
-            return real
-    raise DatasetError(f"{path} is outside the folders this server allows "
-                       f"({', '.join(str(r) for r in roots)})")
+        real = p.resolve(strict=False)  # containment first: existence is only looked at inside
+    except (OSError, RuntimeError):
+        raise unknown from None
+    if not any(real == Path(r).resolve() or Path(r).resolve() in real.parents for r in roots):
+        raise unknown
+    if not real.exists():
+        raise unknown
+    return real
 
 
 def list_root_entries(roots: Sequence[Path], limit: int = 200) -> list[str]:
