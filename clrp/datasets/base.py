@@ -204,6 +204,8 @@ class AnnotationLimits:
 
 
 def _mib(n: int) -> str:
+    if n < 1024 ** 2:
+        return f"{n:,} bytes"
     return f"{n / 1024 ** 2:,.1f} MiB" if n < 1024 ** 3 else f"{n / 1024 ** 3:,.2f} GiB"
 
 

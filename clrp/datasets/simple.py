@@ -66,10 +66,12 @@ class CsvDataset(Dataset):
     # --- the one pass ----------------------------------------------------------------------------
     def _read(self, reader, name: str) -> None:
         self._names = bytearray()                 # file names, stored once per run of equal names
-        self._name_at, self._name_len = array("q"), array("i")
+        self._run_at = array("q", [0])            # run k's name is _names[_run_at[k]:_run_at[k + 1]]
+        self._run = array("i")                    # row -> its run
         self._hash = array("q")
         self._line, self._status, self._cls = array("i"), array("b"), array("i")
-        self._box, self._wh, self._diff = array("d"), array("i"), array("b")
+        self._box, self._diff = array("d"), array("b")
+        self._wh = None                           # (width, height) per row, if the header has them
         self._reasons: dict = {}                  # row -> why it is malformed (the first _MAX_REASONS)
         self._class_ids: dict = {}                # class name -> id (order of first appearance)
         header = None
@@ -80,6 +82,8 @@ class CsvDataset(Dataset):
             cells = [c.strip() for c in row]
             if header is None and not self._line and lineno == 1 and _is_header(cells):
                 header = [c.lower() for c in cells]
+                if "width" in header and "height" in header:
+                    self._wh = array("i")
                 missing = [c for c in CSV_COLUMNS if c not in header]
                 if missing:
                     raise DatasetError(
@@ -101,11 +105,10 @@ class CsvDataset(Dataset):
                 continue
             if fn != prev:
                 encoded = fn.encode("utf-8", "surrogatepass")
-                at, prev, prev_hash = len(self._names), fn, hash(fn)
+                prev, prev_hash = fn, hash(fn)
                 self._names += encoded
-                prev_len = len(encoded)
-            self._name_at.append(at)
-            self._name_len.append(prev_len)
+                self._run_at.append(len(self._names))
+            self._run.append(len(self._run_at) - 2)
             self._hash.append(prev_hash)
             self._line.append(lineno)
             status, cls, box, wh, diff = (self._parse(rec, lineno) if bad is None
@@ -117,7 +120,8 @@ class CsvDataset(Dataset):
             self._status.append(status)
             self._cls.append(cls)
             self._box.extend(box)
-            self._wh.extend(wh)
+            if self._wh is not None:
+                self._wh.extend(wh)
             self._diff.append(diff)
 
     def _parse(self, r: dict, lineno: int) -> tuple:
@@ -162,25 +166,27 @@ class CsvDataset(Dataset):
         firsts = order[starts]  # stable sort: each group's first row in file order
         by_appearance = np.argsort(firsts, kind="stable")
         bounds = np.r_[starts, len(order)]
-        self._order = order.astype(np.int32 if len(order) < 2 ** 31 else np.int64)
-        self._groups_at = [(int(bounds[g]), int(bounds[g + 1])) for g in by_appearance]
+        index = np.int32 if len(order) < 2 ** 31 else np.int64
+        self._order = order.astype(index)
+        self._group_start = bounds[by_appearance].astype(index)  # arrays, not a tuple per image
+        self._group_end = bounds[by_appearance + 1].astype(index)
         del self._hash  # not needed any more
 
     def _name(self, row: int) -> str:
-        at = self._name_at[row]
-        return self._names[at:at + self._name_len[row]].decode("utf-8", "surrogatepass")
+        run = self._run[row]
+        return self._names[self._run_at[run]:self._run_at[run + 1]].decode("utf-8", "surrogatepass")
 
     def _images(self) -> Iterator[tuple]:
         """(file name, row indices in file order) per image."""
-        for a, b in self._groups_at:
-            rows = self._order[a:b]
+        for g in range(len(self._group_start)):
+            rows = self._order[self._group_start[g]:self._group_end[g]]
             names: dict = {}
             for row in rows:  # one name unless two names share a hash
                 names.setdefault(self._name(int(row)), []).append(int(row))
             yield from names.items()
 
     def __len__(self):
-        return len(self._groups_at)
+        return len(self._group_start)
 
     def _sample(self, fn: str, rows: list) -> Sample:
         bad = next((r for r in rows if self._status[r] == _BAD), None)
@@ -190,7 +196,7 @@ class CsvDataset(Dataset):
         objs = []
         classes = list(self._class_ids)
         for r in rows:
-            if self._wh[2 * r] >= 0:
+            if self._wh is not None and self._wh[2 * r] >= 0:
                 width, height = self._wh[2 * r], self._wh[2 * r + 1]
             if self._status[r] == _NO_OBJECT:
                 continue
