@@ -259,7 +259,7 @@ def write_tables(out_dir: str, print_summary: bool = True, stream=None) -> dict:
     from .evaluation.runner import load_results, summarize
     from .evaluation.runs import flat_for_csv
 
-    from .fileio import makedirs
+    from .fileio import makedirs, write_csv
 
     stream = stream or sys.stdout
     res = load_results(out_dir)
@@ -267,10 +267,10 @@ def write_tables(out_dir: str, print_summary: bool = True, stream=None) -> dict:
     makedirs(os.path.join(out_dir, "summary"))
     for proto, df in res.items():
         df.to_parquet(os.path.join(out_dir, "results", f"{proto}.parquet"), index=False)
-        flat_for_csv(df).to_csv(os.path.join(out_dir, "results", f"{proto}.csv"), index=False)
+        write_csv(flat_for_csv(df), os.path.join(out_dir, "results", f"{proto}.csv"))
     summ = summarize(res)
     for proto, table in summ.items():
-        table.to_csv(os.path.join(out_dir, "summary", f"{proto}.csv"))
+        write_csv(table, os.path.join(out_dir, "summary", f"{proto}.csv"), index=True)
     if print_summary:
         print_summaries(summ, stream)
     return summ
