@@ -304,7 +304,7 @@ def print_summaries(summ: dict, stream=None) -> None:
 # ---------------------------------------------------------------------------------------------
 # commands
 def cmd_evaluate(a, argv) -> int:
-    from .datasets import open_dataset
+    from .datasets import NoClassMapped, open_dataset
     from .evaluation.runner import RunConfig, run_evaluation
     import clrp
 
@@ -410,6 +410,9 @@ def cmd_evaluate(a, argv) -> int:
             print(f"error: no image could be evaluated: {why}", file=sys.stderr)
             return EXIT_NOTHING
         write_tables(out, print_summary=True)
+    except NoClassMapped as e:
+        raise ClrpError(f"{e}; or map them with --mapping '{{\"dataset class\": \"model class\"}}' "
+                        "(JSON, or a JSON file)") from None
     finally:
         ds.close()
     return 0
@@ -525,6 +528,10 @@ def cmd_explain(a, argv) -> int:
         raise ClrpError(f"{a.image}: no such file")
     loaded = _to_device(_load_model(a), a.device)
     img = loaded.load_image(a.image)
+    from .notices import input_warnings
+
+    for warning in input_warnings(loaded, img.original_size):  # the dashboard shows the same text
+        print(f"warning: {warning}", file=sys.stderr)
     param = next(loaded.model.parameters())
     x = img.tensor.to(param.device, param.dtype)
     target = _resolve_target(a.target, loaded, x)
@@ -548,8 +555,12 @@ def cmd_explain(a, argv) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+#: The --model synopsis, as docs/EVALUATION.md shows it (a test keeps the two equal).
+MODEL_CHOICES = "bundled|bundled-hard|TORCHVISION_NAME[.WEIGHTS]|timm:NAME|LAB_MODEL"
+
+
 def _add_model_args(p):
-    p.add_argument("--model", default="bundled",
+    p.add_argument("--model", default="bundled", metavar=MODEL_CHOICES,
                    help="bundled | bundled-hard | any torchvision classifier (resnet50, densenet121, ...; resnet50.IMAGENET1K_V1 "
                         "for other weights) | timm:<name> | a lab model name (see `python -m clrp models`)")
     p.add_argument("--weights", help="weights file (a state_dict) instead of the cached/downloaded ImageNet "

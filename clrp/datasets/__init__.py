@@ -20,7 +20,7 @@ from ..errors import DatasetError, UnsafeArchive
 from .archive import DEFAULT_LIMITS, UPLOAD_LIMITS, ArchiveLimits, archive_kind, is_archive, safe_extract
 from .base import (DEFAULT_ANNOTATION_LIMITS, IMAGE_EXTENSIONS, MISSING_IMAGE, UPLOAD_ANNOTATION_LIMITS,
                    AnnotationLimits, Dataset, Obj, Problem, Sample, box_to_mask, load_rgb)
-from .classmap import ClassMapping, map_classes, normalize_name
+from .classmap import ClassMapping, NoClassMapped, map_classes, normalize_name
 from .coco import CocoDataset, polygons_to_mask, rle_decode, rle_encode, rle_string_to_counts
 from .simple import CsvDataset, FolderDataset
 from .voc import VocDataset, parse_voc_xml
@@ -29,7 +29,7 @@ FORMATS = ("voc", "coco", "csv", "folders")
 
 __all__ = [
     "open_dataset", "detect_format", "Dataset", "Sample", "Obj", "Problem", "ClassMapping",
-    "map_classes", "normalize_name", "VocDataset", "CocoDataset", "CsvDataset", "FolderDataset",
+    "map_classes", "normalize_name", "NoClassMapped", "VocDataset", "CocoDataset", "CsvDataset", "FolderDataset",
     "safe_extract", "ArchiveLimits", "DEFAULT_LIMITS", "UPLOAD_LIMITS", "is_archive", "archive_kind", "box_to_mask", "load_rgb",
     "rle_decode", "rle_encode", "rle_string_to_counts", "polygons_to_mask", "parse_voc_xml",
     "DatasetError", "UnsafeArchive", "FORMATS", "IMAGE_EXTENSIONS", "AnnotationLimits",
@@ -61,6 +61,23 @@ def _find_voc_root(d: str, depth: int = 3) -> Optional[str]:
             r = _find_voc_root(p, depth - 1)
             if r:
                 return r
+    return None
+
+
+def _find_half_voc(d: str, depth: int = 3) -> Optional[str]:
+    """What is missing when ``d`` holds one half of a VOC layout (JPEGImages/ or Annotations/
+    alone), so it is not taken for a class-per-folder tree with one class; else None."""
+    for dirpath, dirnames, _ in os.walk(d):
+        if dirpath[len(d):].count(os.sep) >= depth:
+            dirnames[:] = []
+        names = set(dirnames)
+        if "JPEGImages" in names and "Annotations" not in names:
+            return ("a JPEGImages/ folder without Annotations/ next to it: the annotations are missing. "
+                    "A PASCAL VOC dataset needs both (Annotations/ holds one XML file of boxes per image)")
+        if "Annotations" in names and "JPEGImages" not in names:
+            return ("an Annotations/ folder without JPEGImages/ next to it: the images are missing. "
+                    "A PASCAL VOC dataset needs both")
+        dirnames[:] = sorted(x for x in dirnames if not x.startswith(".") and x != "__MACOSX")
     return None
 
 
@@ -100,6 +117,9 @@ def detect_format(path: str) -> tuple:
     csvs = _find_files(path, (".csv",), depth=1)
     if csvs:
         return "csv", csvs[0]
+    half = _find_half_voc(path)
+    if half:
+        raise DatasetError(f"{path}: {half}")
     subdirs = [x for x in os.listdir(path) if not x.startswith(".") and os.path.isdir(os.path.join(path, x))]
     if subdirs:
         # a single wrapping folder (typical for archives): look inside it

@@ -228,17 +228,26 @@ def load_rgb(path: str):
     from PIL import Image
     import warnings
 
+    def too_large(size):
+        what = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else "more pixels than that"
+        return DatasetError(f"{os.path.basename(path)}: image too large ({what}, more than the limit of "
+                            f"{MAX_IMAGE_PIXELS:,} pixels for dataset images, MAX_IMAGE_PIXELS)")
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.width * im.height > MAX_IMAGE_PIXELS:
-                    raise DatasetError(f"{os.path.basename(path)}: image too large "
-                                       f"({im.width}x{im.height})")
+                    raise too_large(im.size)
                 im.load()
                 return im.convert("RGB")
     except DatasetError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        from ..imageio import declared_size  # Pillow refused it with its own limit: quote ours
+
+        with open(path, "rb") as f:
+            raise too_large(declared_size(f)) from None
     except FileNotFoundError as e:
         raise DatasetError(f"{os.path.basename(path)}: missing image file") from e
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
