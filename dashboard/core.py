@@ -200,22 +200,25 @@ def resolve_server_path(path: str, roots: Sequence[Path]) -> Path:
     if "\x00" in str(path):
         raise DatasetError("invalid path")
     p = Path(str(path).strip()).expanduser()
-    if not p.is_absolute():
-        p = roots[0] / p
     unknown = DatasetError(f"{path}: no such file or folder in the folders this server allows")
-    try:
-        real = p.resolve(strict=False)  # containment first: existence is only looked at inside
-    except (OSError, RuntimeError):
-        raise unknown from None
-    if not any(real == Path(r).resolve() or Path(r).resolve() in real.parents for r in roots):
-        raise unknown
-    if not real.exists():
-        raise unknown
-    return real
+    if p.is_absolute():
+        candidates = [p]
+    else:  # "<root name>/..." as the picker lists it, or relative to the first root
+        candidates = [Path(r) / Path(*p.parts[1:]) for r in roots if p.parts and p.parts[0] == Path(r).name]
+        candidates.append(roots[0] / p)
+    for c in candidates:
+        try:
+            real = c.resolve(strict=False)  # containment first: existence is only looked at inside
+        except (OSError, RuntimeError):
+            continue
+        if any(real == Path(r).resolve() or Path(r).resolve() in real.parents for r in roots) and real.exists():
+            return real
+    raise unknown
 
 
 def list_root_entries(roots: Sequence[Path], limit: int = 200) -> list[str]:
-    """Folders and archives directly inside the roots (for a picker)."""
+    """Folders and archives directly inside the roots (for a picker), as ``<root name>/<entry>``:
+    the server's absolute paths are not shown; ``resolve_server_path`` reads this form."""
     out = []
     for r in roots:
         try:
@@ -223,7 +226,7 @@ def list_root_entries(roots: Sequence[Path], limit: int = 200) -> list[str]:
                 if e.name.startswith("."):
                     continue
                 if e.is_dir() or e.suffix.lower() in (".zip", ".tar", ".gz", ".tgz", ".json", ".csv"):
-                    out.append(str(e))
+                    out.append(f"{Path(r).name}/{e.name}")
                 if len(out) >= limit:
                     return out
         except OSError:
