@@ -152,3 +152,16 @@ def test_voc_split_list_cannot_name_annotations_outside(tmp_path):
     ds = VocDataset(str(root), split="test")
     assert list(ds) == []
     assert "missing annotation file" in ds.problems[0].reason
+
+
+def test_dashboard_server_source_csv_with_an_absolute_path_is_refused(tmp_path, outside, monkeypatch):
+    """The dashboard's path: a CSV file picked under an allowed root, naming a real image elsewhere."""
+    from dashboard import core
+
+    root = tmp_path / "allowed"
+    _img(str(root / "ds" / "a.jpg"))
+    (root / "ds" / "boxes.csv").write_text(f"a.jpg,dog,0,0,5,5\n{outside},dog,0,0,5,5\n")
+    monkeypatch.setenv(core.ROOTS_ENV, str(root))
+    ds = core.open_source({"kind": "server", "path": "ds/boxes.csv"})
+    assert [s.image_id for s in ds] == ["a.jpg"]
+    assert _only_problem_reason(ds) == MISSING_IMAGE and str(tmp_path) not in str(ds.problems)
