@@ -356,7 +356,8 @@ def input_note(lm, img: dict, info: dict) -> None:
     domain = lm.domain.rstrip(".") + "." if lm.domain else ""
     warnings = notices.input_warnings(lm, info["original_size"], known_scene=img.get("scene") is not None)
     if warnings:  # the text the command line prints too
-        st.warning(" ".join([text, *warnings]), icon=":material/info:")
+        knows = [f"The model knows {domain}"] if domain and notices.domain_warning(lm) not in warnings else []
+        st.warning(" ".join([text, *warnings, *knows]), icon=":material/info:")
     elif squashed:
         st.info(text + (f" The model knows {domain}" if domain else ""), icon=":material/aspect_ratio:")
     else:
