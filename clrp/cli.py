@@ -264,7 +264,7 @@ def write_tables(out_dir: str, print_summary: bool = True, stream=None) -> dict:
     from .evaluation.runner import load_results, summarize
     from .evaluation.runs import flat_for_csv
 
-    from .fileio import makedirs, write_atomic
+    from .fileio import makedirs, write_atomic, write_csv
 
     stream = stream or sys.stdout
     res = load_results(out_dir)
@@ -273,10 +273,10 @@ def write_tables(out_dir: str, print_summary: bool = True, stream=None) -> dict:
     for proto, df in res.items():  # exports of the parts: a failed write leaves the run resumable
         table = os.path.join(out_dir, "results", proto)
         write_atomic(table + ".parquet", lambda p: df.to_parquet(p, index=False))
-        write_atomic(table + ".csv", lambda p: flat_for_csv(df).to_csv(p, index=False))
+        write_atomic(table + ".csv", lambda p: write_csv(flat_for_csv(df), p))
     summ = summarize(res)
     for proto, table in summ.items():
-        write_atomic(os.path.join(out_dir, "summary", f"{proto}.csv"), table.to_csv)
+        write_atomic(os.path.join(out_dir, "summary", f"{proto}.csv"), lambda p: write_csv(table, p, index=True))
     if print_summary:
         print_summaries(summ, stream)
     return summ
@@ -310,7 +310,7 @@ def print_summaries(summ: dict, stream=None) -> None:
 # ---------------------------------------------------------------------------------------------
 # commands
 def cmd_evaluate(a, argv) -> int:
-    from .datasets import open_dataset
+    from .datasets import NoClassMapped, open_dataset
     from .evaluation.runner import RunConfig, run_evaluation
     import clrp
 
@@ -416,6 +416,9 @@ def cmd_evaluate(a, argv) -> int:
             print(f"error: no image could be evaluated: {why}", file=sys.stderr)
             return EXIT_NOTHING
         write_tables(out, print_summary=True)
+    except NoClassMapped as e:
+        raise ClrpError(f"{e}; or map them with --mapping '{{\"dataset class\": \"model class\"}}' "
+                        "(JSON, or a JSON file)") from None
     finally:
         ds.close()
     return 0
@@ -531,6 +534,10 @@ def cmd_explain(a, argv) -> int:
         raise ClrpError(f"{a.image}: no such file")
     loaded = _to_device(_load_model(a), a.device)
     img = loaded.load_image(a.image)
+    from .notices import input_warnings
+
+    for warning in input_warnings(loaded, img.original_size):  # the dashboard shows the same text
+        print(f"warning: {warning}", file=sys.stderr)
     param = next(loaded.model.parameters())
     x = img.tensor.to(param.device, param.dtype)
     target = _resolve_target(a.target, loaded, x)
@@ -554,8 +561,12 @@ def cmd_explain(a, argv) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+#: The --model synopsis, as docs/EVALUATION.md shows it (a test keeps the two equal).
+MODEL_CHOICES = "bundled|bundled-hard|TORCHVISION_NAME[.WEIGHTS]|timm:NAME|LAB_MODEL"
+
+
 def _add_model_args(p):
-    p.add_argument("--model", default="bundled",
+    p.add_argument("--model", default="bundled", metavar=MODEL_CHOICES,
                    help="bundled | bundled-hard | any torchvision classifier (resnet50, densenet121, ...; resnet50.IMAGENET1K_V1 "
                         "for other weights) | timm:<name> | a lab model name (see `python -m clrp models`)")
     p.add_argument("--weights", help="weights file (a state_dict) instead of the cached/downloaded ImageNet "

@@ -1,11 +1,14 @@
 """Small filesystem helpers shared by the run folders and the scene cache: locks, atomic writes,
-and OS errors turned into one-line ``ClrpError`` messages."""
+OS errors turned into one-line ``ClrpError`` messages, and safe exports (CSV cells that a
+spreadsheet would run as formulas, download file names)."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import threading
+import unicodedata
 
 from .errors import ClrpError
 
@@ -94,3 +97,86 @@ def file_lock(path: str, *, blocking: bool, busy: str = "is in use"):
             os.close(fd)  # closing releases the flock
     finally:
         tlock.release()
+
+
+# --- exports ------------------------------------------------------------------------------------
+# Spreadsheet applications run a cell that starts with one of these as a formula (OWASP "CSV
+# injection"); a leading tab or carriage return is stripped by some of them before that check.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def neutralize_cell(value):
+    """``value`` made inert for a spreadsheet: a text that starts with ``= + - @``, a tab or a CR
+    gets a leading ``'`` (what spreadsheets themselves use to mean "text"). Numbers, and texts
+    that are plain numbers (``-1.5``), are returned unchanged: a negative number is no formula."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+_NUMERIC_KINDS = "biufcmM"  # bool, integers, floats, complex, dates: never formulas
+
+
+def _safe_labels(index):
+    """An index (or columns) with neutralised text labels, levels and names kept."""
+    import pandas as pd
+
+    if isinstance(index, pd.MultiIndex):
+        return pd.MultiIndex.from_tuples([tuple(neutralize_cell(v) for v in t) for t in index],
+                                         names=[neutralize_cell(n) for n in index.names])
+    if index.dtype.kind in _NUMERIC_KINDS:
+        return index
+    return pd.Index([neutralize_cell(v) for v in index], dtype=object, name=neutralize_cell(index.name))
+
+
+def safe_table(df):
+    """A copy of a pandas table whose text cells, column names and index labels are neutralised
+    (``neutralize_cell``); numeric columns are untouched, so they stay numeric."""
+    out = df.copy()
+    for i in range(out.shape[1]):
+        col = out.iloc[:, i]
+        if col.dtype.kind not in _NUMERIC_KINDS:  # text of any dtype (object, str, category)
+            out.isetitem(i, [neutralize_cell(v) for v in col])
+    out.columns = _safe_labels(out.columns)
+    out.index = _safe_labels(out.index)
+    return out
+
+
+# CRLF line ends (RFC 4180): Python's csv quotes a cell holding a line-end character only when it is
+# part of the line terminator, so with "\n" alone a bare "\r" in a cell would start a new row in a
+# spreadsheet -- one that could begin with a formula.
+_CSV_OPTIONS = {"lineterminator": "\r\n"}
+
+
+def csv_bytes(df, index: bool = False) -> bytes:
+    """A table as UTF-8 CSV bytes for a download, formula cells neutralised (``safe_table``)."""
+    return safe_table(df).to_csv(index=index, **_CSV_OPTIONS).encode("utf-8")
+
+
+def write_csv(df, path: str, index: bool = False) -> None:
+    """A table written as CSV at ``path``, formula cells neutralised (``safe_table``)."""
+    try:
+        safe_table(df).to_csv(path, index=index, **_CSV_OPTIONS)
+    except OSError as exc:
+        raise os_error(exc, f"write {path}") from None
+
+
+_UNSAFE_NAME = re.compile(r"[^\w.\-]+")
+
+
+def safe_filename(name, default: str = "download", max_length: int = 120) -> str:
+    """A download file name made of letters, digits, ``_``, ``-`` and ``.`` only: no folder
+    separators or ``..``, no control or quote characters (HTTP header injection), no leading dot or
+    dash (hidden files, command-line options) and no formula prefix; ``default`` when nothing is
+    left. The extension is kept when the name has to be shortened."""
+    text = unicodedata.normalize("NFKD", str(name or "")).encode("ascii", "ignore").decode("ascii")
+    text = _UNSAFE_NAME.sub("_", text.replace("/", "_").replace("\\", "_"))
+    text = re.sub(r"\.{2,}", ".", text).strip("._-+=@")
+    if not text:
+        return default
+    if len(text) > max_length:
+        stem, dot, ext = text.rpartition(".")
+        keep = ext if dot and 0 < len(ext) <= 10 else ""
+        text = text[:max_length - len(keep) - 1].rstrip("._-") + ("." + keep if keep else "")
+    return text

@@ -36,6 +36,7 @@ from .errors import InvalidImage
 __all__ = [
     "MAX_PIXELS",
     "MAX_BYTES",
+    "declared_size",
     "ModelImage",
     "open_image",
     "load_image",
@@ -125,6 +126,35 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB")
 
 
+def _too_many_pixels(size, max_pixels: int) -> InvalidImage:
+    """The refusal of an image over ``max_pixels`` (clrp's limit, also for images Pillow itself
+    refuses first: its own limit is an implementation detail the user cannot change)."""
+    what = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else "more pixels than that"
+    if size and size[0] * size[1] <= max_pixels:  # only a lowered Image.MAX_IMAGE_PIXELS refuses it
+        return InvalidImage(f"refused: the image has {what}, more than Pillow's Image.MAX_IMAGE_PIXELS = "
+                            f"{Image.MAX_IMAGE_PIXELS:,} set in this process (possible decompression bomb)")
+    return InvalidImage(f"refused: the image has {what}, more than max_pixels = {max_pixels:,} (clrp's limit "
+                        "against decompression bombs); downscale it first")
+
+
+def declared_size(buf) -> tuple | None:
+    """The size an image header declares, read by Pillow's format plugins directly (``Image.open``
+    would refuse it again with its own limit); no pixel is decoded. None if no plugin reads it."""
+    Image.init()
+    buf.seek(0)
+    prefix = buf.read(16)
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        try:
+            if accept and not accept(prefix):
+                continue
+            buf.seek(0)
+            return factory(buf, "").size
+        except Exception:
+            continue
+    return None
+
+
 def open_image(src: Any, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES,
                background: str | tuple[int, int, int] = "white") -> tuple[Image.Image, str | None, str]:
     """Decode ``src`` into an RGB PIL image (EXIF-rotated, transparency composited on
@@ -143,14 +173,14 @@ def open_image(src: Any, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_B
         if a.size == 0:
             raise InvalidImage("empty image array")
         if a.shape[0] * a.shape[1] > max_pixels:
-            raise InvalidImage(f"image of {a.shape[1]}x{a.shape[0]} pixels exceeds the limit of {max_pixels} pixels")
+            raise _too_many_pixels((a.shape[1], a.shape[0]), max_pixels)
         src = Image.fromarray(np.ascontiguousarray(a))
 
     if isinstance(src, Image.Image):
         img, fmt = src, getattr(src, "format", None)
         w, h = img.size
         if w * h > max_pixels:
-            raise InvalidImage(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
+            raise _too_many_pixels((w, h), max_pixels)
         mode = img.mode
         try:
             img = ImageOps.exif_transpose(img) or img
@@ -168,10 +198,8 @@ def open_image(src: Any, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_B
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
                 img = Image.open(buf)
-            except Image.DecompressionBombError as e:
-                raise InvalidImage(f"refused a decompression bomb: {e}") from None
-            except Image.DecompressionBombWarning as e:
-                raise InvalidImage(f"refused a possible decompression bomb: {e}") from None
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise _too_many_pixels(declared_size(buf), max_pixels) from None
             except UnidentifiedImageError:
                 raise InvalidImage("not an image, or a format that cannot be decoded "
                                    "(supported: JPEG, PNG, WebP, BMP, TIFF, GIF, ...)") from None
@@ -182,10 +210,7 @@ def open_image(src: Any, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_B
             if w <= 0 or h <= 0:
                 raise InvalidImage(f"degenerate image size {w}x{h}")
             if w * h > max_pixels:
-                raise InvalidImage(
-                    f"refused: the image declares {w}x{h} = {w * h} pixels, more than the limit of "
-                    f"{max_pixels} (possible decompression bomb); downscale it first"
-                )
+                raise _too_many_pixels((w, h), max_pixels)
             try:
                 img.seek(0)
             except Exception:
@@ -193,10 +218,8 @@ def open_image(src: Any, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_B
             try:
                 ImageFile.LOAD_TRUNCATED_IMAGES = False
                 img.load()
-            except Image.DecompressionBombError as e:
-                raise InvalidImage(f"refused a decompression bomb: {e}") from None
-            except Image.DecompressionBombWarning as e:
-                raise InvalidImage(f"refused a possible decompression bomb: {e}") from None
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise _too_many_pixels(img.size, max_pixels) from None
             except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
                 raise InvalidImage(f"the {fmt or 'image'} file is truncated or corrupt: {e}") from None
             try:

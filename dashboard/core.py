@@ -190,7 +190,9 @@ def data_roots(env: Optional[str] = None) -> list[Path]:
 
 def resolve_server_path(path: str, roots: Sequence[Path]) -> Path:
     """``path`` (absolute, or relative to the first root) resolved with symlinks followed; raises
-    ``DatasetError`` unless it exists and lies inside one of ``roots``."""
+    ``DatasetError`` unless it exists and lies inside one of ``roots``. A path outside the roots
+    gets the same answer whether it exists or not (no probing of the server's files), and the
+    answer names no root."""
     if not roots:
         raise DatasetError(f"server folders are disabled: the server admin has not set {ROOTS_ENV}")
     if not path or not str(path).strip():
@@ -198,22 +200,25 @@ def resolve_server_path(path: str, roots: Sequence[Path]) -> Path:
     if "\x00" in str(path):
         raise DatasetError("invalid path")
     p = Path(str(path).strip()).expanduser()
-    if not p.is_absolute():
-        p = roots[0] / p
-    try:
-        real = p.resolve(strict=True)
-    except (FileNotFoundError, OSError, RuntimeError):
-        raise DatasetError(f"{path} does not exist (or is not readable) on the server") from None
-    for r in roots:
-        r = Path(r).resolve()
-        if real == r or r in real.parents:
+    unknown = DatasetError(f"{path}: no such file or folder in the folders this server allows")
+    if p.is_absolute():
+        candidates = [p]
+    else:  # "<root name>/..." as the picker lists it, or relative to the first root
+        candidates = [Path(r) / Path(*p.parts[1:]) for r in roots if p.parts and p.parts[0] == Path(r).name]
+        candidates.append(roots[0] / p)
+    for c in candidates:
+        try:
+            real = c.resolve(strict=False)  # containment first: existence is only looked at inside
+        except (OSError, RuntimeError):
+            continue
+        if any(real == Path(r).resolve() or Path(r).resolve() in real.parents for r in roots) and real.exists():
             return real
-    raise DatasetError(f"{path} is outside the folders this server allows "
-                       f"({', '.join(str(r) for r in roots)})")
+    raise unknown
 
 
 def list_root_entries(roots: Sequence[Path], limit: int = 200) -> list[str]:
-    """Folders and archives directly inside the roots (for a picker)."""
+    """Folders and archives directly inside the roots (for a picker), as ``<root name>/<entry>``:
+    the server's absolute paths are not shown; ``resolve_server_path`` reads this form."""
     out = []
     for r in roots:
         try:
@@ -221,7 +226,7 @@ def list_root_entries(roots: Sequence[Path], limit: int = 200) -> list[str]:
                 if e.name.startswith("."):
                     continue
                 if e.is_dir() or e.suffix.lower() in (".zip", ".tar", ".gz", ".tgz", ".json", ".csv"):
-                    out.append(str(e))
+                    out.append(f"{Path(r).name}/{e.name}")
                 if len(out) >= limit:
                     return out
         except OSError:

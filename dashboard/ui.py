@@ -14,7 +14,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from clrp import scenes, viz
+from clrp import notices, scenes, viz
 from clrp.errors import ClrpError
 from clrp.methods import MAP_KINDS, METHOD_LABELS, map_kind
 
@@ -354,8 +354,10 @@ def input_note(lm, img: dict, info: dict) -> None:
     text = f"**{img['name']}** → model input: {info['geometry']}."
     squashed = "squashed" in info["geometry"]
     domain = lm.domain.rstrip(".") + "." if lm.domain else ""
-    if img.get("scene") is None and lm.architecture == "scene_vgg":
-        st.warning(f"{text} The model **{lm.name}** knows only {domain}", icon=":material/info:")
+    warnings = notices.input_warnings(lm, info["original_size"], known_scene=img.get("scene") is not None)
+    if warnings:  # the text the command line prints too
+        knows = [f"The model knows {domain}"] if domain and notices.domain_warning(lm) not in warnings else []
+        st.warning(" ".join([text, *warnings, *knows]), icon=":material/info:")
     elif squashed:
         st.info(text + (f" The model knows {domain}" if domain else ""), icon=":material/aspect_ratio:")
     else:

@@ -273,13 +273,24 @@ def test_resolve_server_path_inside_outside_and_symlinks(tmp_path):
     roots = [root.resolve()]
     assert core.resolve_server_path(str(root / "voc"), roots) == (root / "voc").resolve()
     assert core.resolve_server_path("voc", roots) == (root / "voc").resolve()  # relative to the first root
-    for bad in (str(outside), str(root / "escape"), str(root / ".." / "secret"), "/etc/passwd"):
-        with pytest.raises(DatasetError, match="outside"):
+    for bad in (str(outside), str(root / "escape"), str(root / ".." / "secret"), "/etc/passwd",
+                str(root / "nope"), "/no/such/path"):  # outside or missing: one answer, no root named
+        with pytest.raises(DatasetError, match="no such file or folder in the folders this server allows") as e:
             core.resolve_server_path(bad, roots)
-    with pytest.raises(DatasetError, match="does not exist"):
-        core.resolve_server_path(str(root / "nope"), roots)
+        assert str(e.value) == f"{bad}: no such file or folder in the folders this server allows"
     with pytest.raises(DatasetError, match="disabled"):
         core.resolve_server_path(str(root / "voc"), [])
+
+
+def test_root_entries_name_no_server_path_and_resolve(tmp_path):
+    a, b = tmp_path / "srv" / "data", tmp_path / "other" / "more"
+    (a / "voc").mkdir(parents=True)
+    (b / "coco").mkdir(parents=True)
+    (b / "x.zip").write_bytes(b"PK")
+    roots = [a.resolve(), b.resolve()]
+    entries = core.list_root_entries(roots)
+    assert entries == ["data/voc", "more/coco", "more/x.zip"]
+    assert [core.resolve_server_path(e, roots) for e in entries] == [a / "voc", b / "coco", b / "x.zip"]
 
 
 def test_data_roots_from_env(tmp_path):
@@ -434,7 +445,8 @@ def test_pointing_game_on_a_server_folder(monkeypatch, tmp_path):
     at.radio(key="pointing_src").set_value("Folder on the server").run()
     no_errors(at)
     at.text_input(key="pointing_server_path").input("/etc").run()
-    assert at.error and "outside" in at.error[0].value and not at.exception
+    assert at.error and "no such file or folder in the folders this server allows" in at.error[0].value \
+        and not at.exception
     at.text_input(key="pointing_server_path").input("voc3").run()
     no_errors(at)
     at.button(key="pointing_start").click().run()

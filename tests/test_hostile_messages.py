@@ -114,8 +114,8 @@ def test_refused_annotations_are_named_even_when_other_classes_exist(tmp_path, p
         with pytest.raises(ClrpError) as e:
             run_evaluation(ds, _model(), str(tmp_path / "out"), methods=("gradient",), protocols=("pointing",))
     msg = str(e.value)
-    # the unmapped class is the real reason (mapping advice stays), but the refused files are named too
-    assert "unicorn" in msg and "mapping" in msg, msg
+    # the unmapped class is the real reason (the advice to rename stays), but the refused files are named too
+    assert "unicorn" in msg and "rename" in msg, msg
     assert "2 of 3 annotation files were refused" in msg and "a.xml" in msg and "b.xml" in msg, msg
     _no_internal_paths(msg, tmp_path)
 

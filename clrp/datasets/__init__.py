@@ -18,8 +18,9 @@ from typing import Optional, Sequence
 
 from ..errors import DatasetError, UnsafeArchive
 from .archive import DEFAULT_LIMITS, UPLOAD_LIMITS, ArchiveLimits, archive_kind, is_archive, safe_extract
-from .base import IMAGE_EXTENSIONS, Dataset, Obj, Problem, Sample, box_to_mask, load_rgb
-from .classmap import ClassMapping, map_classes, normalize_name
+from .base import (DEFAULT_ANNOTATION_LIMITS, IMAGE_EXTENSIONS, MISSING_IMAGE, UPLOAD_ANNOTATION_LIMITS,
+                   AnnotationLimits, Dataset, Obj, Problem, Sample, box_to_mask, load_rgb)
+from .classmap import ClassMapping, NoClassMapped, map_classes, normalize_name
 from .coco import CocoDataset, polygons_to_mask, rle_decode, rle_encode, rle_string_to_counts
 from .simple import CsvDataset, FolderDataset
 from .voc import VocDataset, parse_voc_xml
@@ -28,10 +29,11 @@ FORMATS = ("voc", "coco", "csv", "folders")
 
 __all__ = [
     "open_dataset", "detect_format", "Dataset", "Sample", "Obj", "Problem", "ClassMapping",
-    "map_classes", "normalize_name", "VocDataset", "CocoDataset", "CsvDataset", "FolderDataset",
+    "map_classes", "normalize_name", "NoClassMapped", "VocDataset", "CocoDataset", "CsvDataset", "FolderDataset",
     "safe_extract", "ArchiveLimits", "DEFAULT_LIMITS", "UPLOAD_LIMITS", "is_archive", "archive_kind", "box_to_mask", "load_rgb",
     "rle_decode", "rle_encode", "rle_string_to_counts", "polygons_to_mask", "parse_voc_xml",
-    "DatasetError", "UnsafeArchive", "FORMATS", "IMAGE_EXTENSIONS",
+    "DatasetError", "UnsafeArchive", "FORMATS", "IMAGE_EXTENSIONS", "AnnotationLimits",
+    "DEFAULT_ANNOTATION_LIMITS", "UPLOAD_ANNOTATION_LIMITS", "MISSING_IMAGE",
 ]
 
 
@@ -59,6 +61,23 @@ def _find_voc_root(d: str, depth: int = 3) -> Optional[str]:
             r = _find_voc_root(p, depth - 1)
             if r:
                 return r
+    return None
+
+
+def _find_half_voc(d: str, depth: int = 3) -> Optional[str]:
+    """What is missing when ``d`` holds one half of a VOC layout (JPEGImages/ or Annotations/
+    alone), so it is not taken for a class-per-folder tree with one class; else None."""
+    for dirpath, dirnames, _ in os.walk(d):
+        if dirpath[len(d):].count(os.sep) >= depth:
+            dirnames[:] = []
+        names = set(dirnames)
+        if "JPEGImages" in names and "Annotations" not in names:
+            return ("a JPEGImages/ folder without Annotations/ next to it: the annotations are missing. "
+                    "A PASCAL VOC dataset needs both (Annotations/ holds one XML file of boxes per image)")
+        if "Annotations" in names and "JPEGImages" not in names:
+            return ("an Annotations/ folder without JPEGImages/ next to it: the images are missing. "
+                    "A PASCAL VOC dataset needs both")
+        dirnames[:] = sorted(x for x in dirnames if not x.startswith(".") and x != "__MACOSX")
     return None
 
 
@@ -98,6 +117,9 @@ def detect_format(path: str) -> tuple:
     csvs = _find_files(path, (".csv",), depth=1)
     if csvs:
         return "csv", csvs[0]
+    half = _find_half_voc(path)
+    if half:
+        raise DatasetError(f"{path}: {half}")
     subdirs = [x for x in os.listdir(path) if not x.startswith(".") and os.path.isdir(os.path.join(path, x))]
     if subdirs:
         # a single wrapping folder (typical for archives): look inside it
@@ -113,6 +135,12 @@ def open_dataset(path: str, format: str = "auto", *, split: Optional[str] = None
                  limits: ArchiveLimits = DEFAULT_LIMITS, extract_to: Optional[str] = None,
                  display_name: Optional[str] = None, **reader_options) -> Dataset:
     """Open a dataset folder, annotation file (COCO ``.json``, ``.csv``) or archive (zip/tar).
+
+    Image paths named by annotations must resolve inside the dataset: the folder given, the
+    archive's extraction folder, or for a single annotation file its folder (COCO: the folder
+    above ``annotations/``) or ``images_dir``. Absolute paths, ``..`` escapes and symlinks that
+    point out are reported with the same message as a missing file (``MISSING_IMAGE``).
+    Annotation files larger than ``limits.annotations`` (``AnnotationLimits``) are refused.
 
     ``format``: ``"auto"`` or one of ``FORMATS``. ``split``: VOC ``ImageSets/Main/<split>.txt``.
     ``images_dir``: image folder for COCO/CSV (guessed if omitted). ``classes``: restrict to these
@@ -136,7 +164,7 @@ def open_dataset(path: str, format: str = "auto", *, split: Optional[str] = None
         try:
             safe_extract(path, extract_to, limits, display_name=shown)
             ds = _open_named(extract_to, format, shown, split=split, images_dir=images_dir,
-                             classes=classes, **reader_options)
+                             classes=classes, annotation_limits=limits.annotations, **reader_options)
         except BaseException:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -146,7 +174,7 @@ def open_dataset(path: str, format: str = "auto", *, split: Optional[str] = None
             ds._cleanup = fin
         return ds
     return _open_named(path, format, display_name or path, split=split, images_dir=images_dir,
-                       classes=classes, **reader_options)
+                       classes=classes, annotation_limits=limits.annotations, **reader_options)
 
 
 def _rename(msg: str, path: str, shown: str) -> str:
@@ -177,7 +205,12 @@ def _open_named(path: str, format: str, shown: str, **kw) -> Dataset:
 
 
 def _open(path: str, format: str, *, split: Optional[str] = None, images_dir: Optional[str] = None,
-          classes: Optional[Sequence[str]] = None, **reader_options) -> Dataset:
+          classes: Optional[Sequence[str]] = None, annotation_limits: AnnotationLimits = DEFAULT_ANNOTATION_LIMITS,
+          **reader_options) -> Dataset:
+    # a folder (or an archive's extraction folder) confines the images; a single file, its reader
+    reader_options = dict(reader_options, annotation_limits=annotation_limits)
+    if os.path.isdir(path):
+        reader_options.setdefault("confine", path)
     if format == "auto" or os.path.isfile(path):
         detected, loc = detect_format(path)
         fmt = detected if format == "auto" else format
@@ -199,4 +232,4 @@ def _open(path: str, format: str, *, split: Optional[str] = None, images_dir: Op
         return CocoDataset(loc, images_dir=images_dir, classes=classes, **reader_options)
     if fmt == "csv":
         return CsvDataset(loc, images_dir=images_dir, classes=classes, **reader_options)
-    return FolderDataset(loc, classes=classes)
+    return FolderDataset(loc, classes=classes, confine=reader_options.get("confine"))

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import DatasetError, UnsafeArchive
+from .base import DEFAULT_ANNOTATION_LIMITS, UPLOAD_ANNOTATION_LIMITS, AnnotationLimits
 
 _CHUNK = 1 << 20
 
@@ -48,13 +49,15 @@ class ArchiveLimits:
     max_files: int = 250_000                # COCO train2017 has 118k images
     max_ratio: float = 100.0                # JPEGs ~1:1, XML/JSON ~5-20:1; bombs are >1000:1
     ratio_min_bytes: int = 1024 ** 2        # per-member ratio check only above 1 MiB uncompressed
+    annotations: AnnotationLimits = DEFAULT_ANNOTATION_LIMITS  # largest CSV/JSON/XML file read
 
 
 DEFAULT_LIMITS = ArchiveLimits()
 
 # Archives uploaded through a web page: stricter. A VOC2007 test archive (about 10,500 entries,
 # 0.9 GB) fits; server folders and the command line use DEFAULT_LIMITS.
-UPLOAD_LIMITS = ArchiveLimits(max_total_bytes=4 * 1024 ** 3, max_file_bytes=1024 ** 3, max_files=30_000)
+UPLOAD_LIMITS = ArchiveLimits(max_total_bytes=4 * 1024 ** 3, max_file_bytes=1024 ** 3, max_files=30_000,
+                              annotations=UPLOAD_ANNOTATION_LIMITS)
 
 _SUFFIXES = ((".zip", "zip"), (".tar", "tar"), (".tar.gz", "tar"), (".tgz", "tar"), (".tar.bz2", "tar"),
              (".tbz2", "tar"), (".tbz", "tar"), (".tar.xz", "tar"), (".txz", "tar"))

@@ -174,23 +174,81 @@ class Problem:
 # A cap on decoded image size: defends against decompression bombs in user datasets.
 MAX_IMAGE_PIXELS = 64_000_000
 
+# The one answer for an image an annotation names that is missing, or outside the dataset's
+# folders (absolute path, ``..``, a symlink pointing out): the two must read the same, so that a
+# dataset's list of skipped files cannot probe which server paths exist.
+MISSING_IMAGE = "missing image file (image paths must name files inside the dataset folder)"
+
+
+@dataclass(frozen=True)
+class AnnotationLimits:
+    """The largest annotation file each reader opens, in bytes (a lab server sets its own). A
+    bigger file is refused with a message naming the limit and its value (``check_size``)."""
+
+    csv_bytes: int = 1024 ** 3          # the CSV reader keeps ~2-3x the file size (docs/EVALUATION.md)
+    json_bytes: int = 2 * 1024 ** 3     # COCO train2017 instances: 450 MB; json.load keeps ~6x
+    xml_bytes: int = 4 * 1024 ** 2      # one VOC XML per image: a few KB
+
+    def check_size(self, path: str, kind: str, shown: Optional[str] = None) -> None:
+        """Raise ``DatasetError`` when the file at ``path`` is larger than the ``kind`` limit."""
+        limit = getattr(self, f"{kind}_bytes")
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return  # the reader's own open() reports it
+        if size > limit:
+            raise DatasetError(f"{shown or os.path.basename(path)}: the {kind.upper()} annotation file is "
+                               f"{_mib(size)}, more than the limit of {_mib(limit)} for {kind.upper()} "
+                               f"annotation files ({kind}_bytes = {limit} bytes); ask the server admin "
+                               "to raise it, or split the file")
+
+
+def _mib(n: int) -> str:
+    if n < 1024 ** 2:
+        return f"{n:,} bytes"
+    return f"{n / 1024 ** 2:,.1f} MiB" if n < 1024 ** 3 else f"{n / 1024 ** 3:,.2f} GiB"
+
+
+DEFAULT_ANNOTATION_LIMITS = AnnotationLimits()
+# Files uploaded through a web page: COCO val2017 instances (25 MB) fit with room to spare; at the
+# readers' peaks (CSV <= 4x, JSON ~6x) one upload's annotations stay within ~1.5 GB of memory.
+UPLOAD_ANNOTATION_LIMITS = AnnotationLimits(csv_bytes=256 * 1024 ** 2, json_bytes=256 * 1024 ** 2)
+
+
+def real_folder(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def is_inside(real: str, folders) -> bool:
+    """True when the real path ``real`` is one of ``folders`` (real paths) or lies below one."""
+    return any(real == f or real.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
 
 def load_rgb(path: str):
     """Open an image file as RGB, refusing non-images and decompression bombs (DatasetError)."""
     from PIL import Image
     import warnings
 
+    def too_large(size):
+        what = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else "more pixels than that"
+        return DatasetError(f"{os.path.basename(path)}: image too large ({what}, more than the limit of "
+                            f"{MAX_IMAGE_PIXELS:,} pixels for dataset images, MAX_IMAGE_PIXELS)")
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if im.width * im.height > MAX_IMAGE_PIXELS:
-                    raise DatasetError(f"{os.path.basename(path)}: image too large "
-                                       f"({im.width}x{im.height})")
+                    raise too_large(im.size)
                 im.load()
                 return im.convert("RGB")
     except DatasetError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        from ..imageio import declared_size  # Pillow refused it with its own limit: quote ours
+
+        with open(path, "rb") as f:
+            raise too_large(declared_size(f)) from None
     except FileNotFoundError as e:
         raise DatasetError(f"{os.path.basename(path)}: missing image file") from e
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
@@ -218,14 +276,29 @@ class Dataset:
 
     format = "base"
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, confine=None):
         self.root = root
+        # image files must resolve inside these folders (real paths; see ``contained_file``)
+        self.confined_to: list = [real_folder(f) for f in
+                                  ([confine] if isinstance(confine, (str, os.PathLike)) else (confine or [root]))]
         self.display_name: str = root
         self.base: Optional[str] = None
         self.problems: list = []
         self.refused: dict = {}
         self._problem_keys: set = set()
         self._cleanup: Optional[Callable[[], None]] = None
+
+    def contained_file(self, folder: str, name: str) -> Optional[str]:
+        """``folder/name`` when it is a file whose real path lies inside ``confined_to``, else None
+        (missing and not allowed are one answer: ``MISSING_IMAGE``)."""
+        name = str(name)
+        if not name or "\x00" in name or os.path.isabs(name):
+            return None
+        path = os.path.join(folder, name)
+        real = os.path.realpath(path)
+        if not is_inside(real, self.confined_to) or not os.path.isfile(real):
+            return None
+        return path
 
     # --- problems -----------------------------------------------------------------------------
     def shown_path(self, file: str) -> str:

@@ -41,14 +41,42 @@ class ClassMapping:
         return self.index.get(name, default)
 
     def report(self) -> str:
-        lines = [f"{len(self.index)} dataset classes mapped to model outputs, {len(self.unmapped)} unmapped"]
+        total = len(self.index) + len(self.unmapped)
+        lines = [f"class mapping: {len(self.index)} of {total} dataset classes mapped to model outputs"]
         if self.refused:
             lines.append(refused_summary(self.refused, self.annotation_files, "their classes are not counted"))
         if self.unmapped:
-            lines.append("unmapped (skipped in evaluation): " + ", ".join(self.unmapped))
+            lines.append("no model output for (skipped in evaluation): " + ", ".join(self.unmapped))
         for k, v in self.ambiguous.items():
             lines.append(f"ambiguous: {k!r} matches outputs {v}; using {v[0]}")
         return "\n".join(lines)
+
+    def require_some(self) -> None:
+        """Raise ``NoClassMapped`` when no dataset class maps to a model output."""
+        if self.index:
+            return
+        model = ", ".join(self.model_class_names[:12]) + (", ..." if len(self.model_class_names) > 12 else "")
+        parts = [f"no dataset class maps to an output of the model (dataset classes: "
+                 f"{', '.join(self.unmapped[:12]) or 'none'}{', ...' if len(self.unmapped) > 12 else ''}; "
+                 f"model classes: {model})"]
+        if self.refused:
+            head, *files = refused_summary(self.refused, self.annotation_files,
+                                           "their classes are not counted").splitlines()
+            parts.append(f"{head.rstrip(':')} ({' | '.join(f.strip() for f in files)})")
+        parts.append(RENAME_ADVICE)
+        raise NoClassMapped("; ".join(parts))
+
+
+#: Advice that fits every front end (the dashboard has no mapping control); the command line adds
+#: its ``--mapping`` option, Python callers have ``mapping=`` (see ``NoClassMapped``).
+RENAME_ADVICE = ("rename the dataset's classes to the model's class names (matching ignores case, spaces, "
+                 "_ and -; an ImageNet name matches any of its comma-separated synonyms)")
+
+
+class NoClassMapped(DatasetError):
+    """No class of the dataset is one of the model's: nothing to evaluate. Besides renaming the
+    classes, Python callers can pass ``mapping={dataset class: model class or index}`` to
+    ``run_evaluation``; the command line's ``--mapping`` takes the same as JSON."""
 
 
 def refused_summary(refused: dict, total: Optional[int] = None, consequence: str = "", limit: int = 5) -> str:

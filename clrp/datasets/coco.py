@@ -24,7 +24,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from ..errors import DatasetError
-from .base import Dataset, Obj, Sample
+from .base import (DEFAULT_ANNOTATION_LIMITS, MISSING_IMAGE, AnnotationLimits, Dataset, Obj, Sample, is_inside,
+                   real_folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,10 +144,15 @@ class CocoDataset(Dataset):
     format = "coco"
 
     def __init__(self, annotation_file: str, images_dir: Optional[str] = None,
-                 classes: Optional[Sequence[str]] = None, use_segmentation: bool = True):
-        super().__init__(os.path.dirname(os.path.abspath(annotation_file)))
+                 classes: Optional[Sequence[str]] = None, use_segmentation: bool = True,
+                 confine: Optional[str] = None, annotation_limits: AnnotationLimits = DEFAULT_ANNOTATION_LIMITS):
+        jdir = os.path.dirname(os.path.abspath(annotation_file))
+        if confine is None:  # the dataset's folder: above annotations/ in COCO's own layout
+            confine = os.path.dirname(jdir) if os.path.basename(jdir) == "annotations" else jdir
+        super().__init__(jdir, [confine] + ([images_dir] if images_dir else []))
         self.annotation_file = annotation_file
         self.use_segmentation = use_segmentation
+        annotation_limits.check_size(annotation_file, "json")
         try:
             with open(annotation_file, "rb") as f:
                 data = json.load(f)
@@ -195,8 +201,9 @@ class CocoDataset(Dataset):
                  os.path.join(jdir, split), os.path.join(jdir, "images"), os.path.join(parent, "images"),
                  jdir, parent]
         probe = [fn for _, fn, _, _ in self.images[:20]]
-        for c in cands:
-            if os.path.isdir(c) and any(os.path.isfile(os.path.join(c, fn)) for fn in probe):
+        for c in cands:  # only folders inside the dataset: the names probed come from the file
+            if (os.path.isdir(c) and is_inside(real_folder(c), self.confined_to)
+                    and any(self.contained_file(c, fn) for fn in probe)):
                 return c
         return jdir
 
@@ -235,9 +242,9 @@ class CocoDataset(Dataset):
 
     def samples(self) -> Iterator[Sample]:
         for image_id, fname, width, height in self.images:
-            path = os.path.join(self.images_dir, fname)
-            if not os.path.isfile(path):
-                self.report(fname, "missing image file")
+            path = self.contained_file(self.images_dir, fname)
+            if path is None:
+                self.report(fname, MISSING_IMAGE)
                 continue
             try:
                 objs = self._objects(self._anns.get(image_id, []), width, height, fname)

@@ -22,12 +22,12 @@ import os
 from typing import Iterator, Optional, Sequence
 
 from ..errors import DatasetError
-from .base import IMAGE_EXTENSIONS, Dataset, Obj, Sample
+from .base import DEFAULT_ANNOTATION_LIMITS, IMAGE_EXTENSIONS, MISSING_IMAGE, AnnotationLimits, Dataset, Obj, Sample
 
-MAX_XML_BYTES = 4 * 1024 ** 2
+MAX_XML_BYTES = DEFAULT_ANNOTATION_LIMITS.xml_bytes
 
 
-def parse_voc_xml(data: bytes, name: str = "<xml>"):
+def parse_voc_xml(data: bytes, name: str = "<xml>", max_bytes: int = MAX_XML_BYTES):
     """Parse one VOC annotation; returns (filename, width, height, [(class, box, difficult)]).
 
     Raises ``DatasetError`` with the reason for anything malformed or unsafe.
@@ -36,8 +36,9 @@ def parse_voc_xml(data: bytes, name: str = "<xml>"):
     import defusedxml.ElementTree as ET
     from xml.etree.ElementTree import ParseError
 
-    if len(data) > MAX_XML_BYTES:
-        raise DatasetError(f"annotation larger than {MAX_XML_BYTES} bytes")
+    if len(data) > max_bytes:
+        raise DatasetError(f"annotation larger than the limit for XML annotation files "
+                           f"(xml_bytes = {max_bytes} bytes)")
     try:
         root = ET.fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
     except defusedxml.EntitiesForbidden as e:
@@ -101,8 +102,10 @@ class VocDataset(Dataset):
 
     def __init__(self, root: str, split: Optional[str] = None, classes: Optional[Sequence[str]] = None,
                  annotations_dir: str = "Annotations", images_dir: str = "JPEGImages",
-                 use_masks: bool = True):
-        super().__init__(root)
+                 use_masks: bool = True, confine: Optional[str] = None,
+                 annotation_limits: AnnotationLimits = DEFAULT_ANNOTATION_LIMITS):
+        super().__init__(root, confine)
+        self.max_xml_bytes = annotation_limits.xml_bytes
         self.masks_dir = os.path.join(root, "Masks") if use_masks else None
         self.segobj_dir = os.path.join(root, "SegmentationObject") if use_masks else None
         if self.masks_dir and not os.path.isdir(self.masks_dir):
@@ -138,33 +141,32 @@ class VocDataset(Dataset):
         return len(self.ids)
 
     def _image_path(self, image_id: str, filename: Optional[str]) -> Optional[str]:
-        if filename:
-            p = os.path.join(self.img_dir, os.path.basename(filename))
-            if os.path.isfile(p):
-                return p
-        for ext in IMAGE_EXTENSIONS:
-            for e in (ext, ext.upper()):
-                p = os.path.join(self.img_dir, image_id + e)
-                if os.path.isfile(p):
-                    return p
+        names = ([os.path.basename(filename)] if filename else []) + [
+            image_id + e for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
+        for n in names:
+            if os.path.lexists(os.path.join(self.img_dir, n)):
+                return self.contained_file(self.img_dir, n)  # None for a symlink pointing out
         return None
 
     def read(self, image_id: str) -> Sample:
         """Parse one annotation; raises ``DatasetError`` (with the reason) if it is unusable."""
         xml_path = os.path.join(self.ann_dir, image_id + ".xml")
         try:
+            if self.contained_file(self.ann_dir, image_id + ".xml") is None:  # a split list may name ../x
+                raise DatasetError("missing annotation file (annotation paths must name files inside the "
+                                   "dataset folder)")
             try:
                 with open(xml_path, "rb") as f:
-                    data = f.read(MAX_XML_BYTES + 1)
+                    data = f.read(self.max_xml_bytes + 1)
             except OSError as e:
                 raise DatasetError(f"cannot read annotation ({e.strerror or e})") from e
-            filename, width, height, raw = parse_voc_xml(data, xml_path)
+            filename, width, height, raw = parse_voc_xml(data, xml_path, self.max_xml_bytes)
         except DatasetError as e:
             e.annotation_refused = True  # the file itself is unusable (samples() records it)
             raise
         img = self._image_path(image_id, filename)
         if img is None:
-            raise DatasetError(f"missing image {filename or image_id + '.jpg'}")
+            raise DatasetError(f"{filename or image_id + '.jpg'}: {MISSING_IMAGE}")
         objs = []
         for k, (cname, box, difficult) in enumerate(raw):
             if self.classes_filter is not None and cname not in self.classes_filter:
@@ -175,12 +177,12 @@ class VocDataset(Dataset):
 
     def _mask_loader(self, image_id: str, k: int):
         if self.masks_dir:
-            p = os.path.join(self.masks_dir, f"{image_id}_{k}.png")
-            if os.path.isfile(p):
+            p = self.contained_file(self.masks_dir, f"{image_id}_{k}.png")
+            if p:
                 return lambda: _read_mask(p) > 0
         if self.segobj_dir:
-            p = os.path.join(self.segobj_dir, f"{image_id}.png")
-            if os.path.isfile(p):
+            p = self.contained_file(self.segobj_dir, f"{image_id}.png")
+            if p:
                 return lambda: _read_mask(p) == k + 1
         return None
 

@@ -174,9 +174,7 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
     net, class_names, pp0 = _model_parts(model)
     pp = _eval_preprocessing(pp0, cfg.geometry)
     mapping = dataset.map_classes(class_names, cfg.mapping)
-    if not mapping.index:
-        raise ClrpError("no dataset class maps to a model output; " + mapping.report()
-                        + "; pass mapping={dataset class: model class}")
+    mapping.require_some()
     options = {}
     for p in cfg.protocols:
         o = REGISTRY[p].resolve(cfg.protocol_options(p), net, pp, cfg)

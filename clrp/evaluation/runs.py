@@ -352,5 +352,8 @@ def flat_for_csv(df):
 
 
 def rows_csv(df) -> bytes:
-    """One protocol's rows as UTF-8 CSV bytes (see :func:`flat_for_csv`)."""
-    return flat_for_csv(df).to_csv(index=False).encode("utf-8")
+    """One protocol's rows as UTF-8 CSV bytes (see :func:`flat_for_csv`), formula cells
+    neutralised (:func:`clrp.fileio.csv_bytes`)."""
+    from ..fileio import csv_bytes
+
+    return csv_bytes(flat_for_csv(df))
