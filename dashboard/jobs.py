@@ -205,38 +205,45 @@ class JobStore:
     def __init__(self, root: str | os.PathLike):
         self.root = core.private_dir(root)
         self.path = self.root / STORE_FILE
-        self._local = threading.local()
-        self._db().executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); commits by itself
+        with self._connect() as db:
+            _one(db, "PRAGMA journal_mode=WAL")  # persistent in the file
+            db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); commits by itself
         with contextlib.suppress(OSError):
             os.chmod(self.path, 0o600)
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+    @contextlib.contextmanager
+    def _connect(self):
+        """A connection per operation: a long-lived one can keep an old read snapshot (WAL) and
+        miss the workers' writes; opening one costs well under a millisecond."""
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
-        return db
+            yield db
+        finally:
+            db.close()
 
     @contextlib.contextmanager
     def _tx(self):
         """A write transaction (BEGIN IMMEDIATE: quota checks and claims see no concurrent writer)."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def one(self, sql: str, args=()):
+        with self._connect() as db:
+            return _one(db, sql, args)
 
     def rows(self, where: str = "1", args=()) -> list[Job]:
-        cur = self._db().execute(f"SELECT * FROM jobs WHERE {where} ORDER BY created DESC, id DESC", args)
-        return [_job(r) for r in cur.fetchall()]
+        with self._connect() as db:
+            cur = db.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY created DESC, id DESC", args)
+            return [_job(r) for r in cur.fetchall()]
 
     def get(self, job_id: str) -> Optional[Job]:
         r = self.rows("id = ?", (job_id,))
@@ -256,7 +263,7 @@ class JobStore:
         self.update(job.id, done=job.done, total=job.total, units=job.units, units_at_batch=job.units_at_batch)
 
     def cancel_requested(self, job_id: str) -> bool:
-        r = self._db().execute("SELECT cancel FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        r = self.one("SELECT cancel FROM jobs WHERE id = ?", (job_id,))
         return bool(r and r[0])
 
     def lock_path(self, job_id: str) -> Path:
@@ -264,12 +271,22 @@ class JobStore:
 
     def owner_token(self, db, owner: str) -> str:
         """A random folder name per owner (owner ids are emails or tokens: never in paths)."""
-        r = db.execute("SELECT token FROM owners WHERE owner = ?", (owner,)).fetchone()
+        r = _one(db, "SELECT token FROM owners WHERE owner = ?", (owner,))
         if r:
             return r[0]
         tok = secrets.token_hex(12)
         db.execute("INSERT INTO owners VALUES (?, ?)", (owner, tok))
         return tok
+
+
+def _one(db: sqlite3.Connection, sql: str, args=()):
+    """The first row of a query, its statement closed: a statement left active keeps the
+    connection's read snapshot open (WAL), and it would not see the workers' later writes."""
+    cur = db.execute(sql, args)
+    try:
+        return cur.fetchone()
+    finally:
+        cur.close()
 
 
 def _try_lock(path: Path) -> Optional[int]:
@@ -325,14 +342,14 @@ class JobService:
         job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(8)
         src = {k: v for k, v in source.items() if k != "data"}
         with self._submit_lock, self.store._tx() as db:
-            mine = db.execute("SELECT count(*) FROM jobs WHERE owner = ? AND state IN ('queued', 'running')",
-                              (user.id,)).fetchone()[0]
+            mine = _one(db, "SELECT count(*) FROM jobs WHERE owner = ? AND state IN ('queued', 'running')",
+                              (user.id,))[0]
             cap = lim.jobs_running_per_user + lim.jobs_queued_per_user
             if mine >= cap:
                 raise ClrpError(f"you already have {mine} jobs queued or running: the limit is jobs_running_per_user "
                                 f"= {lim.jobs_running_per_user} plus jobs_queued_per_user = {lim.jobs_queued_per_user}; "
                                 "wait for one to end or cancel one")
-            queued = db.execute("SELECT count(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+            queued = _one(db, "SELECT count(*) FROM jobs WHERE state = 'queued'")[0]
             if queued >= lim.jobs_queued_server:
                 raise ClrpError(f"the server's queue is full: {queued} jobs are waiting, the limit is "
                                 f"jobs_queued_server = {lim.jobs_queued_server}; try again later")
@@ -401,12 +418,12 @@ class JobService:
         if not data:
             raise DatasetError(f"{os.path.basename(str(name))} is empty")
         sha = hashlib.sha256(data).hexdigest()
-        row = db.execute("SELECT path FROM uploads WHERE owner = ? AND sha = ?", (owner, sha)).fetchone()
+        row = _one(db, "SELECT path FROM uploads WHERE owner = ? AND sha = ?", (owner, sha))
         if row and os.path.isfile(row[0]):
             db.execute("UPDATE uploads SET used = ? WHERE owner = ? AND sha = ?", (time.time(), owner, sha))
             return sha, Path(row[0])
         self._prune(db, owner=owner)
-        used = db.execute("SELECT coalesce(sum(size), 0) FROM uploads WHERE owner = ?", (owner,)).fetchone()[0]
+        used = _one(db, "SELECT coalesce(sum(size), 0) FROM uploads WHERE owner = ?", (owner,))[0]
         if used + len(data) > lim.upload_bytes_per_user:
             raise ClrpError(f"upload refused: your stored archives ({_mb(used)}, held by your queued or running jobs) "
                             f"plus this one ({_mb(len(data))}) exceed upload_bytes_per_user = "
@@ -440,8 +457,7 @@ class JobService:
             return self._prune(db, max_age_s=max_age_s, now=now)
 
     def upload_bytes(self, owner: str) -> int:
-        return self.store._db().execute("SELECT coalesce(sum(size), 0) FROM uploads WHERE owner = ?",
-                                        (owner,)).fetchone()[0]
+        return self.store.one("SELECT coalesce(sum(size), 0) FROM uploads WHERE owner = ?", (owner,))[0]
 
     # -- the scheduler -----------------------------------------------------------------------
     def start(self) -> None:
@@ -544,14 +560,14 @@ def _release_upload(db, job: Job) -> None:
     caller's transaction: a submit of the same archive cannot interleave)."""
     if not job.upload:
         return
-    n = db.execute("SELECT count(*) FROM jobs WHERE owner = ? AND upload = ? AND id != ? AND state IN "
-                   "('queued', 'running')", (job.owner, job.upload, job.id)).fetchone()[0]
+    n = _one(db, "SELECT count(*) FROM jobs WHERE owner = ? AND upload = ? AND id != ? AND state IN "
+                   "('queued', 'running')", (job.owner, job.upload, job.id))[0]
     if n == 0:
         _drop_upload(db, job.owner, job.upload)
 
 
 def _drop_upload(db, owner: str, sha: str) -> None:
-    row = db.execute("SELECT path FROM uploads WHERE owner = ? AND sha = ?", (owner, sha)).fetchone()
+    row = _one(db, "SELECT path FROM uploads WHERE owner = ? AND sha = ?", (owner, sha))
     if row:
         with contextlib.suppress(OSError):
             os.remove(row[0])

@@ -254,7 +254,7 @@ def test_a_restarted_service_follows_a_live_worker_and_resumes_a_dead_one_exactl
     job = first.submit(ALICE, "pointing", "dev:bundled", {"kind": "scenes", "n": n}, CFG)
     _wait_for(lambda: first.store.get(job.id).done >= 2, "the first batches")
     first.stop()  # the server goes away; the worker does not
-    pid = first.store._db().execute("SELECT pid FROM jobs WHERE id = ?", (job.id,)).fetchone()[0]
+    pid = first.store.one("SELECT pid FROM jobs WHERE id = ?", (job.id,))[0]
     assert _pid_alive(pid)
     second = jobs.JobService(tmp_path / "runs")
     try:
