@@ -591,6 +591,9 @@ def service() -> JobService:
     with _SERVICES_LOCK:
         s = _SERVICES.get(root)
         if s is None:
+            for old in _SERVICES.values():  # the runs root changed (tests): one scheduler per process
+                old.stop()
+            _SERVICES.clear()
             s = _SERVICES[root] = JobService(root)
         return s
 
