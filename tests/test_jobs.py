@@ -256,6 +256,11 @@ def test_a_restarted_service_follows_a_live_worker_and_resumes_a_dead_one_exactl
     first.stop()  # the server goes away; the worker does not
     pid = first.store.one("SELECT pid FROM jobs WHERE id = ?", (job.id,))[0]
     assert _pid_alive(pid)
+    # the worker runs below the server's priority with the configured torch threads
+    lim = settings.LimitSettings()
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + lim.worker_nice)
+    env = dict(e.split("=", 1) for e in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in e)
+    assert env["OMP_NUM_THREADS"] == str(lim.threads())
     second = jobs.JobService(tmp_path / "runs")
     try:
         assert [j.id for j in second.list(ALICE)] == [job.id] and second.get(ALICE, job.id).state == "running"
