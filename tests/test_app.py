@@ -34,8 +34,9 @@ USER = User("test:user", "user", False, "proxy")
 
 
 def finished(job_id: str) -> "jobs.Job":
-    """The job once its worker has ended it (or as it is after TIMEOUT)."""
-    return jobs.service().wait(ADMIN, job_id, TIMEOUT)
+    """The job once its worker has ended it (a wait on its state; the worker also starts a Python
+    process and loads the model, hence more than the page's TIMEOUT on a loaded machine)."""
+    return jobs.service().wait(ADMIN, job_id, 3 * TIMEOUT)
 
 
 @pytest.fixture(autouse=True)
@@ -339,7 +340,7 @@ def _zip(entries):
 
 def _run(kind, model_key, source, config, upload=None, user=USER):
     svc = jobs.service()
-    return svc.wait(user, svc.submit(user, kind, model_key, source, config, upload=upload).id, TIMEOUT)
+    return svc.wait(user, svc.submit(user, kind, model_key, source, config, upload=upload).id, 3 * TIMEOUT)
 
 
 def test_runs_report_bad_uploads_readably(tmp_path):
