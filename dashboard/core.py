@@ -1,6 +1,6 @@
 """Non-Streamlit logic of the dashboard: model choices, explanations as arrays, dataset sources
-(bundled scenes, uploaded archives, server folders inside allowed roots) and the registry of
-background evaluation runs. Importable and testable without Streamlit.
+(bundled scenes, uploaded archives, server folders inside allowed roots) and the server's
+private folders. Evaluations run as jobs (:mod:`dashboard.jobs`). Importable and testable without Streamlit.
 
 Environment (set by whoever starts the server):
 - ``CLRP_MODELS_CONFIG``: TOML file listing lab models (see :func:`clrp.models.read_config`).
@@ -10,25 +10,22 @@ Environment (set by whoever starts the server):
   (comma-separated; those in the Hugging Face cache are offered anyway).
 - ``CLRP_DATA_ROOTS``: colon-separated folders whose contents users may evaluate on; anything
   outside them (after resolving symlinks) is refused. Unset: no server folders at all.
-- ``CLRP_RUNS_DIR``: where evaluation runs write their results (default: a folder in the
-  system temp dir). ``CLRP_CACHE_DIR``: generated scene datasets (default: temp dir).
-- ``CLRP_MAX_RUNS``: evaluation runs executed at once on the server (default 1; others queue).
+- ``CLRP_RUNS_DIR``: the job store, run folders and uploads (default: ``clrp-dashboard-<uid>/runs``
+  in the system temp dir). ``CLRP_CACHE_DIR``: generated scene datasets (default: same, ``cache``).
+  Both are created 0700 and refused when they belong to another user.
+- Jobs at once, queues and upload quotas: ``[server.limits]`` of the lab TOML (:mod:`dashboard.settings`).
 - ``CLRP_DEV_RANDOM_MODELS=1``: also offer models with RANDOM weights (VGG16, the bundled
   architecture), clearly labelled -- for development and benchmarks only.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import stat
 import tempfile
-import threading
-import time
-import traceback
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -40,7 +37,6 @@ DEV_ENV = "CLRP_DEV_RANDOM_MODELS"
 ROOTS_ENV = "CLRP_DATA_ROOTS"
 RUNS_ENV = "CLRP_RUNS_DIR"
 CACHE_ENV = "CLRP_CACHE_DIR"
-MAX_RUNS_ENV = "CLRP_MAX_RUNS"
 
 #: Methods shown by default in the Explain grid (all of clrp.METHODS can be chosen).
 DEFAULT_METHODS = ("lrp", "clrp1", "clrp2", "sglrp", "gradient", "gradcam")
@@ -234,16 +230,51 @@ def list_root_entries(roots: Sequence[Path], limit: int = 200) -> list[str]:
     return out
 
 
+def private_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a folder only this server's user can use: created 0700 (with its missing
+    parents), or, when it exists, checked: a real folder (not a link), owned by this uid and not
+    writable by others (a predictable path under /tmp may have been made by someone else first).
+    A folder of ours that others may only read is tightened to 0700. Raises ``ClrpError``."""
+    p = Path(path)
+    missing = []
+    for q in (p, *p.parents):  # every folder this makes is 0700, not only the last one
+        if os.path.lexists(q):
+            break
+        missing.append(q)
+    for q in reversed(missing):
+        try:
+            q.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ClrpError(f"cannot create the server folder {q}: {exc.strerror}") from None
+    st = os.lstat(p)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ClrpError(f"refusing to use {p}: it is not a folder (a link or a file)")
+    if st.st_uid != os.getuid():
+        raise ClrpError(f"refusing to use {p}: it belongs to another user (uid {st.st_uid}, this server runs as "
+                        f"uid {os.getuid()}); set {RUNS_ENV} / {CACHE_ENV} to folders of this user")
+    if st.st_mode & 0o022:
+        raise ClrpError(f"refusing to use {p}: others may write into it (mode {stat.S_IMODE(st.st_mode):o})")
+    if st.st_mode & 0o077:
+        os.chmod(p, 0o700)
+    return p
+
+
+def _default_root() -> Path:
+    """The default parent of the runs and cache folders: per uid under the temp dir, checked."""
+    return private_dir(Path(tempfile.gettempdir()) / f"clrp-dashboard-{os.getuid()}")
+
+
 def cache_dir() -> Path:
-    d = Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "clrp-dashboard" / "cache")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    env = os.environ.get(CACHE_ENV)
+    return private_dir(env if env else _default_root() / "cache")
 
 
 def runs_dir() -> Path:
-    d = Path(os.environ.get(RUNS_ENV) or Path(tempfile.gettempdir()) / "clrp-dashboard" / "runs")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    """The runs root: the job store (``jobs.sqlite``), run folders, uploads (all 0700)."""
+    env = os.environ.get(RUNS_ENV)
+    return private_dir(env if env else _default_root() / "runs")
 
 
 def scenes_dataset(n: int, seed: int = EVALUATION_SEED, root: Optional[Path] = None, preset: str = "scenes") -> Path:
@@ -263,52 +294,24 @@ def scenes_dataset(n: int, seed: int = EVALUATION_SEED, root: Optional[Path] = N
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
-#: Uploaded archives older than this are deleted (a run deletes its own copy when it ends; this
-#: catches copies left by a server that stopped mid-run).
-UPLOAD_MAX_AGE_S = 6 * 3600
-_UPLOAD_PREFIX = "clrp-upload-"
-
-
-def prune_uploads(max_age_s: float = UPLOAD_MAX_AGE_S, root: Optional[Path] = None, now: Optional[float] = None) -> int:
-    """Delete upload folders older than ``max_age_s``; returns how many were deleted."""
-    import shutil
-
-    root = Path(root) if root is not None else cache_dir()
-    now = time.time() if now is None else now
-    n = 0
-    for d in root.glob(_UPLOAD_PREFIX + "*"):
-        try:
-            if d.is_dir() and now - d.stat().st_mtime > max_age_s:
-                shutil.rmtree(d, ignore_errors=True)
-                n += 1
-        except OSError:
-            continue
-    return n
-
-
-def discard_upload(path: str | os.PathLike) -> None:
-    """Delete the private folder :func:`save_upload` made for ``path`` (nothing else)."""
-    import shutil
-
-    folder = Path(path).parent
-    if folder.name.startswith(_UPLOAD_PREFIX):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def save_upload(name: str, data: bytes, folder: Optional[Path] = None) -> Path:
-    """Store an uploaded archive under a fresh private folder (never using the client's path);
-    older uploads are pruned first (:data:`UPLOAD_MAX_AGE_S`)."""
+def upload_suffix(name: str) -> str:
+    """The archive suffix of an uploaded file's name (``.zip``, ``.tar.gz``, ...); ``DatasetError``
+    for anything else. Only the suffix of the client's name is ever used, never its path."""
     base = os.path.basename(str(name or "upload")).replace("\x00", "")
     low = base.lower()
     suffix = next((s for s in ARCHIVE_SUFFIXES if low.endswith(s)), None)
     if suffix is None:
         raise DatasetError(f"{base}: upload a dataset archive ({', '.join(ARCHIVE_SUFFIXES)})")
+    return suffix
+
+
+def save_upload(name: str, data: bytes, folder: Path) -> Path:
+    """Write an uploaded archive as ``folder/dataset<suffix>`` (never using the client's path).
+    The server's upload store (per user, by content hash, quotas) is :class:`dashboard.jobs.UploadStore`."""
+    suffix = upload_suffix(name)
     if not data:
-        raise DatasetError(f"{base} is empty")
-    if folder is None:
-        prune_uploads()
-    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix=_UPLOAD_PREFIX, dir=cache_dir()))
-    folder.mkdir(parents=True, exist_ok=True)
+        raise DatasetError(f"{os.path.basename(str(name))} is empty")
+    folder = private_dir(folder)
     p = folder / ("dataset" + suffix)
     p.write_bytes(data)
     return p
@@ -342,242 +345,6 @@ def open_source(source: dict):
         real = resolve_server_path(source["path"], roots)
         return open_dataset(str(real), fmt, display_name=_relative_to_root(real, roots))
     raise DatasetError(f"unknown dataset source {kind!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Background evaluation runs
-
-class _Cancelled(Exception):
-    """Raised inside run_evaluation's progress callback to stop a run (what finished stays)."""
-
-
-@dataclass
-class EvalRun:
-    id: str
-    session: str
-    kind: str                       # "pointing" | "ablation" (which page started it)
-    model_key: str
-    source: dict
-    config: dict                    # RunConfig fields
-    out_dir: str
-    label: str = ""
-    state: str = "queued"           # queued | running | done | cancelled | failed
-    done: int = 0
-    total: Optional[int] = None
-    message: str = ""
-    detail: str = ""
-    created: float = field(default_factory=time.time)
-    started: Optional[float] = None
-    finished: Optional[float] = None
-    problems: list = field(default_factory=list)
-    units: dict = field(default_factory=dict)     # work inside batches: explanations, perturbation steps, ...
-    work_started: Optional[float] = None          # model loaded and dataset opened
-    _units_at_batch: int = 0                      # sum(units) when the last batch was written
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-    _thread: Optional[threading.Thread] = field(default=None, repr=False)
-
-    @property
-    def active(self) -> bool:
-        return self.state in ("queued", "running")
-
-    @property
-    def fraction(self) -> float:
-        if self.state == "done":
-            return 1.0
-        if not self.total:
-            return 0.0
-        return max(0.0, min(1.0, self.done / self.total))
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def tick(self, unit: str, n: int) -> None:
-        """Work inside a batch (``clrp.evaluation.progress``); a cancel stops the batch here."""
-        self.units[unit] = self.units.get(unit, 0) + int(n)
-        if self._cancel.is_set():
-            raise _Cancelled()
-
-    def batch_done(self, done: int, total: Optional[int]) -> None:
-        self.done = int(done)
-        if total:
-            self.total = int(total)
-        self._units_at_batch = sum(self.units.values())
-        if self._cancel.is_set():
-            raise _Cancelled()
-
-    def progress_estimate(self, now: Optional[float] = None) -> tuple[float, Optional[float]]:
-        """``(fraction done, seconds left or None)``: images done plus the share of the current
-        batch's work (its units against the units per image so far), extrapolated at the
-        measured rate. No time is promised before the first image is done."""
-        if self.state == "done":
-            return 1.0, 0.0
-        if not self.total or not self.done or self.work_started is None:
-            return self.fraction, None
-        units = sum(self.units.values())
-        per_image = self._units_at_batch / self.done if self._units_at_batch else 0.0
-        partial = min(1.0, (units - self._units_at_batch) / per_image) if per_image else 0.0
-        f = max(0.0, min(1.0, (self.done + partial) / self.total))
-        elapsed = (now or time.time()) - self.work_started
-        return f, (elapsed * (1 - f) / f if f > 0 else None)
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
-        return not self.active
-
-    def settings(self) -> dict:
-        """What a user downloads as JSON: enough to reproduce the run."""
-        return {"run_id": self.id, "kind": self.kind, "model": self.model_key, "dataset": _public_source(self.source),
-                "config": self.config, "clrp_version": clrp.__version__}
-
-
-def _public_source(source: dict) -> dict:
-    s = dict(source)
-    if s.get("kind") == "upload":
-        s["path"] = s.get("name", "uploaded archive")
-        s.pop("name", None)
-        s.pop("owned", None)
-    return s
-
-
-class RunRegistry:
-    """Module-level registry of runs keyed by (session id, run id). Lives as long as the server
-    process, so leaving a page (or the page re-running) never loses a run."""
-
-    def __init__(self, max_parallel: Optional[int] = None):
-        self._runs: dict[tuple[str, str], EvalRun] = {}
-        self._lock = threading.Lock()
-        n = max_parallel or int(os.environ.get(MAX_RUNS_ENV, "1") or 1)
-        self._slots = threading.BoundedSemaphore(max(1, n))
-
-    def start(self, session: str, kind: str, model_key: str, source: dict, config: dict, *,
-              model_loader: Callable[[str], Any] = load_model, label: str = "") -> EvalRun:
-        from clrp.evaluation.runner import RunConfig
-
-        RunConfig.build(**config)  # unknown settings: a ClrpError before anything starts
-        if not config.get("methods"):
-            raise ClrpError("choose at least one method")
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        safe_session = "".join(ch for ch in session if ch.isalnum() or ch in "-_")[:40] or "anon"
-        out_dir = runs_dir() / safe_session / run_id
-        run = EvalRun(run_id, session, kind, model_key, dict(source), dict(config), str(out_dir), label=label)
-        with self._lock:
-            self._runs[(session, run_id)] = run
-        t = threading.Thread(target=self._work, args=(run, model_loader), name=f"clrp-eval-{run_id}", daemon=True)
-        run._thread = t
-        t.start()
-        return run
-
-    def _work(self, run: EvalRun, model_loader):
-        from clrp.evaluation.runner import RunConfig, run_evaluation
-
-        ds = None
-        acquired = False
-        try:
-            while not acquired:
-                if run._cancel.is_set():
-                    raise _Cancelled()
-                acquired = self._slots.acquire(timeout=0.2)
-            run.state = "running"
-            run.started = time.time()
-            lm = model_loader(run.model_key)
-            ds = open_source(run.source)
-            try:
-                run.total = len(ds)
-            except Exception:
-                run.total = None
-            if run.config.get("limit") and run.total:
-                run.total = min(run.total, int(run.config["limit"]))
-            if run.total == 0:
-                raise DatasetError("the dataset holds no images")
-
-            from clrp.evaluation.distributed import lab_executor
-            from clrp.evaluation.progress import listening
-
-            cfg = RunConfig.build(**run.config)
-            run.work_started = time.time()
-            with listening(run.tick):
-                res = run_evaluation(ds, lm, run.out_dir, cfg, resume=False, progress=run.batch_done,
-                                     executor=lab_executor())
-            run.done = res.images_done
-            run.problems = [f"{p.file}: {p.reason}" for p in res.problems][:200]
-            if res.images_done == 0:
-                run.state = "failed"
-                run.message = ("no image could be evaluated: none has an object of a class the model knows"
-                               + (f" ({len(res.problems)} files skipped as broken)" if res.problems else ""))
-            else:
-                run.state = "done"
-                run.message = f"{res.images_done} images evaluated"
-                if res.images_skipped:
-                    run.message += f", {res.images_skipped} skipped (no class of the model)"
-        except _Cancelled:
-            run.state = "cancelled"
-            run.message = f"cancelled after {run.done} images (results so far are kept)"
-        except ClrpError as e:
-            run.state = "failed"
-            run.message = str(e)
-        except Exception as e:  # unexpected: generic message, details for the expander
-            run.state = "failed"
-            run.message = "the evaluation stopped with an unexpected error"
-            run.detail = f"{type(e).__name__}: {e}\n\n" + traceback.format_exc(limit=8)
-        finally:
-            if ds is not None and ds.problems and not run.problems:
-                run.problems = [f"{p.file}: {p.reason}" for p in ds.problems][:200]
-            if ds is not None:
-                try:
-                    ds.close()
-                except Exception:
-                    pass
-            if run.source.get("kind") == "upload" and run.source.get("owned"):
-                discard_upload(run.source["path"])  # the results stay; the archive copy goes
-            if acquired:
-                self._slots.release()
-            run.finished = time.time()
-            try:
-                os.makedirs(run.out_dir, exist_ok=True)
-                with open(os.path.join(run.out_dir, "dashboard_run.json"), "w", encoding="utf-8") as f:
-                    json.dump({**run.settings(), "state": run.state, "message": run.message}, f, indent=2,
-                              default=str)
-            except OSError:
-                pass
-
-    def get(self, session: str, run_id: str) -> Optional[EvalRun]:
-        with self._lock:
-            return self._runs.get((session, run_id))
-
-    def list(self, session: str, kind: Optional[str] = None) -> list[EvalRun]:
-        with self._lock:
-            runs = [r for (s, _), r in self._runs.items() if s == session and (kind is None or r.kind == kind)]
-        return sorted(runs, key=lambda r: r.created, reverse=True)
-
-
-REGISTRY = RunRegistry()
-
-
-def estimate(model_key: str, source: dict, config: dict, *, model_loader: Callable[[str], Any] = load_model,
-             images: int = 2):
-    """Time the run these settings describe on its first ``images`` images
-    (:func:`clrp.evaluation.estimate_duration`); an upload's archive is read from ``source["data"]``
-    and its temporary copy deleted afterwards."""
-    from clrp.evaluation.runner import RunConfig, estimate_duration
-
-    src = dict(source)
-    saved = None
-    if src.get("kind") == "upload" and "data" in src:
-        up = src.pop("data")
-        saved = save_upload(up.name, up.getvalue())
-        src["path"] = str(saved)
-    ds = None
-    try:
-        lm = model_loader(model_key)
-        ds = open_source(src)
-        return estimate_duration(ds, lm, RunConfig.build(**config), images=images)
-    finally:
-        if ds is not None:
-            ds.close()
-        if saved is not None:
-            discard_upload(saved)
 
 
 def run_results(out_dir: str) -> tuple[dict, dict]:

@@ -1,6 +1,8 @@
 """What the evaluation pages (Pointing Game, Ablation) share: the dataset source, method and
-protocol widgets, starting a background run, its live progress and charts, cancel, downloads and
-this session's past runs. Each page's own settings live in its page file."""
+protocol widgets, submitting a run (or a duration estimate) as a job (:mod:`dashboard.jobs`: worker
+processes, never this server's threads), its live progress and charts, cancel, downloads and the
+user's earlier runs (kept across reloads and server restarts; an admin sees everyone's). Each
+page's own settings live in its page file."""
 from __future__ import annotations
 
 import time
@@ -20,7 +22,7 @@ from clrp.evaluation.runner import format_seconds
 from clrp.evaluation.runs import rows_csv
 from clrp.evaluation.protocol import REGISTRY, built_in_protocols, field_default
 
-from . import core, ui
+from . import core, identity, jobs, ui
 
 FORMATS = ["auto", *DATASET_FORMATS]
 REFRESH_S = 1.0
@@ -198,7 +200,7 @@ def draw_chart(chart, key: str):
         st.caption(chart.caption)
 
 
-def results_view(run: core.EvalRun, key: str):
+def results_view(run: jobs.Job, key: str):
     """Charts + downloads of a run's results so far (read from disk)."""
     try:
         res, summ = core.run_results(run.out_dir)
@@ -226,7 +228,7 @@ def results_view(run: core.EvalRun, key: str):
                              "application/json", key=f"{key}_json", icon=":material/settings:", on_click="ignore")
 
 
-def status_line(run: core.EvalRun):
+def status_line(run: jobs.Job):
     total = run.total if run.total is not None else "?"
     now = time.time()
     elapsed = (run.finished or now) - (run.started or run.created)
@@ -243,7 +245,7 @@ def status_line(run: core.EvalRun):
         if run.detail:
             with st.expander("Details"):
                 st.code(run.detail.splitlines()[0], language=None)
-    elif run.state == "cancelled":
+    elif run.state in ("cancelled", "interrupted"):
         st.warning(run.message, icon=":material/cancel:")
     elif run.state == "queued":
         st.info("Waiting for another evaluation on this server to finish…")
@@ -252,47 +254,78 @@ def status_line(run: core.EvalRun):
             st.code("\n".join(run.problems[:50]), language=None)
 
 
-def live_panel(run_id: str, kind: str):
-    """Progress + charts of the current run; refreshes itself every second while it runs."""
-    run = core.REGISTRY.get(ui.session_id(), run_id)
+def live_panel(run_id: str, kind: str, slot: str = "current"):
+    """Progress + charts of a run; refreshes itself every second while it runs (reading the job
+    store and the run folder: the work is done by a worker process)."""
+    user = identity.current_user()
+    run = jobs.service().get(user, run_id)
     if run is None:
         return
+    polling = f"{kind}_polling_{slot}"
 
     def panel():
-        r = core.REGISTRY.get(ui.session_id(), run_id)
-        if not r.active and st.session_state.get(f"{kind}_polling") == r.id:
-            st.session_state[f"{kind}_polling"] = None
+        r = jobs.service().get(user, run_id)
+        if r is None:
+            return
+        if not r.active and st.session_state.get(polling) == r.id:
+            st.session_state[polling] = None
             st.rerun()  # the run ended: redraw the whole page once, without the timer (and with downloads)
-        st.markdown(f"**Run {r.id}** · {r.label}")
+        who = f" · {r.owner}" if r.owner != user.id else ""
+        st.markdown(f"**Run {r.id}** · {r.label}{who}")
         status_line(r)
         if r.active:
-            st.button("Cancel", key=f"{kind}_cancel_{r.id}", on_click=r.cancel, icon=":material/stop:",
-                      help="Stops after the current batch; finished batches stay")
-        results_view(r, key=f"{kind}_live_{r.id}")
+            st.button("Cancel", key=f"{kind}_cancel_{slot}_{r.id}", on_click=jobs.service().cancel, args=(user, r.id),
+                      icon=":material/stop:", help="Stops after the current batch; finished batches stay")
+        results_view(r, key=f"{kind}_{slot}_{r.id}")
 
     if run.active:
-        st.session_state[f"{kind}_polling"] = run.id
+        st.session_state[polling] = run.id
         st.fragment(run_every=REFRESH_S)(panel)()
     else:
         panel()
 
 
+def estimate_view(kind: str, job_id: str) -> None:
+    """The duration estimate's job: "timing…" while a worker runs it, then its result."""
+    user = identity.current_user()
+    polling = f"{kind}_estimate_polling"
+
+    def panel():
+        j = jobs.service().get(user, job_id)
+        if j is None:
+            return
+        if j.active:
+            st.session_state[polling] = j.id
+            st.info("Estimating: timing the first images in a worker…", icon=":material/timer:")
+        elif st.session_state.get(polling) == j.id:
+            st.session_state[polling] = None
+            st.rerun()
+        elif j.state == "done":
+            st.info(f"Estimate: {j.message} on this server now.", icon=":material/timer:")
+        else:
+            st.warning(f"No estimate: {j.message}", icon=":material/timer:")
+
+    j = jobs.service().get(user, job_id)
+    if j is not None and j.active:
+        st.fragment(run_every=REFRESH_S)(panel)()
+    else:
+        panel()
 
 
 # ---------------------------------------------------------------------------------------------
 # Starting runs, the current run, earlier runs
 
-def _start(kind: str, model_key: str, source: dict, config: dict) -> None:
+def _submit(kind: str, model_key: str, source: dict, config: dict) -> jobs.Job:
     src = dict(source)
+    upload = None
     if src["kind"] == "upload":
         up = src.pop("data")
-        src["path"] = str(core.save_upload(up.name, up.getvalue()))
-        src["owned"] = True  # the run deletes its copy of the upload when it ends
+        upload = (up.name, up.getvalue())  # stored once per content in the user's upload store
+        src["name"] = up.name
     label = (f"{model_key} · " + (f"{src['n']} {src.get('preset', 'scenes')}" if src["kind"] == "scenes" else
                                   src.get("name") or src.get("path")) + " · " +
              ", ".join(ui.method_label(m) for m in config["methods"]))
-    run = core.REGISTRY.start(ui.session_id(), kind, model_key, src, config, model_loader=ui.get_model, label=label)
-    st.session_state[f"{kind}_current"] = run.id
+    return jobs.service().submit(identity.current_user(), kind, model_key, src, config, label=label, upload=upload)
 
 
 def _settings_key(model_key, source, config) -> str:
@@ -303,32 +336,45 @@ def _settings_key(model_key, source, config) -> str:
 
 
 def run_controls(kind: str, lm, source: dict | None, config: dict | None, ready: bool) -> None:
-    """The Run button, the current run (live) and this session's earlier runs of this page."""
+    """The Run button, the current run (live), the user's earlier runs of this page and, for an
+    admin, everyone's."""
     model_key = st.session_state.get(ui.MODEL_STATE)
     ready = bool(ready and lm is not None and source is not None and config)
     c1, c2, c3 = st.columns([1, 1.6, 5])
     if c1.button("Run", type="primary", disabled=not ready, key=f"{kind}_start", icon=":material/play_arrow:"):
         with ui.guard("starting the run"):
-            _start(kind, model_key, source, config)
+            st.session_state[f"{kind}_current"] = _submit(kind, model_key, source, config).id
     if c2.button("Estimate duration", disabled=not ready, key=f"{kind}_estimate", icon=":material/timer:",
-                 help="Runs these settings on the dataset's first 2 images and extrapolates (the first image's "
-                      "one-off costs counted once)"):
-        with ui.guard("estimating the duration"), st.spinner("Timing the first images…"):
-            est = core.estimate(model_key, source, config, model_loader=ui.get_model)
-            st.session_state[f"{kind}_estimate_text"] = (_settings_key(model_key, source, config), est.describe())
-    shown = st.session_state.get(f"{kind}_estimate_text")
+                 help="Runs these settings on the dataset's first 2 images in a worker and extrapolates (the first "
+                      "image's one-off costs counted once)"):
+        with ui.guard("estimating the duration"):
+            job = _submit(jobs.ESTIMATE, model_key, source, config)
+            st.session_state[f"{kind}_estimate_job"] = (_settings_key(model_key, source, config), job.id)
+    shown = st.session_state.get(f"{kind}_estimate_job")
     if shown and shown[0] == _settings_key(model_key, source, config):
-        c3.info(f"Estimate: {shown[1]} on this server now.", icon=":material/timer:")
+        with c3:
+            estimate_view(kind, shown[1])
+    user = identity.current_user()
     current = st.session_state.get(f"{kind}_current")
     if current:
         st.subheader("Current run")
         live_panel(current, kind)
-    past = [r for r in core.REGISTRY.list(ui.session_id(), kind) if r.id != current]
+    past = [r for r in jobs.service().list(user, kind) if r.id != current]
     if past:
-        st.subheader("Earlier runs in this session")
+        st.subheader("Your earlier runs")
         st.dataframe(pd.DataFrame([{"run": r.id, "state": r.state, "images": r.done, "what": r.label,
                                     "message": r.message} for r in past]), hide_index=True, width="stretch")
         pick = st.selectbox("Show the results of", [r.id for r in past], key=f"{kind}_past")
-        r = next(r for r in past if r.id == pick)
-        status_line(r)
-        results_view(r, key=f"{kind}_past_{r.id}")
+        live_panel(pick, kind, slot="past")
+    if user.is_admin:
+        others = [r for r in jobs.service().list_all(user, kind) if r.owner != user.id]
+        if others:
+            with st.expander(f"Every user's runs (admin): {len(others)}"):
+                st.dataframe(pd.DataFrame([{"run": r.id, "owner": r.owner, "state": r.state, "images": r.done,
+                                            "what": r.label} for r in others]), hide_index=True, width="stretch")
+                active = [r.id for r in others if r.active]
+                if active:
+                    a1, a2 = st.columns([3, 1])
+                    pick = a1.selectbox("Active run", active, key=f"{kind}_admin_pick")
+                    a2.button("Cancel it", key=f"{kind}_admin_cancel", on_click=jobs.service().cancel,
+                              args=(user, pick), icon=":material/stop:")

@@ -1,4 +1,4 @@
-"""Warm the server at start: import torch and clrp, load the default model and compute the home
+"""Warm the server at start (and start its job service, :mod:`dashboard.jobs`): import torch and clrp, load the default model and compute the home
 page's first explanation into the shared caches, in a background thread (the server answers at
 once; a visitor arriving meanwhile waits on the same cached call instead of repeating it).
 
@@ -47,8 +47,20 @@ def warm(timeout: float = 60.0) -> None:
         warmed.set()
 
 
+def start_jobs() -> None:
+    """Start the job service at server start, so that jobs queued or left running by a previous
+    server are resumed now, not when someone next opens an evaluation page."""
+    try:
+        from dashboard import jobs
+
+        jobs.service()
+    except Exception:  # a bad runs folder: the evaluation pages say what is wrong
+        log.exception("the job service did not start")
+
+
 @asynccontextmanager
 async def lifespan(app):
+    threading.Thread(target=start_jobs, name="clrp-jobs-start", daemon=True).start()
     if os.environ.get(WARMUP_ENV, "1").strip().lower() not in ("0", "false", "no", "off"):
         threading.Thread(target=warm, name="clrp-warm-up", daemon=True).start()
     yield

@@ -20,12 +20,23 @@ from clrp.errors import ClrpError, DatasetError, InvalidTarget  # noqa: E402
 from clrp.models import bundled  # noqa: E402
 from clrp.evaluation.runs import rows_csv  # noqa: E402
 from dashboard import core  # noqa: E402
+from dashboard import jobs  # noqa: E402
 from dashboard import ui  # noqa: E402
+from dashboard.identity import User  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
 HAVE_BUNDLED = bundled.WEIGHTS_FILE.is_file() and bundled.META_FILE.is_file()
 MODEL = "bundled" if HAVE_BUNDLED else "dev:bundled"
+#: Reads any job of the store (the pages' users are the identity stub's per-session users).
+ADMIN = User("test:admin", "admin", True, "proxy")
+USER = User("test:user", "user", False, "proxy")
+
+
+def finished(job_id: str) -> "jobs.Job":
+    """The job once its worker has ended it (a wait on its state; the worker also starts a Python
+    process and loads the model, hence more than the page's TIMEOUT on a loaded machine)."""
+    return jobs.service().wait(ADMIN, job_id, 3 * TIMEOUT)
 
 
 @pytest.fixture(autouse=True)
@@ -174,9 +185,8 @@ def _run_page(page, kind, n, extra=None):
     at.run()
     at.button(key=f"{kind}_start").click().run()
     no_errors(at)
-    rid = at.session_state[f"{kind}_current"]
-    run = next(r for (s, i), r in core.REGISTRY._runs.items() if i == rid)
-    assert run.wait(TIMEOUT), "run did not finish"
+    run = finished(at.session_state[f"{kind}_current"])
+    assert not run.active, "run did not finish"
     assert run.state == "done", (run.state, run.message, run.detail)
     at.run()
     no_errors(at)
@@ -339,51 +349,37 @@ def _zip(entries):
     return buf.getvalue()
 
 
-def _wait(run):
-    assert run.wait(TIMEOUT)
-    return run
+def _run(kind, model_key, source, config, upload=None, user=USER):
+    svc = jobs.service()
+    return svc.wait(user, svc.submit(user, kind, model_key, source, config, upload=upload).id, 3 * TIMEOUT)
 
 
 def test_runs_report_bad_uploads_readably(tmp_path):
-    reg = core.RunRegistry()
     cfg = {"methods": ["lrp"], "protocols": ["pointing"]}
-    loader = lambda k: core.load_model("dev:bundled")  # noqa: E731
     # path traversal in the archive: refused by the safe extraction
-    evil = core.save_upload("evil.zip", _zip([("../../escape.txt", b"x")]), tmp_path / "e")
-    r = _wait(reg.start("s", "pointing", "dev:bundled", {"kind": "upload", "path": str(evil)}, cfg,
-                        model_loader=loader))
+    r = _run("pointing", "dev:bundled", {}, cfg, upload=("evil.zip", _zip([("../../escape.txt", b"x")])))
     assert r.state == "failed" and r.message and "Traceback" not in r.message
     # an archive with no dataset inside
-    junk = core.save_upload("junk.zip", _zip([("readme.txt", b"hello")]), tmp_path / "j")
-    r = _wait(reg.start("s", "pointing", "dev:bundled", {"kind": "upload", "path": str(junk)}, cfg,
-                        model_loader=loader))
+    r = _run("pointing", "dev:bundled", {}, cfg, upload=("junk.zip", _zip([("readme.txt", b"hello")])))
     assert r.state == "failed" and "no VOC" in r.message
     # a missing model is a message too
-    def missing(k):
-        raise clrp.errors.ModelLoadError("weights file not found")
-    r = _wait(reg.start("s", "pointing", "bundled", {"kind": "scenes", "n": 2}, cfg, model_loader=missing))
-    assert r.state == "failed" and "weights file not found" in r.message
-    assert [x.state for x in reg.list("s")] == ["failed"] * 3 and reg.list("other") == []
+    r = _run("pointing", "dev:no-such-model", {"kind": "scenes", "n": 2}, cfg)
+    assert r.state == "failed" and "unknown development model 'dev:no-such-model'" in r.message
+    svc = jobs.service()
+    assert [x.state for x in svc.list(USER)] == ["failed"] * 3 and svc.list(User("other", "other")) == []
     with pytest.raises(ClrpError):
-        reg.start("s", "pointing", "bundled", {"kind": "scenes"}, {"methods": []})
+        svc.submit(USER, "pointing", "bundled", {"kind": "scenes"}, {"methods": []})
 
 
 def test_cancel_keeps_finished_batches(tmp_path):
-    reg = core.RunRegistry()
-    lm = core.load_model("dev:bundled")
-    started = []
-
-    def loader(k):
-        started.append(1)
-        return lm
-
-    r = reg.start("s", "pointing", "dev:bundled", {"kind": "scenes", "n": 40},
-                  {"methods": ["lrp"], "protocols": ["pointing"], "batch_size": 2}, model_loader=loader)
+    svc = jobs.service()
+    r = svc.submit(USER, "pointing", "dev:bundled", {"kind": "scenes", "n": 40},
+                   {"methods": ["lrp"], "protocols": ["pointing"], "batch_size": 2})
     deadline = time.time() + TIMEOUT
-    while r.done < 2 and r.active and time.time() < deadline:
+    while svc.get(USER, r.id).done < 2 and svc.get(USER, r.id).active and time.time() < deadline:
         time.sleep(0.05)
-    r.cancel()
-    _wait(r)
+    assert svc.cancel(USER, r.id)
+    r = svc.wait(USER, r.id, TIMEOUT)
     assert r.state == "cancelled" and 2 <= r.done < 40
     res, _ = core.run_results(r.out_dir)
     assert res["pointing"]["image_id"].nunique() == r.done  # what finished stays on disk
@@ -427,9 +423,8 @@ def test_pointing_game_on_an_uploaded_voc_zip(tmp_path):
     no_errors(at)
     at.button(key="pointing_start").click().run()
     no_errors(at)
-    rid = at.session_state["pointing_current"]
-    run = next(r for (s, i), r in core.REGISTRY._runs.items() if i == rid)
-    assert run.wait(TIMEOUT) and run.state == "done" and run.done == 3, (run.state, run.message)
+    run = finished(at.session_state["pointing_current"])
+    assert run.state == "done" and run.done == 3, (run.state, run.message)
     assert run.settings()["dataset"]["path"] == "voc.zip"  # the server path is not exposed
     at.run()
     no_errors(at)
@@ -450,9 +445,8 @@ def test_pointing_game_on_a_server_folder(monkeypatch, tmp_path):
     at.text_input(key="pointing_server_path").input("voc3").run()
     no_errors(at)
     at.button(key="pointing_start").click().run()
-    rid = at.session_state["pointing_current"]
-    run = next(r for (s, i), r in core.REGISTRY._runs.items() if i == rid)
-    assert run.wait(TIMEOUT) and run.state == "done" and run.done == 3, (run.state, run.message)
+    run = finished(at.session_state["pointing_current"])
+    assert run.state == "done" and run.done == 3, (run.state, run.message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,48 +606,41 @@ def test_switching_to_the_resnet50_keeps_the_page_working(resnet_toml, monkeypat
 
 
 def test_upload_store_is_bounded(tmp_path):
-    """Issue 11 item 10: an uploaded archive is deleted when its run ends, and old uploads are
-    pruned when a new one is saved (a server stopped mid-run leaves none behind for long)."""
+    """Issue 11 item 10, issue 16: an uploaded archive is stored once, in its user's private store,
+    and deleted when the last job that reads it ends (unreferenced ones are pruned after
+    jobs.UPLOAD_MAX_AGE_S; tests/test_jobs.py)."""
     import shutil
 
     from clrp import scenes as sc
 
-    root = core.cache_dir()
     voc = tmp_path / "voc"
     sc.export_voc(sc.iter_scenes(2, 30_000_000), voc)
-    archive = shutil.make_archive(str(tmp_path / "voc"), "zip", voc)
-    data = Path(archive).read_bytes()
-    old = core.save_upload("old.zip", data)
-    os.utime(old.parent, (time.time() - core.UPLOAD_MAX_AGE_S - 60,) * 2)
-    new = core.save_upload("new.zip", data)
-    assert not old.parent.exists() and new.is_file()  # the stale one is gone, the fresh one kept
-    reg = core.RunRegistry()
-    r = reg.start("s", "pointing", "dev:bundled", {"kind": "upload", "path": str(new), "name": "new.zip",
-                                                    "owned": True},
-                  {"methods": ["lrp"], "protocols": ["pointing"]}, model_loader=lambda k: core.load_model(k))
-    assert r.wait(TIMEOUT) and r.state == "done", r.message
-    assert not new.parent.exists() and list(root.glob("clrp-upload-*")) == []
+    data = Path(shutil.make_archive(str(tmp_path / "voc"), "zip", voc)).read_bytes()
+    r = _run("pointing", "dev:bundled", {"kind": "upload"}, {"methods": ["lrp"], "protocols": ["pointing"]},
+             upload=("new.zip", data))
+    assert r.state == "done", r.message
+    store = core.runs_dir() / "uploads"
+    assert not Path(r.source["path"]).exists() and [p for p in store.rglob("*") if p.is_file()] == []
+    assert jobs.service().upload_bytes(USER.id) == 0
     assert core.run_results(r.out_dir)[0]["pointing"]["image_id"].nunique() == 2  # results stay
     assert r.settings()["dataset"] == {"kind": "upload", "path": "new.zip"}
 
 
 def test_upload_messages_name_the_users_file_never_the_servers_copy(tmp_path):
     """Issue 11 item 6 in the dashboard: a run on an uploaded archive reports problems under the
-    name the user uploaded, not the server's temporary copy (``.../dataset.zip``)."""
+    name the user uploaded, not the server's copy."""
     laughs = ('<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]>'
               "<annotation><filename>x.jpg</filename><object><name>&b;</name></object></annotation>")
     cases = {"holiday photos.zip": (_zip([("VOC/Annotations/x.xml", laughs.encode()),
                                           ("VOC/JPEGImages/x.jpg", png_bytes())]), "refused"),
              "broken.zip": (b"PK\x03\x04 this is not really a zip archive", "corrupt")}
-    reg = core.RunRegistry()
     for name, (data, word) in cases.items():
-        path = core.save_upload(name, data)
-        r = _wait(reg.start("s", "pointing", "dev:bundled", {"kind": "upload", "path": str(path), "name": name,
-                                                             "owned": True},
-                            {"methods": ["lrp"], "protocols": ["pointing"]}, model_loader=core.load_model))
+        r = _run("pointing", "dev:bundled", {"kind": "upload"}, {"methods": ["lrp"], "protocols": ["pointing"]},
+                 upload=(name, data))
+        path = Path(r.source["path"])
         assert r.state == "failed" and name in r.message and word in r.message, r.message
-        assert "dataset.zip" not in r.message and str(path.parent) not in r.message, r.message
-        assert not path.parent.exists()  # the copy is gone either way
+        assert path.name not in r.message and str(path.parent) not in r.message, r.message
+        assert not path.exists()  # the copy is gone either way
 
 
 def test_pointing_game_on_the_hard_scene_preset():
@@ -664,8 +651,8 @@ def test_pointing_game_on_the_hard_scene_preset():
     at.multiselect(key="pg_methods").set_value(["lrp"]).run()
     at.button(key="pointing_start").click().run()
     no_errors(at)
-    run = next(r for (s, i), r in core.REGISTRY._runs.items() if i == at.session_state["pointing_current"])
-    assert run.wait(TIMEOUT) and run.state == "done", (run.message, run.detail)
+    run = finished(at.session_state["pointing_current"])
+    assert run.state == "done", (run.message, run.detail)
     res, _ = core.run_results(run.out_dir)
     assert set(res["pointing"]["image_id"].map(lambda i: i.split("_")[0])) == {"hard"}
     assert "2 scenes-hard" in run.label

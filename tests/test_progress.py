@@ -53,21 +53,23 @@ def test_ticks_count_every_explained_pair_perturbation_step_and_ablation(world, 
 
 
 def test_progress_estimate_counts_the_current_batch_and_extrapolates():
-    from dashboard import core
+    from dashboard import jobs
 
-    run = core.EvalRun("r", "s", "ablation", "m", {}, {}, "/nonexistent", state="running", total=4)
+    run = jobs.Job("r", "s", "ablation", "m", {}, {}, "/nonexistent", state="running", total=4)
+    cancel = []
+    rep = jobs.Reporter(run, lambda j: None, lambda: bool(cancel), interval=0)
     assert run.progress_estimate() == (0.0, None)  # no time promised before the first image
     run.work_started = 100.0
-    run.tick("explanations", 20)
-    run.tick("perturbation steps", 80)
-    run.batch_done(1, 4)                              # 100 units for the first image
-    run.tick("perturbation steps", 50)                # half of the second
+    rep.tick("explanations", 20)
+    rep.tick("perturbation steps", 80)
+    rep.batch_done(1, 4)                              # 100 units for the first image
+    rep.tick("perturbation steps", 50)                # half of the second
     f, left = run.progress_estimate(now=110.0)
     assert f == pytest.approx(1.5 / 4)
     assert left == pytest.approx(10.0 * (1 - f) / f)
-    run.cancel()
-    with pytest.raises(core._Cancelled):              # a cancel stops inside the batch now
-        run.tick("perturbation steps", 1)
+    cancel.append(1)                                  # the worker sees the store's cancel flag
+    with pytest.raises(jobs.Cancelled):               # a cancel stops inside the batch now
+        rep.tick("perturbation steps", 1)
 
 
 def test_estimate_duration_times_the_first_images_and_leaves_nothing(world, tmp_path, monkeypatch):
@@ -118,11 +120,17 @@ def test_dashboard_estimate_button_and_eta_line(monkeypatch, tmp_path):
     at.number_input(key="abl_steps").set_value(4).run()
     at.button(key="ablation_estimate").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    from dashboard import jobs
+    from dashboard.identity import User
+
+    admin = User("test:admin", "admin", True)
+    est = jobs.service().wait(admin, at.session_state["ablation_estimate_job"][1], 120)  # timed by a worker
+    assert est.kind == "estimate" and est.state == "done", (est.state, est.message)
+    at.run()
     assert any(re.search(r"Estimate: about .+ for 3 images", i.value) for i in at.info), [i.value for i in at.info]
     at.button(key="ablation_start").click().run()
-    rid = at.session_state["ablation_current"]
-    run = next(r for (s, i), r in core.REGISTRY._runs.items() if i == rid)
-    assert run.wait(120) and run.state == "done", run.message
+    run = jobs.service().wait(admin, at.session_state["ablation_current"], 120)
+    assert run.state == "done", run.message
     at.run()
     bar = at.get("progress")[0]
     assert "3/3 images" in bar.proto.text and "perturbation steps" in bar.proto.text

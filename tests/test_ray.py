@@ -153,17 +153,19 @@ def test_a_killed_driver_resumes_locally(world):
 
 
 def test_a_shared_dashboard_sends_its_runs_to_the_labs_cluster(world, tmp_path, monkeypatch):
-    from dashboard import core
+    from dashboard import core, jobs
+    from dashboard.identity import User
     d, root, lm, expected = world
     (tmp_path / "lab.toml").write_text('[ray]\naddress = "local"\nworkers = 2\n')
     monkeypatch.setenv("CLRP_MODELS_CONFIG", str(tmp_path / "lab.toml"))
     monkeypatch.setenv(core.RUNS_ENV, str(tmp_path / "runs"))
     monkeypatch.setenv(core.CACHE_ENV, str(tmp_path / "cache"))
-    reg = core.RunRegistry()
-    run = reg.start("s", "pointing", "bundled", {"kind": "scenes", "n": 8, "seed": scenes.EVALUATION_SEED},
-                    {**SETTINGS, "methods": list(SETTINGS["methods"]), "protocols": list(SETTINGS["protocols"])},
-                    model_loader=lambda key: lm)
-    assert run.wait(300) and run.state == "done", (run.state, run.message, run.detail)
+    user = User("test:user", "user")
+    svc = jobs.service()  # the job's worker process is the Ray driver
+    run = svc.submit(user, "pointing", "bundled", {"kind": "scenes", "n": 8, "seed": scenes.EVALUATION_SEED},
+                     {**SETTINGS, "methods": list(SETTINGS["methods"]), "protocols": list(SETTINGS["protocols"])})
+    run = svc.wait(user, run.id, 300)
+    assert run.state == "done", (run.state, run.message, run.detail)
     s = json.loads(Path(run.out_dir, "settings.json").read_text())
     assert s["executor"]["executor"] == "ray"
     got = frames(run.out_dir)
