@@ -77,19 +77,22 @@ def dataset_source(kind: str) -> dict | None:
         st.info(f"Server folders are disabled. The server admin can allow some with the environment variable "
                 f"`{core.ROOTS_ENV}` (colon-separated folders).")
         return None
+    # admins see the server's paths; others see each root by its folder name (``root/sub``)
+    shown_path = str if ui.is_admin() else (lambda p: core.display_path(p, roots))
     c1, c2 = st.columns([3, 1])
     entries = core.list_root_entries(roots)
     choice = c1.selectbox("Folder or file inside the allowed roots", ["(type a path)"] + entries,
-                          key=f"{kind}_server_pick")
-    path = c1.text_input("Path", value="" if choice == "(type a path)" else choice, key=f"{kind}_server_path",
-                         help="Allowed roots: " + ", ".join(str(r) for r in roots))
+                          key=f"{kind}_server_pick", format_func=lambda e: e if e.startswith("(") else shown_path(e))
+    path = c1.text_input("Path", value="" if choice == "(type a path)" else shown_path(choice),
+                         key=f"{kind}_server_path",
+                         help="Allowed roots: " + ", ".join(ui.md(shown_path(r)) for r in roots))
     fmt = c2.selectbox("Format", FORMATS, key=f"{kind}_server_fmt")
     if not path:
         return None
     try:
         real = core.resolve_server_path(path, roots)
     except ClrpError as e:
-        st.error(str(e), icon=":material/error:")
+        st.error(ui.shown(e), icon=":material/error:")
         return None
     return {"kind": "server", "path": str(real), "format": fmt}
 
@@ -203,7 +206,7 @@ def results_view(run: core.EvalRun, key: str):
     try:
         res, summ = core.run_results(run.out_dir)
     except Exception as e:  # a part being written while we read: try again at the next refresh
-        st.caption(f"results not readable yet ({type(e).__name__})")
+        st.caption(f"results not readable yet ({ui.md(type(e).__name__)})")
         return
     if not res:
         st.caption("No results written yet (results appear after each batch).")
@@ -219,10 +222,10 @@ def results_view(run: core.EvalRun, key: str):
     cols = st.columns(len(res) + 1)
     for i, proto in enumerate(res):
         # read from disk when clicked: a button rendered before the run's last batch still gives every row
-        cols[i].download_button(f"{proto} rows (CSV)", lambda proto=proto: rows_csv(
-                                    core.run_results(run.out_dir)[0][proto]), f"{run.id}_{proto}.csv",
+        cols[i].download_button(f"{ui.md(proto)} rows (CSV)", lambda proto=proto: rows_csv(
+                                    core.run_results(run.out_dir)[0][proto]), ui.safe_filename(f"{run.id}_{proto}.csv"),
                                 "text/csv", key=f"{key}_csv_{proto}", icon=":material/download:", on_click="ignore")
-    cols[-1].download_button("Settings (JSON)", viz.settings_json(run.settings()), f"{run.id}_settings.json",
+    cols[-1].download_button("Settings (JSON)", viz.settings_json(run.settings()), ui.safe_filename(f"{run.id}_settings.json"),
                              "application/json", key=f"{key}_json", icon=":material/settings:", on_click="ignore")
 
 
@@ -237,19 +240,21 @@ def status_line(run: core.EvalRun):
     work = ", ".join(f"{n} {u}" for u, n in run.units.items())
     st.progress(fraction, text=text + (f" — {work}" if work else ""))
     if run.state == "done":
-        st.success(run.message, icon=":material/check_circle:")
+        st.success(ui.shown(run.message), icon=":material/check_circle:")
     elif run.state == "failed":
-        st.error(run.message, icon=":material/error:")
+        st.error(ui.shown(run.message), icon=":material/error:")
         if run.detail:
             with st.expander("Details"):
-                st.code(run.detail.splitlines()[0], language=None)
+                first = run.detail.splitlines()[0]
+                st.code(first if ui.is_admin() else ui.redact(first), language=None)
     elif run.state == "cancelled":
-        st.warning(run.message, icon=":material/cancel:")
+        st.warning(ui.shown(run.message), icon=":material/cancel:")
     elif run.state == "queued":
         st.info("Waiting for another evaluation on this server to finish…")
     if run.problems:
         with st.expander(f"{len(run.problems)} file(s) skipped"):
-            st.code("\n".join(run.problems[:50]), language=None)
+            text = "\n".join(run.problems[:50])
+            st.code(text if ui.is_admin() else ui.redact(text), language=None)
 
 
 def live_panel(run_id: str, kind: str):
@@ -263,7 +268,7 @@ def live_panel(run_id: str, kind: str):
         if not r.active and st.session_state.get(f"{kind}_polling") == r.id:
             st.session_state[f"{kind}_polling"] = None
             st.rerun()  # the run ended: redraw the whole page once, without the timer (and with downloads)
-        st.markdown(f"**Run {r.id}** · {r.label}")
+        st.markdown(f"**Run {ui.md(r.id)}** · {ui.shown(r.label)}")
         status_line(r)
         if r.active:
             st.button("Cancel", key=f"{kind}_cancel_{r.id}", on_click=r.cancel, icon=":material/stop:",
