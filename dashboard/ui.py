@@ -185,15 +185,16 @@ def _unavailable_summary(missing) -> list[str]:
     for c in missing:
         if c.kind == "torchvision" and "downloads are off" in (c.reason or ""):
             off.append(c)
-        elif c.reason == core.NOT_ON_ALLOW_LIST:
+        elif (c.reason or "").startswith(core.NOT_ALLOWED):
             not_allowed.append(c)
         else:
             lines.append(f"**{md(c.key)}** — {shown(c.reason)}")
     if not_allowed:
-        lines.insert(0, f"**{len(not_allowed)} models** — {md(core.NOT_ON_ALLOW_LIST)}")
+        lines.insert(0, f"**{len(not_allowed)} models** — {md(not_allowed[0].reason)}")
     if off:
         example = shown(off[0].reason.split(";")[0])
-        lines.insert(0, f"**{len(off)} torchvision models** — downloads are off on this server (CLRP\_OFFLINE=1); "
+        lines.insert(0, f"**{len(off)} torchvision models** — downloads are off on this server "
+                        f"({md('CLRP_OFFLINE=1')}); "
                         f"an admin puts the weights into the torch hub cache (e.g. {example}).")
     return lines
 
