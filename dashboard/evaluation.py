@@ -21,6 +21,7 @@ from clrp.evaluation.runs import rows_csv
 from clrp.evaluation.protocol import REGISTRY, field_default
 
 from . import core, ui
+from .safetext import plot_text
 
 FORMATS = ["auto", *DATASET_FORMATS]
 REFRESH_S = 1.0
@@ -157,6 +158,11 @@ def _label(v):
     return ui.method_label(v) if isinstance(v, str) else str(v)
 
 
+def _plot_label(v) -> str:
+    """A label inside a Plotly figure: dataset text (class names) cannot become Plotly markup."""
+    return plot_text(_label(v))
+
+
 _NAME_COLUMNS = ("method", "ranking")
 
 
@@ -173,7 +179,8 @@ def draw_chart(chart, key: str):
         st.dataframe(df, hide_index=True, width="stretch")
     elif chart.kind == "heatmap":
         z = df.pivot_table(index=chart.y, columns=chart.x, values=chart.value, sort=False)
-        hm = go.Figure(go.Heatmap(z=z.to_numpy(dtype=float), x=list(z.columns), y=[_label(v) for v in z.index],
+        hm = go.Figure(go.Heatmap(z=z.to_numpy(dtype=float), x=[plot_text(c) for c in z.columns],
+                                  y=[_plot_label(v) for v in z.index],
                                   zmin=(chart.y_range or (None, None))[0], zmax=(chart.y_range or (None, None))[1],
                                   colorscale=viz.plotly_colorscale("viridis"), texttemplate="%{z:.2f}",
                                   hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>"))
@@ -186,11 +193,11 @@ def draw_chart(chart, key: str):
         dashes = {d: _DASH[i % len(_DASH)] for i, d in enumerate(dict.fromkeys(df[chart.dash]))} if chart.dash else {}
         for g, part in (df.groupby(chart.series, sort=False) if chart.series else [(None, df)]):
             if chart.kind == "bar":
-                fig.add_bar(name=_label(g) if g is not None else chart.y, x=[_label(v) for v in part[chart.x]],
+                fig.add_bar(name=_plot_label(g) if g is not None else chart.y, x=[_plot_label(v) for v in part[chart.x]],
                             y=part[chart.y], text=[f"{v:.2f}" for v in part[chart.y]], textposition="outside")
             else:
                 for d, line in (part.groupby(chart.dash, sort=False) if chart.dash else [(None, part)]):
-                    name = " ".join(str(_label(v)) for v in (g, d) if v is not None)
+                    name = " ".join(_plot_label(v) for v in (g, d) if v is not None)
                     fig.add_scatter(x=line[chart.x], y=line[chart.y], mode="lines+markers" if len(line) < 20 else "lines",
                                     name=name or chart.y, line=dict(color=colours.get(g), dash=dashes.get(d, "solid")))
         fig.update_layout(barmode="group", height=320, margin=dict(l=0, r=0, t=30, b=0), title=chart.title,

@@ -22,6 +22,12 @@ def md(text) -> str:
     return _PUNCT.sub(r"\\\1", _SPACE.sub(" ", str(text)))
 
 
+def plot_text(text) -> str:
+    """``text`` for a Plotly label (axis ticks, legend, hover): Plotly reads a subset of HTML
+    there (``<a href>``, ``<b>``, ``<br>``...), so ``<``, ``>`` and ``&`` are written as entities."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)\]]+")
 # an absolute POSIX path (not "a/b" inside a word or number), a home path, or a Windows path
 _PATH = re.compile(r"(?<![\w.~/\\])(?:~|[A-Za-z]:)?[/\\](?=[^\s/\\])[^\s'\"<>,;)\]]*")

@@ -437,6 +437,25 @@ def test_error_texts_with_payloads_are_inert(tmp_path, monkeypatch):
     inert(at.error[0].value, redact(PAYLOADS[0]))
 
 
+def test_class_names_in_charts_are_not_plotly_markup(tmp_path, monkeypatch):
+    """The Pointing Game's per-class heatmap labels its columns with the dataset's class names;
+    Plotly reads <a href> and friends in labels."""
+    lab_toml(tmp_path, monkeypatch, PROXY)
+    Browser(monkeypatch, "alice@lab.org")
+    bad = '<a href="http://evil.example/login">session expired</a>'
+    script = ("import pandas as pd\nfrom clrp.evaluation.protocol import Chart\n"
+              "from dashboard import evaluation as ev, ui\nui.page('t')\n"
+              f"df = pd.DataFrame({{'class': [{bad!r}, 'cat'], 'method': ['lrp', 'lrp'], 'accuracy': [0.5, 1.0]}})\n"
+              "ev.draw_chart(Chart('heatmap', 'Per-class accuracy', df, x='class', y='method', value='accuracy'), 'k')\n"
+              "ev.draw_chart(Chart('bar', 'acc', df, x='class', y='accuracy', series='method'), 'b')\n")
+    at = AppTest.from_string(script, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    figs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    xs = [x for f in figs for x in f["data"][0]["x"]]
+    assert len(figs) == 2 and "cat" in xs and not any("<a" in x for x in xs)
+    assert any(html.unescape(x) == bad for x in xs)  # shown as its own characters
+
+
 def test_redact_and_safe_filename():
     t = "weights /root/.cache/torch/hub/x.pth from https://mirror.lab:8443/w/x.pth?t=1 (C:\\data\\y) ~/z; 3/4 and/or"
     r = redact(t)
@@ -494,11 +513,10 @@ class HeaderProxy:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             writer.close()
             return
-        lines = head.decode("latin-1").split("\r\n")
-        keep, user, upgrade = [lines[0]], None, False
-        for line in lines[1:]:
-            if not line:
-                continue
+        lines = [ln for ln in head.decode("latin-1").split("\r\n")[1:] if ln]
+        upgrade = any(ln.lower().startswith("upgrade:") for ln in lines)
+        keep, user = [head.decode("latin-1").split("\r\n")[0]], None
+        for line in lines:
             name, _, value = line.partition(":")
             low = name.strip().lower()
             if low == HEADER.lower():
@@ -506,8 +524,6 @@ class HeaderProxy:
             if low == "cookie":
                 m = re.search(r"(?:^|;\s*)who=([A-Za-z0-9@._-]+)", value.strip())
                 user = m.group(1) if m else None
-            if low == "upgrade":
-                upgrade = True
             if low in ("connection", "keep-alive") and not upgrade:
                 continue
             keep.append(line)
