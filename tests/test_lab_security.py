@@ -559,9 +559,34 @@ class HeaderProxy:
         self.thread.join(10)
 
 
+#: Records the page's websockets and the subprotocols they were opened with (Streamlit sends
+#: ["streamlit", xsrf token, session id to resume]); with ``__clrpForceSession`` set, every socket
+#: asks to resume that session instead (what a second browser that learnt the id can do).
+SOCKET_HOOK = """
+(() => {
+  const Orig = window.WebSocket;
+  window.__clrpSockets = []; window.__clrpProtocols = [];
+  function Hooked(url, protocols) {
+    let p = Array.isArray(protocols) ? [...protocols] : (protocols ? [protocols] : []);
+    if (window.__clrpForceSession) { while (p.length < 2) p.push(""); p = [p[0], p[1], window.__clrpForceSession]; }
+    window.__clrpProtocols.push(p);
+    const ws = new Orig(url, p);
+    window.__clrpSockets.push(ws);
+    return ws;
+  }
+  Hooked.prototype = Orig.prototype;
+  Object.assign(Hooked, {CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3});
+  window.WebSocket = Hooked;
+})();
+"""
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 def test_two_browsers_behind_a_header_proxy(tmp_path):
+    """Two users in two browser contexts each see their own name; a request without the header is
+    refused; a third user whose browser resumes the first user's session id is refused and
+    does not see the first user's page."""
     from tests import test_browser as tb
 
     tb._require_browser()
@@ -579,6 +604,7 @@ def test_two_browsers_behind_a_header_proxy(tmp_path):
                 pages = {}
                 for who in ("alice@lab.org", "bob@lab.org", None):
                     ctx = browser.new_context(viewport={"width": 1300, "height": 900})
+                    ctx.add_init_script(SOCKET_HOOK)
                     if who:
                         ctx.add_cookies([{"name": "who", "value": who, "url": base}])
                     pg = ctx.new_page()
@@ -595,6 +621,25 @@ def test_two_browsers_behind_a_header_proxy(tmp_path):
                 expect(anon.get_by_text("Sign-in required")).to_be_visible()
                 assert anon.get_by_role("heading", name="Pointing Game").count() == 0
                 assert anon.locator('[data-testid="stSidebarNav"], [data-testid="stPageLink"]').count() == 0
+
+                # session takeover: carol's browser reconnects with alice's session id (a browser
+                # sends it in the websocket's subprotocols when it reconnects)
+                alice = pages["alice@lab.org"]
+                alice.evaluate("window.__clrpSockets.at(-1).close()")  # alice's browser reconnects...
+                alice.wait_for_function("window.__clrpProtocols.some(p => p.length > 2 && p[2]) "
+                                        "&& window.__clrpSockets.at(-1).readyState === 1")
+                expect(side(alice)).to_contain_text("Signed in as alice@lab.org")
+                sid = alice.evaluate("window.__clrpProtocols.find(p => p.length > 2 && p[2])[2]")
+                ctx = browser.new_context(viewport={"width": 1300, "height": 900})
+                ctx.add_cookies([{"name": "who", "value": "carol@lab.org", "url": base}])
+                ctx.add_init_script(f"window.__clrpForceSession = {json.dumps(sid)};")
+                ctx.add_init_script(SOCKET_HOOK)
+                carol = ctx.new_page()
+                carol.set_default_timeout(tb.T)
+                carol.goto(base + "/Pointing_Game")
+                carol.wait_for_function("window.__clrpProtocols.some(p => p[2])")  # it did send alice's id
+                expect(carol.get_by_text("started by another user")).to_be_visible()
+                assert "alice" not in carol.locator("body").inner_text()
             finally:
                 browser.close()
     finally:
