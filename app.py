@@ -30,9 +30,9 @@ def home() -> None:
             image, top, items = ui.first_explanation(key)
             info = core.scene_info(seed) if lm.architecture == "scene_vgg" else None
             st.subheader("A first explanation")
-            truth = f" Objects in the scene: {', '.join(info['classes'])}." if info else ""
-            st.caption(f"Bundled sample scene (seed {seed}).{truth} Model: **{lm.name}**. "
-                       f"Top prediction: **{top[0][1]}** ({top[0][2]:.2f}). LRP and CLRP2 for the top two classes: "
+            truth = f" Objects in the scene: {ui.md(', '.join(info['classes']))}." if info else ""
+            st.caption(f"Bundled sample scene (seed {seed}).{truth} Model: **{ui.md(lm.name)}**. "
+                       f"Top prediction: **{ui.md(top[0][1])}** ({top[0][2]:.2f}). LRP and CLRP2 for the top two classes: "
                        "where does each class's evidence lie, and what is specific to it? (The *Class contrast* page "
                        "measures how much the classes' maps agree.)")
             st.caption("More methods, your own images and downloads: the *Explain* page.")
@@ -40,7 +40,7 @@ def home() -> None:
             with cols[0]:
                 st.image(viz.to_png(image, scale=max(1, 200 // image.shape[1])), caption="input", width="stretch")
                 for idx, name, score in top:
-                    st.progress(min(1.0, max(0.0, score)), text=f"{name}: {score:.2f}")
+                    st.progress(min(1.0, max(0.0, score)), text=f"{ui.md(name)}: {score:.2f}")
             with cols[1]:
                 ui.map_view(items, image, key="home", settings={}, columns=4, downloads=False)
 

@@ -65,6 +65,10 @@ def write_atomic(path: str, write) -> None:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise os_error(exc if exc.filename else OSError(exc.errno, exc.strerror, path), f"write {path}") from None
+    except BaseException:  # e.g. write_csv's own ClrpError: no temporary file is left behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 @contextlib.contextmanager

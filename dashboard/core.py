@@ -111,6 +111,31 @@ def default_model_key(choices: Sequence[ModelChoice]) -> Optional[str]:
     return avail[0].key if avail else None
 
 
+NOT_ALLOWED = "not on this server's download allow-list"
+
+
+def download_refusal(models_settings) -> str:
+    """Why a visitor may not download a model: the limit and its value."""
+    allowed = list(models_settings.downloadable)
+    return (f"{NOT_ALLOWED} ([server.models] downloadable = {allowed}"
+            + ("; visitors use the models already on the server" if not allowed else "")
+            + "); an admin can download it")
+
+
+def restrict_downloads(choices: Sequence[ModelChoice], models_settings) -> list[ModelChoice]:
+    """``choices`` as a visitor who is not an admin gets them: models not on the server yet are
+    downloadable only when ``[server.models] downloadable`` lists them (or holds ``"*"``)."""
+    import dataclasses
+
+    out = []
+    for c in choices:
+        if c.downloadable and not c.available and not models_settings.may_download(c.key):
+            c = dataclasses.replace(c, downloadable=False, reason=download_refusal(models_settings),
+                                    label=f"{c.key} (unavailable)")
+        out.append(c)
+    return out
+
+
 def load_model(key: str):
     """A ``clrp.models.LoadedModel`` for a picker key. Raises ``ModelLoadError`` (a ClrpError)."""
     if key.startswith("dev:"):
@@ -185,31 +210,36 @@ def data_roots(env: Optional[str] = None) -> list[Path]:
 
 
 def resolve_server_path(path: str, roots: Sequence[Path]) -> Path:
-    """``path`` (absolute, or relative to the first root) resolved with symlinks followed; raises
-    ``DatasetError`` unless it exists and lies inside one of ``roots``. A path outside the roots
-    gets the same answer whether it exists or not (no probing of the server's files), and the
-    answer names no root."""
+    """``path`` resolved with symlinks followed: absolute, relative to the root it names
+    (``<root folder name>/sub/dir``, as :func:`display_path` shows it) or else to the first root.
+    Raises ``DatasetError`` unless it exists and lies inside one of ``roots``, with one message
+    for missing and not allowed (the answer never tells which paths exist outside the roots)."""
     if not roots:
         raise DatasetError(f"server folders are disabled: the server admin has not set {ROOTS_ENV}")
     if not path or not str(path).strip():
         raise DatasetError("enter a folder or file path")
+    refused = DatasetError(f"{path}: no such file or folder in the folders this server allows")
     if "\x00" in str(path):
-        raise DatasetError("invalid path")
+        raise refused
     p = Path(str(path).strip()).expanduser()
-    unknown = DatasetError(f"{path}: no such file or folder in the folders this server allows")
-    if p.is_absolute():
-        candidates = [p]
-    else:  # "<root name>/..." as the picker lists it, or relative to the first root
-        candidates = [Path(r) / Path(*p.parts[1:]) for r in roots if p.parts and p.parts[0] == Path(r).name]
-        candidates.append(roots[0] / p)
-    for c in candidates:
-        try:
-            real = c.resolve(strict=False)  # containment first: existence is only looked at inside
-        except (OSError, RuntimeError):
-            continue
-        if any(real == Path(r).resolve() or Path(r).resolve() in real.parents for r in roots) and real.exists():
+    if not p.is_absolute():
+        named = [Path(r) for r in roots if p.parts and Path(r).name == p.parts[0]]
+        p = named[0].parent / p if named else Path(roots[0]) / p
+    try:
+        real = p.resolve(strict=True)
+    except (FileNotFoundError, OSError, RuntimeError):
+        raise refused from None
+    for r in roots:
+        r = Path(r).resolve()
+        if real == r or r in real.parents:
             return real
-    raise unknown
+    raise refused
+
+
+def display_path(path: Path | str, roots: Sequence[Path]) -> str:
+    """A path inside the roots as users who are not admins see it: ``<root folder name>/rest``
+    (never the server's absolute path); :func:`resolve_server_path` takes it back."""
+    return _relative_to_root(Path(path), roots)
 
 
 def list_root_entries(roots: Sequence[Path], limit: int = 200) -> list[str]:

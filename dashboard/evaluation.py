@@ -23,6 +23,7 @@ from clrp.evaluation.runs import rows_csv
 from clrp.evaluation.protocol import REGISTRY, built_in_protocols, field_default
 
 from . import core, identity, jobs, ui
+from .safetext import plot_text
 
 FORMATS = ["auto", *DATASET_FORMATS]
 REFRESH_S = 1.0
@@ -79,19 +80,22 @@ def dataset_source(kind: str) -> dict | None:
         st.info(f"Server folders are disabled. The server admin can allow some with the environment variable "
                 f"`{core.ROOTS_ENV}` (colon-separated folders).")
         return None
+    # admins see the server's paths; others see each root by its folder name (``root/sub``)
+    shown_path = str if ui.is_admin() else (lambda p: core.display_path(p, roots))
     c1, c2 = st.columns([3, 1])
     entries = core.list_root_entries(roots)
     choice = c1.selectbox("Folder or file inside the allowed roots", ["(type a path)"] + entries,
-                          key=f"{kind}_server_pick")
-    path = c1.text_input("Path", value="" if choice == "(type a path)" else choice, key=f"{kind}_server_path",
-                         help="Allowed roots: " + ", ".join(str(r) for r in roots))
+                          key=f"{kind}_server_pick", format_func=lambda e: e if e.startswith("(") else shown_path(e))
+    path = c1.text_input("Path", value="" if choice == "(type a path)" else shown_path(choice),
+                         key=f"{kind}_server_path",
+                         help="Allowed roots: " + ", ".join(ui.md(shown_path(r)) for r in roots))
     fmt = c2.selectbox("Format", FORMATS, key=f"{kind}_server_fmt")
     if not path:
         return None
     try:
         real = core.resolve_server_path(path, roots)
     except ClrpError as e:
-        st.error(str(e), icon=":material/error:")
+        st.error(ui.shown(e), icon=":material/error:")
         return None
     return {"kind": "server", "path": str(real), "format": fmt}
 
@@ -156,6 +160,11 @@ def _label(v):
     return ui.method_label(v) if isinstance(v, str) else str(v)
 
 
+def _plot_label(v) -> str:
+    """A label inside a Plotly figure: dataset text (class names) cannot become Plotly markup."""
+    return plot_text(_label(v))
+
+
 _NAME_COLUMNS = ("method", "ranking")
 
 
@@ -172,7 +181,8 @@ def draw_chart(chart, key: str):
         st.dataframe(df, hide_index=True, width="stretch")
     elif chart.kind == "heatmap":
         z = df.pivot_table(index=chart.y, columns=chart.x, values=chart.value, sort=False)
-        hm = go.Figure(go.Heatmap(z=z.to_numpy(dtype=float), x=list(z.columns), y=[_label(v) for v in z.index],
+        hm = go.Figure(go.Heatmap(z=z.to_numpy(dtype=float), x=[plot_text(c) for c in z.columns],
+                                  y=[_plot_label(v) for v in z.index],
                                   zmin=(chart.y_range or (None, None))[0], zmax=(chart.y_range or (None, None))[1],
                                   colorscale=viz.plotly_colorscale("viridis"), texttemplate="%{z:.2f}",
                                   hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>"))
@@ -185,11 +195,11 @@ def draw_chart(chart, key: str):
         dashes = {d: _DASH[i % len(_DASH)] for i, d in enumerate(dict.fromkeys(df[chart.dash]))} if chart.dash else {}
         for g, part in (df.groupby(chart.series, sort=False) if chart.series else [(None, df)]):
             if chart.kind == "bar":
-                fig.add_bar(name=_label(g) if g is not None else chart.y, x=[_label(v) for v in part[chart.x]],
+                fig.add_bar(name=_plot_label(g) if g is not None else chart.y, x=[_plot_label(v) for v in part[chart.x]],
                             y=part[chart.y], text=[f"{v:.2f}" for v in part[chart.y]], textposition="outside")
             else:
                 for d, line in (part.groupby(chart.dash, sort=False) if chart.dash else [(None, part)]):
-                    name = " ".join(str(_label(v)) for v in (g, d) if v is not None)
+                    name = " ".join(_plot_label(v) for v in (g, d) if v is not None)
                     fig.add_scatter(x=line[chart.x], y=line[chart.y], mode="lines+markers" if len(line) < 20 else "lines",
                                     name=name or chart.y, line=dict(color=colours.get(g), dash=dashes.get(d, "solid")))
         fig.update_layout(barmode="group", height=320, margin=dict(l=0, r=0, t=30, b=0), title=chart.title,
@@ -205,7 +215,7 @@ def results_view(run: jobs.Job, key: str):
     try:
         res, summ = core.run_results(run.out_dir)
     except Exception as e:  # a part being written while we read: try again at the next refresh
-        st.caption(f"results not readable yet ({type(e).__name__})")
+        st.caption(f"results not readable yet ({ui.md(type(e).__name__)})")
         return
     if not res:
         st.caption("No results written yet (results appear after each batch).")
@@ -221,10 +231,10 @@ def results_view(run: jobs.Job, key: str):
     cols = st.columns(len(res) + 1)
     for i, proto in enumerate(res):
         # read from disk when clicked: a button rendered before the run's last batch still gives every row
-        cols[i].download_button(f"{proto} rows (CSV)", lambda proto=proto: rows_csv(
-                                    core.run_results(run.out_dir)[0][proto]), f"{run.id}_{proto}.csv",
+        cols[i].download_button(f"{ui.md(proto)} rows (CSV)", lambda proto=proto: rows_csv(
+                                    core.run_results(run.out_dir)[0][proto]), ui.safe_filename(f"{run.id}_{proto}.csv"),
                                 "text/csv", key=f"{key}_csv_{proto}", icon=":material/download:", on_click="ignore")
-    cols[-1].download_button("Settings (JSON)", viz.settings_json(run.settings()), f"{run.id}_settings.json",
+    cols[-1].download_button("Settings (JSON)", viz.settings_json(run.settings()), ui.safe_filename(f"{run.id}_settings.json"),
                              "application/json", key=f"{key}_json", icon=":material/settings:", on_click="ignore")
 
 
@@ -239,19 +249,21 @@ def status_line(run: jobs.Job):
     work = ", ".join(f"{n} {u}" for u, n in run.units.items())
     st.progress(fraction, text=text + (f" — {work}" if work else ""))
     if run.state == "done":
-        st.success(run.message, icon=":material/check_circle:")
+        st.success(ui.shown(run.message), icon=":material/check_circle:")
     elif run.state == "failed":
-        st.error(run.message, icon=":material/error:")
+        st.error(ui.shown(run.message), icon=":material/error:")
         if run.detail:
             with st.expander("Details"):
-                st.code(run.detail.splitlines()[0], language=None)
+                first = run.detail.splitlines()[0]
+                st.code(first if ui.is_admin() else ui.redact(first), language=None)
     elif run.state in ("cancelled", "interrupted"):
-        st.warning(run.message, icon=":material/cancel:")
+        st.warning(ui.shown(run.message), icon=":material/cancel:")
     elif run.state == "queued":
         st.info("Waiting for another evaluation on this server to finish…")
     if run.problems:
         with st.expander(f"{len(run.problems)} file(s) skipped"):
-            st.code("\n".join(run.problems[:50]), language=None)
+            text = "\n".join(run.problems[:50])
+            st.code(text if ui.is_admin() else ui.redact(text), language=None)
 
 
 def live_panel(run_id: str, kind: str, slot: str = "current"):
@@ -270,8 +282,8 @@ def live_panel(run_id: str, kind: str, slot: str = "current"):
         if not r.active and st.session_state.get(polling) == r.id:
             st.session_state[polling] = None
             st.rerun()  # the run ended: redraw the whole page once, without the timer (and with downloads)
-        who = f" · {r.owner}" if r.owner != user.id else ""
-        st.markdown(f"**Run {r.id}** · {r.label}{who}")
+        who = f" · {ui.md(r.owner)}" if r.owner != user.id else ""
+        st.markdown(f"**Run {ui.md(r.id)}** · {ui.shown(r.label)}{who}")
         status_line(r)
         if r.active:
             st.button("Cancel", key=f"{kind}_cancel_{slot}_{r.id}", on_click=jobs.service().cancel, args=(user, r.id),

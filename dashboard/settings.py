@@ -3,7 +3,8 @@ the same file that lists lab models), with safe defaults for a single user on 12
 Never imports Streamlit.
 
 Sub-tables (each key optional; defaults below): ``[server.identity]`` (who may sign in, admins,
-trusted proxy header) and ``[server.limits]`` (quotas). Unknown keys are an error naming them::
+trusted proxy header), ``[server.models]`` (which models visitors may download, how many stay
+in memory) and ``[server.limits]`` (quotas). Unknown keys and wrong types are errors naming them::
 
     [server.limits]
     jobs_running_per_user = 1      # a user's jobs evaluated at once (their others wait)
@@ -21,8 +22,12 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
 
 from clrp.errors import ClrpError
+
+IDENTITY_MODES = ("none", "oidc", "proxy")
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,44 @@ class IdentitySettings:
     proxy_header: str = "X-Forwarded-Email"
     allowed_users: tuple = ()             # empty: anyone the identity provider admits
     admins: tuple = ()
+    oidc_provider: str = ""               # st.login(provider): a [auth.<name>] of secrets.toml; "" = [auth]
+
+    def check(self, where: str) -> None:
+        if self.mode not in IDENTITY_MODES:
+            raise ClrpError(f"{where}: [server.identity] mode must be one of {', '.join(IDENTITY_MODES)}, "
+                            f"not {self.mode!r}")
+        if self.mode == "proxy" and not self.proxy_header.strip():
+            raise ClrpError(f"{where}: [server.identity] proxy_header is empty")
+
+    def allows(self, name: str) -> bool:
+        """Whether a signed-in user may use the server (admins always may)."""
+        if not self.allowed_users:
+            return True
+        return _norm(name) in {_norm(u) for u in (*self.allowed_users, *self.admins)}
+
+    def is_admin(self, name: str) -> bool:
+        return _norm(name) in {_norm(u) for u in self.admins}
+
+
+def _norm(name: str) -> str:
+    return str(name).strip().lower()
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    #: torchvision/timm models (picker keys, e.g. "resnet50", "timm:vit_small_patch16_224") that
+    #: visitors may download into the server's cache; "*" allows every one. Admins may download
+    #: any. Default: none (visitors get the bundled model, lab models and weights already cached).
+    downloadable: tuple = ()
+    #: models kept loaded in memory at once, over every session (least recently used evicted).
+    max_in_memory: int = 4
+
+    def check(self, where: str) -> None:
+        if not isinstance(self.max_in_memory, int) or self.max_in_memory < 1:
+            raise ClrpError(f"{where}: [server.models] max_in_memory must be a positive integer")
+
+    def may_download(self, key: str) -> bool:
+        return "*" in self.downloadable or key in self.downloadable
 
 
 @dataclass(frozen=True)
@@ -58,6 +101,7 @@ _MINIMUM = {"jobs_running_per_user": 1, "jobs_running_server": 1, "estimates_run
 @dataclass(frozen=True)
 class ServerSettings:
     identity: IdentitySettings = field(default_factory=IdentitySettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
 
 
@@ -90,8 +134,29 @@ def _table(cls, raw, where: str):
     return cls(**out)
 
 
-_SUBTABLES = {"identity": IdentitySettings, "limits": LimitSettings}
+_SUBTABLES = {"identity": IdentitySettings, "models": ModelSettings, "limits": LimitSettings}
 _cache: dict = {}
+
+
+def read_server_settings(path: os.PathLike | str) -> ServerSettings:
+    """The ``[server]`` table of the TOML file at ``path`` (defaults for a table left out)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f).get("server", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ClrpError(f"cannot read the lab config {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ClrpError(f"lab config {path}: [server] must be a table")
+    unknown = sorted(set(raw) - set(_SUBTABLES))
+    if unknown:
+        raise ClrpError(f"lab config {path}: unknown key(s) in [server]: {', '.join(unknown)}; "
+                        f"known: {', '.join(_SUBTABLES)}")
+    out = ServerSettings(**{k: _table(cls, raw.get(k, {}), f"[server.{k}]") for k, cls in _SUBTABLES.items()})
+    out.identity.check(str(path))
+    out.models.check(str(path))
+    return out
 
 
 def server_settings(path: str | None = None) -> ServerSettings:
@@ -108,20 +173,7 @@ def server_settings(path: str | None = None) -> ServerSettings:
         return ServerSettings()
     if key in _cache:
         return _cache[key]
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f).get("server", {})
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ClrpError(f"cannot read the lab config {path}: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ClrpError(f"lab config {path}: [server] must be a table")
-    unknown = sorted(set(raw) - set(_SUBTABLES))
-    if unknown:
-        raise ClrpError(f"lab config {path}: unknown key(s) in [server]: {', '.join(unknown)}; "
-                        f"known: {', '.join(_SUBTABLES)}")
-    out = ServerSettings(**{k: _table(cls, raw.get(k, {}), f"[server.{k}]") for k, cls in _SUBTABLES.items()})
+    out = read_server_settings(path)
     _cache.clear()
     _cache[key] = out
     return out

@@ -18,7 +18,9 @@ from clrp import notices, scenes, viz
 from clrp.errors import ClrpError
 from clrp.methods import MAP_KINDS, METHOD_LABELS, map_kind
 
-from . import core
+from . import core, identity
+from .safetext import md, redact, safe_filename
+from .settings import server_settings
 
 log = logging.getLogger("clrp.dashboard")
 
@@ -54,12 +56,18 @@ PAGES = (
 )
 
 
-def page(title: str, icon: str = ":material/insights:") -> None:
-    """Page config + the sidebar navigation (Streamlit's own list is off in .streamlit/config.toml:
-    it would call the home page "app")."""
+def page(title: str, icon: str = ":material/insights:") -> identity.User:
+    """Page config, the identity gate (:func:`dashboard.identity.require_user`: a refused visitor
+    sees why and nothing else), the open-server warning, and the sidebar: navigation (Streamlit's
+    own list is off in .streamlit/config.toml: it would call the home page "app") and who is
+    signed in. Every page calls this first; returns the user."""
     from streamlit.errors import StreamlitPageNotFoundError
 
     st.set_page_config(page_title=f"{title} · clrp", page_icon=icon, layout="wide")
+    user = identity.require_user()
+    warning = identity.open_server_warning()
+    if warning:
+        st.warning(md(warning), icon=":material/gpp_maybe:")
     with st.sidebar:
         try:
             for p in PAGES:
@@ -68,6 +76,35 @@ def page(title: str, icon: str = ":material/insights:") -> None:
             pass  # a page file run on its own (``streamlit run pages/...``, AppTest) has no app to link to
         else:
             st.divider()
+        _signed_in(user)
+    return user
+
+
+def _signed_in(user: identity.User) -> None:
+    role = " · admin" if user.is_admin else ""
+    if user.kind == "anonymous":
+        st.caption(f"{md(user.name)}{role} (no sign-in on this server)", help="Your runs belong to this browser "
+                   "(a cookie): a reload keeps them, another browser does not see them.")
+    else:
+        st.caption(f"Signed in as **{md(user.name)}**{role}")
+        if user.kind == "oidc":
+            st.button("Log out", on_click=st.logout, key="_clrp_logout", icon=":material/logout:")
+
+
+def is_admin() -> bool:
+    return identity.current_user().is_admin
+
+
+def shown(text) -> str:
+    """Server or dataset text as a page shows it: escaped for Markdown and, for users who are not
+    admins, without server paths and URLs (the full text is in the server log)."""
+    text = str(text)
+    if not is_admin():
+        red = redact(text)
+        if red != text:
+            log.info("shown redacted: %s", text)
+        text = red
+    return md(text)
 
 
 def _is_streamlit_control(e: BaseException) -> bool:
@@ -82,15 +119,16 @@ def guard(what: str = "this step"):
     try:
         yield
     except ClrpError as e:
-        st.error(str(e), icon=":material/error:")
+        st.error(shown(e), icon=":material/error:")
     except Exception as e:
         if _is_streamlit_control(e):
             raise
         log.exception("unexpected error in %s", what)
-        st.error(f"Something went wrong in {what}. The details below may help the maintainers.",
+        st.error(f"Something went wrong in {md(what)}. The details below may help the maintainers.",
                  icon=":material/error:")
         with st.expander("Details"):
-            st.code(f"{type(e).__name__}: {e}", language=None)
+            detail = f"{type(e).__name__}: {e}"
+            st.code(detail if is_admin() else redact(detail), language=None)
 
 
 def session_id() -> str:
@@ -103,10 +141,18 @@ def session_id() -> str:
 # ---------------------------------------------------------------------------------------------
 # Models
 
-@st.cache_resource(show_spinner="Loading the model (once per server)…", max_entries=8)
+def _models_in_memory() -> int:
+    try:
+        return server_settings().models.max_in_memory
+    except ClrpError:
+        return 4  # an invalid [server] table: every page refuses anyway (identity.require_user)
+
+
+@st.cache_resource(show_spinner="Loading the model (once per server)…", max_entries=_models_in_memory())
 def get_model(key: str):
-    """The model for a picker key, loaded once per server process and shared by every session.
-    Never mutated: explanations run on its parameters without hooks, ``.train()`` or ``.to()``."""
+    """The model for a picker key, loaded once per server process and shared by every session, at
+    most ``[server.models] max_in_memory`` at once (the least recently used is dropped). Never
+    mutated: explanations run on its parameters without hooks, ``.train()`` or ``.to()``."""
     return core.load_model(key)
 
 
@@ -115,26 +161,40 @@ def _choices():
     return core.model_choices()
 
 
+def user_choices() -> list:
+    """The models this user may pick: every one for admins; for others, downloads only of the
+    models on ``[server.models] downloadable`` (:func:`core.restrict_downloads`)."""
+    choices = _choices()
+    if is_admin():
+        return choices
+    return core.restrict_downloads(choices, server_settings().models)
+
+
 def model_table() -> list[dict]:
     """Every model the picker knows, as rows for a table (home page)."""
     return [{"model": c.key, "kind": c.kind,
              "available": "yes" if c.available else "on first use" if c.downloadable else "no",
-             "note": c.reason or c.description} for c in _choices()]
+             "note": (c.reason if is_admin() else redact(c.reason)) if c.reason else c.description}
+            for c in user_choices()]
 
 
 def _unavailable_summary(missing) -> list[str]:
-    """One line per unavailable lab/bundled/timm model; torchvision models sharing a reason (e.g.
-    downloads off) as one line, so ~80 entries stay readable."""
-    lines, shared = [], {}
+    """One line per unavailable lab/bundled/timm model (Markdown, escaped); torchvision models
+    sharing a reason (downloads off, not on the allow-list) as one line, so ~80 entries stay readable."""
+    lines, off, not_allowed = [], [], []
     for c in missing:
         if c.kind == "torchvision" and "downloads are off" in (c.reason or ""):
-            shared.setdefault("off", []).append(c)
+            off.append(c)
+        elif (c.reason or "").startswith(core.NOT_ALLOWED):
+            not_allowed.append(c)
         else:
-            lines.append(f"**{c.key}** — {c.reason}")
-    if shared.get("off"):
-        cs = shared["off"]
-        example = cs[0].reason.split(";")[0]
-        lines.insert(0, f"**{len(cs)} torchvision models** — downloads are off on this server (CLRP_OFFLINE=1); "
+            lines.append(f"**{md(c.key)}** — {shown(c.reason)}")
+    if not_allowed:
+        lines.insert(0, f"**{len(not_allowed)} models** — {md(not_allowed[0].reason)}")
+    if off:
+        example = shown(off[0].reason.split(";")[0])
+        lines.insert(0, f"**{len(off)} torchvision models** — downloads are off on this server "
+                        f"({md('CLRP_OFFLINE=1')}); "
                         f"an admin puts the weights into the torch hub cache (e.g. {example}).")
     return lines
 
@@ -142,9 +202,9 @@ def _unavailable_summary(missing) -> list[str]:
 def model_picker(where=None):
     """Sidebar model selector; returns the ``LoadedModel`` (or None with an ``st.error`` shown).
     Models whose weights are on the server come first; torchvision/timm models that are not are
-    offered too when the server may download them (once, into its cache)."""
+    offered too when this user may download them (once, into the server's cache)."""
     where = where or st.sidebar
-    choices = _choices()
+    choices = user_choices()
     selectable = [c for c in choices if c.selectable]
     keys = [c.key for c in selectable]
     if st.session_state.get(MODEL_STATE) not in keys:
@@ -154,7 +214,7 @@ def model_picker(where=None):
         st.subheader("Model")
         if not selectable:
             st.error("No model is available on this server. " + "; ".join(
-                f"{c.key}: {c.reason}" for c in choices if c.reason))
+                f"{md(c.key)}: {shown(c.reason)}" for c in choices if c.reason))
             return None
         by_key = {c.key: c for c in selectable}
         current = st.session_state[MODEL_STATE]
@@ -181,7 +241,7 @@ def model_picker(where=None):
     with guard("loading the model"):
         try:
             if choice.downloadable and not choice.available:
-                with st.spinner(f"Downloading the weights of {picked} into the server's cache (once)…"):
+                with st.spinner(f"Downloading the weights of {md(picked)} into the server's cache (once)…"):
                     lm = get_model(picked)
                 _choices.clear()  # it is available now
             else:
@@ -351,13 +411,13 @@ def image_page(title: str, key: str, caption: str | None = None):
 
 def input_note(lm, img: dict, info: dict) -> None:
     """Say what the model knows and what geometry the image took, under the title."""
-    text = f"**{img['name']}** → model input: {info['geometry']}."
+    text = f"**{md(img['name'])}** → model input: {md(info['geometry'])}."
     squashed = "squashed" in info["geometry"]
-    domain = lm.domain.rstrip(".") + "." if lm.domain else ""
+    domain = md(lm.domain.rstrip(".") + ".") if lm.domain else ""
     warnings = notices.input_warnings(lm, info["original_size"], known_scene=img.get("scene") is not None)
     if warnings:  # the text the command line prints too
         knows = [f"The model knows {domain}"] if domain and notices.domain_warning(lm) not in warnings else []
-        st.warning(" ".join([text, *warnings, *knows]), icon=":material/info:")
+        st.warning(" ".join([text, *(md(w) for w in warnings), *knows]), icon=":material/info:")
     elif squashed:
         st.info(text + (f" The model knows {domain}" if domain else ""), icon=":material/aspect_ratio:")
     else:
@@ -473,7 +533,7 @@ def maps_zip(items: Sequence[MapItem], image: np.ndarray, display: dict, setting
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for it, m, lim in zip(items, maps, limits):
-            name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in it.title)
+            name = safe_filename(it.title, default="map")
             zf.writestr(f"{name}.png", viz.to_png(viz.overlay(image, m, display["cmap"], lim.vmin, lim.vmax,
                                                               display["opacity"])))
             zf.writestr(f"{name}_heatmap.png", viz.to_png(viz.colorize(m, display["cmap"], lim.vmin, lim.vmax)))

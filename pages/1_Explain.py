@@ -10,7 +10,7 @@ lm, key, img, x, image = ui.image_page("Explain an image", "explain")
 
 left, right = st.columns([1, 2])
 with left:
-    st.image(image, caption=f"{img['name']} as the model sees it ({image.shape[1]}×{image.shape[0]})", width="stretch")
+    st.image(image, caption=f"{ui.md(img['name'])} as the model sees it ({image.shape[1]}×{image.shape[0]})", width="stretch")
 with right:
     k = st.slider("Top-k predictions", 1, min(20, lm.num_classes), min(5, lm.num_classes), key="explain_k")
     top = ui.top_classes(key, img["digest"], x, k)
@@ -80,7 +80,7 @@ with st.spinner("Explaining…"):
                 R = ui.explain(key, img["digest"], x, m, c, preset or rules, options_for(m))
                 items.append(ui.method_item(title, R, m, options_for(m)))
             except ClrpError as e:
-                failures.append(f"{title}: {e}")
+                failures.append(f"{ui.md(title)}: {ui.shown(e)}")
 
 for f in failures:
     st.warning(f, icon=":material/warning:")

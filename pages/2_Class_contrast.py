@@ -8,6 +8,7 @@ import streamlit as st
 import clrp
 from clrp.errors import ClrpError
 from clrp.evaluation import discriminativeness as disc
+from clrp.evaluation.runs import rows_csv  # the one CSV writer (neutralises formula cells)
 from dashboard import ui
 
 lm, key, img, x, image = ui.image_page(
@@ -34,7 +35,7 @@ with c3:
     presets = list(clrp.RULES)
     rules = st.selectbox("Rule preset", presets, index=presets.index("paper"), key="contrast_rules")
 
-st.image(image, caption=img["name"], width=160)
+st.image(image, caption=ui.md(img["name"]), width=160)
 if len(classes) < 2 or not methods:
     st.info("Choose at least two classes and one method.")
     st.stop()
@@ -47,7 +48,7 @@ with st.spinner("Explaining…"):
             try:
                 per[c] = ui.explain(key, img["digest"], x, m, c, rules)
             except ClrpError as e:
-                failures.append(f"{ui.method_label(m)} · {lm.class_names[c]}: {e}")
+                failures.append(f"{ui.method_label(m)} · {ui.md(lm.class_names[c])}: {ui.shown(e)}")
         if len(per) == len(classes):
             maps[m] = per
 for f in failures:
@@ -67,7 +68,7 @@ if rows:
     mcols = st.columns(min(4, len(maps)))
     for i, (m, g) in enumerate(df.groupby("method", sort=False)):
         r = g["Pearson r"].mean()
-        mcols[i % len(mcols)].metric(f"{m}: Pearson r between classes", "undefined" if pd.isna(r) else f"{r:.3f}",
+        mcols[i % len(mcols)].metric(f"{ui.md(m)}: Pearson r between classes", "undefined" if pd.isna(r) else f"{r:.3f}",
                                      help="Mean over class pairs. Near 1: the maps do not tell the classes apart.")
     st.dataframe(df.style.format({c: "{:.3f}" for c in df.columns if c not in ("method", "class A", "class B")}),
                  hide_index=True, width="stretch")
@@ -77,7 +78,7 @@ if rows:
     for m, per in maps.items():
         for c in classes:
             items.append(ui.method_item(f"{ui.method_label(m)} · {lm.class_names[c]}", per[c], m))
-    st.download_button("Discriminativeness (CSV)", df.to_csv(index=False).encode(), "discriminativeness.csv",
+    st.download_button("Discriminativeness (CSV)", rows_csv(df), ui.safe_filename("discriminativeness.csv"),
                        "text/csv", key="contrast_csv", on_click="ignore")
     settings = {"model": key, "image": img["name"], "classes": {int(c): lm.class_names[c] for c in classes},
                 "methods": list(maps), "rules": rules, "clrp_version": clrp.__version__}

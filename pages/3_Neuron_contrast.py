@@ -48,7 +48,7 @@ if rel is None:
 
 k = rel.shape[0]
 order = np.argsort(-rel, kind="stable")
-st.subheader(f"Relevance of the {k} channels of {layer} for “{lm.class_names[target]}”")
+st.subheader(f"Relevance of the {k} channels of {ui.md(layer)} for “{ui.md(lm.class_names[target])}”")
 fig = go.Figure(go.Bar(x=np.arange(k), y=rel, marker_color=np.where(rel >= 0, "#b2182b", "#2166ac"),
                        hovertemplate="channel %{x}<br>relevance %{y:.4g}<extra></extra>"))
 fig.update_layout(height=260, margin=dict(l=0, r=0, t=10, b=0), xaxis_title="channel", yaxis_title="relevance",
@@ -78,7 +78,7 @@ def add(title, fn, kind="neuron relevance"):
     try:
         items.append(ui.MapItem(title, fn(), kind))
     except ClrpError as e:
-        failures.append(f"{title}: {e}")
+        failures.append(f"{ui.md(title)}: {ui.shown(e)}")
 
 
 with st.spinner("Explaining…"):
