@@ -83,10 +83,10 @@ def dataset_source(kind: str) -> dict | None:
     # admins see the server's paths; others see each root by its folder name (``root/sub``)
     shown_path = str if ui.is_admin() else (lambda p: core.display_path(p, roots))
     c1, c2 = st.columns([3, 1])
-    entries = core.list_root_entries(roots)
+    entries = core.list_root_entries(roots)  # already "<root name>/<entry>": no server path
     choice = c1.selectbox("Folder or file inside the allowed roots", ["(type a path)"] + entries,
-                          key=f"{kind}_server_pick", format_func=lambda e: e if e.startswith("(") else shown_path(e))
-    path = c1.text_input("Path", value="" if choice == "(type a path)" else shown_path(choice),
+                          key=f"{kind}_server_pick")
+    path = c1.text_input("Path", value="" if choice == "(type a path)" else choice,
                          key=f"{kind}_server_path",
                          help="Allowed roots: " + ", ".join(ui.md(shown_path(r)) for r in roots))
     fmt = c2.selectbox("Format", FORMATS, key=f"{kind}_server_fmt")
@@ -283,7 +283,7 @@ def live_panel(run_id: str, kind: str, slot: str = "current"):
             st.session_state[polling] = None
             st.rerun()  # the run ended: redraw the whole page once, without the timer (and with downloads)
         who = f" · {ui.md(r.owner)}" if r.owner != user.id else ""
-        st.markdown(f"**Run {ui.md(r.id)}** · {ui.shown(r.label)}{who}")
+        st.markdown(f"**Run `{r.id}`** · {ui.shown(r.label)}{who}")  # ids are our own tokens
         status_line(r)
         if r.active:
             st.button("Cancel", key=f"{kind}_cancel_{slot}_{r.id}", on_click=jobs.service().cancel, args=(user, r.id),
