@@ -32,7 +32,7 @@ import torch
 from .errors import ClrpError
 
 __all__ = ["DEVICE_ENV", "DeviceOutOfMemory", "resolve_device", "place", "device_of", "describe",
-           "batch_limit", "explain_batched", "HEADROOM", "GPU_CAP", "CPU_CAP"]
+           "batch_limit", "explain_batched", "without_oom_crash", "HEADROOM", "GPU_CAP", "CPU_CAP"]
 
 DEVICE_ENV = "CLRP_DEVICE"
 HEADROOM = 0.7
@@ -175,6 +175,8 @@ def explain_batched(explain, inputs: torch.Tensor, targets, *, batch_size: int |
     """``explain(inputs[a:b], targets[a:b])`` over the rows in batches sized by :func:`batch_limit`
     (``batch_size``: an upper bound instead of the default cap), halving a batch that runs out of
     memory. Returns the rows concatenated (on the inputs' device)."""
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim == 0:
+        return explain(inputs, targets)  # explain() says what is wrong with them
     n = int(inputs.shape[0])
     try:
         t = torch.as_tensor(targets).reshape(-1)
@@ -217,16 +219,22 @@ def explain_batched(explain, inputs: torch.Tensor, targets, *, batch_size: int |
 
 
 def _one_call(explain, inputs, targets, n):
+    return without_oom_crash(lambda: explain(inputs, targets), _memory_device(inputs), n)
+
+
+def without_oom_crash(call, device, n: int = 1):
+    """``call()``; running out of memory on ``device`` becomes a ``ClrpError`` that says so (the
+    cached blocks are released first), never a bare ``torch.OutOfMemoryError``."""
     try:
-        return explain(inputs, targets)
+        return call()
     except Exception as e:
         if not _is_oom(e):
             raise
-        dev = _memory_device(inputs)
-        _release(dev)
+        _release(device)
         if n > 1:
-            raise ClrpError(f"out of memory on {dev} explaining {n} maps at once; explain fewer at a time") from None
-        raise _oom_error(dev, e) from None
+            raise ClrpError(f"out of memory on {device} explaining {n} maps at once; explain fewer at a "
+                            f"time") from None
+        raise _oom_error(device, e) from None
 
 
 def _oom_error(dev, e) -> DeviceOutOfMemory:

@@ -205,6 +205,22 @@ def test_runner_survives_out_of_memory_with_the_same_results(tmp_path, monkeypat
     assert s["device"] == "cpu"
 
 
+def test_the_dashboards_explanations_turn_out_of_memory_into_a_message(monkeypatch):
+    """LoadedModel.explain/explain_neuron/layer_relevance (what the dashboard calls) never let a
+    torch.OutOfMemoryError through: the page shows a ClrpError's message."""
+    import clrp.methods as M
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    for name in ("explain", "explain_neuron", "layer_relevance"):
+        monkeypatch.setattr(M, name, oom)
+    lm, x = _loaded(), torch.zeros(1, 3, 8, 8)
+    for call in (lambda: lm.explain(x, [1]), lambda: lm.explain_neuron(x, "0", 1),
+                 lambda: lm.layer_relevance(x, [1], "0")):
+        with pytest.raises(DeviceOutOfMemory, match="out of memory on cpu explaining a single image"):
+            call()
+
+
 def test_cli_device_defaults_to_auto():
     from clrp.cli import build_parser
 

@@ -180,28 +180,35 @@ class LoadedModel:
     def explain(self, inputs: torch.Tensor, targets, method: str = "lrp", rules: str = "paper",
                 **options) -> torch.Tensor:
         """:func:`clrp.explain` on this model, with the zB box of its preprocessing by default."""
+        from ..devices import explain_batched
         from ..methods import explain
 
-        return explain(self.model, self.on_model_device(inputs, False), targets, method, rules=rules,
-                       **self.preprocessing.method_options(options))
+        opts = self.preprocessing.method_options(options)
+        # batched to the device's memory; out of memory: half the batch, then a ClrpError
+        return explain_batched(lambda x, t: explain(self.model, x, t, method, rules=rules, **opts),
+                               self.on_model_device(inputs, False), targets)
 
     def explain_neuron(self, inputs: torch.Tensor, layer: str, channel: int, contrast=None,
                        rules: str = "paper", **options) -> torch.Tensor:
         """:func:`clrp.explain_neuron` on this model, with its zB box by default."""
+        from ..devices import without_oom_crash
         from ..methods import explain_neuron
 
-        return explain_neuron(self.model, self.on_model_device(inputs, False), layer, channel, contrast=contrast,
-                              rules=rules,
-                              **self.preprocessing.method_options(options))
+        x = self.on_model_device(inputs, False)
+        return without_oom_crash(lambda: explain_neuron(self.model, x, layer, channel, contrast=contrast, rules=rules,
+                                                        **self.preprocessing.method_options(options)),
+                                 getattr(x, "device", "cpu"))
 
     def layer_relevance(self, inputs: torch.Tensor, targets, layer: str, method: str = "lrp",
                         rules: str = "paper", **options) -> torch.Tensor:
         """:func:`clrp.layer_relevance` on this model (channel relevances of ``layer``)."""
+        from ..devices import without_oom_crash
         from ..methods import layer_relevance
 
-        return layer_relevance(self.model, self.on_model_device(inputs, False), targets, layer, method,
-                               rules=rules,
-                               **self.preprocessing.method_options(options))
+        x = self.on_model_device(inputs, False)
+        return without_oom_crash(lambda: layer_relevance(self.model, x, targets, layer, method, rules=rules,
+                                                         **self.preprocessing.method_options(options)),
+                                 getattr(x, "device", "cpu"))
 
     def feature_layers(self) -> list[str]:
         """Hidden layers whose channels can be explained, in forward order (graph names)."""
