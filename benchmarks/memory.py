@@ -1,6 +1,8 @@
-"""Peak memory of one call, for the benchmarks: ``torch.cuda.max_memory_allocated`` above what was
-allocated before (CUDA), or the process's resident set size above its size before, sampled every
-5 ms by a thread (CPU: a lower bound on the true peak, which can fall between two samples)."""
+"""Peak memory of one call, for the benchmarks: on CUDA ``torch.cuda.max_memory_allocated`` above
+what was allocated before the call (the call's own working set); on the CPU the process's peak
+resident set size during the call, sampled every 5 ms by a thread. The CPU number is the whole
+process (Python, torch, every model the benchmark holds), not the call's own share: the allocator
+reuses freed memory, so an increase over the size before the call would mostly read 0."""
 from __future__ import annotations
 
 import threading
@@ -10,7 +12,7 @@ import torch
 
 
 def peak_memory(fn, device):
-    """``(fn(), peak bytes above the baseline)`` on ``device``."""
+    """``(fn(), peak bytes)`` on ``device`` (see the module docstring for what the bytes are)."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -35,8 +37,9 @@ def peak_memory(fn, device):
         stop.set()
         t.join()
     peak[0] = max(peak[0], proc.memory_info().rss)
-    return out, peak[0] - before
+    return out, peak[0]
 
 
 def memory_kind(device) -> str:
-    return "peak allocated (torch.cuda)" if torch.device(device).type == "cuda" else "peak RSS increase (sampled)"
+    return ("peak allocated by the call (torch.cuda.max_memory_allocated)" if torch.device(device).type == "cuda"
+            else "peak RSS of the whole process during the call (sampled every 5 ms)")
