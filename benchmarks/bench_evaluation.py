@@ -1,6 +1,8 @@
-"""Evaluation speed on the CPU: Pointing Game runs (images/s) and region perturbation, batched vs naive.
+"""Evaluation speed on the CPU or a GPU: Pointing Game runs (images/s), the 11-method Pointing Game
+extrapolated to VOC07 test, and region perturbation, batched vs naive.
 
-    python benchmarks/bench_evaluation.py [--repeats 3] [--threads 2] [--skip-vgg] [--json out.json]
+    python benchmarks/bench_evaluation.py [--repeats 3] [--threads 2] [--skip-vgg] [--json out.json] [--device auto]
+    python benchmarks/bench_evaluation.py --only-all-methods --all-methods-images 5000 --device cuda
 
 1. Pointing Game through :func:`clrp.evaluation.runner.run_evaluation` (methods lrp and clrp2,
    each timed alone, centre baseline included), on bundled scenes (``scenes:N``, seeds 30,000,000+):
@@ -10,7 +12,15 @@
      wrapped in a ``LoadedModel`` (ImageNet normalisation, whole image resized to 224).
    Reported: images/s and (image, class) pairs/s, median over ``--repeats`` runs (fresh output
    folders; model load and scene generation excluded).
-2. Region perturbation (:func:`region_perturbation` with several ``batch_size`` vs
+2. The Pointing Game with all 11 methods at once (integrated gradients and SmoothGrad with
+   ``--steps`` steps/samples, 50 by default as in the VOC runs), one run each:
+   - the bundled model on ``scenes:--all-methods-images`` (the issue's scenes:5000 on a GPU), wall
+     time of the whole run;
+   - torchvision VGG16 and ResNet-50 (random weights, 224 px) on ``--all-methods-vgg-images`` scenes:
+     seconds per (image, class) pair, times 6,900 pairs = the VOC07 test set (4,952 images), as
+     an extrapolated wall time (VOC images are resized to 224 like these).
+   Also the peak memory of each run (benchmarks/memory.py).
+3. Region perturbation (:func:`region_perturbation` with several ``batch_size`` vs
    :func:`region_perturbation_naive`): a small CNN at 224 px and the bundled architecture at 96 px,
    ``--pert-steps`` steps of 8 x 8 patches; variants run interleaved, median of ``--repeats``.
 
@@ -31,11 +41,19 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import clrp  # noqa: E402
 from clrp import scenes  # noqa: E402
+from clrp.devices import describe, place, resolve_device  # noqa: E402
 from clrp.datasets import open_dataset  # noqa: E402
 from clrp.evaluation.perturbation import region_perturbation, region_perturbation_naive  # noqa: E402
 from clrp.evaluation.runner import run_evaluation  # noqa: E402
 from clrp.models import LoadedModel, Preprocessing, build_architecture  # noqa: E402
+from memory import memory_kind, peak_memory  # noqa: E402
+
+#: VOC07 test: 4,952 images, about 6,900 (image, class) pairs (difficult objects excluded).
+VOC07_TEST_IMAGES, VOC07_TEST_PAIRS = 4952, 6900
 
 
 def bundled_or_random():
@@ -52,15 +70,39 @@ def bundled_or_random():
                 "bundled architecture, RANDOM weights (shipped weights not installed)")
 
 
-def vgg16_random():
+def vgg16_random(arch="vgg16"):
     import torchvision
 
     torch.manual_seed(0)
-    net = torchvision.models.vgg16().eval()   # random weights; nothing downloaded
+    net = torchvision.models.get_model(arch).eval()   # random weights; nothing downloaded
     # the scenes' classes as the first 10 outputs' names (the weights are random anyway)
     names = list(scenes.CLASS_NAMES) + [f"class_{i}" for i in range(10, 1000)]
     pp = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_size=(224, 224), resize=None)
-    return LoadedModel(net, names, pp, "vgg16-random", architecture="vgg16")
+    return LoadedModel(net, names, pp, f"{arch}-random", architecture=arch)
+
+
+def time_all_methods(lm, root, n_images, steps, device):
+    """One Pointing Game run with every method: wall seconds, pairs, peak memory."""
+    import pandas as pd
+
+    methods = tuple(clrp.METHODS)
+    opts = {"integrated_gradients": {"steps": steps}, "smoothgrad": {"samples": steps}}
+    out = tempfile.mkdtemp(prefix="clrp-bench-")
+    try:
+        ds = open_dataset(root, "voc", split="test")
+        t0 = time.perf_counter()
+        _, peak = peak_memory(lambda: run_evaluation(ds, lm, out, methods=methods, protocols=("pointing",),
+                                                     tolerance="scaled", limit=n_images, batch_size=8,
+                                                     method_options=opts, device=device), device)
+        dt = time.perf_counter() - t0
+        rows = pd.concat([pd.read_parquet(os.path.join(out, "pointing", f))
+                          for f in os.listdir(os.path.join(out, "pointing"))])
+        pairs = int((rows["method"] == methods[0]).sum())
+        failed = sorted(set(methods) - set(rows["method"]))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": dt, "images": n_images, "pairs": pairs, "methods": list(methods), "steps": steps,
+            "peak_bytes": int(peak), "methods_without_rows": failed}
 
 
 def time_pointing(lm, root, method, n_images, repeats):
@@ -71,7 +113,7 @@ def time_pointing(lm, root, method, n_images, repeats):
             ds = open_dataset(root, "voc", split="test")
             t0 = time.perf_counter()
             run_evaluation(ds, lm, out, methods=(method,), protocols=("pointing",), tolerance="scaled",
-                           limit=n_images, batch_size=8)
+                           limit=n_images, batch_size=8, device=lm_device(lm))
             dt = time.perf_counter() - t0
             import pandas as pd
 
@@ -84,6 +126,12 @@ def time_pointing(lm, root, method, n_images, repeats):
         pair_rates.append(pairs / dt)
     return {"images_per_s": statistics.median(rates), "min": min(rates), "max": max(rates),
             "pairs_per_s": statistics.median(pair_rates), "runs": rates}
+
+
+def lm_device(lm):
+    from clrp.devices import device_of
+
+    return device_of(lm)
 
 
 def small_cnn():
@@ -129,15 +177,54 @@ def main():
     ap.add_argument("--skip-pointing", action="store_true")
     ap.add_argument("--skip-perturbation", action="store_true")
     ap.add_argument("--json", help="write the numbers here")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (clrp.devices)")
+    ap.add_argument("--all-methods-images", type=int, default=24,
+                    help="scenes for the 11-method Pointing Game with the bundled model (0: skip)")
+    ap.add_argument("--all-methods-vgg-images", type=int, default=4,
+                    help="scenes for the 11-method Pointing Game with VGG16 and ResNet-50 at 224 px (0: skip)")
+    ap.add_argument("--steps", type=int, default=50, help="integrated gradients steps and SmoothGrad samples")
+    ap.add_argument("--only-all-methods", action="store_true", help="only the 11-method Pointing Game")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    device = resolve_device(a.device)
+    if a.only_all_methods:
+        a.skip_pointing = a.skip_perturbation = True
     out = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-           "repeats": a.repeats, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+           "repeats": a.repeats, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "device": describe(device), "memory": memory_kind(device)}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {describe(device)}; "
           f"medians of {a.repeats} runs [min-max]")
     tmp = tempfile.mkdtemp(prefix="clrp-bench-scenes-")
     try:
+        if a.all_methods_images or a.all_methods_vgg_images:
+            n = max(a.all_methods_images, a.all_methods_vgg_images)
+            root = scenes.voc_cache(n, scenes.EVALUATION_SEED, tmp)
+            out["all_methods"] = {}
+            runs = []
+            if a.all_methods_images:
+                lm, what = bundled_or_random()
+                runs.append((lm, what, a.all_methods_images))
+            if a.all_methods_vgg_images:
+                runs += [(vgg16_random(arch), f"torchvision {arch}, random weights, 224 px", a.all_methods_vgg_images)
+                         for arch in ("vgg16", "resnet50")]
+            for m, desc, k in runs:
+                place(m, device)
+                time_all_methods(m, root, 1, a.steps, device)  # warm-up: traces and caches, not timed
+                r = time_all_methods(m, root, k, a.steps, device)
+                per_pair = r["seconds"] / max(1, r["pairs"])
+                r.update(model=desc, seconds_per_pair=per_pair, voc07_test_seconds=per_pair * VOC07_TEST_PAIRS,
+                         scenes_5000_seconds=r["seconds"] / k * 5000)
+                out["all_methods"][m.name] = r
+                # the bundled model's own world is scenes at 96 px; VOC-sized work is the 224 px models
+                extra = (f"scenes:5000 extrapolated: {r['scenes_5000_seconds'] / 60:.1f} min" if m is runs[0][0]
+                         and a.all_methods_images else f"VOC07 test ({VOC07_TEST_PAIRS} pairs) extrapolated: "
+                         f"{r['voc07_test_seconds'] / 60:.1f} min")
+                print(f"Pointing Game, 11 methods ({a.steps} steps for IG/SmoothGrad), {desc}: {k} images, "
+                      f"{r['pairs']} pairs in {r['seconds']:.1f} s ({k / r['seconds']:.2f} images/s, "
+                      f"{per_pair:.3f} s per pair), peak {r['peak_bytes'] / 2 ** 20:.0f} MiB; {extra}"
+                      + (f"; no rows for {r['methods_without_rows']}" if r["methods_without_rows"] else ""))
+                sys.stdout.flush()
         if not a.skip_pointing:
             root = scenes.voc_cache(max(a.images, a.vgg_images), scenes.EVALUATION_SEED, tmp)
             lm, what = bundled_or_random()
@@ -146,6 +233,7 @@ def main():
             if not a.skip_vgg:
                 models.append((vgg16_random(), "torchvision VGG16, random weights, 224 px", a.vgg_images))
             for m, desc, n in models:
+                place(m, device)
                 for method in ("lrp", "clrp2"):
                     r = time_pointing(m, root, method, n, a.repeats)
                     out["pointing"][f"{m.name}/{method}"] = dict(r, model=desc, images=n)

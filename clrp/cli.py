@@ -224,16 +224,9 @@ def _load_model(a):
 
 
 def _to_device(loaded, device: str):
-    import torch
+    from .devices import place
 
-    if device in (None, "", "cpu"):
-        return loaded
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ClrpError(f"--device {device}: CUDA is not available on this machine")
-    try:
-        loaded.model.to(device)
-    except (RuntimeError, ValueError) as e:
-        raise ClrpError(f"--device {device}: {e}") from None
+    place(loaded, device)  # the one policy (clrp.devices): --device, the model's setting, $CLRP_DEVICE, auto
     return loaded
 
 
@@ -387,7 +380,7 @@ def cmd_evaluate(a, argv) -> int:
         if a.estimate:
             from .evaluation.runner import estimate_duration
 
-            est = estimate_duration(view, loaded, cfg, images=a.estimate)
+            est = estimate_duration(view, loaded, cfg, images=a.estimate, device=a.device)
             print(f"estimated duration: {est.describe()}; one-off warm-up {est.warmup_seconds:.1f} s "
                   f"(on this machine, {loaded.name}, {', '.join(methods)})")
             return 0
@@ -398,7 +391,7 @@ def cmd_evaluate(a, argv) -> int:
                 from .evaluation.distributed import RayExecutor
                 executor = RayExecutor(None if a.ray == "local" else a.ray, workers=a.ray_workers)
             result = run_evaluation(view, loaded, out, cfg, resume=True, progress=not a.quiet,
-                                    provenance=provenance, executor=executor)
+                                    provenance=provenance, executor=executor, device=a.device)
         except KeyboardInterrupt:
             print(f"\ninterrupted: finished batches are saved in {out}; continue with:\n  {_resume_command(argv)}",
                   file=sys.stderr)
@@ -538,8 +531,7 @@ def cmd_explain(a, argv) -> int:
 
     for warning in input_warnings(loaded, img.original_size):  # the dashboard shows the same text
         print(f"warning: {warning}", file=sys.stderr)
-    param = next(loaded.model.parameters())
-    x = img.tensor.to(param.device, param.dtype)
+    x = loaded.on_model_device(img.tensor, dtype=False)  # float32 inputs: a half-precision model is explained in float32
     target = _resolve_target(a.target, loaded, x)
     r = loaded.explain(x, [target], a.method, a.rules, **_method_options(a.option).get(a.method, {}))
     m = viz.channel_sum(r.detach().cpu())
@@ -577,7 +569,9 @@ def _add_model_args(p):
     p.add_argument("--class-names", help="fine-tuned model: class names file (one per line, or JSON)")
     p.add_argument("--input-size", type=int, help="fine-tuned model: input size")
     p.add_argument("--models-config", help="lab models TOML (default $CLRP_MODELS_CONFIG)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda | cuda:N (auto: the lab model's device setting, else $CLRP_DEVICE, "
+                        "else cuda when available, else cpu)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: torch's choice; on a machine whose cores are busy with "
                         "other jobs, 1 can be several times faster)")

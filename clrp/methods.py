@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import engine
+from . import engine, precision
 from .engine import DECONVNET, GRADIENT, GUIDED, gradients, layer_step, plan_for, propagate, run_forward
 from .errors import ClrpError, InvalidInput, InvalidTarget, UnsupportedModel
 from .rules import (Epsilon, Gradient, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BOX, ZBox, box_from_normalization,
@@ -62,7 +62,8 @@ class _Ctx:
 def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", **options) -> torch.Tensor:
     """Relevance of every input element for each sample's target class.
 
-    Returns a float tensor shaped like ``inputs`` [N, C, H, W] on the inputs' device. ``targets`` is
+    Returns a float tensor shaped like ``inputs`` [N, C, H, W] on the inputs' device (float32 for a
+    float16/bfloat16 model, which is explained in float32: see ``clrp.precision``). ``targets`` is
     an int, a sequence or a tensor with one class per sample; a single image with K targets is
     explained K times (one forward pass). See ``METHODS`` for the methods and their options.
     """
@@ -71,6 +72,7 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", **o
     spec = REGISTRY[method]
     opts = _options(spec, options)
     box = opts.pop("box", None)
+    model, inputs = precision.for_explanation(model, inputs)  # float16/bfloat16: computed in float32
     try:
         plan = plan_for(model, inputs)
     except UnsupportedModel:
@@ -102,6 +104,7 @@ def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, 
     spec = REGISTRY.get(method)
     if spec is None or spec.family != "relevance":
         raise ClrpError(f"layer relevance needs an LRP-family method ({', '.join(_family('relevance'))})")
+    model, inputs = precision.for_explanation(model, inputs)
     plan = plan_for(model, inputs)
     x, t = _batch(engine.check_inputs(plan, inputs), targets)
     opts = _options(spec, options)
@@ -128,6 +131,7 @@ def explain_neuron(model, inputs, layer: str, channel: int, *, position=None, co
     """
     if output not in ("clamp", "signed"):
         raise ClrpError("output must be 'clamp' or 'signed'")
+    model, inputs = precision.for_explanation(model, inputs)
     plan = plan_for(model, inputs)
     x = engine.check_inputs(plan, inputs)
     idx = plan.layer_index(layer)

@@ -150,10 +150,16 @@ def _models_in_memory() -> int:
 
 @st.cache_resource(show_spinner="Loading the model (once per server)…", max_entries=_models_in_memory())
 def get_model(key: str):
-    """The model for a picker key, loaded once per server process and shared by every session, at
-    most ``[server.models] max_in_memory`` at once (the least recently used is dropped). Never
-    mutated: explanations run on its parameters without hooks, ``.train()`` or ``.to()``."""
-    return core.load_model(key)
+    """The model for a picker key, loaded once per server process, moved once to the device the
+    policy picks (``clrp.devices.place``: the lab TOML's ``device``, ``$CLRP_DEVICE``, else CUDA when
+    available) and shared by every session, at most ``[server.models] max_in_memory`` at once (the
+    least recently used is dropped). Never mutated after that: explanations run on its parameters
+    without hooks, ``.train()`` or ``.to()``."""
+    from clrp.devices import place
+
+    lm = core.load_model(key)
+    place(lm)
+    return lm
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -249,6 +255,11 @@ def model_picker(where=None):
         except ClrpError:
             _choices.clear()  # e.g. a failed download: list it as unavailable, with the reason
             raise
+    if lm is not None:
+        from clrp.devices import describe, device_of
+
+        where.caption(f"Runs on {describe(device_of(lm))}", help="Set per model by `device` in the lab TOML, "
+                      "for the server by $CLRP_DEVICE; otherwise the GPU when there is one")
     return lm
 
 

@@ -34,3 +34,41 @@ def vgg16():
 def image224():
     g = torch.Generator().manual_seed(1)
     return torch.randn(2, 3, 224, 224, generator=g)
+
+
+# Devices the device-parametrised tests run on: the CPU always, CUDA where there is one (the cuda
+# variants show as skipped, with the reason, on machines without it, e.g. CI).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="no CUDA device on this machine"))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Each available device in turn, as a torch.device. On CUDA, TF32 convolutions and matmuls
+    (cuDNN's default on Ampere and later: 10-bit mantissas) are off for the test, so oracle
+    tolerances of 1e-4 compare the methods rather than the rounding of the card."""
+    if request.param != "cuda":
+        yield torch.device(request.param)
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield torch.device(request.param)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def on_device(device, *objects):
+    """Models and tensors on ``device``: a model that must move is deep-copied (shared fixtures stay
+    on the CPU), tensors are moved. One object in, one out; several in, a tuple out."""
+    import copy
+
+    out = []
+    for o in objects:
+        if isinstance(o, torch.nn.Module):
+            p = next(iter((*o.parameters(), *o.buffers())), None)
+            o = o if p is None or p.device == device else copy.deepcopy(o).to(device)
+        elif isinstance(o, torch.Tensor):
+            o = o.to(device)
+        out.append(o)
+    return out[0] if len(out) == 1 else tuple(out)

@@ -12,7 +12,7 @@ from clrp import engine
 from clrp.errors import ClrpError, InvalidInput, InvalidTarget, UnsupportedModel
 from clrp.rules import Composite, ZBox, ZPlus
 
-from .conftest import relative_error
+from .conftest import on_device, relative_error
 
 
 def lrp_with_seed(model, x, seed, rules="paper", box=(-3.0, 3.0), at=None):
@@ -58,39 +58,39 @@ def positive_targets(model, x):
 
 # -- closed forms on tiny layers ---------------------------------------------------------------
 
-def test_zplus_closed_form_dense():
+def test_zplus_closed_form_dense(device):
     model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False)).eval()
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, -1.0], [2.0, 3.0]]))
         model[2].weight.copy_(torch.tensor([[1.0, 2.0]]))
-    x = torch.tensor([[1.0, 2.0]])
+    model, x, seed = on_device(device, model, torch.tensor([[1.0, 2.0]]), torch.tensor([[16.0]]))
     # h = relu([1-2, 2+6]) = [0, 8]; y = 16. Output layer z+: R_h = [0, 16].
     # Layer 1, unit 2 (R=16): z+ = 1*2 + 2*3 = 8 -> R_x = [2/8*16, 6/8*16] = [4, 12].
-    r = lrp_with_seed(model, x, torch.tensor([[16.0]]), only(ZPlus(0.0, bias=False)))
-    assert torch.allclose(r, torch.tensor([[4.0, 12.0]]))
+    r = lrp_with_seed(model, x, seed, only(ZPlus(0.0, bias=False)))
+    assert torch.allclose(r.cpu(), torch.tensor([[4.0, 12.0]]))
 
 
-def test_zbox_closed_form():
+def test_zbox_closed_form(device):
     model = nn.Sequential(nn.Linear(2, 1, bias=False)).eval()
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, -2.0]]))
-    x = torch.tensor([[0.5, 0.25]])
+    model, x, seed = on_device(device, model, torch.tensor([[0.5, 0.25]]), torch.tensor([[1.0]]))
     low, high = -1.0, 1.0
     # z_i = x_i w_i - l w+_i - h w-_i: [0.5 + 1, -0.5 + 2] = [1.5, 1.5]; y = 0.5 - 0.5 = 0 -> seed 1.
-    r = lrp_with_seed(model, x, torch.tensor([[1.0]]), only(ZBox(low, high, 0.0)))
-    assert torch.allclose(r, torch.tensor([[0.5, 0.5]]))
+    r = lrp_with_seed(model, x, seed, only(ZBox(low, high, 0.0)))
+    assert torch.allclose(r.cpu(), torch.tensor([[0.5, 0.5]]))
 
 
-def test_epsilon_closed_form():
+def test_epsilon_closed_form(device):
     model = nn.Sequential(nn.Linear(2, 1)).eval()
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, 3.0]]))
         model[0].bias.fill_(1.0)
-    x = torch.tensor([[2.0, 1.0]])
+    model, x, seed = on_device(device, model, torch.tensor([[2.0, 1.0]]), torch.tensor([[6.0]]))
     # z = 2 + 3 + 1 = 6; R = [2, 3] / (6 + eps) * 6
     eps = 0.5
-    r = lrp_with_seed(model, x, torch.tensor([[6.0]]), only(clrp.rules.Epsilon(eps)))
-    assert torch.allclose(r, torch.tensor([[2.0, 3.0]]) * 6 / 6.5)
+    r = lrp_with_seed(model, x, seed, only(clrp.rules.Epsilon(eps)))
+    assert torch.allclose(r.cpu(), torch.tensor([[2.0, 3.0]]) * 6 / 6.5)
 
 
 # -- properties on small CNNs and torchvision architectures -------------------------------------
@@ -104,10 +104,10 @@ ARCHS = {
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_forward_matches_model_and_paper_lrp_conserves(arch):
+def test_forward_matches_model_and_paper_lrp_conserves(arch, device):
     torch.manual_seed(0)
     model, size = ARCHS[arch]()
-    x = images(2, size)
+    model, x = on_device(device, model, images(2, size))
     with torch.no_grad():
         ref = model(x)
     assert torch.allclose(engine.forward(model, x), ref, atol=1e-5, rtol=1e-4)
@@ -208,9 +208,9 @@ def _negated_row_copy(model, t):
     return dual
 
 
-def test_clrp1_uniform_closed_form():
-    model, x = small_vgg(), images(2)
-    t = torch.tensor([1, 3])
+def test_clrp1_uniform_closed_form(device):
+    model, x = on_device(device, small_vgg(), images(2))
+    t = torch.tensor([1, 3], device=device)
     with torch.no_grad():
         y = model(x)
     y_t = y.gather(1, t[:, None])
@@ -236,12 +236,12 @@ def test_clrp1_abs_logits_reference_rendering_two_pass():
 
 
 @pytest.mark.parametrize("contrast", ["clamp", "signed"])
-def test_clrp2_equals_two_pass_with_negated_weights(contrast):
-    model, x = small_vgg(), images(1)
+def test_clrp2_equals_two_pass_with_negated_weights(contrast, device):
+    model, x = on_device(device, small_vgg(), images(1))
     t = 2
     with torch.no_grad():
         y_t = model(x)[0, t]
-    seed = torch.nn.functional.one_hot(torch.tensor([t]), 5).float() * y_t
+    seed = torch.nn.functional.one_hot(torch.tensor([t], device=device), 5).float() * y_t
     r_t = _lrp_with_seed(model, x, seed)
     r_d = _lrp_with_seed(_negated_row_copy(model, t), x, seed)
     expected = r_t - r_d

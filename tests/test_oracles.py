@@ -1,6 +1,8 @@
 """Agreement with independent implementations: zennit (LRP composites) and captum (baselines).
 
 Tolerance: max abs difference / max abs value <= 1e-4 on torchvision VGG16 with random weights.
+Every test runs on each available device (the ``device`` fixture: the CUDA variants are skipped,
+with the reason, where there is no GPU; on a GPU, TF32 is off so that 1e-4 still means something).
 """
 import copy
 
@@ -10,7 +12,7 @@ import torch
 import clrp
 from clrp.rules import IMAGENET_MEAN, IMAGENET_STD, box_from_normalization
 
-from .conftest import relative_error
+from .conftest import on_device, relative_error
 
 zennit = pytest.importorskip("zennit")
 captum = pytest.importorskip("captum")
@@ -34,7 +36,7 @@ def _zennit_attr(model, x, targets, composite):
     with torch.no_grad():
         logits = model(x)
     # Seed the target logit itself (zennit's output relevance is the gradient it is handed).
-    seed = torch.eye(1000)[targets] * logits
+    seed = torch.eye(1000, device=logits.device)[targets] * logits
     with Gradient(model=model, composite=composite) as attributor:
         out, rel = attributor(x, seed)
     return rel
@@ -42,10 +44,11 @@ def _zennit_attr(model, x, targets, composite):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["epsilon_plus", "epsilon_gamma_box", "epsilon_alpha2_beta1"])
-def test_lrp_presets_match_zennit(vgg16, image224, preset):
+def test_lrp_presets_match_zennit(vgg16, image224, preset, device):
     from zennit import composites as zc
+    vgg16, image224 = on_device(device, vgg16, image224)
     low, high = box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
-    low, high = low.view(1, 3, 1, 1).expand(1, 3, 224, 224), high.view(1, 3, 1, 1).expand(1, 3, 224, 224)
+    low, high = (b.view(1, 3, 1, 1).expand(1, 3, 224, 224).to(device) for b in (low, high))
     composite = {
         "epsilon_plus": lambda: zc.EpsilonPlus(),
         "epsilon_gamma_box": lambda: zc.EpsilonGammaBox(low=low, high=high),
@@ -58,13 +61,14 @@ def test_lrp_presets_match_zennit(vgg16, image224, preset):
 
 
 @pytest.mark.slow
-def test_paper_rules_match_zennit_composite(vgg16, image224):
+def test_paper_rules_match_zennit_composite(vgg16, image224, device):
     """The paper preset (zB first conv, z+ elsewhere, no biases) built as a zennit composite."""
     from zennit.composites import SpecialFirstLayerMapComposite
     from zennit.rules import Pass, ZBox, ZPlus
     from zennit.types import Activation, Convolution
+    vgg16, image224 = on_device(device, vgg16, image224)
     low, high = box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
-    low, high = low.view(1, 3, 1, 1).expand(1, 3, 224, 224), high.view(1, 3, 1, 1).expand(1, 3, 224, 224)
+    low, high = (b.view(1, 3, 1, 1).expand(1, 3, 224, 224).to(device) for b in (low, high))
     composite = SpecialFirstLayerMapComposite(
         layer_map=[(Activation, Pass()), (Convolution, ZPlus(1e-9, zero_params="bias")),
                    (torch.nn.Linear, ZPlus(1e-9, zero_params="bias"))],
@@ -76,11 +80,12 @@ def test_paper_rules_match_zennit_composite(vgg16, image224):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradient", "guided_backprop", "deconvnet"])
-def test_gradient_family_matches_captum(vgg16, image224, method):
+def test_gradient_family_matches_captum(vgg16, image224, method, device):
     from captum.attr import Deconvolution, GuidedBackprop, Saliency
+    vgg16, image224 = on_device(device, vgg16, image224)
     model = _unfused(vgg16)
     x = image224.clone().requires_grad_(True)
-    t = torch.tensor(TARGETS)
+    t = torch.tensor(TARGETS, device=device)
     if method == "gradient":
         theirs = Saliency(model).attribute(x, target=t, abs=False)
     elif method == "guided_backprop":
@@ -92,10 +97,11 @@ def test_gradient_family_matches_captum(vgg16, image224, method):
 
 
 @pytest.mark.slow
-def test_gradcam_matches_captum(vgg16, image224):
+def test_gradcam_matches_captum(vgg16, image224, device):
     from captum.attr import LayerAttribution, LayerGradCam
+    vgg16, image224 = on_device(device, vgg16, image224)
     model = _unfused(vgg16)
-    cam = LayerGradCam(model, model.features[29]).attribute(image224, target=torch.tensor(TARGETS),
+    cam = LayerGradCam(model, model.features[29]).attribute(image224, target=torch.tensor(TARGETS, device=device),
                                                            relu_attributions=True)
     theirs = LayerAttribution.interpolate(cam, (224, 224), interpolate_mode="bilinear")
     ours = clrp.explain(vgg16, image224, TARGETS, "gradcam", layer="features.29")
@@ -104,8 +110,9 @@ def test_gradcam_matches_captum(vgg16, image224):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("integration", ["gausslegendre", "riemann_trapezoid"])
-def test_integrated_gradients_matches_captum(vgg16, image224, integration):
+def test_integrated_gradients_matches_captum(vgg16, image224, integration, device):
     from captum.attr import IntegratedGradients
+    vgg16, image224 = on_device(device, vgg16, image224)
     model = _unfused(vgg16)
     x = image224[:1]
     theirs = IntegratedGradients(model).attribute(x, target=TARGETS[0], n_steps=8, method=integration)
@@ -139,17 +146,17 @@ def _resnet(name, size=64):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("preset", ["epsilon_plus", "epsilon_alpha2_beta1"])
-def test_resnets_match_zennit_with_its_resnet_canonizer(name, preset):
+def test_resnets_match_zennit_with_its_resnet_canonizer(name, preset, device):
     from zennit.attribution import Gradient
     from zennit.composites import EpsilonAlpha2Beta1, EpsilonPlus
     from zennit.torchvision import ResNetCanonizer
-    model, x = _resnet(name)
+    model, x = on_device(device, *_resnet(name))
     hooked = _unfused(model)
     composite = {"epsilon_plus": EpsilonPlus, "epsilon_alpha2_beta1": EpsilonAlpha2Beta1}[preset](
         canonizers=[ResNetCanonizer()])
-    t = torch.tensor([3, 11])
+    t = torch.tensor([3, 11], device=device)
     with torch.no_grad():
-        seed = torch.eye(20)[t] * hooked(x)
+        seed = torch.eye(20, device=device)[t] * hooked(x)
     with Gradient(model=hooked, composite=composite) as attributor:
         _, theirs = attributor(x.clone().requires_grad_(True), seed)
     ours = clrp.explain(model, x, t, "lrp", rules=preset)
@@ -178,20 +185,21 @@ def _captum_gradient_family(model, x, t, cam_layer, cam_name):
 
 
 @pytest.mark.slow
-def test_gradient_family_on_resnet50_matches_captum():
-    model, x = _resnet("resnet50", 96)
-    _captum_gradient_family(model, x, torch.tensor([1, 7]), lambda m: m.layer4, "layer4")
+def test_gradient_family_on_resnet50_matches_captum(device):
+    model, x = on_device(device, *_resnet("resnet50", 96))
+    _captum_gradient_family(model, x, torch.tensor([1, 7], device=device), lambda m: m.layer4, "layer4")
     # the default Grad-CAM layer of a ResNet is its last stage
     assert torch.equal(clrp.explain(model, x, [1, 7], "gradcam"), clrp.explain(model, x, [1, 7], "gradcam",
                                                                                  layer="layer4"))
 
 
 @pytest.mark.slow
-def test_gradient_family_on_vit_b_16_matches_captum():
+def test_gradient_family_on_vit_b_16_matches_captum(device):
     import torchvision
     torch.manual_seed(0)
     model = torchvision.models.vit_b_16(num_classes=10).eval()
     with torch.no_grad():
         model.heads.head.weight.normal_(0, 0.02)  # torchvision starts the head at zero: no gradient at all
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
-    _captum_gradient_family(model, x, torch.tensor([4]), lambda m: m.conv_proj, "conv_proj")
+    model, x = on_device(device, model, x)
+    _captum_gradient_family(model, x, torch.tensor([4], device=device), lambda m: m.conv_proj, "conv_proj")

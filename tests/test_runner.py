@@ -69,10 +69,12 @@ def _frames(out):
     return {p: df.sort_values(key[p]).reset_index(drop=True) for p, df in res.items()}
 
 
-def test_run_and_resume_equal_one_uninterrupted_run(tmp_path):
+def test_run_and_resume_equal_one_uninterrupted_run(tmp_path, device):
     _voc(str(tmp_path / "voc"))
     lm = _model()
-    full = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, str(tmp_path / "full"), **SETTINGS)
+    on = dict(SETTINGS, device=device)  # the model is moved there once, by the runner
+    full = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, str(tmp_path / "full"), **on)
+    assert json.load(open(tmp_path / "full" / "settings.json"))["device"].split(":")[0] == device.type
     assert full.images_new == 4 and full.images_skipped == 1
     assert any("999.xml" in p.file for p in full.problems)
     m = json.load(open(tmp_path / "full" / "settings.json"))["mapping"]
@@ -91,11 +93,11 @@ def test_run_and_resume_equal_one_uninterrupted_run(tmp_path):
 
     # interrupted run: 2 images, then resume
     part = str(tmp_path / "part")
-    r1 = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, part, limit=2, **SETTINGS)
+    r1 = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, part, limit=2, **on)
     assert r1.images_new == 2
-    r2 = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, part, **SETTINGS)
+    r2 = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, part, **on)
     assert r2.images_new == 2 and r2.images_done == 5
-    r3 = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, part, **SETTINGS)
+    r3 = R.run_evaluation(VocDataset(str(tmp_path / "voc")), lm, part, **on)
     assert r3.images_new == 0
     b = _frames(part)
     for p in R.PROTOCOLS:

@@ -51,7 +51,8 @@ class RunConfig:
     mapping: Optional[dict] = None                       # dataset class -> model class name/index
     geometry: str = "full"                               # "full" | "model"
     batch_size: int = 8                                  # images per batch (and per part file)
-    explain_batch: int = 16                              # (image, class) pairs per explain call
+    explain_batch: Optional[int] = None                  # (image, class) pairs per explain call at most
+    #                                                      (None: sized to the device's free memory, clrp.devices)
     limit: Optional[int] = None                          # at most this many images in total
     seed: int = 0
     options: dict = field(default_factory=dict)          # protocol -> its Options (or a dict of them)
@@ -145,7 +146,7 @@ def _sample_classes(sample) -> list:
 # ---------------------------------------------------------------------------------------------
 def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = None, *,
                    resume: bool = True, progress: bool | Callable = False, provenance: Optional[dict] = None,
-                   executor=None, **overrides) -> RunResult:
+                   executor=None, device="auto", **overrides) -> RunResult:
     """Evaluate ``model`` (a ``LoadedModel``) on ``dataset`` (a ``clrp.datasets.Dataset``).
 
     Settings: a ``RunConfig`` and/or keyword overrides of its fields. ``resume=True`` continues a
@@ -155,9 +156,11 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
     in ``settings.json`` (the command line, a description of the dataset); its ``selection`` entry
     (e.g. the shard) must match on resume. ``executor``: where batches are evaluated (default
     in this process; :class:`~clrp.evaluation.distributed.RayExecutor` on a Ray cluster); the
-    output folder is the same either way, so a run can be resumed with either.
+    output folder is the same either way, so a run can be resumed with either. ``device``: where
+    the model runs (``clrp.devices.place``: "auto", "cpu", "cuda:N"; the model is moved there once).
     """
     import clrp
+    from ..devices import place
 
     base = config or RunConfig()
     if overrides:
@@ -172,6 +175,7 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
         if m not in clrp.METHODS:
             raise ClrpError(f"unknown method {m!r}; choose from {', '.join(clrp.METHODS)}")
     net, class_names, pp0 = _model_parts(model)
+    place(model, device)
     pp = _eval_preprocessing(pp0, cfg.geometry)
     mapping = dataset.map_classes(class_names, cfg.mapping)
     mapping.require_some()
@@ -383,7 +387,7 @@ def _legacy_keys(cfg) -> dict:
 
 def _identity(s: dict) -> dict:
     """What must agree for a run to be continued."""
-    return {"config": {k: v for k, v in (s.get("config") or {}).items() if k != "limit"},
+    return {"config": {k: v for k, v in (s.get("config") or {}).items() if k not in ("limit", "explain_batch")},
             "model weights": (s.get("model") or {}).get("weights_fingerprint_sha1"),
             "class names": (s.get("model") or {}).get("class_names"),
             "preprocessing": (s.get("model") or {}).get("preprocessing"),
@@ -429,14 +433,23 @@ def _explain_pairs(net, x_rows, targets, method, cfg, pp):
 
     from .progress import tick
 
+    from ..devices import explain_batched
+
     opts = pp.method_options(cfg.method_options.get(method))
-    maps = []
-    for a in range(0, len(targets), max(1, cfg.explain_batch)):
-        xb = torch.cat(x_rows[a:a + cfg.explain_batch], 0)
-        tb = targets[a:a + cfg.explain_batch]
-        r = clrp.explain(net, xb, tb, method, rules=cfg.rules, **opts)
-        maps.extend(r.detach().to("cpu", torch.float32).sum(1).numpy())
+
+    def run(xb, tb):  # batches sized to the device's memory, halved on out-of-memory
+        r = clrp.explain(net, xb, tb, method, rules=cfg.rules, **opts).detach().to("cpu", torch.float32).sum(1)
         tick("explanations", len(tb))
+        return r
+
+    maps, a = [], 0
+    while a < len(x_rows):  # runs of rows of one size (images of the full geometry differ)
+        b = a + 1
+        while b < len(x_rows) and x_rows[b].shape == x_rows[a].shape:
+            b += 1
+        maps.extend(explain_batched(run, torch.cat(x_rows[a:b], 0), torch.as_tensor(targets[a:b]),
+                                    batch_size=cfg.explain_batch).numpy())
+        a = b
     return maps
 
 
@@ -532,7 +545,7 @@ def format_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
-def estimate_duration(dataset, model, config: Optional[RunConfig] = None, *, images: int = 2,
+def estimate_duration(dataset, model, config: Optional[RunConfig] = None, *, images: int = 2, device="auto",
                       **overrides) -> DurationEstimate:
     """Time a run of these settings on the first ``images`` images (one per batch, in a temporary
     folder that is removed) and extrapolate to the whole dataset (``config.limit`` respected).
@@ -558,7 +571,7 @@ def estimate_duration(dataset, model, config: Optional[RunConfig] = None, *, ima
     folder = tempfile.mkdtemp(prefix="clrp-estimate-")
     try:
         t0 = time.perf_counter()
-        run_evaluation(dataset, model, folder, RunConfig.build(**settings), resume=False,
+        run_evaluation(dataset, model, folder, RunConfig.build(**settings), resume=False, device=device,
                        progress=lambda done, _total: stamps.append((done, time.perf_counter())))
     finally:
         shutil.rmtree(folder, ignore_errors=True)

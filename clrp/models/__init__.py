@@ -102,8 +102,8 @@ def torchvision_models() -> tuple[str, ...]:
 
 @dataclass
 class LoadedModel:
-    """A model ready to explain: ``model`` (eval mode, CPU), its ``class_names`` and the
-    ``preprocessing`` its inputs need."""
+    """A model ready to explain: ``model`` (eval mode; loaded on the CPU, ``clrp.devices.place``
+    moves it), its ``class_names`` and the ``preprocessing`` its inputs need."""
 
     model: nn.Module
     class_names: list[str]
@@ -116,6 +116,18 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)
     #: What the model was trained on, in words: inputs far from it get confident, meaningless scores.
     domain: str = ""
+    #: The device this model asks for (the lab TOML's ``device``; None: the policy's default), see
+    #: ``clrp.devices``. Where it is now: ``clrp.devices.device_of(loaded)``.
+    device: str | None = None
+
+    def on_model_device(self, inputs, dtype: bool = True):
+        """Inputs on the model's device (the dashboard prepares them on the CPU) and, with ``dtype``,
+        in its dtype (explanations take float32 inputs for a half-precision model: clrp.precision)."""
+        if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+            p = next(iter((*self.model.parameters(), *self.model.buffers())), None)
+            if p is not None and (inputs.device != p.device or (dtype and inputs.dtype != p.dtype)):
+                return inputs.to(p.device, p.dtype if dtype else inputs.dtype)
+        return inputs
 
     @property
     def num_classes(self) -> int:
@@ -168,49 +180,59 @@ class LoadedModel:
     def explain(self, inputs: torch.Tensor, targets, method: str = "lrp", rules: str = "paper",
                 **options) -> torch.Tensor:
         """:func:`clrp.explain` on this model, with the zB box of its preprocessing by default."""
+        from ..devices import explain_batched
         from ..methods import explain
 
-        return explain(self.model, inputs, targets, method, rules=rules, **self.preprocessing.method_options(options))
+        opts = self.preprocessing.method_options(options)
+        # batched to the device's memory; out of memory: half the batch, then a ClrpError
+        return explain_batched(lambda x, t: explain(self.model, x, t, method, rules=rules, **opts),
+                               self.on_model_device(inputs, False), targets)
 
     def explain_neuron(self, inputs: torch.Tensor, layer: str, channel: int, contrast=None,
                        rules: str = "paper", **options) -> torch.Tensor:
         """:func:`clrp.explain_neuron` on this model, with its zB box by default."""
+        from ..devices import without_oom_crash
         from ..methods import explain_neuron
 
-        return explain_neuron(self.model, inputs, layer, channel, contrast=contrast, rules=rules,
-                              **self.preprocessing.method_options(options))
+        x = self.on_model_device(inputs, False)
+        return without_oom_crash(lambda: explain_neuron(self.model, x, layer, channel, contrast=contrast, rules=rules,
+                                                        **self.preprocessing.method_options(options)),
+                                 getattr(x, "device", "cpu"))
 
     def layer_relevance(self, inputs: torch.Tensor, targets, layer: str, method: str = "lrp",
                         rules: str = "paper", **options) -> torch.Tensor:
         """:func:`clrp.layer_relevance` on this model (channel relevances of ``layer``)."""
+        from ..devices import without_oom_crash
         from ..methods import layer_relevance
 
-        return layer_relevance(self.model, inputs, targets, layer, method, rules=rules,
-                               **self.preprocessing.method_options(options))
+        x = self.on_model_device(inputs, False)
+        return without_oom_crash(lambda: layer_relevance(self.model, x, targets, layer, method, rules=rules,
+                                                         **self.preprocessing.method_options(options)),
+                                 getattr(x, "device", "cpu"))
 
     def feature_layers(self) -> list[str]:
         """Hidden layers whose channels can be explained, in forward order (graph names)."""
         from ..engine import feature_layers
 
-        return feature_layers(self.model, self.preprocessing.example_input())
+        return feature_layers(self.model, self.on_model_device(self.preprocessing.example_input()))
 
     def default_feature_layer(self) -> str:
         """The last feature map every path goes through (Grad-CAM's, feature ablation's and the
         neuron page's default layer)."""
         from ..engine import last_feature_layer
 
-        return last_feature_layer(self.model, self.preprocessing.example_input())
+        return last_feature_layer(self.model, self.on_model_device(self.preprocessing.example_input()))
 
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, C]``."""
-        return self.model(inputs)
+        return self.model(self.on_model_device(inputs))
 
     @torch.no_grad()
     def top_classes(self, inputs: torch.Tensor, k: int = 5) -> list[tuple[int, str, float]]:
         """The ``k`` highest-scoring classes of the first sample: ``(index, name, score)``, score =
         sigmoid probability for multi-label models, softmax otherwise."""
-        logits = self.model(inputs[:1])[0]
+        logits = self.model(self.on_model_device(inputs[:1]))[0].float()
         p = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 0)
         v, i = p.topk(min(k, p.numel()))
         return [(int(j), self.class_names[int(j)], float(s)) for s, j in zip(v, i)]
@@ -517,7 +539,7 @@ def load_finetuned(architecture: str | None, weights: str | os.PathLike, class_n
 
 
 _LAB_KEYS = {"name", "architecture", "factory", "weights", "class_names", "mean", "std", "input_size", "resize",
-             "interpolation", "description", "multilabel", "arch_config"}
+             "interpolation", "description", "multilabel", "arch_config", "device"}
 
 
 def _config_path(config: str | os.PathLike | None) -> Path | None:
@@ -608,6 +630,8 @@ def read_config(config: str | os.PathLike | None = None) -> dict[str, dict]:
                 raise ModelLoadError(f"models config {p}: {name!r}: {err}") from None
         if "arch_config" in e and not isinstance(e["arch_config"], dict):
             raise ModelLoadError(f"models config {p}: {name!r}: arch_config must be a table")
+        if "device" in e and not isinstance(e["device"], str):
+            raise ModelLoadError(f"models config {p}: {name!r}: device must be a string (auto, cpu, cuda, cuda:N)")
         entry = dict(e)
         for key in ("weights", "class_names"):
             q = Path(str(entry[key])).expanduser()
@@ -620,7 +644,7 @@ def read_config(config: str | os.PathLike | None = None) -> dict[str, dict]:
 
 
 def _load_lab(entry: dict) -> LoadedModel:
-    return load_finetuned(
+    loaded = load_finetuned(
         entry.get("architecture"), entry["weights"], entry["class_names"], name=entry["name"],
         description=entry.get("description", ""), multilabel=bool(entry.get("multilabel", False)),
         mean=entry.get("mean"), std=entry.get("std"), input_size=entry.get("input_size"),
@@ -628,6 +652,8 @@ def _load_lab(entry: dict) -> LoadedModel:
         arch_config=entry.get("arch_config"), factory=entry.get("factory"),
         factory_folder=entry["_config"].parent,
     )
+    loaded.device = entry.get("device")  # where clrp.devices.place puts it (the model stays on the CPU here)
+    return loaded
 
 
 # --------------------------------------------------------------------------------------------
