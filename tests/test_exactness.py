@@ -1,0 +1,120 @@
+"""No silent wrong answers (issue 17): each case an audit found where the engine explained a
+different function than the model's, reproduced, against a fresh copy or the float64 layer-by-layer
+reference of tests/lrp_reference.py."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import clrp
+from clrp import engine
+
+from . import lrp_reference as ref
+from .conftest import relative_error
+
+ZPLUS = {"conv": ("zplus", 1e-9, False), "linear": ("zplus", 1e-9, False), "first": None, "add": 1e-9,
+         "norm": 1e-9, "pool": 1e-6}
+
+
+class Scale(nn.Module):
+    """x * t with a fixed tensor t (a buffer: a layer scale, a mask)."""
+
+    def __init__(self, t):
+        super().__init__()
+        self.register_buffer("t", t)
+
+    def forward(self, x):
+        return x * self.t
+
+
+# -- 1. weights edited through .data -----------------------------------------------------------------
+
+def _convnet(bn=True):
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6) if bn else nn.Identity(), nn.ReLU(), nn.Conv2d(6, 4, 3),
+              nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 3)]
+    model = nn.Sequential(*layers).eval()
+    if bn:
+        with torch.no_grad():
+            model[1].running_mean.uniform_(-0.5, 0.5)
+            model[1].running_var.uniform_(0.5, 2)
+            model[1].weight.uniform_(0.5, 1.5)
+            model[1].bias.uniform_(-0.2, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m[0].weight.data.copy_(torch.randn_like(m[0].weight)),  # folded into BN (cached)
+    lambda m: m[3].weight.data.mul_(-1),  # w+ of a z+ conv (cached)
+    lambda m: m[6].weight.data.copy_(m[6].weight.data.flip(1)),  # a permutation within each unit
+    lambda m: m[1].weight.data.mul_(3),  # a BatchNorm parameter
+    lambda m: m[0].weight.data.view(-1)[5].add_(0.25),  # one element
+], ids=["conv-folded", "conv-wplus", "linear-permuted", "bn-weight", "one-element"])
+@pytest.mark.parametrize("rules", ["epsilon_plus", "paper"])
+def test_weights_edited_through_data_are_seen(edit, rules):
+    model, x = _convnet(), torch.randn(2, 3, 6, 6)
+    before = clrp.explain(model, x, [0, 1], "lrp", rules=rules)
+    clrp.explain(model, x, [0, 1], "clrp1", rules=rules)
+    edit(model)
+    after = clrp.explain(model, x, [0, 1], "lrp", rules=rules)
+    fresh = clrp.explain(copy.deepcopy(model), x, [0, 1], "lrp", rules=rules)
+    assert relative_error(after, before) > 1e-4
+    assert torch.equal(after, fresh)
+
+
+# -- 2. sign analysis ------------------------------------------------------------------------------
+
+def test_a_product_with_a_tensor_of_either_sign_is_not_taken_as_nonnegative():
+    torch.manual_seed(1)
+    t = torch.tensor([1.0, -2.0, 0.5, -1.0]).view(1, 4, 1, 1)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), Scale(t), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16, 3)).eval().double()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    got = clrp.explain(model, x, [0, 2], "lrp", rules="zplus")
+    layers = [("conv", model[0].weight, model[0].bias, 1, 0), ("relu",), ("mul", t.double()),
+              ("conv", model[3].weight, model[3].bias, 1, 0), ("relu",), ("flatten",),
+              ("linear", model[6].weight, model[6].bias)]
+    with torch.no_grad():
+        y = ref.forward(layers, x)
+        seed = torch.zeros_like(y)
+        seed[0, 0], seed[1, 2] = y[0, 0], y[1, 2]
+        want = ref.lrp(layers, x, seed, ZPLUS)
+    assert relative_error(got, want) < 1e-9
+
+
+def test_a_product_with_a_nonnegative_python_number_stays_nonnegative():
+    g = _sign_graph(lambda x: torch.relu(x) * 2.0)
+    assert g
+
+
+def _sign_graph(fn):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(fn(self.conv(x)).flatten(1))
+    model = M().eval()
+    plan = engine.plan_for(model, torch.randn(1, 2, 2, 2))
+    return plan.nonnegative_input(plan.graph.nodes[plan.layer_index("fc")])
+
+
+# -- 3. BatchNorm1d after a Linear on [N, L, F] ------------------------------------------------------
+
+def test_batchnorm1d_after_a_linear_on_sequences_is_not_folded_along_features():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.2, 3)
+        model[1].weight.uniform_(0.5, 2)
+    x = torch.randn(3, 4, 4)  # [N, L, F] with L == F: nothing raises on a wrong fold
+    plan = engine.plan_for(model, x)
+    fwd = engine.run_forward(plan, x)
+    assert relative_error(fwd.logits, model(x).detach()) < 1e-6
+    r = clrp.explain(model, x, [0, 1, 2], "lrp", rules="epsilon_plus")
+    assert torch.isfinite(r).all() and r.abs().sum() > 0
