@@ -118,3 +118,52 @@ def test_batchnorm1d_after_a_linear_on_sequences_is_not_folded_along_features():
     assert relative_error(fwd.logits, model(x).detach()) < 1e-6
     r = clrp.explain(model, x, [0, 1, 2], "lrp", rules="epsilon_plus")
     assert torch.isfinite(r).all() and r.abs().sum() > 0
+
+
+# -- 6. vanishing relevance ----------------------------------------------------------------------------
+
+def _tiny_net(scale):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    layers = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():  # layer k's weights times scale, its bias times scale ** k: the output times scale ** 3
+        for k, m in enumerate(layers, 1):
+            m.weight.mul_(scale)
+            m.bias.mul_(scale ** k)
+    return model
+
+
+def test_conserving_lrp_on_a_healthy_network_reports_conservation_without_a_warning():
+    model, x = _tiny_net(1.0), torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", engine.ClrpWarning)
+        r, info = clrp.explain(model, x, [0, 1], "lrp", rules="zplus", return_info=True)
+    assert info.conservation.shape == (2,)
+    assert torch.allclose(info.conservation, torch.ones(2, dtype=info.conservation.dtype), atol=1e-3)
+    assert not info.vanished and not info.all_zero.any()
+
+
+def test_vanishing_relevance_is_said_and_a_relative_stabiliser_keeps_it():
+    x = torch.randn(2, 3, 8, 8)
+    healthy = clrp.explain(_tiny_net(1.0), x, [0, 1], "lrp", rules="paper")
+    model = _tiny_net(1e-4)  # logits ~1e-12: the paper's absolute stabiliser 1e-9 absorbs nearly everything
+    with pytest.warns(engine.ClrpWarning, match="reaches the input"):
+        r, info = clrp.explain(model, x, [0, 1], "lrp", rules="paper", return_info=True)
+    assert float(info.conservation.max()) < 0.05 and info.vanished
+    rel, info_rel = clrp.explain(model, x, [0, 1], "lrp", rules={"preset": "paper", "stabilizer": "relative"},
+                                 return_info=True)
+    assert not info_rel.vanished
+    assert torch.allclose(info_rel.conservation, torch.ones(2, dtype=rel.dtype), atol=1e-3)
+    # z+ / zB without biases are homogeneous: the tiny network's map is the healthy one, scaled
+    factor = (healthy.flatten(1).sum(1) / rel.flatten(1).sum(1)).view(-1, 1, 1, 1)
+    assert relative_error(rel * factor, healthy) < 1e-3
+
+
+def test_an_all_zero_map_is_said():
+    model = _tiny_net(1e-12)  # logits ~1e-36 (about float32's smallest normal): maps exactly zero
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.warns(engine.ClrpWarning, match="zero everywhere"):
+        r, info = clrp.explain(model, x, 0, "clrp2", return_info=True)
+    assert bool(info.all_zero.all()) == bool((r == 0).all())
+    assert info.all_zero.all()
