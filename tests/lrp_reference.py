@@ -5,7 +5,10 @@ weight cache. Used by the exactness tests and the differential fuzzer.
 A network is a list of layers; a layer is a tuple whose first entry names it:
 ``("conv", w, b, stride, padding)``, ``("linear", w, b)``, ``("bn", scale, shift)`` (an eval
 BatchNorm as its per-channel affine map), ``("relu",)``, ``("mul", t)`` (a constant factor),
-``("avgpool", k)``, ``("maxpool", k)``, ``("flatten",)``, ``("residual", layers)`` (x + f(x)),
+``("avgpool", k)``, ``("maxpool", k)``, ``("flatten",)``, ``("act", fn)`` and
+``("groupnorm", groups, weight, bias, eps)`` (identity rule), ``("pwlinear", w, b)`` (a dense layer
+on the channels, channels-last), ``("addconst", t)`` (a constant summand takes nothing), ``("pad", p,
+value)``, ``("residual", layers)`` (x + f(x)),
 ``("cat", layers_a, layers_b)`` (cat of both branches on dim 1), ``("gate", layers)``
 (x * sigmoid(f(x)): the gate is a constant). Rules: ``{"conv": (name, eps, bias), "linear": ...,
 "first": ... or None, "add": eps, "norm": eps, "pool": eps}`` with name in zplus / epsilon / zbox.
@@ -28,16 +31,28 @@ def step(layer, x):
         return F.conv2d(x, layer[1], layer[2], layer[3], layer[4])
     if kind == "linear":
         return F.linear(x, layer[1], layer[2])
+    if kind == "pwlinear":  # a dense layer on the channels of [N, C, H, W] (channels-last, as ConvNeXt)
+        return F.linear(x.permute(0, 2, 3, 1), layer[1], layer[2]).permute(0, 3, 1, 2)
+    if kind == "addconst":
+        return x + layer[1]
+    if kind == "pad":
+        return F.pad(x, (layer[1],) * 4, value=layer[2])
     if kind == "bn":
         return x * _chan(layer[1], x) + _chan(layer[2], x)
     if kind == "relu":
         return x.clamp(min=0)
+    if kind == "act":  # any element-wise activation (identity rule)
+        return layer[1](x)
+    if kind == "groupnorm":  # identity rule
+        return F.group_norm(x, layer[1], layer[2], layer[3], layer[4])
     if kind == "mul":
         return x * layer[1]
     if kind == "avgpool":
         return F.avg_pool2d(x, layer[1])
     if kind == "maxpool":
         return F.max_pool2d(x, layer[1])
+    if kind == "global_avgpool":
+        return F.adaptive_avg_pool2d(x, 1)
     if kind == "flatten":
         return x.flatten(1)
     if kind == "residual":
@@ -63,6 +78,8 @@ def _linear_op(layer):
         return (lambda t, ww: F.conv2d(t, ww, None, stride, pad)), w
     if layer[0] == "linear":
         return (lambda t, ww: F.linear(t, ww)), layer[1]
+    if layer[0] == "pwlinear":
+        return (lambda t, ww: F.linear(t.permute(0, 2, 3, 1), ww).permute(0, 3, 1, 2)), layer[1]
     raise ValueError(layer[0])
 
 
@@ -78,7 +95,7 @@ def layer_rule(rule, layer, a, R, box=None):
     name, eps, use_bias = rule
     fn, w = _linear_op(layer)
     b = layer[2] if use_bias else None
-    bview = (lambda v: _chan(v, R)) if layer[0] == "conv" else (lambda v: v.view(1, -1))
+    bview = (lambda v: _chan(v, R)) if layer[0] in ("conv", "pwlinear") else (lambda v: v.view(1, -1))
     if name == "epsilon":
         z = fn(a, w) + (bview(b) if b is not None else 0)
         return a * _vjp(lambda t: fn(t, w), a, R / _stab(z, eps))
@@ -107,23 +124,28 @@ def lrp(layers, x, R, rules, box=None, first=True):
     firsts = []
     seen = not first
     for layer in layers:
-        firsts.append(not seen and layer[0] in ("conv", "linear"))
-        seen = seen or layer[0] in ("conv", "linear", "residual", "cat", "gate")
+        firsts.append(not seen and layer[0] in ("conv", "linear", "pwlinear"))
+        seen = seen or layer[0] in ("conv", "linear", "pwlinear", "residual", "cat", "gate")
     for k in range(len(layers) - 1, -1, -1):
         layer, a, out = layers[k], acts[k], acts[k + 1]
         kind = layer[0]
-        if kind in ("conv", "linear"):
-            rule = rules["first"] if firsts[k] and rules.get("first") else rules[kind]
+        if kind in ("conv", "linear", "pwlinear"):
+            rule = rules["first"] if firsts[k] and rules.get("first") else rules["conv" if kind == "conv" else "linear"]
             R = layer_rule(rule, layer, a, R, box)
         elif kind == "bn":
             s = R / _stab(a * _chan(layer[1], a), rules["norm"])  # epsilon without bias
             R = a * _chan(layer[1], a) * s
-        elif kind in ("relu", "mul"):
-            pass
+        elif kind in ("relu", "mul", "act", "groupnorm", "addconst"):
+            pass  # identity; a constant summand takes nothing
+        elif kind == "pad":
+            p = layer[1]
+            R = R[..., p:R.shape[-2] - p, p:R.shape[-1] - p]
         elif kind == "flatten":
             R = R.view(a.shape)
         elif kind == "avgpool":
             R = a * _vjp(lambda t: F.avg_pool2d(t, layer[1]), a, R / _stab(out, rules["pool"]))
+        elif kind == "global_avgpool":
+            R = a * _vjp(lambda t: F.adaptive_avg_pool2d(t, 1), a, R / _stab(out, rules["pool"]))
         elif kind == "maxpool":
             R = _vjp(lambda t: F.max_pool2d(t, layer[1]), a, R)
         elif kind == "residual":

@@ -167,3 +167,25 @@ def test_an_all_zero_map_is_said():
         r, info = clrp.explain(model, x, 0, "clrp2", return_info=True)
     assert bool(info.all_zero.all()) == bool((r == 0).all())
     assert info.all_zero.all()
+
+
+# -- found by the differential fuzzer (tests/test_fuzz_engine.py) -----------------------------------------
+
+def test_a_gate_on_a_sigmoid_like_signal_is_the_factor_computed_from_the_other():
+    # tanh(h) * sigmoid(conv(tanh(h))): both factors look like gates; the gate is the one computed from the other
+    from .fuzz_graphs import Gate, Seq
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), Gate(Seq(nn.Conv2d(4, 4, 1))), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval().double()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    got = clrp.explain(model, x, [0, 2], "lrp", rules="zplus")
+    layers = [("conv", model[0].weight, model[0].bias, 1, 1), ("act", torch.tanh),
+              ("gate", [("conv", model[2].body[0].weight, model[2].body[0].bias, 1, 0)]), ("relu",),
+              ("conv", model[4].weight, model[4].bias, 1, 0), ("relu",), ("flatten",),
+              ("linear", model[7].weight, model[7].bias)]
+    with torch.no_grad():
+        y = ref.forward(layers, x)
+        seed = torch.zeros_like(y)
+        seed[0, 0], seed[1, 2] = y[0, 0], y[1, 2]
+        want = ref.lrp(layers, x, seed, ZPLUS)
+    assert relative_error(got, want) < 1e-9

@@ -447,6 +447,14 @@ class Mul(Op):
             if gx != gy:
                 node.extra["signal"] = y.index if gx else x.index
                 return
+            if gx and gy:  # x * sigmoid(f(x)) with x itself sigmoid-like (after a tanh, relu6): the gate is
+                # the factor computed from the other
+                if x.index in graph.ancestors(y.index):
+                    node.extra["signal"] = x.index
+                    return
+                if y.index in graph.ancestors(x.index):
+                    node.extra["signal"] = y.index
+                    return
             nx, ny = (_numel(graph.nodes[v.index].shape) for v in (x, y))
             if nx is not None and ny is not None and nx != ny:
                 node.extra["signal"] = x.index if nx > ny else y.index
