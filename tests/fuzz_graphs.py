@@ -28,6 +28,7 @@ PRESETS = {
     "paper": {"conv": ("zplus", 1e-9, False), "linear": ("zplus", 1e-9, False), "first": ("zbox", 1e-9, False),
               "add": 1e-9, "norm": 1e-9, "pool": 1e-6},
 }
+BLOCKS = ["residual", "cat", "gate", "mul", "act", "pool", "bn", "groupnorm", "conv", "shift", "pad", "channels_last"]
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "leaky": lambda: nn.LeakyReLU(0.1)}
 
 
@@ -118,7 +119,7 @@ def random_model(seed: int, channels: int = 3, size: int = 8, classes: int = 5):
     rng = random.Random(seed)
     torch.manual_seed(seed)
     layers = []
-    c, s = 4 + rng.randrange(4), size
+    c, s = 4 + 2 * rng.randrange(3), size
     stem_pad = 1
     if rng.random() < 0.3:
         layers.append(_bn(channels))  # folded into the stem conv (no padding there)
@@ -128,9 +129,9 @@ def random_model(seed: int, channels: int = 3, size: int = 8, classes: int = 5):
     if rng.random() < 0.5:
         layers.append(_bn(c))
     layers.append(nn.ReLU())
-    for _ in range(rng.randrange(2, 6)):
-        kind = rng.choice(["residual", "cat", "gate", "mul", "act", "pool", "bn", "groupnorm", "conv", "shift", "pad",
-                           "channels_last"])
+    for block in range(rng.randrange(2, 6)):
+        # the first block cycles through the kinds: any len(BLOCKS) consecutive seeds cover them all
+        kind = BLOCKS[seed % len(BLOCKS)] if block == 0 else rng.choice(BLOCKS)
         if kind == "residual":
             body = [nn.Conv2d(c, c, 3, padding=1, bias=rng.random() < 0.5)]
             if rng.random() < 0.5:
