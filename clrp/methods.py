@@ -141,7 +141,7 @@ def _check_result(ctx, method, spec, composite, R) -> ExplanationInfo:
             rows = low.nonzero().flatten().tolist()
             notes.append(f"only {float(ratio[low].min()):.3g} of the seed's relevance reaches the input (sample(s) "
                          f"{rows[:10]}; a conserving preset passes on ~1).{fix}")
-    if notes:
+    if notes and ctx.opts.get("condition") is None:  # a conditioned map is a part: zero where nothing flows
         engine.warn_once(ctx.model, f"vanishing:{method}", f"{type(ctx.model).__name__}: " + " ".join(notes))
     return ExplanationInfo(method, composite.description if relevance else None, ratio, all_zero.cpu(), tuple(notes))
 

@@ -187,6 +187,29 @@ def random_model(seed: int, channels: int = 3, size: int = 8, classes: int = 5):
         layers.append(_bn(hidden, 1))
     layers += [nn.ReLU(), nn.Linear(hidden, classes)]
     model = Seq(*layers)
+    _randomize(model)
+    return model.eval().double()
+
+
+def random_sequence_model(seed: int, length: int = 4, features: int = 4, classes: int = 3):
+    """A random network on sequences [N, L, F]: dense layers act on F, BatchNorm1d normalises L (not
+    foldable into them), some with L == F (a wrong fold raises nothing)."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    hidden = rng.choice([features, 3 + rng.randrange(4)])
+    layers = [nn.Linear(features, hidden)]
+    if rng.random() < 0.7:
+        layers.append(_bn(length, 1))
+    layers.append(ACTIVATIONS[rng.choice(["relu", "silu"])]())
+    if rng.random() < 0.5:
+        layers += [nn.Linear(hidden, hidden), _bn(length, 1), nn.ReLU()]
+    layers += [nn.Flatten(), nn.Linear(length * hidden, classes)]
+    model = Seq(*layers)
+    _randomize(model)
+    return model.eval().double()
+
+
+def _randomize(model):
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)):
@@ -195,7 +218,6 @@ def random_model(seed: int, channels: int = 3, size: int = 8, classes: int = 5):
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.3, 2.0)
-    return model.eval().double()
 
 
 # -- the reference description ------------------------------------------------------------------
@@ -205,15 +227,16 @@ def _affine(bn):
     return scale.detach(), (bn.bias - bn.running_mean * scale).detach()
 
 
-def describe(seq) -> list:
-    """The reference layers of a Seq, BatchNorm folded as the engine's convention says."""
+def describe(seq, sequences: bool = False) -> list:
+    """The reference layers of a Seq, BatchNorm folded as the engine's convention says (``sequences``:
+    the dense layers act on [N, L, F] and BatchNorm1d on L: nothing folds)."""
     mods, out, k = list(seq), [], 0
     while k < len(mods):
         m = mods[k]
         nxt = mods[k + 1] if k + 1 < len(mods) else None
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
-            if isinstance(nxt, (nn.BatchNorm1d, nn.BatchNorm2d)):  # BatchNorm right after: folded
+            if isinstance(nxt, (nn.BatchNorm1d, nn.BatchNorm2d)) and not sequences:  # right after: folded
                 scale, shift = _affine(nxt)
                 w = w * scale.view(-1, *([1] * (w.ndim - 1)))
                 b = shift if b is None else b * scale + shift
@@ -222,8 +245,7 @@ def describe(seq) -> list:
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             scale, shift = _affine(m)
             pad = getattr(nxt, "padding", (0,))
-            if isinstance(nxt, (nn.Conv2d, nn.Linear)) and all(p == 0 for p in pad) and not (
-                    k + 2 < len(mods) and isinstance(mods[k + 2], (nn.BatchNorm1d, nn.BatchNorm2d)) and False):
+            if isinstance(nxt, (nn.Conv2d, nn.Linear)) and all(p == 0 for p in pad) and not sequences:
                 # BatchNorm right before a layer without padding: folded into it
                 w = nxt.weight.detach()
                 b = torch.zeros(w.shape[0], dtype=w.dtype) if nxt.bias is None else nxt.bias.detach()
@@ -281,13 +303,15 @@ def _layer(m, w, b):
 
 # -- the check -------------------------------------------------------------------------------------
 
-def check(seed: int, batch: int = 2) -> dict:
-    """Every comparison for network ``seed``: {name: relative error} (engine vs reference/autograd)."""
+def check(seed: int, batch: int = 2, sequences: bool = False) -> dict:
+    """Every comparison for network ``seed``: {name: relative error} (engine vs reference/autograd).
+    ``sequences``: a random_sequence_model (no zB box for its inputs: the paper preset is skipped)."""
     import clrp
 
-    model = random_model(seed)
-    x = torch.randn(batch, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    layers = describe(model)
+    model = random_sequence_model(seed) if sequences else random_model(seed)
+    shape = (batch, 4, 4) if sequences else (batch, 3, 8, 8)
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    layers = describe(model, sequences)
     errors = {}
     with torch.no_grad():
         y = model(x)
@@ -299,6 +323,8 @@ def check(seed: int, batch: int = 2) -> dict:
     seed_r[torch.arange(batch), targets] = y[torch.arange(batch), targets]
     box = tuple(b.double() for b in box_from_normalization(IMAGENET_MEAN, IMAGENET_STD))
     for preset, rules in PRESETS.items():
+        if sequences and preset == "paper":
+            continue
         got = clrp.explain(model, x, targets, "lrp", rules=preset)
         with torch.no_grad():
             want = ref.lrp(layers, x, seed_r, rules, box=box)

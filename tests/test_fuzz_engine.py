@@ -4,7 +4,8 @@ constants of either sign, pads, average/max/global pools, GroupNorm, ReLU/SiLU/T
 random weights and statistics, in float64. For each: the engine's forward equals the model's; lrp
 under the zplus, epsilon_plus and paper presets equals the layer-by-layer reference of
 tests/lrp_reference.py (no graph, no trace, no cache); gradient and gradient_x_input equal autograd
-on the model. CI runs FUZZ_GRAPHS networks (seeds 0..); benchmarks/fuzz_engine.py runs hundreds."""
+on the model. Sequence networks ([N, L, F], dense layers and BatchNorm1d) likewise. CI runs
+FUZZ_GRAPHS + 4 networks; benchmarks/fuzz_engine.py runs hundreds."""
 import warnings
 
 import pytest
@@ -23,6 +24,14 @@ def test_random_network_agrees_with_the_float64_reference_and_autograd(seed):
         errors = fuzz_graphs.check(seed)
     wrong = {k: v for k, v in errors.items() if not v <= TOLERANCE}
     assert not wrong, f"network {seed}: {wrong}\n{fuzz_graphs.random_model(seed)}"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_sequence_network_agrees_with_the_float64_reference_and_autograd(seed):
+    # dense layers on [N, L, F] with BatchNorm1d on L: nothing may fold
+    errors = fuzz_graphs.check(seed, sequences=True)
+    wrong = {k: v for k, v in errors.items() if not v <= TOLERANCE}
+    assert not wrong, f"sequence network {seed}: {wrong}\n{fuzz_graphs.random_sequence_model(seed)}"
 
 
 def test_the_fuzzer_covers_every_node_kind():
