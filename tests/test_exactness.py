@@ -189,3 +189,35 @@ def test_a_gate_on_a_sigmoid_like_signal_is_the_factor_computed_from_the_other()
         seed[0, 0], seed[1, 2] = y[0, 0], y[1, 2]
         want = ref.lrp(layers, x, seed, ZPLUS)
     assert relative_error(got, want) < 1e-9
+
+
+def test_which_presets_conserve_and_the_stabilizer_option_is_checked():
+    from clrp.rules import RULES, Relative, resolve_composite
+    assert RULES["paper"].conserving and RULES["zplus"].conserving
+    assert not RULES["epsilon_plus"].conserving  # biases take a share
+    rel = resolve_composite({"preset": "paper", "stabilizer": "relative"})
+    assert rel.conserving and isinstance(rel.conv.stabilizer, Relative) and isinstance(rel.pool, Relative)
+    assert not isinstance(RULES["paper"].conv.stabilizer, Relative)  # the preset itself is untouched
+    with pytest.raises(clrp.ClrpError, match="stabilizer must be"):
+        resolve_composite({"preset": "paper", "stabilizer": "tiny"})
+
+
+def test_a_conditioned_map_that_is_zero_is_not_warned_about():
+    model, x = _tiny_net(1.0), torch.randn(1, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", engine.ClrpWarning)
+        r, info = clrp.explain(model, x, 0, "lrp", rules="zplus", condition=("3", []), return_info=True)
+    assert (r == 0).all() and info.all_zero.all()
+
+
+@pytest.mark.slow
+def test_default_init_efficientnet_vanishes_with_a_warning_and_not_with_relative_stabilisers():
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.efficientnet_b0().eval()  # default init: logits ~1e-14
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.warns(engine.ClrpWarning, match="reaches the input|zero everywhere"):
+        _, info = clrp.explain(model, x, 3, "lrp", return_info=True)
+    assert float(info.conservation[0]) < 0.1
+    r, info = clrp.explain(model, x, 3, "lrp", rules={"preset": "paper", "stabilizer": "relative"}, return_info=True)
+    assert 0.5 < float(info.conservation[0]) < 1.5 and not info.vanished and (r != 0).any()
