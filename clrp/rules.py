@@ -53,6 +53,15 @@ class Relative(float):
     def __repr__(self):
         return f"relative({float(self)!r})"
 
+    def __eq__(self, other):  # never equal to the absolute stabiliser of the same size
+        return isinstance(other, Relative) and float(self) == float(other)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return hash(("relative", float(self)))
+
 
 def relative(eps: float) -> Relative:
     return Relative(eps)

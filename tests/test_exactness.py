@@ -221,3 +221,20 @@ def test_default_init_efficientnet_vanishes_with_a_warning_and_not_with_relative
     assert float(info.conservation[0]) < 0.1
     r, info = clrp.explain(model, x, 3, "lrp", rules={"preset": "paper", "stabilizer": "relative"}, return_info=True)
     assert 0.5 < float(info.conservation[0]) < 1.5 and not info.vanished and (r != 0).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_the_weight_checksum_sees_every_single_change_and_reordered_units(dtype):
+    from clrp.engine.plan import fingerprint
+    torch.manual_seed(5)
+    w = torch.randn(6, 3, 3, 3).to(dtype)
+    base = fingerprint(w)
+    for i in range(0, w.numel(), 7):  # one ulp of one element
+        v = w.clone()
+        flat = v.view(-1)
+        flat[i] = torch.nextafter(flat[i], torch.tensor(float("inf"), dtype=dtype))
+        assert not torch.equal(fingerprint(v), base)
+    assert not torch.equal(fingerprint(w[[1, 0, 2, 3, 4, 5]]), base)  # two units swapped
+    b = torch.randn(5).to(dtype)
+    assert not torch.equal(fingerprint(b.flip(0)), fingerprint(b))  # vectors: bit for bit
+    assert torch.equal(fingerprint(w.clone()), base)

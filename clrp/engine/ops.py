@@ -367,7 +367,8 @@ class AvgPool(Op):
             return [(i, R)]
         rest = tuple(ctx.resolve(x) for x in node.args[1:])
         kwargs = ctx.resolve(node.kwargs)
-        s = R / stabilize(ctx.fwd.expand(z), ctx.rules.get(node.index, self.stabilizer) if ctx.rules else self.stabilizer)
+        eps = ctx.rules.get(node.index, self.stabilizer) if ctx.rules else self.stabilizer  # the composite's
+        s = R / stabilize(ctx.fwd.expand(z), eps)
         g = vjp(lambda t: node.target(t, *rest, **kwargs), a.shape[1:], s)
         return [(i, g.mul_(ctx.fwd.expand(a)))]
 

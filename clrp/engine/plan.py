@@ -36,16 +36,19 @@ def fingerprint(t: torch.Tensor) -> torch.Tensor:
     """A cheap checksum of a tensor's contents, one read of its memory: the bits of each row (each
     output unit of a weight) summed as 64-bit integers. Integer sums are exact, so changing any
     element, or any set of elements of a row unless their bit patterns sum to the same, changes
-    it; so does reordering the rows. ``param.data`` edits bypass the version counter: this sees them."""
+    it; so does reordering the rows. Vectors (biases, BatchNorm statistics) are kept bit for bit.
+    ``param.data`` edits bypass the version counter: this sees them."""
     t = t.detach()
     if t.numel() == 0:
         return t.new_zeros(0, dtype=torch.int64)
     if not t.is_contiguous():
         t = t.contiguous()
-    rows = t.shape[0] if t.ndim > 1 else 1
-    row_bytes = t.numel() * t.element_size() // rows
     flat = t.reshape(-1)
-    if row_bytes % 8 == 0:  # two float32 per word: half the adds
+    if t.ndim <= 1:  # biases, BatchNorm parameters and statistics: small, kept bit for bit
+        return flat.view(_WORDS[t.element_size()]).clone()
+    rows = t.shape[0]
+    row_bytes = t.numel() * t.element_size() // rows
+    if row_bytes % 8 == 0 and flat.data_ptr() % 8 == 0:  # two float32 per word: half the adds
         return flat.view(torch.int64).view(rows, -1).sum(1)
     return flat.view(_WORDS[t.element_size()]).view(rows, -1).sum(1, dtype=torch.int64)
 
