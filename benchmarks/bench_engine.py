@@ -111,6 +111,9 @@ def main(argv=None):
             "clrp clrp1 (paper rules)": lambda x, t: clrp.explain(model, x, t, "clrp1", rules="paper"),
         }
         if args.check_cost:
+            from clrp.engine.plan import fingerprint
+            tensors = [*model.parameters(), *model.buffers()]  # every tensor a cached entry may come from
+            runners["weight checksum alone (all weights)"] = lambda x, t: [fingerprint(p) for p in tensors]
             runners["clrp lrp (paper rules), no content check"] = lambda x, t: _unchecked(
                 lambda: clrp.explain(model, x, t, "lrp", rules="paper"))
             runners["clrp clrp2 (paper rules), no content check"] = lambda x, t: _unchecked(
