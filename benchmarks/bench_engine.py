@@ -41,6 +41,15 @@ def plain_gradient(model, x, t):
     return g
 
 
+def _unchecked(fn):
+    from clrp.engine import plan
+    plan._CHECK_CONTENTS = False
+    try:
+        return fn()
+    finally:
+        plan._CHECK_CONTENTS = True
+
+
 def make_zennit(model, name):
     from zennit.attribution import Gradient
     from zennit.canonizers import SequentialMergeBatchNorm
@@ -79,6 +88,9 @@ def main(argv=None):
     p.add_argument("--order", choices=["interleaved", "grouped"], default="interleaved",
                    help="interleaved: one run of every method per round (drift hits all alike); grouped: all "
                         "runs of one method back to back (no cross-method allocator state)")
+    p.add_argument("--check-cost", action="store_true",
+                   help="also time clrp lrp/clrp2 without the weight cache's content check (stale after "
+                        "param.data edits: only to measure what the check costs, issue 17)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,6 +123,14 @@ def main(argv=None):
             "clrp integrated gradients": lambda x, t: clrp.explain(model, x, t, "integrated_gradients",
                                                                    steps=args.ig_steps),
         }
+        if args.check_cost:
+            from clrp.engine.plan import fingerprint
+            tensors = [*model.parameters(), *model.buffers()]  # every tensor a cached entry may come from
+            runners["weight checksum alone (all weights)"] = lambda x, t: [fingerprint(p) for p in tensors]
+            runners["clrp lrp (paper rules), no content check"] = lambda x, t: _unchecked(
+                lambda: clrp.explain(model, x, t, "lrp", rules="paper"))
+            runners["clrp clrp2 (paper rules), no content check"] = lambda x, t: _unchecked(
+                lambda: clrp.explain(model, x, t, "clrp2", rules="paper"))
         if args.only:
             runners = {n: f for n, f in runners.items() if n.startswith("plain") or any(w in n for w in args.only)}
         for batch in args.batch:

@@ -8,7 +8,7 @@ differentiate (on the traced graph, or on the model itself when it cannot be tra
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable
 
@@ -23,7 +23,7 @@ from .rules import (Epsilon, Gradient, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BO
                     resolve_composite)
 
 __all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "REGISTRY", "MAP_KINDS", "METHOD_LABELS",
-           "map_kind"]
+           "map_kind", "ExplanationInfo", "VANISHING"]
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,46 @@ class _Ctx:
     rules: object
     box: object
     opts: dict
+    info: dict = field(default_factory=dict)  # what the run measured (ExplanationInfo's fields)
+
+
+#: LRP with a conserving preset passes on the seed: |sum of the input relevance| / |seed| below this
+#: means the stabilisers absorbed it (a network with tiny activations): a warning, and the ratio in
+#: the ExplanationInfo. Non-ReLU activations (identity rule) and pools move it a little, not 10x.
+VANISHING = 0.1
+
+
+@dataclass(frozen=True)
+class ExplanationInfo:
+    """What ``explain(..., return_info=True)`` reports besides the map."""
+
+    method: str
+    rules: str | None  # the preset's description (LRP family)
+    #: per sample |sum of the input relevance| / |seed| (``lrp`` only; NaN where the seed is 0);
+    #: 1 for a conserving preset on a ReLU network
+    conservation: torch.Tensor | None
+    all_zero: torch.Tensor  # per sample: the map is zero everywhere
+    warnings: tuple = ()
+
+    @property
+    def vanished(self) -> bool:
+        """Some sample's relevance vanished (all zero, or below VANISHING with a conserving preset)."""
+        return bool(self.warnings)
 
 
 # ----------------------------------------------------------------------------------------------
 # Public entry points
 
-def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", **options) -> torch.Tensor:
+def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", return_info: bool = False,
+            **options):
     """Relevance of every input element for each sample's target class.
 
     Returns a float tensor shaped like ``inputs`` [N, C, H, W] on the inputs' device (float32 for a
     float16/bfloat16 model, which is explained in float32: see ``clrp.precision``). ``targets`` is
     an int, a sequence or a tensor with one class per sample; a single image with K targets is
     explained K times (one forward pass). See ``METHODS`` for the methods and their options.
+    ``return_info=True`` returns ``(map, ExplanationInfo)``: the conservation ratio of ``lrp`` and
+    which maps vanished (also said by a ``ClrpWarning``, once per model).
     """
     if method not in REGISTRY:
         raise ClrpError(f"unknown method {method!r}; known methods: {', '.join(REGISTRY)}")
@@ -92,7 +120,32 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", **o
     if spec.family == "relevance":
         plan.require_lrp()
         ctx.box = _resolve_box(box, plan, x, composite)
-    return spec.run(ctx)
+    R = spec.run(ctx)
+    info = _check_result(ctx, method, spec, composite, R)
+    return (R, info) if return_info else R
+
+
+def _check_result(ctx, method, spec, composite, R) -> ExplanationInfo:
+    """Say when relevance vanished: an all-zero map (any method), or for a conserving preset's LRP
+    a conservation ratio below VANISHING (an absolute stabiliser absorbing tiny activations)."""
+    all_zero = R.detach().flatten(1).abs().amax(1) == 0
+    ratio = ctx.info.get("conservation")
+    relevance = spec.family == "relevance"
+    notes = []
+    fix = (" If the network's activations are tiny, the stabilisers absorbed it: rules={'preset': ..., "
+           "'stabilizer': 'relative'} scales them with each layer's output." if relevance else "")
+    if bool(all_zero.any()):
+        rows = all_zero.nonzero().flatten().tolist()
+        notes.append(f"the {method} map of sample(s) {rows[:10]} is zero everywhere.{fix}")
+    if relevance and ratio is not None and composite.conserving:
+        low = (ratio < VANISHING) & ~all_zero
+        if bool(low.any()):
+            rows = low.nonzero().flatten().tolist()
+            notes.append(f"only {float(ratio[low].min()):.3g} of the seed's relevance reaches the input (sample(s) "
+                         f"{rows[:10]}; a conserving preset passes on ~1).{fix}")
+    if notes and ctx.opts.get("condition") is None:  # a conditioned map is a part: zero where nothing flows
+        engine.warn_once(ctx.model, f"vanishing:{method}", f"{type(ctx.model).__name__}: " + " ".join(notes))
+    return ExplanationInfo(method, composite.description if relevance else None, ratio, all_zero.cpu(), tuple(notes))
 
 
 def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, rules="paper",
@@ -198,7 +251,13 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
         raise ClrpError("seed must be 'logit' or 'abs_logit'")
 
     if kind == "lrp":
-        return propagate(plan, fwd, {g.output: onehot * y_t}, **walk)
+        R = propagate(plan, fwd, {g.output: onehot * y_t}, **walk)
+        if stop_at is None and condition is None:
+            seed = y_t.flatten().abs()
+            total = R.flatten(1).sum(1).abs()
+            ctx.info["conservation"] = torch.where(seed > 0, total / seed.clamp(min=torch.finfo(seed.dtype).tiny),
+                                                   torch.full_like(seed, float("nan"))).cpu()
+        return R
     if kind == "sglrp":
         p = logits.softmax(1)
         p_t = p.gather(1, t[:, None])

@@ -14,6 +14,7 @@ same name give the same numbers: the stabiliser adds ``eps * sign(z)`` (sign(0) 
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -26,7 +27,7 @@ __all__ = [
     "Rule", "ZPlus", "ZBox", "Epsilon", "Gamma", "AlphaBeta", "Flat", "WSquare", "Gradient",
     "SumRule", "ZSum", "AbsSum", "WeightModifier",
     "Composite", "RULES", "RULE_NAMES", "make_rule", "resolve_composite",
-    "box_from_normalization", "IMAGENET_MEAN", "IMAGENET_STD", "REFERENCE_BOX",
+    "box_from_normalization", "IMAGENET_MEAN", "IMAGENET_STD", "REFERENCE_BOX", "Relative", "relative",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,10 +43,47 @@ def box_from_normalization(mean, std):
     return (0 - mean) / std, (1 - mean) / std
 
 
-def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
+class Relative(float):
+    """A stabiliser relative to the layer's output scale: ``eps * mean |z|`` over each sample's
+    denominators instead of ``eps``. An absolute stabiliser absorbs nearly all relevance on a
+    network with tiny activations (default-init mnasnet, efficientnet: logits ~1e-14); a relative one
+    keeps the same share at every scale. ``relative(1e-6)``, or ``rules={"preset": ...,
+    "stabilizer": "relative"}`` for every rule of a preset."""
+
+    def __repr__(self):
+        return f"relative({float(self)!r})"
+
+    def __eq__(self, other):  # never equal to the absolute stabiliser of the same size
+        return isinstance(other, Relative) and float(self) == float(other)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return hash(("relative", float(self)))
+
+
+def relative(eps: float) -> Relative:
+    return Relative(eps)
+
+
+def stabilizer_for(z: torch.Tensor, eps):
+    """The stabiliser's size for denominators ``z``: ``eps`` (a number), or for a :class:`Relative`
+    one ``eps * mean |z|`` per sample (shaped to broadcast; the absolute value where all z are 0)."""
+    if not isinstance(eps, Relative):
+        return eps
+    scale = z.abs().flatten(1).mean(1) if z.ndim > 1 else z.abs().mean().reshape(1)
+    scale = torch.where(scale > 0, scale * float(eps), torch.full_like(scale, float(eps)))
+    return scale.view(-1, *([1] * (z.ndim - 1))) if z.ndim > 1 else scale
+
+
+def stabilize(z: torch.Tensor, eps) -> torch.Tensor:
     # zennit's convention: shift away from zero by eps with the sign of z (zero counted as positive;
     # -0.0 gets -eps, which cannot matter: such a unit has only zero contributions).
-    return z + torch.copysign(torch.tensor(eps, dtype=z.dtype, device=z.device), z)
+    e = stabilizer_for(z, eps)
+    if not isinstance(e, torch.Tensor):
+        e = torch.tensor(e, dtype=z.dtype, device=z.device)
+    return z + torch.copysign(e, z)
 
 
 @dataclass(frozen=True)
@@ -150,7 +188,8 @@ class AlphaBeta(Rule):
         z = op.forward(a_pos, op.modified(w_main), b)
         if a_neg is not None:
             z = z + op.forward(a_neg, op.modified(w_other), None)
-        z = op.expand(z).add_(sign * self.stabilizer)
+        z = op.expand(z)
+        z = z.add_(sign * stabilizer_for(z, self.stabilizer))
         # z is ours: reuse its memory for s (large fresh allocations cost page faults on the CPU).
         s = torch.div(R, z, out=z) if z.shape == R.shape else R / z
         r = op.transpose(s, op.modified(w_main)).mul_(op.expand(a_pos))
@@ -330,7 +369,8 @@ class AbsSum(SumRule):
 
     def relevance(self, parts, R, total):
         mags = [p.abs() for p in parts]
-        s = R / (sum(mags) + self.stabilizer)
+        total = sum(mags)
+        s = R / (total + stabilizer_for(total, self.stabilizer))
         return [m * s for m in mags]
 
 
@@ -398,6 +438,31 @@ class Composite:
     overrides: dict = field(default_factory=dict)
     add: SumRule = field(default_factory=lambda: ZSum(1e-6))
     norm: Rule = field(default_factory=lambda: Epsilon(1e-6, bias=False))
+    pool: float = 1e-6  # the stabiliser of average pools' z rule
+
+    def rules(self) -> list:
+        return [r for r in (self.conv, self.linear, self.first, self.add, self.norm, *self.overrides.values())
+                if r is not None]
+
+    @property
+    def conserving(self) -> bool:
+        """Every rule passes on all the relevance it gets, up to its stabiliser: no bias takes a
+        share and no rule is a plain gradient (the paper and zplus presets)."""
+        return all(getattr(r, "bias", False) is False and not isinstance(r, Gradient) for r in self.rules())
+
+    def with_relative_stabilizers(self) -> "Composite":
+        """The same rules with every stabiliser relative to its layer's output scale (:class:`Relative`)."""
+        def rel(rule):
+            if rule is None:
+                return None
+            new = copy.copy(rule)
+            for key in ("stabilizer", "epsilon"):
+                if isinstance(getattr(new, key, None), (int, float)):
+                    setattr(new, key, Relative(getattr(new, key)))
+            return new
+        return Composite(self.description + " (relative stabilisers)", rel(self.conv), rel(self.linear),
+                         rel(self.first), {k: rel(v) for k, v in self.overrides.items()}, rel(self.add),
+                         rel(self.norm), Relative(self.pool))
 
     def rule_for(self, names, module_type, kind: str, is_first: bool) -> Rule:
         names = [names] if isinstance(names, str) else list(names)
@@ -449,7 +514,9 @@ def resolve_composite(rules) -> Composite:
     """Accepts a preset name, a Composite, or a dict of per-layer overrides.
 
     A dict may name its base preset under the key ``"preset"`` (default ``"paper"``); every other
-    key is a layer-name pattern or a module type, every value a Rule or rule name.
+    key is a layer-name pattern or a module type, every value a Rule or rule name; the key
+    ``"stabilizer"`` is ``"absolute"`` (default) or ``"relative"`` (every stabiliser of the preset
+    relative to its layer's output scale, see :class:`Relative`).
     """
     if isinstance(rules, Composite):
         return rules
@@ -460,6 +527,12 @@ def resolve_composite(rules) -> Composite:
     if isinstance(rules, Mapping):
         rules = dict(rules)
         base = resolve_composite(rules.pop("preset", "paper"))
-        return Composite(base.description + " (with per-layer overrides)", base.conv, base.linear, base.first,
-                         {**{k: make_rule(v) for k, v in rules.items()}, **base.overrides}, base.add, base.norm)
+        stabilizer = rules.pop("stabilizer", "absolute")
+        if stabilizer not in ("absolute", "relative"):
+            raise ClrpError(f"stabilizer must be 'absolute' or 'relative', not {stabilizer!r}")
+        if rules:
+            base = Composite(base.description + " (with per-layer overrides)", base.conv, base.linear, base.first,
+                             {**{k: make_rule(v) for k, v in rules.items()}, **base.overrides}, base.add, base.norm,
+                             base.pool)
+        return base.with_relative_stabilizers() if stabilizer == "relative" else base
     raise ClrpError(f"rules must be a preset name, a Composite or a dict of overrides, not {type(rules).__name__}")

@@ -129,6 +129,24 @@ def first_ref(node: Node) -> int:
     return node.args[0].index
 
 
+def provably_nonnegative(values, graph: Graph, nonneg: list) -> bool:
+    """Every value is provably >= 0: a Python number >= 0, None, or a carried value the analysis
+    proved non-negative. A model tensor or constant (a buffer, a layer scale) proves nothing: its
+    entries may be negative, now or after an edit."""
+    for v in values:
+        if v is None or isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            if not v >= 0:
+                return False
+        elif isinstance(v, Ref) and graph.carries[v.index]:
+            if not nonneg[v.index]:
+                return False
+        else:
+            return False
+    return True
+
+
 # ---------------------------------------------------------------------------------------------
 # Element-wise activations: relevance passes unchanged; the gradient family uses their derivative.
 
@@ -246,7 +264,7 @@ class Cat(Op):
         return out
 
     def nonnegative(self, node, graph, nonneg):
-        return all(nonneg[t.index] for t in node.args[0] if isinstance(t, Ref) and graph.carries[t.index])
+        return provably_nonnegative(node.args[0], graph, nonneg)
 
 
 @register("stack")
@@ -275,6 +293,10 @@ class Reindex(Identity):
         if any(isinstance(a, Ref) and graph.carries[a.index] for a in node.args[1:]):
             return f"{node.op_name} with indices computed from the input"
         return None
+
+    def nonnegative(self, node, graph, nonneg):
+        value = bind(node).get("value", 0)  # a constant pad's fill value
+        return nonneg[first_ref(node)] and provably_nonnegative((value,), graph, nonneg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +367,8 @@ class AvgPool(Op):
             return [(i, R)]
         rest = tuple(ctx.resolve(x) for x in node.args[1:])
         kwargs = ctx.resolve(node.kwargs)
-        s = R / stabilize(ctx.fwd.expand(z), self.stabilizer)
+        eps = ctx.rules.get(node.index, self.stabilizer) if ctx.rules else self.stabilizer  # the composite's
+        s = R / stabilize(ctx.fwd.expand(z), eps)
         g = vjp(lambda t: node.target(t, *rest, **kwargs), a.shape[1:], s)
         return [(i, g.mul_(ctx.fwd.expand(a)))]
 
@@ -387,8 +410,9 @@ class Add(Op):
         return [(j, reduce_to(r, ctx.fwd.values[j].shape[1:])) for (j, _), r in zip(terms, shares)]
 
     def nonnegative(self, node, graph, nonneg):
-        return node.op_name == "add" and all(nonneg[j] for j, _ in node.extra["terms"]) and all(
-            not isinstance(v, (int, float)) or v >= 0 for v in node.args[1:2])
+        b = bind(node)
+        return node.op_name == "add" and float(b.get("alpha", 1)) >= 0 and provably_nonnegative(
+            (b["self"], b["other"]), graph, nonneg)
 
 
 _GATES = {"sigmoid", "hardsigmoid", "softmax", "_softmax", "tanh", "hardtanh", "relu6"}
@@ -424,6 +448,14 @@ class Mul(Op):
             if gx != gy:
                 node.extra["signal"] = y.index if gx else x.index
                 return
+            if gx and gy:  # x * sigmoid(f(x)) with x itself sigmoid-like (after a tanh, relu6): the gate is
+                # the factor computed from the other
+                if x.index in graph.ancestors(y.index):
+                    node.extra["signal"] = x.index
+                    return
+                if y.index in graph.ancestors(x.index):
+                    node.extra["signal"] = y.index
+                    return
             nx, ny = (_numel(graph.nodes[v.index].shape) for v in (x, y))
             if nx is not None and ny is not None and nx != ny:
                 node.extra["signal"] = x.index if nx > ny else y.index
@@ -439,8 +471,8 @@ class Mul(Op):
         return [(j, reduce_to(R, ctx.fwd.values[j].shape[1:]))]
 
     def nonnegative(self, node, graph, nonneg):
-        return all(nonneg[j] for j in graph.carried_inputs(node.index)) and all(
-            not isinstance(v, (int, float)) or v >= 0 for v in node.args[:2])
+        b = bind(node)
+        return provably_nonnegative((b["self"], b["other"]), graph, nonneg)
 
 
 def _numel(shape):

@@ -4,8 +4,8 @@ folded and rule-modified weights, and the static analyses the methods share.
 Plans are built once per model and input size (:func:`plan_for`) and never hold the model itself
 (a weak reference), so dropping the model frees its plans. The weight cache never serves stale
 weights: an entry is valid only while every source tensor is the same object with the same
-storage and version counter, and every buffer (BatchNorm running statistics, which PyTorch
-updates in place without bumping the version counter) still equals the snapshot taken with it.
+storage, version counter and contents (a checksum, :func:`fingerprint`, taken once per pass:
+``param.data`` edits and BatchNorm running statistics bypass the version counter).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import InvalidInput, UnsupportedModel
 from .graph import Graph, Leaf, Node, Ref
-from .ops import Linear, first_ref
+from .ops import AvgPool, Linear, first_ref
 from .trace import trace
 
 __all__ = ["Plan", "plan_for", "forget", "ClrpWarning"]
@@ -29,19 +29,52 @@ class ClrpWarning(UserWarning):
     """Something clrp did differently from what the user might expect (said once per model)."""
 
 
-class _Entry:
-    __slots__ = ("refs", "stamp", "snaps", "value")
+_WORDS = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
 
-    def __init__(self, tensors, snaps, value):
+
+def fingerprint(t: torch.Tensor) -> torch.Tensor:
+    """A cheap checksum of a tensor's contents, one read of its memory: the bits of each row (each
+    output unit of a weight) summed as 64-bit integers. Integer sums are exact, so changing any
+    element, or any set of elements of a row unless their bit patterns sum to the same, changes
+    it; so does reordering the rows. Vectors (biases, BatchNorm statistics) are kept bit for bit.
+    ``param.data`` edits bypass the version counter: this sees them."""
+    t = t.detach()
+    if t.numel() == 0:
+        return t.new_zeros(0, dtype=torch.int64)
+    if not t.is_contiguous():
+        t = t.contiguous()
+    flat = t.reshape(-1)
+    if t.ndim <= 1:  # biases, BatchNorm parameters and statistics: small, kept bit for bit
+        return flat.view(_WORDS[t.element_size()]).clone()
+    rows = t.shape[0]
+    row_bytes = t.numel() * t.element_size() // rows
+    if row_bytes % 8 == 0 and flat.data_ptr() % 8 == 0:  # two float32 per word: half the adds
+        return flat.view(torch.int64).view(rows, -1).sum(1)
+    return flat.view(_WORDS[t.element_size()]).view(rows, -1).sum(1, dtype=torch.int64)
+
+
+# False only to measure what the check costs (benchmarks/bench_engine.py --check-cost): stale weights.
+_CHECK_CONTENTS = True
+
+
+class _Entry:
+    __slots__ = ("refs", "stamp", "prints", "value")
+
+    def __init__(self, tensors, prints, value):
         self.refs = [weakref.ref(t) for t in tensors]
-        self.stamp = tuple((t.data_ptr(), t._version) for t in tensors)
-        self.snaps = snaps
+        self.stamp = _stamp(tensors)
+        self.prints = prints
         self.value = value
 
-    def valid(self, tensors, buffers) -> bool:
+    def valid(self, tensors, prints) -> bool:
         return (len(tensors) == len(self.refs) and all(r() is t for r, t in zip(self.refs, tensors))
-                and self.stamp == tuple((t.data_ptr(), t._version) for t in tensors)
-                and all(torch.equal(s, b) for s, b in zip(self.snaps, buffers)))
+                and self.stamp == _stamp(tensors)
+                and (prints is None or (self.prints is not None and len(prints) == len(self.prints)
+                                        and all(torch.equal(a, b) for a, b in zip(self.prints, prints)))))
+
+
+def _stamp(tensors):
+    return tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in tensors)
 
 
 class Plan:
@@ -145,16 +178,20 @@ class Plan:
                 stack.extend(obj.values())
         return list(dict.fromkeys(out))
 
-    def _cached(self, key, node: Node, compute):
+    def _cached(self, key, node: Node, compute, ctx):
         leaves = self._sources[node.index]
         tensors = [self._constants[l.name] if l.kind == "const" else self._tensor(l) for l in leaves]
-        buffers = [t for l, t in zip(leaves, tensors) if l.kind == "buffer"]
+        # The contents are checked once per pass (a forward and its walks), not per use.
+        memo = ctx.fwd.fingerprints
+        prints = memo.get(node.index)
+        if prints is None:
+            prints = memo[node.index] = [fingerprint(t) for t in tensors] if _CHECK_CONTENTS else None
         hit = self._weights.get(key)
-        if hit is not None and hit.valid(tensors, buffers):
+        if hit is not None and hit.valid(tensors, prints):
             return hit.value
         with torch.no_grad():
             value = compute()
-        entry = _Entry(tensors, [b.detach().clone() for b in buffers], value)
+        entry = _Entry(tensors, prints, value)
         with self._lock:
             self._weights[key] = entry
         return value
@@ -185,17 +222,17 @@ class Plan:
         if node.extra.get("bn_after") is None and node.extra.get("bn_before") is None:
             b = bound.get("bias")
             return bound["weight"].detach(), None if b is None else b.detach()
-        return self._cached((node.index, None), node, compute)
+        return self._cached((node.index, None), node, compute, ctx)
 
     def affine(self, node: Node, bound: dict, ctx):
         """(scale, shift) per channel of an unfolded eval BatchNorm."""
         x = bound["input"]
         return self._cached((node.index, None), node, lambda: _bn_affine(
-            {k: bound[k] for k in ("weight", "bias", "running_mean", "running_var", "eps")}, x.shape[1], x))
+            {k: bound[k] for k in ("weight", "bias", "running_mean", "running_var", "eps")}, x.shape[1], x), ctx)
 
     def modified(self, node: Node, modifier, base: torch.Tensor, ctx):
         """A rule's modified weights of a conv/dense node (e.g. w+), cached like the base weights."""
-        return self._cached((node.index, modifier), node, lambda: modifier(base))
+        return self._cached((node.index, modifier), node, lambda: modifier(base), ctx)
 
     def nonnegative_input(self, node: Node) -> bool:
         return self.nonneg[first_ref(node)]
@@ -213,6 +250,8 @@ class Plan:
             if kind is not None:
                 rules[node.index] = composite.rule_for(node.names, node.module_type, kind,
                                                        node.index in self.first_layers)
+            elif isinstance(node.op, AvgPool) and self.graph.carries[node.index]:
+                rules[node.index] = getattr(composite, "pool", node.op.stabilizer)  # its z rule's stabiliser
         with self._lock:
             self._rules[key] = (composite, rules)
             while len(self._rules) > 16:

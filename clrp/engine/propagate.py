@@ -38,6 +38,7 @@ class Forward:
     saved: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
     masked: bool = False  # ablation masks applied: values may lose their static sign
+    fingerprints: dict = field(default_factory=dict)  # the weight cache's checksums of this pass
 
     def expand(self, t):
         if self.inv is None or not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[0] != self.rows:

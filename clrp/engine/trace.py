@@ -481,7 +481,8 @@ def _fold_batchnorm(fx, depends) -> None:
         prev = b["input"]
         if (isinstance(prev, torch.fx.Node) and prev.op == "call_function" and _name(prev.target) in _LINEAR
                 and len(prev.users) == 1 and "bn_after" not in prev.meta.get("clrp_extra", {})
-                and "bn_before" not in prev.meta.get("clrp_extra", {}) and _not_transposed(prev)):
+                and "bn_before" not in prev.meta.get("clrp_extra", {}) and _not_transposed(prev)
+                and _channels_on_dim1(prev)):
             prev.meta.setdefault("clrp_extra", {})["bn_after"] = bn
             _carry_names(n, prev)
             n.replace_all_uses_with(prev)
@@ -494,10 +495,19 @@ def _fold_batchnorm(fx, depends) -> None:
             pad = nb.get("padding", 0)
             no_pad = pad == "valid" or (not isinstance(pad, str) and all(p == 0 for p in (pad if isinstance(pad, (list, tuple)) else [pad])))
             if (nb["input"] is n and no_pad and nb.get("groups", 1) == 1 and _not_transposed(nxt)
-                    and not nxt.meta.get("clrp_extra")):
+                    and not nxt.meta.get("clrp_extra") and _channels_on_dim1(nxt)):
                 nxt.meta.setdefault("clrp_extra", {})["bn_before"] = bn
                 nxt.args = (prev,) + tuple(nxt.args[1:])
                 fx.erase_node(n)
+
+
+def _channels_on_dim1(n) -> bool:
+    """A conv's channels are dim 1; a dense layer's features are its last dim, which is BatchNorm's
+    dim 1 only on [N, F] (on [N, L, F] BatchNorm1d normalises L: no fold)."""
+    if _name(n.target) != "linear":
+        return True
+    val = n.meta.get("val")
+    return val is not None and val.ndim == 2
 
 
 def _not_transposed(n) -> bool:
