@@ -8,7 +8,7 @@ differentiate (on the traced graph, or on the model itself when it cannot be tra
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Callable
 
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from . import engine
 from .engine import DECONVNET, GRADIENT, GUIDED, gradients, layer_step, plan_for, propagate, run_forward
+from .engine.trace import select_output
 from .errors import ClrpError, InvalidInput, InvalidTarget, UnsupportedModel
 from .rules import (Epsilon, Gradient, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BOX, ZBox, box_from_normalization,
                     resolve_composite)
@@ -54,17 +55,22 @@ class _Ctx:
     rules: object
     box: object
     opts: dict
+    output: object = None  # which model output is explained (see explain)
 
 
 # ----------------------------------------------------------------------------------------------
 # Public entry points
 
-def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", **options) -> torch.Tensor:
+def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", output=None,
+            **options) -> torch.Tensor:
     """Relevance of every input element for each sample's target class.
 
     Returns a float tensor shaped like ``inputs`` [N, C, H, W] on the inputs' device. ``targets`` is
     an int, a sequence or a tensor with one class per sample; a single image with K targets is
     explained K times (one forward pass). See ``METHODS`` for the methods and their options.
+    ``output`` says which output of a model returning a tuple or dict holds the logits: a key
+    (``"out"``), an index (``0``) or a function of the output (``lambda out: out.logits``); a model
+    returning several tensors without it is refused, naming them.
     """
     if method not in REGISTRY:
         raise ClrpError(f"unknown method {method!r}; known methods: {', '.join(REGISTRY)}")
@@ -72,7 +78,7 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", **o
     opts = _options(spec, options)
     box = opts.pop("box", None)
     try:
-        plan = plan_for(model, inputs)
+        plan = plan_for(model, inputs, output=output)
     except UnsupportedModel:
         if method not in _AUTOGRAD_ONLY:
             raise
@@ -84,17 +90,28 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", **o
         x = _untraced_inputs(model, inputs)
     else:
         x = engine.check_inputs(plan, inputs)
+    rows = x.shape[0]
     x, t = _batch(x, targets)
     composite = resolve_composite(rules)
-    ctx = _Ctx(plan, model, x, t, composite, None, opts)
+    ctx = _Ctx(plan, model, x, t, composite, None, opts, output)
     if spec.family == "relevance":
         plan.require_lrp()
         ctx.box = _resolve_box(box, plan, x, composite)
-    return spec.run(ctx)
+    return _at_batch_size(ctx, rows, spec.run)
+
+
+def _at_batch_size(ctx: _Ctx, rows: int, run):
+    """``run(ctx)``, with the model seeing batches of the size it was given (``rows``) when its
+    forward depends on the batch size: several targets of one image are then explained one by one."""
+    if ctx.plan is None or ctx.x.shape[0] == rows or not ctx.plan.graph.batch_guards.constrained:
+        return run(ctx)
+    parts = [run(replace(ctx, x=ctx.x[i:i + rows], targets=ctx.targets[i:i + rows]))
+             for i in range(0, ctx.x.shape[0], rows)]
+    return torch.cat(parts)
 
 
 def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, rules="paper",
-                    spatial: bool = False, **options) -> torch.Tensor:
+                    spatial: bool = False, output=None, **options) -> torch.Tensor:
     """Relevance of each channel (unit) of ``layer`` for the target: [N, K] (or the full map with
     ``spatial=True``). Contrastive methods give the signed difference target - dual. In a graph
     with skip connections this is the relevance that reaches ``layer`` (what bypasses it is not
@@ -102,33 +119,36 @@ def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, 
     spec = REGISTRY.get(method)
     if spec is None or spec.family != "relevance":
         raise ClrpError(f"layer relevance needs an LRP-family method ({', '.join(_family('relevance'))})")
-    plan = plan_for(model, inputs)
-    x, t = _batch(engine.check_inputs(plan, inputs), targets)
+    plan = plan_for(model, inputs, output=output)
+    x = engine.check_inputs(plan, inputs)
+    rows = x.shape[0]
+    x, t = _batch(x, targets)
     opts = _options(spec, options)
     composite = resolve_composite(rules)
-    ctx = _Ctx(plan, model, x, t, composite, None, opts)
+    ctx = _Ctx(plan, model, x, t, composite, None, opts, output)
     box = opts.pop("box", None)
     plan.require_lrp()
     ctx.box = _resolve_box(box, plan, x, composite)
     idx = plan.layer_index(layer)
-    R = _relevance(ctx, method, stop_at=idx)
+    R = _at_batch_size(ctx, rows, lambda c: _relevance(c, method, stop_at=idx))
     if spatial or R.ndim == 2:
         return R
     return R.sum(dim=tuple(range(2, R.ndim)))
 
 
 def explain_neuron(model, inputs, layer: str, channel: int, *, position=None, contrast=None, rules="paper",
-                   output: str = "clamp", box=None) -> torch.Tensor:
+                   output: str = "clamp", box=None, model_output=None) -> torch.Tensor:
     """Explain the activation of ``channel`` (dimension 1) of ``layer`` (optionally at one spatial
     ``position``).
 
     ``contrast=None`` explains the neuron alone; ``"rest"`` subtracts the explanation of the layer's
     other channels and an int ``j`` that of channel j (the CLRP1 analogue: the dual carries the same
     total activation). ``output`` for contrasts: "clamp" (max(0, target - dual)) or "signed".
+    ``model_output`` selects the output of a model returning a tuple or dict (``output=`` of explain).
     """
     if output not in ("clamp", "signed"):
         raise ClrpError("output must be 'clamp' or 'signed'")
-    plan = plan_for(model, inputs)
+    plan = plan_for(model, inputs, output=model_output)
     x = engine.check_inputs(plan, inputs)
     idx = plan.layer_index(layer)
     plan.require_lrp(idx)
@@ -297,10 +317,18 @@ def _gradient(ctx: _Ctx, mode: str, x=None, targets=None) -> torch.Tensor:
     if ctx.plan is None:  # untraceable model: autograd on the model itself
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            logits = ctx.model(xg)
+            logits = select_output(ctx.model(xg), ctx.output, type(ctx.model).__name__)
             (grad,) = torch.autograd.grad(logits, xg, seed(logits.detach()))
         return grad
-    return gradients(ctx.plan, x, seed, mode=mode)[0]
+    return gradients(_plan_for_rows(ctx.plan, ctx.model, x, ctx.output), x, seed, mode=mode)[0]
+
+
+def _plan_for_rows(plan, model, x, output):
+    """The plan valid for ``x``'s batch size (a model whose forward checks its batch size may need
+    another trace than the one made for the inputs as given)."""
+    if plan is None or plan.graph.batch_guards.rejects(x.shape[0]) is None:
+        return plan
+    return plan_for(model, x, output=output)
 
 
 def _batched_gradients(ctx, points: torch.Tensor, weights, batch_size):
@@ -311,6 +339,8 @@ def _batched_gradients(ctx, points: torch.Tensor, weights, batch_size):
     w = torch.as_tensor(weights, dtype=points.dtype, device=points.device).repeat_interleave(n)
     total = torch.zeros((n, *points.shape[2:]), dtype=points.dtype, device=points.device)
     step = max(1, int(batch_size or 16 * n))
+    if ctx.plan is not None and ctx.plan.graph.batch_guards.constrained:
+        step = n  # the model's forward depends on the batch size: each point at the size given
     for i in range(0, s * n, step):
         g = _gradient(ctx, GRADIENT, flat[i:i + step], targets[i:i + step])
         g = g * w[i:i + step].view(-1, *[1] * (g.ndim - 1))

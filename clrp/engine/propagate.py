@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ClrpError, InvalidInput
+from ..errors import ClrpError, InvalidInput, UnsupportedModel
 from .graph import Leaf, Ref
 from .ops import DECONVNET, GRADIENT, GUIDED, first_ref
 from .plan import Plan
@@ -150,7 +150,13 @@ def run_forward(plan: Plan, x: torch.Tensor, *, ablate: dict | None = None, stop
     if check:
         x = check_inputs(plan, x)
     g = plan.graph
-    use_dedupe = dedupe and mode == LRP and plan.dedupe_ok
+    guards = g.batch_guards
+    # sharing a forward between identical rows changes the batch size the model sees
+    use_dedupe = dedupe and mode == LRP and plan.dedupe_ok and not guards.constrained
+    why = guards.rejects(x.shape[0])
+    if why is not None:
+        raise UnsupportedModel(f"a batch of {x.shape[0]} cannot run on this plan of {type(plan.model()).__name__}: {why} "
+                               "(explain with clrp.explain, which traces the model for that batch size)")
     xu, inv = _dedupe(x) if use_dedupe else (x.contiguous() if x.stride(0) == 0 else x, None)
     masks = {}
     for name, mask in (ablate or {}).items():

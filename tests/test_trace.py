@@ -1,0 +1,260 @@
+"""Tracing never explains another function than the model's (issue #17, items 4, 5, 7): batch-size
+guards, the explained output, forward hooks, wrappers, meta tensors, and what a refusal says."""
+import collections
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import clrp
+from clrp import engine
+from clrp.engine import ClrpWarning
+from clrp.errors import ClrpError, InvalidInput, UnsupportedModel
+
+
+def _autograd(model, x, targets):
+    xg = x.detach().clone().requires_grad_(True)
+    out = model(xg)
+    (g,) = torch.autograd.grad(out.gather(1, torch.as_tensor(targets).view(-1, 1)).sum(), xg)
+    return g
+
+
+def _mlp(seed=0, outputs=3):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, outputs)).eval()
+
+
+# -- item 4: a graph traced at one batch size is reused at another --------------------------------
+
+class HalvesSingles(nn.Module):
+    """Scales its logits by 0.5 for a batch of one: the function depends on the batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _mlp()
+
+    def forward(self, x):
+        y = self.net(x)
+        if x.shape[0] == 1:
+            y = y * 0.5
+        return y
+
+
+class SmallBatchesOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = _mlp()
+
+    def forward(self, x):
+        y = self.net(x)
+        return y * 3 if x.shape[0] > 4 else y
+
+
+@pytest.mark.parametrize("cls", [HalvesSingles, SmallBatchesOnly])
+def test_a_model_that_branches_on_its_batch_size_is_explained_at_every_size(cls):
+    model = cls().eval()
+    for n in (1, 3, 6, 1, 2):  # every size after the others: no plan is reused where its guards fail
+        x = torch.randn(n, 4)
+        t = list(range(n)) if n <= 3 else [0] * n
+        assert torch.allclose(clrp.explain(model, x, t, "gradient"), _autograd(model, x, t), atol=1e-6), n
+        assert torch.allclose(engine.forward(model, x), model(x), atol=1e-6), n
+
+
+def test_several_targets_of_one_image_are_explained_at_the_batch_size_given():
+    # one image, three targets: the model must see a batch of one for each (not one batch of three)
+    model, x = HalvesSingles().eval(), torch.randn(1, 4)
+    got = clrp.explain(model, x, [0, 1, 2], "gradient")
+    expected = torch.cat([_autograd(model, x, [t]) for t in range(3)])
+    assert torch.allclose(got, expected, atol=1e-6)
+    lrp = clrp.explain(model, x, [0, 1, 2], "lrp", rules="epsilon_plus")
+    one_by_one = torch.cat([clrp.explain(model, x, t, "lrp", rules="epsilon_plus") for t in range(3)])
+    assert torch.allclose(lrp, one_by_one)
+    # and that is the batch-1 function: relevance of the halved logits (epsilon: conserved up to biases)
+    halved = clrp.explain(HalvesSingles().eval(), x.expand(2, 4), [0, 0], "lrp", rules="epsilon_plus")
+    assert torch.allclose(lrp[0], 0.5 * halved[0], atol=1e-6)
+
+
+def test_integrated_gradients_chunks_run_at_their_own_batch_size():
+    model, x = SmallBatchesOnly().eval(), torch.randn(1, 4)
+    steps = 6
+    got = clrp.explain(model, x, 0, "integrated_gradients", steps=steps, integration="riemann_trapezoid",
+                       batch_size=5)
+    # the same integral with one point at a time (batch 1: never the x3 branch), by autograd
+    alphas = torch.linspace(0, 1, steps)
+    grads = torch.stack([_autograd(model, a * x, [0]) for a in alphas])
+    w = torch.full((steps,), 1.0 / steps)  # captum's trapezoid weights
+    w[0] = w[-1] = 0.5 / steps
+    expected = (grads * w.view(-1, 1, 1)).sum(0) * x
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_an_ordinary_model_gets_one_trace_for_every_batch_size():
+    model = _mlp()
+    plans = {id(engine.plan_for(model, torch.randn(n, 4))) for n in (1, 2, 7)}
+    assert len(plans) == 1
+    assert not engine.plan_for(model, torch.randn(1, 4)).graph.batch_guards.constrained
+
+
+# -- item 5: which output is explained ------------------------------------------------------------
+
+class TwoHeads(nn.Module):
+    def __init__(self, kind="dict"):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 6), nn.ReLU())
+        self.aux = nn.Linear(6, 3)
+        self.out = nn.Linear(6, 3)
+        self.kind = kind
+
+    def forward(self, x):
+        h = self.body(x)
+        if self.kind == "dict":
+            return {"aux": self.aux(h), "out": self.out(h)}
+        if self.kind == "named":
+            return collections.namedtuple("Outputs", "aux logits")(self.aux(h), self.out(h))
+        return self.aux(h), self.out(h)
+
+
+class OnlyOut(nn.Module):
+    def __init__(self, heads):
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, x):
+        return self.heads.out(self.heads.body(x))
+
+
+def test_a_model_returning_several_tensors_is_refused_with_its_outputs():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4)
+    with pytest.raises(UnsupportedModel, match=r"returns a dict with keys 'aux', 'out'.*output="):
+        clrp.explain(TwoHeads().eval(), x, 0, "lrp", rules="epsilon_plus")
+    with pytest.raises(UnsupportedModel, match=r"returns a tuple of 2 .*output="):
+        clrp.explain(TwoHeads("tuple").eval(), x, 0, "gradient")
+    with pytest.raises(UnsupportedModel, match=r"Outputs with fields aux, logits"):
+        engine.forward(TwoHeads("named").eval(), x)
+
+
+@pytest.mark.parametrize("kind, output", [("dict", "out"), ("tuple", 1), ("tuple", -1), ("named", "logits"),
+                                          ("dict", lambda out: out["out"])])
+def test_output_selects_the_explained_tensor(kind, output):
+    torch.manual_seed(0)
+    model = TwoHeads(kind).eval()
+    reference = OnlyOut(model).eval()
+    x = torch.randn(2, 4)
+    for method in ("lrp", "clrp2", "gradient"):
+        got = clrp.explain(model, x, [0, 2], method, rules="zplus", output=output)
+        assert torch.equal(got, clrp.explain(reference, x, [0, 2], method, rules="zplus")), method
+    assert torch.equal(engine.forward(model, x, output=output), reference(x))
+    got = clrp.layer_relevance(model, x, [0, 2], "body.0", rules="epsilon_plus", output=output)
+    assert torch.equal(got, clrp.layer_relevance(reference, x, [0, 2], "heads.body.0", rules="epsilon_plus"))
+
+
+def test_a_selection_function_written_inline_reuses_the_trace():
+    model, x = TwoHeads().eval(), torch.randn(1, 4)
+    plans = [engine.plan_for(model, x, output=lambda out: out[key]) for key in ("out", "out", "aux")]
+    assert plans[0] is plans[1]  # the same code and closure: the same selection
+    assert plans[2] is not plans[0]
+    assert torch.equal(engine.forward(model, x, output=lambda out: out["aux"]), model(x)["aux"])
+
+
+def test_wrong_output_selections_are_clear_errors():
+    model, x = TwoHeads().eval(), torch.randn(1, 4)
+    with pytest.raises(ClrpError, match=r"output='logits': TwoHeads returns a dict with keys 'aux', 'out'"):
+        clrp.explain(model, x, 0, "lrp", output="logits")
+    with pytest.raises(ClrpError, match="returns a single tensor"):
+        clrp.explain(_mlp(), x, 0, "lrp", output=0)  # would explain row 0 of the logits
+    with pytest.raises(InvalidInput, match="output must be"):
+        clrp.explain(model, x, 0, "lrp", output=1.5)
+
+
+# -- item 7: hooks, wrappers, meta tensors, what a failed trace says -----------------------------------
+
+def test_forward_hooks_that_change_the_output_are_refused():
+    x = torch.randn(2, 4)
+    for register in (lambda m: m[2].register_forward_hook(lambda mod, a, out: out * 2),
+                     lambda m: m[2].register_forward_hook(lambda mod, a, out: out.mul_(0.5)),
+                     lambda m: m[0].register_forward_pre_hook(lambda mod, a: (a[0] + 1,))):
+        model = _mlp()
+        register(model)
+        with pytest.raises(UnsupportedModel, match=r"forward hooks on [012] that change what the module computes"):
+            clrp.explain(model, x, 0, "lrp", rules="epsilon_plus")
+        # the autograd-only methods run on the hooked model itself: its true gradient
+        assert torch.allclose(clrp.explain(model, x, [0, 1], "gradient"), _autograd(model, x, [0, 1]), atol=1e-6)
+
+
+def test_observing_hooks_are_not_part_of_the_explanation():
+    model, x = _mlp(), torch.randn(2, 4)
+    expected = clrp.explain(_mlp(), x, [0, 1], "lrp", rules="epsilon_plus")
+    seen = []
+    model[1].register_forward_hook(lambda mod, a, out: seen.append(out.shape))
+    with pytest.warns(ClrpWarning, match="forward hooks on 1"):
+        got = clrp.explain(model, x, [0, 1], "lrp", rules="epsilon_plus")
+    assert torch.equal(got, expected)
+    assert len(seen) == 1  # called once on a copy, when traced, to check it changes nothing
+    clrp.explain(model, x, [0, 1], "gradient")
+    assert len(seen) == 1
+
+
+def test_data_parallel_is_explained_through_its_module():
+    model, x = _mlp(), torch.randn(2, 4)
+    wrapped = nn.DataParallel(model)
+    for method in ("lrp", "gradient"):
+        assert torch.equal(clrp.explain(wrapped, x, [0, 1], method, rules="epsilon_plus"),
+                           clrp.explain(model, x, [0, 1], method, rules="epsilon_plus"))
+    assert engine.layer_names(wrapped, x) == engine.layer_names(model, x)
+
+
+def test_a_wrapper_whose_forward_takes_any_arguments_is_traced():
+    class Wrapper(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *inputs, **kwargs):
+            return self.inner(inputs[0])
+
+    model, x = _mlp(), torch.randn(2, 4)
+    assert torch.equal(clrp.explain(Wrapper(model).eval(), x, [0, 1], "lrp", rules="epsilon_plus"),
+                       clrp.explain(model, x, [0, 1], "lrp", rules="epsilon_plus"))
+
+
+def test_meta_tensors_are_clear_errors():
+    x = torch.randn(1, 4)
+    with pytest.raises(InvalidInput, match="meta tensors"):
+        clrp.explain(_mlp().to("meta"), x.to("meta"), 0, "lrp")
+    with pytest.raises(InvalidInput, match=r"meta tensors \('0.weight'"):
+        clrp.explain(_mlp().to("meta"), x, 0, "gradient")
+
+
+class ValueBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = x * 2
+        return self.fc(x)
+
+
+class ToNumpy(nn.Module):
+    def forward(self, x):
+        return torch.as_tensor(x.numpy() * 2)
+
+
+def test_a_refused_trace_prints_nothing_and_keeps_the_details(capfd):
+    with pytest.raises(UnsupportedModel, match="branches on tensor values") as info:
+        clrp.explain(ValueBranch().eval(), torch.randn(1, 4), 0, "lrp")
+    out, err = capfd.readouterr()
+    assert "def forward" not in out + err and out + err == ""
+    assert "def forward" in info.value.details  # torch.export's generated code, for whoever asks
+
+
+def test_a_failed_trace_says_what_failed_and_where():
+    model = nn.Sequential(nn.Linear(4, 4), ToNumpy(), nn.Linear(4, 2)).eval()
+    with pytest.raises(UnsupportedModel) as info:
+        clrp.explain(model, torch.randn(1, 4), 0, "lrp")
+    message = str(info.value)
+    assert "in 1 (ToNumpy)" in message and "numpy" in message
+    assert "tensor values" not in message
