@@ -75,12 +75,12 @@ def test_several_targets_of_one_image_are_explained_at_the_batch_size_given():
     assert torch.allclose(lrp[0], 0.5 * halved[0], atol=1e-6)
 
 
-def test_integrated_gradients_chunks_run_at_their_own_batch_size():
-    model, x = SmallBatchesOnly().eval(), torch.randn(1, 4)
+def test_integrated_gradients_points_run_at_the_batch_size_given():
+    model, x = HalvesSingles().eval(), torch.randn(1, 4)
     steps = 6
     got = clrp.explain(model, x, 0, "integrated_gradients", steps=steps, integration="riemann_trapezoid",
                        batch_size=5)
-    # the same integral with one point at a time (batch 1: never the x3 branch), by autograd
+    # the same integral with one point at a time (batch 1, as given: the halved logits), by autograd
     alphas = torch.linspace(0, 1, steps)
     grads = torch.stack([_autograd(model, a * x, [0]) for a in alphas])
     w = torch.full((steps,), 1.0 / steps)  # captum's trapezoid weights
