@@ -258,3 +258,91 @@ def test_a_failed_trace_says_what_failed_and_where():
     message = str(info.value)
     assert "in 1 (ToNumpy)" in message and "numpy" in message
     assert "tensor values" not in message
+
+
+# -- item 8: traced graphs cached across processes ----------------------------------------------------
+
+class Scaled(nn.Module):
+    """A small CNN with a plain setting, a non-parameter tensor attribute and a residual add."""
+
+    def __init__(self, scale=1.0, offset=0.0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+        self.scale = scale
+        self.offset = torch.full((4, 1, 1), offset)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        y = (y + y * self.scale + self.offset).mean((2, 3))
+        return self.fc(y)
+
+
+def _entries(folder):
+    return sorted(p.name for p in folder.iterdir() if p.suffix == ".json")
+
+
+def _no_export(monkeypatch):
+    from clrp.engine import trace
+
+    def refuse(*a, **k):
+        raise AssertionError("traced again although the cache holds the graph")
+    monkeypatch.setattr(trace, "_export", refuse)
+
+
+def test_a_traced_graph_is_read_back_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLRP_TRACE_CACHE", str(tmp_path / "traces"))
+    x = torch.randn(2, 3, 8, 8)
+    fresh = {m: clrp.explain(Scaled().eval(), x, [0, 2], m, rules="zplus") for m in ("lrp", "clrp2", "gradient")}
+    names = engine.layer_names(Scaled().eval(), x)
+    assert len(_entries(tmp_path / "traces")) == 1
+    assert (tmp_path / "traces").stat().st_mode & 0o777 == 0o700
+    _no_export(monkeypatch)
+    for method, expected in fresh.items():  # another model object: the graph comes from disk
+        assert torch.equal(clrp.explain(Scaled().eval(), x, [0, 2], method, rules="zplus"), expected)
+    assert engine.layer_names(Scaled().eval(), x) == names
+
+
+def test_a_cache_entry_never_describes_another_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLRP_TRACE_CACHE", str(tmp_path))
+    x = torch.randn(1, 3, 8, 8)
+    clrp.explain(Scaled().eval(), x, 0, "gradient")
+    # another setting or another captured tensor is another key
+    for other in (Scaled(scale=3.0), Scaled(offset=0.5)):
+        model = other.eval()
+        assert torch.allclose(clrp.explain(model, x, 0, "gradient"), _autograd(model, x, [0]), atol=1e-6)
+    assert len(_entries(tmp_path)) == 3
+    # an entry of the same key that holds another model's graph is caught by running it, and rebuilt
+    a, b = sorted(tmp_path.glob("*.json"), key=lambda p: p.stat().st_mtime)[:2]
+    record = __import__("json").loads(b.read_text())
+    record["key"] = a.stem
+    a.write_text(__import__("json").dumps(record))
+    (tmp_path / f"{a.stem}.pt").write_bytes((tmp_path / f"{b.stem}.pt").read_bytes())
+    model = Scaled().eval()
+    assert torch.allclose(clrp.explain(model, x, 0, "gradient"), _autograd(model, x, [0]), atol=1e-6)
+    assert __import__("json").loads(a.read_text())["nodes"] != record["nodes"]  # rewritten
+
+
+def test_corrupt_entries_are_ignored_and_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLRP_TRACE_CACHE", str(tmp_path))
+    x = torch.randn(1, 3, 8, 8)
+    expected = clrp.explain(Scaled().eval(), x, 0, "lrp", rules="epsilon_plus")
+    (entry,) = tmp_path.glob("*.json")
+    for damage in (b"{not json", entry.read_bytes()[:100], b""):
+        entry.write_bytes(damage)
+        assert torch.equal(clrp.explain(Scaled().eval(), x, 0, "lrp", rules="epsilon_plus"), expected)
+        assert __import__("json").loads(entry.read_text())["key"] == entry.stem
+
+
+def test_the_cache_is_off_on_request_and_in_a_folder_others_can_write(tmp_path, monkeypatch):
+    x = torch.randn(1, 3, 8, 8)
+    monkeypatch.setenv("CLRP_TRACE_CACHE", "off")
+    clrp.explain(Scaled().eval(), x, 0, "gradient")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("CLRP_TRACE_CACHE", str(shared))
+    clrp.explain(Scaled().eval(), x, 0, "gradient")
+    assert list(shared.iterdir()) == []

@@ -30,6 +30,7 @@ from torch.utils import _pytree
 
 from ..errors import ClrpError, InvalidInput, UnsupportedModel
 from .graph import Graph, Leaf, Node, Ref
+from . import trace_cache
 from .ops import bind, op_for
 
 aten = torch.ops.aten
@@ -416,6 +417,24 @@ def trace(model: nn.Module, sample_shape: tuple, dtype, device, *, output=None,
     tensor (values captured at trace time); ``dropped_hooks`` names the modules whose forward hooks
     are not called (they were checked to leave every value unchanged; others are refused)."""
     clone, hooks = _clean_copy(model)
+    cache_dir, entry = None, None
+    if not hooks:
+        cache_dir = trace_cache.folder()
+        try:
+            entry = trace_cache.key(model, sample_shape, dtype, device, output, batch) if cache_dir else None
+        except trace_cache.NotCacheable:
+            entry = None
+    if entry is not None:
+        hit = trace_cache.load(cache_dir, entry)
+        if hit is not None:
+            record, constants = hit
+            try:
+                graph = trace_cache.rebuild_graph(record, INPUT)
+            except Exception:  # an entry this code cannot read: rebuild it
+                graph = None
+            if graph is not None and trace_cache.agrees(model, clone, graph, constants, sample_shape, dtype, device,
+                                                        output, batch):
+                return graph, constants, []
     _selecting(clone, output)
     example = torch.zeros((batch, *sample_shape), dtype=dtype, device=device)
     ep = _export(clone, example)
@@ -530,6 +549,13 @@ def trace(model: nn.Module, sample_shape: tuple, dtype, device, *, output=None,
         node.aliases = [a for a in node.aliases if a not in seen and a != node.name]
     graph = Graph(nodes, index[placeholder[user_input]], output_index, batch_dynamic=guards.fixed is None)
     graph.batch_guards = guards
+    if entry is not None:
+        try:
+            trace_cache.save(cache_dir, entry, {"nodes": trace_cache.encode_nodes(nodes), "input": graph.input,
+                                                "output": graph.output, "batch_dynamic": graph.batch_dynamic,
+                                                "batch_guards": guards.to_json()}, constants)
+        except (trace_cache.NotCacheable, OSError):
+            pass  # used, not cached
     for node in nodes:
         node.op.prepare(node, graph)
     return graph, constants, dropped
