@@ -521,7 +521,7 @@ def _resolve_box(box, plan, x, composite):
                 f"the zB rule of this preset needs the range of the model's inputs; the default is ImageNet's "
                 f"3-channel normalisation but this model takes {channels} channel(s). Pass box=(low, high) (e.g. "
                 f"clrp.box_from_normalization(mean, std)) or use a preset without zB (e.g. rules='zplus')")
-        return box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
+        return _default_box(plan, x) if needs else box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
     try:
         low, high = box
     except (TypeError, ValueError):
@@ -537,6 +537,37 @@ def _resolve_box(box, plan, x, composite):
         if not bool(torch.isfinite(t).all()):
             raise ClrpError("box bounds must be finite")
     return low, high
+
+
+def _default_box(plan, x):
+    """ImageNet images, in the model's input space: normalised by ImageNet's statistics, unless the
+    model normalises them itself before its first layer (a torchvision-style ``Normalize`` module,
+    ``(x - mean) / std`` in its forward): then it takes pixels in [0, 1], recognised by [0, 1] reaching
+    the first layer as ImageNet's normalised range. A model that transforms its input otherwise
+    (other than Inception's ``transform_input``, which maps normalised images to [-1, 1]) gets a
+    warning: the box may not be its inputs' range."""
+    normalised = box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
+    g = plan.graph
+    firsts = {engine.first_ref(g.nodes[i]) for i in plan.first_layers} - {g.input}
+    firsts = [i for i in sorted(firsts) if g.nodes[i].shape == tuple(x.shape[1:])]
+    if not firsts:
+        return normalised
+    want = tuple(engine.propagate_box(plan, g.input, normalised, x))
+    pixels = [engine.propagate_box(plan, i, (0.0, 1.0), x) for i in firsts]
+    if all(torch.allclose(p, w, atol=1e-4) for lo_hi in pixels for p, w in zip(lo_hi, want)):
+        return 0.0, 1.0
+    reached = [engine.propagate_box(plan, i, normalised, x) for i in firsts]
+    unchanged = all(torch.allclose(r, w, atol=1e-4) for lo_hi in reached for r, w in zip(lo_hi, want))
+    inception = all(torch.allclose(lo_hi[0], torch.full_like(lo_hi[0], -1.0), atol=1e-4)
+                    and torch.allclose(lo_hi[1], torch.ones_like(lo_hi[1]), atol=1e-4) for lo_hi in reached)
+    if not (unchanged or inception):
+        model = plan.model()
+        node = g.nodes[firsts[0]]
+        engine.warn_once(model, "box", f"{type(model).__name__} transforms its inputs before its first layer "
+                         f"({node.describe()}) in a way clrp does not recognise: the zB rule's default box assumes "
+                         "ImageNet-normalised inputs and may not be their range; pass box=(low, high) with your "
+                         "inputs' range")
+    return normalised
 
 
 def _untraced_inputs(model, inputs) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Tracing never explains another function than the model's (issue #17, items 4, 5, 7): batch-size
 guards, the explained output, forward hooks, wrappers, meta tensors, and what a refusal says."""
 import collections
+import copy
 import warnings
 
 import pytest
@@ -346,3 +347,48 @@ def test_the_cache_is_off_on_request_and_in_a_folder_others_can_write(tmp_path, 
     monkeypatch.setenv("CLRP_TRACE_CACHE", str(shared))
     clrp.explain(Scaled().eval(), x, 0, "gradient")
     assert list(shared.iterdir()) == []
+
+
+# -- item 7: a normalisation inside the model ------------------------------------------------------------
+
+class Normalize(nn.Module):
+    """torchvision.transforms.Normalize as a module at the start of a model."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+
+
+def test_a_normalisation_inside_the_model_gets_the_zb_box_of_its_inputs():
+    from clrp.rules import IMAGENET_MEAN, IMAGENET_STD
+
+    inner = _cnn()
+    model = nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), inner).eval()
+    pixels = torch.rand(2, 3, 8, 8)
+    normalised = (pixels - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for method in ("lrp", "clrp2"):
+            # relevance passes the affine normalisation unchanged: the same map as the bare network on
+            # normalised inputs, whose zB box is ImageNet's normalised range
+            got = clrp.explain(model, pixels, [0, 1], method, rules="paper")
+            expected = clrp.explain(inner, normalised, [0, 1], method, rules="paper")
+            assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6), method
+
+
+def test_an_unrecognised_input_transform_is_said():
+    model = nn.Sequential(Normalize((0.5, 0.5, 0.5), (0.1, 0.1, 0.1)), _cnn()).eval()
+    with pytest.warns(ClrpWarning, match=r"transforms its inputs before its first layer .*pass box="):
+        clrp.explain(model, torch.rand(1, 3, 8, 8), 0, "lrp", rules="paper")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit box: nothing to say
+        clrp.explain(copy.deepcopy(model), torch.rand(1, 3, 8, 8), 0, "lrp", rules="paper", box=(0.0, 1.0))

@@ -18,7 +18,8 @@ import torch
 from .graph import Graph, Leaf, Node, Ref
 from .ops import DECONVNET, GRADIENT, GUIDED, LayerView, Op, register
 from .plan import ClrpWarning, Plan, forget, plan_for, warn_once
-from .propagate import LRP, Forward, check_inputs, gradients, layer_step, propagate, run_forward
+from .ops import first_ref
+from .propagate import LRP, Forward, box_at as propagate_box, check_inputs, gradients, layer_step, propagate, run_forward
 
 __all__ = ["Plan", "Graph", "Node", "Ref", "Leaf", "Op", "register", "Forward", "plan_for", "forget",
            "run_forward", "propagate", "layer_step", "gradients", "forward", "layer_names", "feature_layers",

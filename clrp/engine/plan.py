@@ -300,10 +300,9 @@ def _output_key(output):
     return key
 
 
-def _check_not_meta(model: nn.Module, inputs) -> None:
-    if isinstance(inputs, torch.Tensor) and inputs.is_meta:
-        raise InvalidInput("inputs are meta tensors (shapes without values): there is nothing to explain; pass real "
-                           "tensors")
+def _check_not_meta(model: nn.Module) -> None:
+    if not any(t.is_meta for t in model.parameters()) and not any(t.is_meta for t in model.buffers()):
+        return
     meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
     if meta is not None:
         raise InvalidInput(f"{type(model).__name__} has meta tensors ({meta!r} has a shape but no values): load "
@@ -321,7 +320,9 @@ def plan_for(model: nn.Module, inputs: torch.Tensor | None = None, *, output=Non
     if not isinstance(model, nn.Module):
         raise UnsupportedModel(f"expected a torch.nn.Module, got {type(model).__name__}")
     model = unwrap(model)
-    _check_not_meta(model, inputs)
+    if isinstance(inputs, torch.Tensor) and inputs.is_meta:
+        raise InvalidInput("inputs are meta tensors (shapes without values): there is nothing to explain; pass real "
+                           "tensors")
     if model.training:
         warn_once(model, "training", f"{type(model).__name__} is in training mode: clrp explains it with eval-mode "
                   "semantics (BatchNorm running statistics, no dropout). Call model.eval() to silence this warning.")
@@ -366,6 +367,7 @@ def plan_for(model: nn.Module, inputs: torch.Tensor | None = None, *, output=Non
         plan, traced = cached()
         if plan is not None:
             return plan
+    _check_not_meta(model)
     batch = 2 if not traced else rows  # a size the first trace excluded: trace that size
     graph, constants, dropped = trace(model, sig[0], sig[1], torch.device(sig[2]), output=output, batch=batch)
     why = graph.batch_guards.rejects(rows) if rows is not None else None
