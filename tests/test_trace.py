@@ -197,6 +197,16 @@ def test_observing_hooks_are_not_part_of_the_explanation():
     assert len(seen) == 1
 
 
+def test_hooks_that_return_what_they_were_given_change_nothing():
+    model, x = _mlp(), torch.randn(2, 4)
+    expected = clrp.explain(_mlp(), x, [0, 1], "lrp", rules="epsilon_plus")
+    model[0].register_forward_pre_hook(lambda mod, args: args)
+    model[1].register_forward_hook(lambda mod, args, out: out)
+    model[2].register_forward_pre_hook(lambda mod, args, kwargs: (args, kwargs), with_kwargs=True)
+    with pytest.warns(ClrpWarning, match="forward hooks on 0, 2, 1|forward hooks on 0, 1, 2"):
+        assert torch.equal(clrp.explain(model, x, [0, 1], "lrp", rules="epsilon_plus"), expected)
+
+
 def test_data_parallel_is_explained_through_its_module():
     model, x = _mlp(), torch.randn(2, 4)
     wrapped = nn.DataParallel(model)

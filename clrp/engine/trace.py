@@ -117,13 +117,15 @@ def _hooks_that_change(clone: nn.Module, dropped: list, example: torch.Tensor, o
 
     def watch(name, kind, fn, with_kwargs):
         def hook(*a):
-            seen = a[-1] if kind == "forward" else a[1:]
+            seen = a[-1] if kind == "forward" else (a[1:] if with_kwargs else a[1])
             before = [t.detach().clone() for t in _tensors(seen)]
             result = fn(*a)
             edited = any(not torch.equal(b, t.detach()) for b, t in zip(before, _tensors(seen)))
-            if edited or (result is not None and result is not seen and not (
-                    kind == "pre" and isinstance(result, tuple) and all(r is s for r, s in zip(result, seen))
-                    and len(result) == len(seen))):
+            if kind == "pre" and not with_kwargs and result is not None and not isinstance(result, tuple):
+                result_seen = (result,)  # torch wraps a single returned value
+            else:
+                result_seen = result
+            if edited or (result is not None and not _same(result_seen, seen)):
                 changed.append(name or "<root>")
             return result
         return hook
@@ -149,6 +151,14 @@ def _hooks_that_change(clone: nn.Module, dropped: list, example: torch.Tensor, o
         for h in handles:
             h.remove()
     return list(dict.fromkeys(changed))
+
+
+def _same(a, b) -> bool:
+    """``a`` is ``b``, or holds the very same objects (a hook returning what it was given)."""
+    if a is b:
+        return True
+    return (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
+            and all(_same(x, y) for x, y in zip(a, b)))
 
 
 def _hook_names(dropped) -> str:
