@@ -548,7 +548,7 @@ def trace(model: nn.Module, sample_shape: tuple, dtype, device, *, output=None,
         index[n] = node.index
         nodes.append(node)
     if output_index is None or not nodes[output_index].tensor:
-        raise UnsupportedModel(f"{type(model).__name__}: the first output is not a tensor computed by the model")
+        raise UnsupportedModel(f"{type(model).__name__}: the explained output is not a tensor computed by the model")
     # names of removed nodes that pointed at kept ones: aliases; then de-duplicate
     seen = set()
     for node in nodes:
