@@ -8,7 +8,7 @@ differentiate (on the traced graph, or on the model itself when it cannot be tra
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Callable
 
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from . import engine, precision
 from .engine import DECONVNET, GRADIENT, GUIDED, gradients, layer_step, plan_for, propagate, run_forward
+from .engine.trace import select_output
 from .errors import ClrpError, InvalidInput, InvalidTarget, UnsupportedModel
 from .rules import (Epsilon, Gradient, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BOX, ZBox, box_from_normalization,
                     resolve_composite)
@@ -55,6 +56,7 @@ class _Ctx:
     box: object
     opts: dict
     info: dict = field(default_factory=dict)  # what the run measured (ExplanationInfo's fields)
+    output: object = None  # which model output is explained (see explain)
 
 
 #: LRP with a conserving preset passes on the seed: |sum of the input relevance| / |seed| below this
@@ -84,7 +86,7 @@ class ExplanationInfo:
 # ----------------------------------------------------------------------------------------------
 # Public entry points
 
-def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", return_info: bool = False,
+def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", output=None, return_info: bool = False,
             **options):
     """Relevance of every input element for each sample's target class.
 
@@ -94,6 +96,9 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", ret
     explained K times (one forward pass). See ``METHODS`` for the methods and their options.
     ``return_info=True`` returns ``(map, ExplanationInfo)``: the conservation ratio of ``lrp`` and
     which maps vanished (also said by a ``ClrpWarning``, once per model).
+    ``output`` says which output of a model returning a tuple or dict holds the logits: a key
+    (``"out"``), an index (``0``) or a function of the output (``lambda out: out.logits``); a model
+    returning several tensors without it is refused, naming them.
     """
     if method not in REGISTRY:
         raise ClrpError(f"unknown method {method!r}; known methods: {', '.join(REGISTRY)}")
@@ -102,7 +107,7 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", ret
     box = opts.pop("box", None)
     model, inputs = precision.for_explanation(model, inputs)  # float16/bfloat16: computed in float32
     try:
-        plan = plan_for(model, inputs)
+        plan = plan_for(model, inputs, output=output)
     except UnsupportedModel:
         if method not in _AUTOGRAD_ONLY:
             raise
@@ -114,13 +119,14 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", ret
         x = _untraced_inputs(model, inputs)
     else:
         x = engine.check_inputs(plan, inputs)
+    rows = x.shape[0]
     x, t = _batch(x, targets)
     composite = resolve_composite(rules)
-    ctx = _Ctx(plan, model, x, t, composite, None, opts)
+    ctx = _Ctx(plan, model, x, t, composite, None, opts, output=output)
     if spec.family == "relevance":
         plan.require_lrp()
         ctx.box = _resolve_box(box, plan, x, composite)
-    R = spec.run(ctx)
+    R = _at_batch_size(ctx, rows, spec.run)
     info = _check_result(ctx, method, spec, composite, R)
     return (R, info) if return_info else R
 
@@ -148,8 +154,23 @@ def _check_result(ctx, method, spec, composite, R) -> ExplanationInfo:
     return ExplanationInfo(method, composite.description if relevance else None, ratio, all_zero.cpu(), tuple(notes))
 
 
+def _at_batch_size(ctx: _Ctx, rows: int, run):
+    """``run(ctx)``, with the model seeing batches of the size it was given (``rows``) when its
+    forward depends on the batch size: several targets of one image are then explained one by one."""
+    if ctx.plan is None or ctx.x.shape[0] == rows or not ctx.plan.graph.batch_guards.constrained:
+        return run(ctx)
+    parts, ratios = [], []
+    for i in range(0, ctx.x.shape[0], rows):
+        part = replace(ctx, x=ctx.x[i:i + rows], targets=ctx.targets[i:i + rows], info={})
+        parts.append(run(part))
+        ratios.append(part.info.get("conservation"))
+    if all(r is not None for r in ratios):
+        ctx.info["conservation"] = torch.cat(ratios)
+    return torch.cat(parts)
+
+
 def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, rules="paper",
-                    spatial: bool = False, **options) -> torch.Tensor:
+                    spatial: bool = False, output=None, **options) -> torch.Tensor:
     """Relevance of each channel (unit) of ``layer`` for the target: [N, K] (or the full map with
     ``spatial=True``). Contrastive methods give the signed difference target - dual. In a graph
     with skip connections this is the relevance that reaches ``layer`` (what bypasses it is not
@@ -158,34 +179,37 @@ def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, 
     if spec is None or spec.family != "relevance":
         raise ClrpError(f"layer relevance needs an LRP-family method ({', '.join(_family('relevance'))})")
     model, inputs = precision.for_explanation(model, inputs)
-    plan = plan_for(model, inputs)
-    x, t = _batch(engine.check_inputs(plan, inputs), targets)
+    plan = plan_for(model, inputs, output=output)
+    x = engine.check_inputs(plan, inputs)
+    rows = x.shape[0]
+    x, t = _batch(x, targets)
     opts = _options(spec, options)
     composite = resolve_composite(rules)
-    ctx = _Ctx(plan, model, x, t, composite, None, opts)
+    ctx = _Ctx(plan, model, x, t, composite, None, opts, output=output)
     box = opts.pop("box", None)
     plan.require_lrp()
     ctx.box = _resolve_box(box, plan, x, composite)
     idx = plan.layer_index(layer)
-    R = _relevance(ctx, method, stop_at=idx)
+    R = _at_batch_size(ctx, rows, lambda c: _relevance(c, method, stop_at=idx))
     if spatial or R.ndim == 2:
         return R
     return R.sum(dim=tuple(range(2, R.ndim)))
 
 
 def explain_neuron(model, inputs, layer: str, channel: int, *, position=None, contrast=None, rules="paper",
-                   output: str = "clamp", box=None) -> torch.Tensor:
+                   output: str = "clamp", box=None, model_output=None) -> torch.Tensor:
     """Explain the activation of ``channel`` (dimension 1) of ``layer`` (optionally at one spatial
     ``position``).
 
     ``contrast=None`` explains the neuron alone; ``"rest"`` subtracts the explanation of the layer's
     other channels and an int ``j`` that of channel j (the CLRP1 analogue: the dual carries the same
     total activation). ``output`` for contrasts: "clamp" (max(0, target - dual)) or "signed".
+    ``model_output`` selects the output of a model returning a tuple or dict (``output=`` of explain).
     """
     if output not in ("clamp", "signed"):
         raise ClrpError("output must be 'clamp' or 'signed'")
     model, inputs = precision.for_explanation(model, inputs)
-    plan = plan_for(model, inputs)
+    plan = plan_for(model, inputs, output=model_output)
     x = engine.check_inputs(plan, inputs)
     idx = plan.layer_index(layer)
     plan.require_lrp(idx)
@@ -360,10 +384,18 @@ def _gradient(ctx: _Ctx, mode: str, x=None, targets=None) -> torch.Tensor:
     if ctx.plan is None:  # untraceable model: autograd on the model itself
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            logits = ctx.model(xg)
+            logits = select_output(ctx.model(xg), ctx.output, type(ctx.model).__name__)
             (grad,) = torch.autograd.grad(logits, xg, seed(logits.detach()))
         return grad
-    return gradients(ctx.plan, x, seed, mode=mode)[0]
+    return gradients(_plan_for_rows(ctx.plan, ctx.model, x, ctx.output), x, seed, mode=mode)[0]
+
+
+def _plan_for_rows(plan, model, x, output):
+    """The plan valid for ``x``'s batch size (a model whose forward checks its batch size may need
+    another trace than the one made for the inputs as given)."""
+    if plan is None or plan.graph.batch_guards.rejects(x.shape[0]) is None:
+        return plan
+    return plan_for(model, x, output=output)
 
 
 def _batched_gradients(ctx, points: torch.Tensor, weights, batch_size):
@@ -374,6 +406,8 @@ def _batched_gradients(ctx, points: torch.Tensor, weights, batch_size):
     w = torch.as_tensor(weights, dtype=points.dtype, device=points.device).repeat_interleave(n)
     total = torch.zeros((n, *points.shape[2:]), dtype=points.dtype, device=points.device)
     step = max(1, int(batch_size or 16 * n))
+    if ctx.plan is not None and ctx.plan.graph.batch_guards.constrained:
+        step = n  # the model's forward depends on the batch size: each point at the size given
     for i in range(0, s * n, step):
         g = _gradient(ctx, GRADIENT, flat[i:i + step], targets[i:i + step])
         g = g * w[i:i + step].view(-1, *[1] * (g.ndim - 1))
@@ -554,7 +588,7 @@ def _resolve_box(box, plan, x, composite):
                 f"the zB rule of this preset needs the range of the model's inputs; the default is ImageNet's "
                 f"3-channel normalisation but this model takes {channels} channel(s). Pass box=(low, high) (e.g. "
                 f"clrp.box_from_normalization(mean, std)) or use a preset without zB (e.g. rules='zplus')")
-        return box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
+        return _default_box(plan, x) if needs else box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
     try:
         low, high = box
     except (TypeError, ValueError):
@@ -570,6 +604,37 @@ def _resolve_box(box, plan, x, composite):
         if not bool(torch.isfinite(t).all()):
             raise ClrpError("box bounds must be finite")
     return low, high
+
+
+def _default_box(plan, x):
+    """ImageNet images, in the model's input space: normalised by ImageNet's statistics, unless the
+    model normalises them itself before its first layer (a torchvision-style ``Normalize`` module,
+    ``(x - mean) / std`` in its forward): then it takes pixels in [0, 1], recognised by [0, 1] reaching
+    the first layer as ImageNet's normalised range. A model that transforms its input otherwise
+    (other than Inception's ``transform_input``, which maps normalised images to [-1, 1]) gets a
+    warning: the box may not be its inputs' range."""
+    normalised = box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
+    g = plan.graph
+    firsts = {engine.first_ref(g.nodes[i]) for i in plan.first_layers} - {g.input}
+    firsts = [i for i in sorted(firsts) if g.nodes[i].shape == tuple(x.shape[1:])]
+    if not firsts:
+        return normalised
+    want = tuple(engine.propagate_box(plan, g.input, normalised, x))
+    pixels = [engine.propagate_box(plan, i, (0.0, 1.0), x) for i in firsts]
+    if all(torch.allclose(p, w, atol=1e-4) for lo_hi in pixels for p, w in zip(lo_hi, want)):
+        return 0.0, 1.0
+    reached = [engine.propagate_box(plan, i, normalised, x) for i in firsts]
+    unchanged = all(torch.allclose(r, w, atol=1e-4) for lo_hi in reached for r, w in zip(lo_hi, want))
+    inception = all(torch.allclose(lo_hi[0], torch.full_like(lo_hi[0], -1.0), atol=1e-4)
+                    and torch.allclose(lo_hi[1], torch.ones_like(lo_hi[1]), atol=1e-4) for lo_hi in reached)
+    if not (unchanged or inception):
+        model = plan.model()
+        node = g.nodes[firsts[0]]
+        engine.warn_once(model, "box", f"{type(model).__name__} transforms its inputs before its first layer "
+                         f"({node.describe()}) in a way clrp does not recognise: the zB rule's default box assumes "
+                         "ImageNet-normalised inputs and may not be their range; pass box=(low, high) with your "
+                         "inputs' range")
+    return normalised
 
 
 def _untraced_inputs(model, inputs) -> torch.Tensor:

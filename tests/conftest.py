@@ -9,6 +9,8 @@ torch.set_num_threads(int(os.environ.get("CLRP_TEST_THREADS", "1")))
 # Tests never download weights from the internet (also in subprocesses such as the dashboard
 # server): the download tests switch this off and point the mirror at a local server.
 os.environ["CLRP_OFFLINE"] = "1"
+# Traced graphs cached on disk (clrp.engine.trace_cache) go to a folder of this test session, not ~/.cache.
+os.environ.setdefault("CLRP_TRACE_CACHE", __import__("tempfile").mkdtemp(prefix="clrp-traces-"))
 
 
 def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:

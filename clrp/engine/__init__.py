@@ -18,7 +18,8 @@ import torch
 from .graph import Graph, Leaf, Node, Ref
 from .ops import DECONVNET, GRADIENT, GUIDED, LayerView, Op, register
 from .plan import ClrpWarning, Plan, forget, plan_for, warn_once
-from .propagate import LRP, Forward, check_inputs, gradients, layer_step, propagate, run_forward
+from .ops import first_ref
+from .propagate import LRP, Forward, box_at as propagate_box, check_inputs, gradients, layer_step, propagate, run_forward
 
 __all__ = ["Plan", "Graph", "Node", "Ref", "Leaf", "Op", "register", "Forward", "plan_for", "forget",
            "run_forward", "propagate", "layer_step", "gradients", "forward", "layer_names", "feature_layers",
@@ -26,32 +27,33 @@ __all__ = ["Plan", "Graph", "Node", "Ref", "Leaf", "Op", "register", "Forward", 
            "LRP", "GRADIENT", "GUIDED", "DECONVNET"]
 
 
-def forward(model, inputs: torch.Tensor, *, ablate: dict | None = None) -> torch.Tensor:
-    """Logits of the model (eval semantics), optionally multiplying named layers' values by masks."""
-    plan = plan_for(model, inputs)
+def forward(model, inputs: torch.Tensor, *, ablate: dict | None = None, output=None) -> torch.Tensor:
+    """Logits of the model (eval semantics), optionally multiplying named layers' values by masks.
+    ``output`` selects the logits of a model returning a tuple or dict (as in ``clrp.explain``)."""
+    plan = plan_for(model, inputs, output=output)
     return run_forward(plan, inputs, ablate=ablate, dedupe=False).logits
 
 
-def layer_names(model, inputs: torch.Tensor | None = None) -> list[str]:
+def layer_names(model, inputs: torch.Tensor | None = None, *, output=None) -> list[str]:
     """Every layer relevance can flow through, in forward order (the user's module names)."""
-    return plan_for(model, inputs).graph.layer_names()
+    return plan_for(model, inputs, output=output).graph.layer_names()
 
 
-def feature_layers(model, inputs: torch.Tensor | None = None) -> list[str]:
+def feature_layers(model, inputs: torch.Tensor | None = None, *, output=None) -> list[str]:
     """Layers whose value is a feature map [C, h, w] or a feature vector before the output layer, in
     forward order: the layers whose channels can be explained, ablated or conditioned on."""
-    plan = plan_for(model, inputs)
+    plan = plan_for(model, inputs, output=output)
     g = plan.graph
     end = plan.output_layer if plan.output_layer is not None else g.output
     return [g.preferred_name(n.index) for n in g.nodes[:end] if g.carries[n.index] and n.index not in plan.prefix
             and n.shape is not None and len(n.shape) in (1, 3)]
 
 
-def last_feature_layer(model, inputs: torch.Tensor | None = None) -> str:
+def last_feature_layer(model, inputs: torch.Tensor | None = None, *, output=None) -> str:
     """The last feature map every path goes through (Grad-CAM's and feature ablation's default)."""
     from ..errors import ClrpError
 
-    plan = plan_for(model, inputs)
+    plan = plan_for(model, inputs, output=output)
     i = plan.last_feature_map()
     if i is None:
         raise ClrpError(f"{type(model).__name__} has no spatial feature map that every path goes through; "

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import InvalidInput, UnsupportedModel
 from .graph import Graph, Leaf, Node, Ref
 from .ops import AvgPool, Linear, first_ref
-from .trace import trace
+from .trace import trace, unwrap
 
 __all__ = ["Plan", "plan_for", "forget", "ClrpWarning"]
 
@@ -320,19 +320,58 @@ def _device_dtype(model: nn.Module):
     return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
 
 
-def plan_for(model: nn.Module, inputs: torch.Tensor | None = None) -> Plan:
+def _output_key(output):
+    """A cache key for an output selection: a key or index as is; a function by its code and
+    closure values (a lambda written inline is a new object on every call but the same selection)."""
+    if output is None or isinstance(output, (str, int)) and not isinstance(output, bool):
+        return output
+    if not callable(output):
+        raise InvalidInput(f"output must be None, a key, an index or a function of the model's output; got {output!r}")
+    code = getattr(output, "__code__", None)
+    if code is None:
+        return ("object", output)
+    cells = tuple(c.cell_contents for c in (output.__closure__ or ()))
+    key = ("function", code, cells, output.__defaults__, getattr(output, "__self__", None))
+    try:
+        hash(key)
+    except TypeError:
+        return ("object", output)
+    return key
+
+
+def _check_not_meta(model: nn.Module) -> None:
+    if not any(t.is_meta for t in model.parameters()) and not any(t.is_meta for t in model.buffers()):
+        return
+    meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+    if meta is not None:
+        raise InvalidInput(f"{type(model).__name__} has meta tensors ({meta!r} has a shape but no values): load "
+                               "its weights first (e.g. model.to_empty(device='cpu') then load_state_dict)")
+
+
+def plan_for(model: nn.Module, inputs: torch.Tensor | None = None, *, output=None) -> Plan:
     """The (cached) plan of ``model`` for inputs shaped like ``inputs`` (default: the last plan
-    built for the model, else a 3 x 224 x 224 input)."""
+    built for the model, else a 3 x 224 x 224 input), explaining the model output ``output``
+    selects (None: the model's only output tensor; a key, an index, or a function of the output).
+
+    ``nn.DataParallel`` and ``DistributedDataParallel`` are explained through their ``.module``. A
+    plan is only used for batch sizes its trace is valid for (a model whose forward checks
+    ``x.shape[0]`` is traced again for a batch size the first trace excluded)."""
     if not isinstance(model, nn.Module):
         raise UnsupportedModel(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
+    if isinstance(inputs, torch.Tensor) and inputs.is_meta:
+        raise InvalidInput("inputs are meta tensors (shapes without values): there is nothing to explain; pass real "
+                           "tensors")
     if model.training:
         warn_once(model, "training", f"{type(model).__name__} is in training mode: clrp explains it with eval-mode "
                   "semantics (BatchNorm running statistics, no dropout). Call model.eval() to silence this warning.")
     plans = _PLANS.get(model)
+    out_key = _output_key(output)
+    rows = None
     if inputs is None:
         if plans:
             plan = next(reversed(plans.values()))
-            if plan.current(model):
+            if plan.current(model) and plan.signature[3] == out_key:
                 return plan
         device, dtype = _device_dtype(model)
         first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))), None)
@@ -341,32 +380,50 @@ def plan_for(model: nn.Module, inputs: torch.Tensor | None = None) -> Plan:
             shape = (first.in_channels, 224, 224)
         elif isinstance(first, nn.Linear) and first is next(iter(model.modules()), None):
             shape = (first.in_features,)
-        sig = (shape, dtype, str(device))
+        sig = (shape, dtype, str(device), out_key)
     else:
         if not isinstance(inputs, torch.Tensor):
             raise InvalidInput(f"inputs must be a torch.Tensor of shape [N, C, H, W], got {type(inputs).__name__}")
         if inputs.ndim < 2:
             raise InvalidInput(f"inputs must have a batch dimension: [N, C, H, W]; got shape {tuple(inputs.shape)}")
-        sig = (tuple(inputs.shape[1:]), inputs.dtype, str(inputs.device))
-    if plans is not None:
-        plan = plans.get(sig)
-        if plan is not None and plan.current(model):
-            plans.move_to_end(sig)
-            return plan
+        sig = (tuple(inputs.shape[1:]), inputs.dtype, str(inputs.device), out_key)
+        rows = int(inputs.shape[0]) or None
+
+    def cached():
+        found = False
+        for (s, _), plan in reversed((plans or {}).items()):
+            if s == sig and plan.current(model):
+                found = True
+                if rows is None or plan.graph.batch_guards.rejects(rows) is None:
+                    return plan, True
+        return None, found
+
+    plan, traced = cached()
+    if plan is not None:
+        return plan
     with _PLANS_LOCK:
         plans = _PLANS.setdefault(model, OrderedDict())
-        plan = plans.get(sig)
-        if plan is not None and plan.current(model):
+        plan, traced = cached()
+        if plan is not None:
             return plan
-    graph, constants, dropped = trace(model, sig[0], sig[1], torch.device(sig[2]))
+    _check_not_meta(model)
+    batch = 2 if not traced else rows  # a size the first trace excluded: trace that size
+    graph, constants, dropped = trace(model, sig[0], sig[1], torch.device(sig[2]), output=output, batch=batch)
+    why = graph.batch_guards.rejects(rows) if rows is not None else None
+    if why is not None and batch != rows:
+        batch = rows
+        graph, constants, dropped = trace(model, sig[0], sig[1], torch.device(sig[2]), output=output, batch=batch)
+        why = graph.batch_guards.rejects(rows)
+    if why is not None:
+        raise UnsupportedModel(f"{type(model).__name__} could not be traced for a batch of {rows}: {why}")
     if dropped:
         warn_once(model, "hooks", f"{type(model).__name__} has forward hooks on {', '.join(dropped[:5])}"
                   f"{' ...' if len(dropped) > 5 else ''}: clrp re-runs the model's own computation and does not "
-                  "call them.")
+                  "call them (they were checked to change nothing).")
     plan = Plan(model, graph, constants, sig)
     with _PLANS_LOCK:
         plans = _PLANS.setdefault(model, OrderedDict())
-        plans[sig] = plan
+        plans[(sig, batch)] = plan
         while len(plans) > _MAX_PLANS_PER_MODEL:
             plans.popitem(last=False)
     return plan
@@ -375,4 +432,4 @@ def plan_for(model: nn.Module, inputs: torch.Tensor | None = None) -> Plan:
 def forget(model: nn.Module) -> None:
     """Drop the cached plans of ``model`` (the next explanation traces it again)."""
     with _PLANS_LOCK:
-        _PLANS.pop(model, None)
+        _PLANS.pop(unwrap(model), None)

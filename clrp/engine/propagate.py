@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ClrpError, InvalidInput
+from ..errors import ClrpError, InvalidInput, UnsupportedModel
 from .graph import Leaf, Ref
 from .ops import DECONVNET, GRADIENT, GUIDED, first_ref
 from .plan import Plan
@@ -23,7 +23,7 @@ from .plan import Plan
 LRP = "lrp"
 
 __all__ = ["LRP", "GRADIENT", "GUIDED", "DECONVNET", "Forward", "check_inputs", "run_forward", "propagate",
-           "layer_step", "gradients"]
+           "layer_step", "gradients", "box_at"]
 
 
 @dataclass
@@ -86,16 +86,19 @@ class _Context:
         if self._box is None or node.index not in self.plan.first_layers:
             return self._box
         inp = first_ref(node)
-        g = self.plan.graph
-        if inp == g.input:
+        if inp == self.plan.graph.input:
             return self._box
         if inp not in self._boxes:
-            x = self.fwd.values[g.input]
-            lo, hi = (_bound_tensor(b, x) for b in self._box)
-            pre = run_forward(self.plan, torch.cat([lo, hi]), stop=inp, dedupe=False, check=False)
-            v = pre.values[inp]
-            self._boxes[inp] = (torch.minimum(v[:1], v[1:2]), torch.maximum(v[:1], v[1:2]))
+            self._boxes[inp] = box_at(self.plan, inp, self._box, self.fwd.values[self.plan.graph.input])
         return self._boxes[inp]
+
+
+def box_at(plan: Plan, i: int, box, x: torch.Tensor):
+    """The bounds ``box`` (at the model input, shaped like a row of ``x``) at the value of node ``i``:
+    both bounds run through the nodes between (re-indexing, or a normalisation in the model)."""
+    lo, hi = (_bound_tensor(b, x) for b in box)
+    v = run_forward(plan, torch.cat([lo, hi]), stop=i, dedupe=False, check=False).values[i]
+    return torch.minimum(v[:1], v[1:2]), torch.maximum(v[:1], v[1:2])
 
 
 def _bound_tensor(bound, x):
@@ -151,7 +154,13 @@ def run_forward(plan: Plan, x: torch.Tensor, *, ablate: dict | None = None, stop
     if check:
         x = check_inputs(plan, x)
     g = plan.graph
-    use_dedupe = dedupe and mode == LRP and plan.dedupe_ok
+    guards = g.batch_guards
+    # sharing a forward between identical rows changes the batch size the model sees
+    use_dedupe = dedupe and mode == LRP and plan.dedupe_ok and not guards.constrained
+    why = guards.rejects(x.shape[0]) if check else None  # unchecked: two bounds of a zB box through the prefix
+    if why is not None:
+        raise UnsupportedModel(f"a batch of {x.shape[0]} cannot run on this plan of {type(plan.model()).__name__}: {why} "
+                               "(explain with clrp.explain, which traces the model for that batch size)")
     xu, inv = _dedupe(x) if use_dedupe else (x.contiguous() if x.stride(0) == 0 else x, None)
     masks = {}
     for name, mask in (ablate or {}).items():

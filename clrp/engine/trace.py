@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import logging
 import operator
 import threading
 import warnings
 
+import sympy
 import torch
+import torch.fx.experimental._config as _fx_config
 from torch import nn
+from torch.utils import _pytree
 
-from ..errors import InvalidInput, UnsupportedModel
+from ..errors import ClrpError, InvalidInput, UnsupportedModel
 from .graph import Graph, Leaf, Node, Ref
+from . import trace_cache
 from .ops import bind, op_for
 
 aten = torch.ops.aten
@@ -72,40 +77,171 @@ def _name(target) -> str:
     return packet.__name__ if packet is not None else getattr(target, "__name__", str(target))
 
 
-def _clean_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
+def _clean_copy(model: nn.Module) -> tuple[nn.Module, list[tuple]]:
     """A copy in eval mode without forward hooks (old-style weight_norm's hooks define the weight:
-    they stay). Returns the copy and the names of the modules whose hooks were dropped."""
+    they stay). Returns the copy and the dropped hooks as ``(module name, kind, hook, with_kwargs)``."""
     try:
         clone = copy.deepcopy(model)
     except Exception as exc:
         raise UnsupportedModel(f"cannot copy {type(model).__name__} to trace it ({type(exc).__name__}: {exc})") from None
     dropped = []
     for name, m in clone.named_modules():
-        had = False
-        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+        for kind, hooks, kw in (("forward", m._forward_hooks, "_forward_hooks_with_kwargs"),
+                                ("pre", m._forward_pre_hooks, "_forward_pre_hooks_with_kwargs")):
             for k in list(hooks):
                 if type(hooks[k]).__name__ == "WeightNorm":
                     continue
-                del hooks[k]
-                had = True
+                dropped.append((name, kind, hooks.pop(k), bool(getattr(m, kw, {}).get(k))))
         for attr in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs"):
             d = getattr(m, attr, None)
             if d:
                 d.clear()
-        if had:
-            dropped.append(name or type(model).__name__)
     return clone.eval(), dropped
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model a data-parallel wrapper runs (its forward only scatters the batch over devices)."""
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+def _tensors(obj) -> list:
+    return [t for t in _pytree.tree_leaves(obj) if isinstance(t, torch.Tensor)]
+
+
+def _hooks_that_change(clone: nn.Module, dropped: list, example: torch.Tensor, output) -> list[str]:
+    """The modules among ``dropped`` whose hooks return a replacement or write into a value, found
+    by running the copy once with the hooks watched (a hook that only observes returns None)."""
+    changed: list[str] = []
+
+    def watch(name, kind, fn, with_kwargs):
+        def hook(*a):
+            seen = a[-1] if kind == "forward" else (a[1:] if with_kwargs else a[1])
+            before = [t.detach().clone() for t in _tensors(seen)]
+            result = fn(*a)
+            edited = any(not torch.equal(b, t.detach()) for b, t in zip(before, _tensors(seen)))
+            if kind == "pre" and not with_kwargs and result is not None and not isinstance(result, tuple):
+                result_seen = (result,)  # torch wraps a single returned value
+            else:
+                result_seen = result
+            if edited or (result is not None and not _same(result_seen, seen)):
+                changed.append(name or "<root>")
+            return result
+        return hook
+
+    handles = []
+    for name, kind, fn, with_kwargs in dropped:
+        m = clone.get_submodule(name)
+        register = m.register_forward_hook if kind == "forward" else m.register_forward_pre_hook
+        handles.append(register(watch(name, kind, fn, with_kwargs), with_kwargs=with_kwargs))
+    try:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(example.shape, generator=g, dtype=example.dtype).to(example.device)
+        with torch.no_grad():
+            select_output(clone(x), output, type(clone).__name__)
+    except ClrpError:
+        raise
+    except Exception as exc:  # the hooks themselves fail outside the engine: say so
+        raise UnsupportedModel(f"{type(clone).__name__} has forward hooks on {_hook_names(dropped)} and could not be "
+                               f"run with them to check that they leave the output unchanged "
+                               f"({type(exc).__name__}: {str(exc).strip()[:200]}); remove them (handle.remove()) "
+                               "to explain the model") from None
+    finally:
+        for h in handles:
+            h.remove()
+    return list(dict.fromkeys(changed))
+
+
+def _same(a, b) -> bool:
+    """``a`` is ``b``, or holds the very same objects (a hook returning what it was given)."""
+    if a is b:
+        return True
+    return (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
+            and all(_same(x, y) for x, y in zip(a, b)))
+
+
+def _hook_names(dropped) -> str:
+    names = list(dict.fromkeys(name or "<root>" for name, *_ in dropped))
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+
+
+# -- which output is explained -----------------------------------------------------------------
+
+def _describe_output(out) -> str:
+    if isinstance(out, dict):
+        return f"a {type(out).__name__} with keys {', '.join(repr(k) for k in out)}"
+    if isinstance(out, tuple) and hasattr(out, "_fields"):
+        return f"a {type(out).__name__} with fields {', '.join(out._fields)}"
+    if isinstance(out, (tuple, list)):
+        kinds = ", ".join(f"{i}: {'tensor ' + str(list(o.shape)) if isinstance(o, torch.Tensor) else type(o).__name__}"
+                          for i, o in enumerate(out))
+        return f"a {type(out).__name__} of {len(out)} ({kinds})"
+    return f"a {type(out).__name__}"
+
+
+def _example_choice(out) -> str:
+    if isinstance(out, dict):
+        return repr(next(iter(out)))
+    if isinstance(out, tuple) and hasattr(out, "_fields"):
+        return repr(out._fields[0])
+    return "0"
+
+
+def select_output(out, output, model_name: str = "the model") -> torch.Tensor:
+    """The tensor of the model's output ``out`` to explain: ``output`` is None (the output must be
+    one tensor, or a container holding exactly one), a key, an index, or a function of the output."""
+    if output is None:
+        if isinstance(out, torch.Tensor):
+            return out
+        tensors = _tensors(out)
+        if len(tensors) == 1:
+            return tensors[0]
+        raise UnsupportedModel(
+            f"{model_name} returns {_describe_output(out)}: say which output to explain with output= (a key, an "
+            f"index, or a function of the output), e.g. output={_example_choice(out)}")
+    if callable(output):
+        chosen = output(out)
+    elif isinstance(out, torch.Tensor):
+        raise ClrpError(f"{model_name} returns a single tensor; output={output!r} selects from a tuple or a dict "
+                        "(leave output=None)")
+    elif isinstance(output, str) and isinstance(out, tuple) and hasattr(out, "_fields"):
+        if output not in out._fields:
+            raise ClrpError(f"output={output!r}: {model_name} returns {_describe_output(out)}")
+        chosen = getattr(out, output)
+    else:
+        try:
+            chosen = out[output]
+        except (KeyError, IndexError, TypeError):
+            raise ClrpError(f"output={output!r}: {model_name} returns {_describe_output(out)}") from None
+    if not isinstance(chosen, torch.Tensor):
+        raise ClrpError(f"output={output!r} selects a {type(chosen).__name__}, not a tensor, from {model_name}'s "
+                        f"output ({_describe_output(out)})")
+    return chosen
+
+
+def _selecting(model: nn.Module, output) -> None:
+    """Make the (copied) model's forward return the selected output tensor."""
+    original = model.forward
+    name = type(model).__name__
+
+    def forward(*args, **kwargs):
+        return select_output(original(*args, **kwargs), output, name)
+    model.forward = forward
+
+
+# -- torch.export --------------------------------------------------------------------------------
+
 @contextlib.contextmanager
-def _quiet():
+def _quiet(console: io.StringIO):
+    """No logging, warnings or printed generated code from torch.export (kept in ``console``)."""
     loggers = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes", "torch._export",
-                                               "torch.export", "torch._dynamo")]
+                                               "torch.export", "torch._dynamo", "torch.fx")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -113,11 +249,39 @@ def _quiet():
             lg.setLevel(lv)
 
 
+def _chain(exc: BaseException) -> list:
+    out = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def _reason(error: BaseException) -> str:
+    """What actually stopped the trace, in the user's terms."""
+    chain = _chain(error)
+    names = {type(e).__name__ for e in chain}
+    text = " ".join(str(e) for e in chain)
+    if names & {"GuardOnDataDependentSymNode", "DataDependentOutputException", "DynamicOutputShapeException"} \
+            or "data-dependent" in text or "data dependent" in text:
+        return ("its forward branches on tensor values or reads them into Python (`if x.sum() > 0`, `.item()`, "
+                "`.tolist()`, `.nonzero()`), which torch.export cannot follow")
+    if names & {"TimeoutError"}:
+        return "tracing timed out"
+    if "dynamic_shapes" in text or "Constraints violated" in text:
+        return "its batch size cannot stay free (it fixes the batch dimension)"
+    if names & {"MemoryError", "OutOfMemoryError"}:
+        return "it ran out of memory while being traced"
+    return "torch.export failed"
+
+
 def _export(model: nn.Module, example: torch.Tensor):
-    """torch.export with a free batch dimension; errors name the innermost module being run."""
+    """torch.export with a free batch dimension (size 1 included: batch-size guards are recorded, not
+    assumed away); errors name the innermost module being run and what failed."""
     stack: list[str] = []
     where: list[str] = []
     handles = []
+    console = io.StringIO()
     for name, m in model.named_modules():
         def pre(mod, args, name=name):
             stack.append(name)
@@ -127,17 +291,21 @@ def _export(model: nn.Module, example: torch.Tensor):
                 stack.pop()
         handles.append(m.register_forward_pre_hook(pre))
         handles.append(m.register_forward_hook(post))
+    dynamic = torch.export.ShapesCollection()
+    dynamic[example] = {0: torch.export.Dim.AUTO}
     try:
-        with _LOCK, _quiet():
+        with _LOCK, _quiet(console), _fx_config.patch(backed_size_oblivious=True):
             try:
-                return torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},),
-                                           strict=False)
+                return torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=False)
             except Exception as exc:
                 where[:] = stack[-1:]
                 error = exc
     finally:
         for h in handles:
             h.remove()
+    own = next((e for e in _chain(error) if isinstance(e, ClrpError)), None)
+    if own is not None:  # e.g. an output that needs output=
+        raise own from None
     path = where[0] if where else ""
     try:
         mod = model.get_submodule(path)
@@ -149,9 +317,10 @@ def _export(model: nn.Module, example: torch.Tensor):
     if eager is not None:  # the model cannot run on such inputs at all: the input is wrong, not the trace
         raise InvalidInput(f"{type(model).__name__} cannot run on inputs of shape [N, {', '.join(map(str, example.shape[1:]))}]: "
                            f"{eager}") from None
-    raise UnsupportedModel(
-        f"could not trace {type(model).__name__}{at}: {type(error).__name__}: {first[:400]}. The engine follows the "
-        "model's forward with torch.export, which cannot follow control flow that depends on tensor values") from None
+    refusal = UnsupportedModel(f"could not trace {type(model).__name__}{at}: {_reason(error)} "
+                               f"({type(error).__name__}: {first[:300]})")
+    refusal.details = f"{type(error).__name__}: {error}\n{console.getvalue()}".strip()
+    raise refusal from None
 
 
 def _eager_error(model: nn.Module, x: torch.Tensor) -> str | None:
@@ -162,9 +331,11 @@ def _eager_error(model: nn.Module, x: torch.Tensor) -> str | None:
         handles.append(m.register_forward_pre_hook(lambda mod, a, name=name: stack.append(name)))
         handles.append(m.register_forward_hook(lambda mod, a, o: None if not stack else stack.pop() and None))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             model(x)
         return None
+    except ClrpError:
+        return None  # ours (output selection): the trace's error says it
     except Exception as exc:  # any error of the user's forward
         path = stack[-1] if stack else ""
         where = f"{path} ({type(model.get_submodule(path)).__name__}): " if path else ""
@@ -175,14 +346,116 @@ def _eager_error(model: nn.Module, x: torch.Tensor) -> str | None:
             h.remove()
 
 
-def trace(model: nn.Module, sample_shape: tuple, dtype, device) -> tuple[Graph, dict, list[str]]:
-    """The canonical graph of ``model`` for inputs of per-sample shape ``sample_shape``.
+# -- batch-size guards -------------------------------------------------------------------------------
+
+_SYMPY_FUNCTIONS = {k: v for k, v in vars(__import__("torch.utils._sympy.functions", fromlist=["x"])).items()
+                    if isinstance(v, type) and issubclass(v, sympy.Basic)}
+
+
+class BatchGuards:
+    """The batch sizes a traced graph is valid for: torch.export's range and the shape guards on the
+    batch symbol that the model's Python recorded (``if x.shape[0] == 1``), or one fixed size when
+    the trace specialised it. Kept as text so a graph cached on disk carries them."""
+
+    def __init__(self, symbol: str | None, guards: list[str], low: int = 0, high: int | None = None,
+                 fixed: int | None = None):
+        self.symbol, self.guards, self.low, self.high, self.fixed = symbol, list(guards), low, high, fixed
+        sym = sympy.Symbol(symbol, integer=True) if symbol else None
+        self._exprs = [sympy.sympify(g, locals={**_SYMPY_FUNCTIONS, symbol: sym}) for g in guards] if sym else []
+        self._sym = sym
+
+    @property
+    def constrained(self) -> bool:
+        """Some batch size is refused (the model's computation depends on the batch size)."""
+        return self.fixed is not None or bool(self.guards) or self.low > 1 or self.high is not None
+
+    def rejects(self, n: int) -> str | None:
+        """Why a batch of ``n`` rows is outside what was traced (None: within)."""
+        if self.fixed is not None:
+            return None if n == self.fixed else f"traced for batch size {self.fixed} only"
+        if n < self.low or (self.high is not None and n > self.high):
+            return f"traced for batch sizes {self.low}..{'' if self.high is None else self.high}"
+        for text, e in zip(self.guards, self._exprs):
+            if not bool(e.xreplace({self._sym: sympy.Integer(n)})):
+                return f"the model's forward checks {text.replace(self.symbol, 'batch')}"
+        return None
+
+    def to_json(self) -> dict:
+        return {"symbol": self.symbol, "guards": self.guards, "low": self.low, "high": self.high, "fixed": self.fixed}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BatchGuards":
+        return cls(d["symbol"], d["guards"], d["low"], d["high"], d["fixed"])
+
+
+def _batch_guards(ep, batch) -> BatchGuards:
+    if not isinstance(batch, torch.SymInt):
+        return BatchGuards(None, [], fixed=int(batch))
+    expr = batch.node.expr
+    if not isinstance(expr, sympy.Symbol):
+        raise UnsupportedModel("internal: the batch size was traced as an expression")
+    env = batch.node.shape_env
+    exprs = [g.expr for g in env.guards if expr in g.expr.free_symbols]
+    exprs += [a.expr for a in env.deferred_runtime_asserts.get(expr, [])]
+    texts = []
+    for e in dict.fromkeys(exprs):
+        text = str(e)
+        guard = BatchGuards(str(expr), [text])  # must read back as the same expression
+        if guard._exprs[0] != e.xreplace({expr: guard._sym}):
+            raise UnsupportedModel(f"the model's forward checks its batch size in a way clrp cannot record ({text})")
+        texts.append(text)
+    vr = ep.range_constraints.get(expr) or env.var_to_range.get(expr)
+    low = _finite(vr.lower) if vr is not None else None
+    high = _finite(vr.upper) if vr is not None else None
+    return BatchGuards(str(expr), texts, low or 0, high)
+
+
+def _finite(v) -> int | None:
+    try:
+        return int(v) if bool(v.is_finite) else None
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return None
+
+
+def trace(model: nn.Module, sample_shape: tuple, dtype, device, *, output=None,
+          batch: int = 2) -> tuple[Graph, dict, list[str]]:
+    """The canonical graph of ``model`` for inputs of per-sample shape ``sample_shape``, explaining
+    the output tensor ``output`` selects (see :func:`select_output`). The example traced has ``batch``
+    rows; ``graph.batch_guards`` says which batch sizes the graph is valid for.
 
     Returns ``(graph, constants, dropped_hooks)``; ``constants`` maps a constant leaf's name to its
-    tensor (values captured at trace time)."""
-    clone, dropped = _clean_copy(model)
-    example = torch.zeros((2, *sample_shape), dtype=dtype, device=device)
+    tensor (values captured at trace time); ``dropped_hooks`` names the modules whose forward hooks
+    are not called (they were checked to leave every value unchanged; others are refused)."""
+    clone, hooks = _clean_copy(model)
+    cache_dir, entry = None, None
+    if not hooks:
+        cache_dir = trace_cache.folder()
+        try:
+            entry = trace_cache.key(model, sample_shape, dtype, device, output, batch) if cache_dir else None
+        except trace_cache.NotCacheable:
+            entry = None
+    if entry is not None:
+        hit = trace_cache.load(cache_dir, entry)
+        if hit is not None:
+            record, constants = hit
+            try:
+                graph = trace_cache.rebuild_graph(record, INPUT)
+            except Exception:  # an entry this code cannot read: rebuild it
+                graph = None
+            if graph is not None and trace_cache.agrees(model, clone, graph, constants, sample_shape, dtype, device,
+                                                        output, batch):
+                return graph, constants, []
+    _selecting(clone, output)
+    example = torch.zeros((batch, *sample_shape), dtype=dtype, device=device)
     ep = _export(clone, example)
+    dropped = list(dict.fromkeys(name or type(model).__name__ for name, *_ in hooks))
+    if hooks:
+        changing = _hooks_that_change(clone, hooks, example, output)
+        if changing:
+            raise UnsupportedModel(
+                f"{type(model).__name__} has forward hooks on {', '.join(changing[:5])} that change what the module "
+                "computes; clrp explains the model's own computation and would explain a different function. Remove "
+                "the hooks (handle.remove()) or make the change part of the model's forward")
     gm = ep.graph_module
     fx = gm.graph
     leaves, user_input = {}, None
@@ -200,8 +473,8 @@ def trace(model: nn.Module, sample_shape: tuple, dtype, device) -> tuple[Graph, 
             raise UnsupportedModel(f"{type(model).__name__}: unsupported traced input of kind {kind}")
     constants = {k: v for k, v in ep.constants.items() if isinstance(v, torch.Tensor)}
     outputs = [s for s in ep.graph_signature.output_specs if s.kind.name == "USER_OUTPUT"]
-    if not outputs:
-        raise UnsupportedModel(f"{type(model).__name__} returns no tensor")
+    if len(outputs) != 1:
+        raise UnsupportedModel(f"internal: {type(model).__name__}'s selected output is {len(outputs)} values")
 
 
     fnodes = [n for n in fx.nodes]
@@ -228,10 +501,9 @@ def trace(model: nn.Module, sample_shape: tuple, dtype, device) -> tuple[Graph, 
 
     # -- into our nodes ----------------------------------------------------------------------
     placeholder = {n.name: n for n in fx.nodes if n.op == "placeholder"}
-    batch = placeholder[user_input].meta["val"].shape[0]
-    if not isinstance(batch, torch.SymInt):
-        raise UnsupportedModel(f"{type(model).__name__} could only be traced for one fixed batch size")
-    batch_expr = str(batch)
+    batch_size = placeholder[user_input].meta["val"].shape[0]
+    guards = _batch_guards(ep, batch_size)
+    batch_expr = str(batch_size)
     index, nodes = {}, []
 
     def convert(a):
@@ -276,7 +548,7 @@ def trace(model: nn.Module, sample_shape: tuple, dtype, device) -> tuple[Graph, 
         index[n] = node.index
         nodes.append(node)
     if output_index is None or not nodes[output_index].tensor:
-        raise UnsupportedModel(f"{type(model).__name__}: the first output is not a tensor computed by the model")
+        raise UnsupportedModel(f"{type(model).__name__}: the explained output is not a tensor computed by the model")
     # names of removed nodes that pointed at kept ones: aliases; then de-duplicate
     seen = set()
     for node in nodes:
@@ -285,7 +557,15 @@ def trace(model: nn.Module, sample_shape: tuple, dtype, device) -> tuple[Graph, 
         seen.add(node.name)
     for node in nodes:
         node.aliases = [a for a in node.aliases if a not in seen and a != node.name]
-    graph = Graph(nodes, index[placeholder[user_input]], output_index, batch_dynamic=True)
+    graph = Graph(nodes, index[placeholder[user_input]], output_index, batch_dynamic=guards.fixed is None)
+    graph.batch_guards = guards
+    if entry is not None:
+        try:
+            trace_cache.save(cache_dir, entry, {"nodes": trace_cache.encode_nodes(nodes), "input": graph.input,
+                                                "output": graph.output, "batch_dynamic": graph.batch_dynamic,
+                                                "batch_guards": guards.to_json()}, constants)
+        except (trace_cache.NotCacheable, OSError):
+            pass  # used, not cached
     for node in nodes:
         node.op.prepare(node, graph)
     return graph, constants, dropped
