@@ -623,7 +623,8 @@ class LayerView:
         self.negate = negate
         self.in_shape = a.shape[1:]
         self.nonnegative_input = ctx.plan.nonnegative_input(node) and not ctx.fwd.masked
-        self.stackable = not node.extra["conv"] or node.extra["bound"]["groups"] == 1
+        # zB stacks on dimension 1: the channels of a conv, the features of a dense layer on [N, F] only
+        self.stackable = node.extra["bound"]["groups"] == 1 if node.extra["conv"] else len(self.in_shape) == 1
 
     @property
     def box(self):  # computed only for the rules that use it (zB)
