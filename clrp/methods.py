@@ -207,6 +207,12 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
     if out_layer is None:
         raise UnsupportedModel("CLRP needs logits computed by a conv or dense output layer that every path goes "
                                "through; this model has none")
+    parallel = [n.name for n in g.nodes[out_layer + 1:] if n.op.rule_kind(n) in ("conv", "linear")
+                and g.carries[n.index]]
+    if parallel:  # e.g. DeiT's class and distillation heads: the last common layer is the patch embedding
+        raise UnsupportedModel(f"CLRP needs one output layer that every path to the logits goes through; the logits "
+                               f"are computed by several ({', '.join(parallel)}), so there is no single layer to form "
+                               "the dual at")
     contrast = o.get("contrast", "clamp")
     if contrast not in ("clamp", "signed", "reference"):
         raise ClrpError("contrast must be 'clamp', 'signed' or 'reference'")

@@ -321,8 +321,8 @@ def test_lrp_equals_lxt(arch, attention, preset):
     else:
         import torchvision
 
-        torch.manual_seed(3)
-        model, size = torchvision.models.vit_b_16(num_classes=10).eval(), 224
+        torch.manual_seed(3)  # ViT-B/16's 12 layers, 12 heads and width 768 on 4 x 4 patches (fast in CI)
+        model, size = torchvision.models.vit_b_16(num_classes=10, image_size=64).eval(), 64
         nn.init.normal_(model.heads.head.weight, std=0.02)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(4))
     t = torch.tensor([1, 3])
@@ -332,3 +332,21 @@ def test_lrp_equals_lxt(arch, attention, preset):
     scale = ref.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
     assert float(((ours - ref).abs() / scale).max()) < 1e-4
     assert torch.allclose(ours.flatten(1).sum(1), ref.flatten(1).sum(1), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_timm_vision_transformers_and_a_clear_refusal_for_two_parallel_heads():
+    timm = pytest.importorskip("timm")
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    for name in ("vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"):
+        torch.manual_seed(0)
+        model = timm.create_model(name, num_classes=10, img_size=32, patch_size=8, depth=2).eval()
+        for method in ("lrp", "sglrp"):
+            r = clrp.explain(model, x, 3, method, rules="attnlrp")
+            assert r.shape == x.shape and torch.isfinite(r).all() and float(r.abs().sum()) > 0, (name, method)
+        if "distilled" in name:  # class and distillation heads averaged: no single output layer
+            with pytest.raises(clrp.errors.UnsupportedModel, match="head, head_dist"):
+                clrp.explain(model, x, 3, "clrp2", rules="attnlrp")
+        else:
+            r = clrp.explain(model, x, 3, "clrp2", rules="attnlrp")
+            assert (r >= 0).all() and float(r.sum()) > 0
