@@ -54,13 +54,13 @@ class _Product(Op):
         factors = node.extra["factors"]
         rule = ctx.rules.get(node.index)
         shares = rule.shares(node.extra["gates"])
-        b = bind(node, ctx.resolve(node.args), ctx.resolve(node.kwargs))
+        b = {k: ctx.fwd.expand(v) for k, v in bind(node, ctx.resolve(node.args), ctx.resolve(node.kwargs)).items()}
         out = ctx.fwd.expand(ctx.fwd.values[node.index])
         s = R / stabilize(out, rule.stabilizer)
         with torch.enable_grad():
             probes = {}
             for name, j in factors:
-                b[name] = probes[name] = ctx.fwd.expand(b[name]).detach().requires_grad_(True)
+                b[name] = probes[name] = b[name].detach().requires_grad_(True)
             y = node.target(**b)
             grads = torch.autograd.grad(y, list(probes.values()), s)
         return [(j, reduce_to(probes[name].detach() * g * share, ctx.fwd.values[j].shape[1:]))
