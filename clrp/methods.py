@@ -20,7 +20,7 @@ from . import engine, precision
 from .engine import DECONVNET, GRADIENT, GUIDED, gradients, layer_step, plan_for, propagate, run_forward
 from .engine.trace import select_output
 from .errors import ClrpError, InvalidInput, InvalidTarget, UnsupportedModel
-from .rules import (Epsilon, Gradient, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BOX, ZBox, box_from_normalization,
+from .rules import (Epsilon, Gamma, Gradient, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BOX, ZBox, box_from_normalization,
                     resolve_composite)
 
 __all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "REGISTRY", "MAP_KINDS", "METHOD_LABELS",
@@ -261,6 +261,10 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
     t = _check_targets(ctx.targets, logits.shape[1])
     rules = plan.rules_for(ctx.rules)
     out_layer = plan.output_layer
+    if out_layer is not None and ctx.rules.output is not None:  # the preset's output-layer rule
+        node = g.nodes[out_layer]
+        rules = {**rules, out_layer: ctx.rules.rule_for(node.names, node.module_type, node.op.rule_kind(node),
+                                                        out_layer in plan.first_layers, is_output=True)}
     if stop_at is not None and out_layer is not None and stop_at >= out_layer:
         raise InvalidTarget("choose a hidden layer (before the output layer) for layer relevance")
     condition = _condition(plan, fwd, o.get("condition"))
@@ -290,6 +294,12 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
     if out_layer is None:
         raise UnsupportedModel("CLRP needs logits computed by a conv or dense output layer that every path goes "
                                "through; this model has none")
+    parallel = [n.name for n in g.nodes[out_layer + 1:] if n.op.rule_kind(n) in ("conv", "linear")
+                and g.carries[n.index]]
+    if parallel:  # e.g. DeiT's class and distillation heads: the last common layer is the patch embedding
+        raise UnsupportedModel(f"CLRP needs one output layer that every path to the logits goes through; the logits "
+                               f"are computed by several ({', '.join(parallel)}), so there is no single layer to form "
+                               "the dual at")
     contrast = o.get("contrast", "clamp")
     if contrast not in ("clamp", "signed", "reference"):
         raise ClrpError("contrast must be 'clamp', 'signed' or 'reference'")
@@ -315,7 +325,7 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
             raise ClrpError("dual must be 'uniform' or 'abs_logits'")
         low_d = below(weights * y_t)
     else:  # clrp2: the output layer with the target's weights negated, seeded with the target score
-        if isinstance(rules[out_layer], (Epsilon, Gradient)):
+        if isinstance(rules[out_layer], (Epsilon, Gradient, Gamma)):
             names = node.name
             raise ClrpError(
                 f"CLRP2 is identically zero when the output layer {names!r} uses the {rules[out_layer].name} rule: "

@@ -15,6 +15,7 @@ same name give the same numbers: the stabiliser adds ``eps * sign(z)`` (sign(0) 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -25,7 +26,7 @@ from .errors import ClrpError
 
 __all__ = [
     "Rule", "ZPlus", "ZBox", "Epsilon", "Gamma", "AlphaBeta", "Flat", "WSquare", "Gradient",
-    "SumRule", "ZSum", "AbsSum", "WeightModifier",
+    "SumRule", "ZSum", "AbsSum", "WeightModifier", "ProductRule", "Uniform", "GateConstant",
     "Composite", "RULES", "RULE_NAMES", "make_rule", "resolve_composite",
     "box_from_normalization", "IMAGENET_MEAN", "IMAGENET_STD", "REFERENCE_BOX", "Relative", "relative",
 ]
@@ -374,6 +375,45 @@ class AbsSum(SumRule):
         return [m * s for m in mags]
 
 
+class ProductRule(Rule):
+    """Base class of the rules of a product of two input-dependent values (q·kᵀ, attention·v, a
+    gated unit): each factor's LRP-0 relevance (factor times its gradient against R / output,
+    which alone would give the product's relevance once per factor) times the share
+    ``shares(gates)`` gives it. ``gates[k]``: factor k is a softmax/sigmoid output."""
+
+    applies_to = frozenset({"product"})
+
+    def __init__(self, stabilizer: float = 1e-9):
+        self.stabilizer = stabilizer
+
+    def shares(self, gates: list) -> list:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Uniform(ProductRule):
+    """AttnLRP's uniform rule (Achtibat et al. 2024, Eq. 7): the n factors of a product share its
+    relevance equally (1/n of each factor's LRP-0 relevance). Conserving."""
+
+    name = "uniform"
+
+    def shares(self, gates):
+        return [1.0 / len(gates)] * len(gates)
+
+
+class GateConstant(ProductRule):
+    """CP-LRP (Ali et al. 2022; lxt's configuration for vision transformers): a factor that is a
+    softmax/sigmoid output (the attention weights) is a constant, the other factor takes all the
+    relevance; a product of two non-gates splits uniformly."""
+
+    name = "gate_constant"
+
+    def shares(self, gates):
+        n_signal = sum(not g for g in gates)
+        if 0 < n_signal < len(gates):
+            return [0.0 if g else 1.0 / n_signal for g in gates]
+        return [1.0 / len(gates)] * len(gates)
+
+
 def _split_input(op, a):
     # Post-ReLU inputs are non-negative: skip the negative half (half the work) when it is empty.
     if not getattr(op, "nonnegative_input", False) and bool(a.amin() < 0):
@@ -406,6 +446,9 @@ RULE_NAMES: dict[str, Any] = {
     "gradient": Gradient,
     "z_sum": ZSum,
     "abs_sum": AbsSum,
+    "uniform": Uniform,
+    "gate_constant": GateConstant,
+    "cp": GateConstant,
 }
 
 
@@ -439,16 +482,27 @@ class Composite:
     add: SumRule = field(default_factory=lambda: ZSum(1e-6))
     norm: Rule = field(default_factory=lambda: Epsilon(1e-6, bias=False))
     pool: float = 1e-6  # the stabiliser of average pools' z rule
+    # Transformer nodes (None: the CNN conventions, which leave CNN numbers unchanged):
+    # ``product``: a product of two input-dependent values (matmul, attention, an element-wise
+    # product that is not a gate); ``layer_norm``: LayerNorm/RMSNorm as the linear map it is with
+    # the standard deviation held constant (None: relevance passes unchanged); ``bias_add``: a
+    # constant tensor added to a value (a position embedding) takes its share (None: it takes none).
+    product: "ProductRule" = field(default_factory=lambda: Uniform())
+    layer_norm: Rule | None = None
+    bias_add: SumRule | None = None
+    # the output layer (CLRP's dual is formed there); None: the conv/linear rule
+    output: Rule | None = None
 
     def rules(self) -> list:
-        return [r for r in (self.conv, self.linear, self.first, self.add, self.norm, *self.overrides.values())
-                if r is not None]
+        return [r for r in (self.conv, self.linear, self.first, self.add, self.norm, self.output, self.layer_norm,
+                            *self.overrides.values()) if r is not None]
 
     @property
     def conserving(self) -> bool:
         """Every rule passes on all the relevance it gets, up to its stabiliser: no bias takes a
         share and no rule is a plain gradient (the paper and zplus presets)."""
-        return all(getattr(r, "bias", False) is False and not isinstance(r, Gradient) for r in self.rules())
+        return self.bias_add is None and all(getattr(r, "bias", False) is False and not isinstance(r, Gradient)
+                                             for r in self.rules())
 
     def with_relative_stabilizers(self) -> "Composite":
         """The same rules with every stabiliser relative to its layer's output scale (:class:`Relative`)."""
@@ -460,11 +514,13 @@ class Composite:
                 if isinstance(getattr(new, key, None), (int, float)):
                     setattr(new, key, Relative(getattr(new, key)))
             return new
-        return Composite(self.description + " (relative stabilisers)", rel(self.conv), rel(self.linear),
-                         rel(self.first), {k: rel(v) for k, v in self.overrides.items()}, rel(self.add),
-                         rel(self.norm), Relative(self.pool))
+        return dataclasses.replace(
+            self, description=self.description + " (relative stabilisers)", conv=rel(self.conv),
+            linear=rel(self.linear), first=rel(self.first), overrides={k: rel(v) for k, v in self.overrides.items()},
+            add=rel(self.add), norm=rel(self.norm), pool=Relative(self.pool), output=rel(self.output),
+            layer_norm=rel(self.layer_norm))
 
-    def rule_for(self, names, module_type, kind: str, is_first: bool) -> Rule:
+    def rule_for(self, names, module_type, kind: str, is_first: bool, is_output: bool = False) -> Rule:
         names = [names] if isinstance(names, str) else list(names)
         for key, rule in self.overrides.items():
             if kind not in rule.applies_to:
@@ -478,6 +534,10 @@ class Composite:
             return self.add
         if kind == "norm":
             return self.norm
+        if kind in ("product", "layer_norm", "bias_add"):
+            return getattr(self, kind)
+        if is_output and self.output is not None:
+            return self.output
         if is_first and self.first is not None:
             return self.first
         return self.conv if kind == "conv" else self.linear
@@ -507,6 +567,21 @@ RULES: dict[str, Composite] = {
     "zplus": Composite(
         "z+ everywhere including the first layer (biases ignored)",
         conv=ZPlus(1e-9, bias=False), linear=ZPlus(1e-9, bias=False), add=ZSum(1e-9), norm=Epsilon(1e-9, bias=False)),
+    # Transformers (on CNNs these equal their conv/dense rules; see docs/ENGINE.md)
+    "attnlrp": Composite(
+        "AttnLRP (Achtibat et al. 2024) for transformers: uniform split of q·kᵀ and attention·v, the softmax rule, "
+        "LayerNorm as a linear map with its standard deviation constant (epsilon 1e-6), identity on GELU/SiLU, "
+        "position embeddings take their share; zB on the patch embedding, gamma (0.25) on other convs and gamma "
+        "(0.05) on dense layers against gradient shattering, z+ on the output layer (gamma is sign-symmetric: "
+        "CLRP2's dual would equal the target)",
+        conv=Gamma(0.25), linear=Gamma(0.05), first=ZBox(), product=Uniform(), layer_norm=Epsilon(1e-6),
+        bias_add=ZSum(1e-6), output=ZPlus()),
+    "cp_lrp": Composite(
+        "lxt's configuration for vision transformers: AttnLRP outside attention, CP-LRP inside (the attention "
+        "weights are constants, all relevance goes to the values; Ali et al. 2022), gamma (0.25) on convs "
+        "including the patch embedding, gamma (0.05) on dense layers, z+ on the output layer",
+        conv=Gamma(0.25), linear=Gamma(0.05), product=GateConstant(), layer_norm=Epsilon(1e-6),
+        bias_add=ZSum(1e-6), output=ZPlus()),
 }
 
 
@@ -531,8 +606,7 @@ def resolve_composite(rules) -> Composite:
         if stabilizer not in ("absolute", "relative"):
             raise ClrpError(f"stabilizer must be 'absolute' or 'relative', not {stabilizer!r}")
         if rules:
-            base = Composite(base.description + " (with per-layer overrides)", base.conv, base.linear, base.first,
-                             {**{k: make_rule(v) for k, v in rules.items()}, **base.overrides}, base.add, base.norm,
-                             base.pool)
+            base = dataclasses.replace(base, description=base.description + " (with per-layer overrides)",
+                                       overrides={**{k: make_rule(v) for k, v in rules.items()}, **base.overrides})
         return base.with_relative_stabilizers() if stabilizer == "relative" else base
     raise ClrpError(f"rules must be a preset name, a Composite or a dict of overrides, not {type(rules).__name__}")

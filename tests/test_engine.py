@@ -348,7 +348,8 @@ def test_layer_relevance_and_conditioning_decompose_the_class_explanation():
 # -- errors ---------------------------------------------------------------------------------------
 
 class _Attention(nn.Module):
-    """A block LRP has no rule for (a product of two input-dependent values, neither a gate)."""
+    """A block LRP has no rule for (a cumulative sum; a product of two activations now takes the
+    preset's product rule)."""
 
     def __init__(self):
         super().__init__()
@@ -356,7 +357,7 @@ class _Attention(nn.Module):
         self.k = nn.Conv2d(3, 3, 1)
 
     def forward(self, x):
-        return self.q(x) * self.k(x)
+        return (self.q(x) * self.k(x)).cumsum(1)
 
 
 class _UsesAttention(nn.Module):
@@ -371,7 +372,7 @@ class _UsesAttention(nn.Module):
 
 def test_unsupported_nodes_are_named_by_module_path_and_type():
     model = _UsesAttention().eval()
-    with pytest.raises(UnsupportedModel, match=r"block \(_Attention\): mul: multiplies two values"):
+    with pytest.raises(UnsupportedModel, match=r"block \(_Attention\): cumsum: no LRP rule"):
         clrp.explain(model, images(1), 0, "lrp")
     # the gradient family still works, and so does LRP below the unsupported node
     assert torch.isfinite(clrp.explain(model, images(1), 0, "gradient")).all()

@@ -4,6 +4,8 @@
 - :mod:`.graph` holds the nodes in forward order with the user's module names and the analyses
   (cut nodes, the last feature map) every method shares;
 - :mod:`.ops` has one registered class per node kind with its forward and relevance backward;
+  :mod:`.attention` adds the transformer's (products of activations, softmax, attention,
+  LayerNorm as a linear map, position embeddings);
 - :mod:`.plan` binds a graph to the model's current tensors and caches folded and
   rule-modified weights (never stale);
 - :mod:`.propagate` runs the forward, the LRP walk and gradients.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from . import attention  # noqa: F401  (registers the transformer ops)
 from .graph import Graph, Leaf, Node, Ref
 from .ops import DECONVNET, GRADIENT, GUIDED, LayerView, Op, register
 from .plan import ClrpWarning, Plan, forget, plan_for, warn_once

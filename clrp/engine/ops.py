@@ -72,10 +72,12 @@ def reduce_to(t: torch.Tensor, shape: tuple) -> torch.Tensor:
     return t.sum(dim=dims, keepdim=True) if dims else t
 
 
-def vjp(fn, in_shape, g: torch.Tensor) -> torch.Tensor:
-    """Transpose of a linear re-indexing ``fn`` at the rows of ``g`` (``in_shape`` without batch)."""
+def vjp(fn, in_shape, g: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """Transpose of a linear re-indexing ``fn`` at the rows of ``g`` (``in_shape`` without batch;
+    ``rows``: the input's first size when it is not the batch of ``g``)."""
     with torch.enable_grad():
-        probe = torch.zeros((g.shape[0], *in_shape), dtype=g.dtype, device=g.device, requires_grad=True)
+        probe = torch.zeros((g.shape[0] if rows is None else rows, *in_shape), dtype=g.dtype, device=g.device,
+                            requires_grad=True)
         out = fn(probe)
         (grad,) = torch.autograd.grad(out, probe, g, allow_unused=True)
     return torch.zeros_like(probe) if grad is None else grad
@@ -286,8 +288,10 @@ class Reindex(Identity):
         i = first_ref(node)
         rest = tuple(ctx.resolve(a) for a in node.args[1:])
         kwargs = ctx.resolve(node.kwargs)
-        shape = ctx.fwd.values[i].shape[1:]
-        return [(i, vjp(lambda t: node.target(t, *rest, **kwargs), shape, R))]
+        shape = ctx.fwd.values[i].shape
+        # inside nn.MultiheadAttention the batch is not the first dimension
+        rows = None if node.batch_first and ctx.plan.graph.nodes[i].batch_first else shape[0]
+        return [(i, vjp(lambda t: node.target(t, *rest, **kwargs), shape[1:], R, rows))]
 
     def lrp_problem(self, node, graph):
         if any(isinstance(a, Ref) and graph.carries[a.index] for a in node.args[1:]):
@@ -651,7 +655,8 @@ class LayerView:
         self.negate = negate
         self.in_shape = a.shape[1:]
         self.nonnegative_input = ctx.plan.nonnegative_input(node) and not ctx.fwd.masked
-        self.stackable = not node.extra["conv"] or node.extra["bound"]["groups"] == 1
+        # zB stacks on dimension 1: the channels of a conv, the features of a dense layer on [N, F] only
+        self.stackable = node.extra["bound"]["groups"] == 1 if node.extra["conv"] else len(self.in_shape) == 1
 
     @property
     def box(self):  # computed only for the rules that use it (zB)

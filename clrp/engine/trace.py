@@ -727,7 +727,7 @@ def _splits_to_slices(fx) -> None:
         x = b["self"]
         dim = b.get("dim", 0)
         val = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
-        if val is None or not isinstance(val.shape[dim], int) or dim % val.ndim == 0:
+        if val is None or not isinstance(val.shape[dim], int):  # a symbolic size is the batch
             continue
         size = val.shape[dim]
         name = _name(n.target)
