@@ -338,6 +338,12 @@ class JobService:
         RunConfig.build(**config)  # unknown settings: a ClrpError before anything is recorded
         if not config.get("methods"):
             raise ClrpError("choose at least one method")
+        # plug-in protocols registered in this process are imported again by the worker process
+        from clrp.evaluation.protocol import REGISTRY
+
+        plugins = sorted({f"{type(REGISTRY[p]).__module__}:{type(REGISTRY[p]).__qualname__}"
+                          for p in config.get("protocols") or () if p in REGISTRY and not REGISTRY[p].built_in})
+        config = {**config, PLUGINS_KEY: plugins} if plugins else config
         lim = self.limits
         job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(8)
         src = {k: v for k, v in source.items() if k != "data"}
@@ -609,6 +615,10 @@ def _lower_priority(lim: LimitSettings) -> None:
     torch.set_num_threads(lim.threads())
 
 
+#: the job's config key listing the plug-in protocol classes it uses (``module:qualname``)
+PLUGINS_KEY = "protocol_modules"
+
+
 def run_job(root: str, job_id: str) -> int:
     """Run one job of the store in this process (the worker); records its end itself."""
     store = JobStore(root)
@@ -635,7 +645,19 @@ def run_job(root: str, job_id: str) -> int:
         store.update(job_id, total=job.total)
         from clrp.evaluation.runner import RunConfig, estimate_duration, run_evaluation
 
-        cfg = RunConfig.build(**job.config)
+        import importlib
+
+        settings = dict(job.config)
+        from clrp.evaluation.protocol import REGISTRY, register_protocol
+
+        for ref in settings.pop(PLUGINS_KEY, ()):  # the protocol class as the submitting server had it
+            module, _, qualname = ref.partition(":")
+            cls = importlib.import_module(module)
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+            if cls.name not in REGISTRY:
+                register_protocol(cls)
+        cfg = RunConfig.build(**settings)
         if job.kind == ESTIMATE:
             est = estimate_duration(ds, lm, cfg)
             end = {"state": "done", "message": est.describe()}
