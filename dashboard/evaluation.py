@@ -334,8 +334,9 @@ def _submit(kind: str, model_key: str, source: dict, config: dict) -> jobs.Job:
         up = src.pop("data")
         upload = (up.name, up.getvalue())  # stored once per content in the user's upload store
         src["name"] = up.name
-    label = (f"{model_key} · " + (f"{src['n']} {src.get('preset', 'scenes')}" if src["kind"] == "scenes" else
-                                  src.get("name") or src.get("path")) + " · " +
+    where = (f"{src['n']} {src.get('preset', 'scenes')}" if src["kind"] == "scenes" else src.get("name")
+             or core.display_path(src["path"], core.data_roots()))  # a server folder as '<root name>/...'
+    label = (f"{model_key} · {where} · " +
              ", ".join(ui.method_label(m) for m in config["methods"]))
     return jobs.service().submit(identity.current_user(), kind, model_key, src, config, label=label, upload=upload)
 

@@ -42,14 +42,4 @@ def redact(text) -> str:
     return _PATH.sub(PATH_MARK, t)
 
 
-_NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_filename(name, default: str = "download", max_len: int = 120) -> str:
-    """A download file name of ``[A-Za-z0-9._-]`` only: no path parts, no leading dot, no
-    control or shell characters, bounded length; the extension is kept."""
-    s = _NAME_OK.sub("_", str(name or "")).strip("._") or default
-    if len(s) > max_len:
-        stem, dot, ext = s.rpartition(".")
-        s = (stem[: max_len - len(ext) - 1] + "." + ext) if dot and len(ext) <= 10 else s[:max_len]
-    return s
+from clrp.fileio import safe_filename  # noqa: E402,F401  (one helper for download names, re-exported)
