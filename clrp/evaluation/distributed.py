@@ -204,11 +204,17 @@ def guard_local_ray() -> None:
     process dies, even by SIGKILL, no process of the instance outlives it."""
     import subprocess
 
+    env = dict(os.environ)
     try:
-        import psutil  # noqa: F401  (a dependency of ray[default]; without it there is no guard)
-    except ImportError:  # pragma: no cover
-        return
-    subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid())], stdin=subprocess.DEVNULL,
+        import psutil  # noqa: F401
+    except ImportError:  # plain `pip install ray` has no psutil of its own, but ray ships a copy
+        import ray
+
+        vendored = os.path.join(os.path.dirname(ray.__file__), "thirdparty_files")
+        if not os.path.isdir(os.path.join(vendored, "psutil")):  # pragma: no cover
+            return
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (vendored, env.get("PYTHONPATH")) if p)
+    subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid())], stdin=subprocess.DEVNULL, env=env,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
