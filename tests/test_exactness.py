@@ -18,6 +18,16 @@ ZPLUS = {"conv": ("zplus", 1e-9, False), "linear": ("zplus", 1e-9, False), "firs
          "norm": 1e-9, "pool": 1e-6}
 
 
+def _zplus_reference(layers, x, targets):
+    """The independent layer-by-layer z+ LRP of ``layers`` for one target per sample."""
+    with torch.no_grad():
+        y = ref.forward(layers, x)
+        seed = torch.zeros_like(y)
+        rows = torch.arange(len(targets))
+        seed[rows, targets] = y[rows, targets]
+        return ref.lrp(layers, x, seed, ZPLUS)
+
+
 class Scale(nn.Module):
     """x * t with a fixed tensor t (a buffer: a layer scale, a mask)."""
 
@@ -76,12 +86,7 @@ def test_a_product_with_a_tensor_of_either_sign_is_not_taken_as_nonnegative():
     layers = [("conv", model[0].weight, model[0].bias, 1, 0), ("relu",), ("mul", t.double()),
               ("conv", model[3].weight, model[3].bias, 1, 0), ("relu",), ("flatten",),
               ("linear", model[6].weight, model[6].bias)]
-    with torch.no_grad():
-        y = ref.forward(layers, x)
-        seed = torch.zeros_like(y)
-        seed[0, 0], seed[1, 2] = y[0, 0], y[1, 2]
-        want = ref.lrp(layers, x, seed, ZPLUS)
-    assert relative_error(got, want) < 1e-9
+    assert relative_error(got, _zplus_reference(layers, x, [0, 2])) < 1e-9
 
 
 def test_a_product_with_a_nonnegative_python_number_stays_nonnegative():
@@ -183,12 +188,7 @@ def test_a_gate_on_a_sigmoid_like_signal_is_the_factor_computed_from_the_other()
               ("gate", [("conv", model[2].body[0].weight, model[2].body[0].bias, 1, 0)]), ("relu",),
               ("conv", model[4].weight, model[4].bias, 1, 0), ("relu",), ("flatten",),
               ("linear", model[7].weight, model[7].bias)]
-    with torch.no_grad():
-        y = ref.forward(layers, x)
-        seed = torch.zeros_like(y)
-        seed[0, 0], seed[1, 2] = y[0, 0], y[1, 2]
-        want = ref.lrp(layers, x, seed, ZPLUS)
-    assert relative_error(got, want) < 1e-9
+    assert relative_error(got, _zplus_reference(layers, x, [0, 2])) < 1e-9
 
 
 def test_which_presets_conserve_and_the_stabilizer_option_is_checked():
