@@ -1,7 +1,7 @@
 """Heatmap rendering for relevance maps: colormaps, colour scales, overlays, PNG/NPY export.
 
-Plain NumPy + matplotlib colormaps (+ plotly for interactive figures, imported lazily); this
-module never imports Streamlit. Conventions:
+Plain NumPy + matplotlib colormaps; this module never imports Streamlit (or plotly). The
+dashboard's maps are drawn by the browser from :func:`map_grid_data`. Conventions:
 
 - A *map* is a 2-D float array ``H x W``. Relevance tensors ``[N, C, H, W]`` / ``[C, H, W]`` are
   reduced to maps by summing over colour channels (:func:`channel_sum`), as heatmaps usually are.
@@ -27,8 +27,7 @@ import numpy as np
 __all__ = [
     "COLORMAPS", "DIVERGING", "SEQUENTIAL", "Limits", "channel_sum", "is_signed", "default_colormap",
     "colormap_kind", "color_limits", "normalize", "colorize", "overlay", "to_png", "npy_bytes",
-    "colorbar_png", "plotly_colorscale", "heatmap_figure", "heatmap_grid_figure", "image_data_uri",
-    "render_grid_png", "settings_json", "map_grid_data",
+    "colorbar_png", "plotly_colorscale", "render_grid_png", "settings_json", "map_grid_data",
 ]
 
 #: Diverging colormaps (for signed maps, centred at 0) and sequential ones (non-negative maps).
@@ -359,185 +358,13 @@ def settings_json(settings: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Interactive (plotly)
+# Plotly (the dashboard's evaluation charts)
 
 def plotly_colorscale(cmap: str, n: int = 11) -> list:
     """A plotly colorscale ``[[pos, 'rgb(r,g,b)'], ...]`` sampled from a matplotlib colormap."""
     lut = _lut(cmap)
     idx = np.linspace(0, _LUT_SIZE - 1, n).round().astype(int)
     return [[float(i / (n - 1)), f"rgb({lut[j][0]},{lut[j][1]},{lut[j][2]})"] for i, j in enumerate(idx)]
-
-
-def heatmap_figure(a, image=None, *, cmap: str = "bwr", vmin: float | None = None, vmax: float | None = None,
-                   opacity: float = 0.6, title: str | None = None, show_colorbar: bool = True, height: int = 300,
-                   hover_label: str = "relevance"):
-    """A plotly figure: the map (optionally over ``image``) whose hover shows each pixel's value.
-
-    With an ``image``, the picture is drawn as a background trace and the map as a heatmap on top
-    with ``opacity``; the colours match :func:`overlay`'s alpha blending.
-    """
-    import plotly.graph_objects as go
-
-    a = channel_sum(a)
-    if vmin is None or vmax is None:
-        lim = color_limits([a], scale="per_map", cmap=cmap)[0]
-        vmin = lim.vmin if vmin is None else vmin
-        vmax = lim.vmax if vmax is None else vmax
-    h, w = a.shape
-    traces = []
-    if image is not None:
-        img = np.asarray(image)[..., :3]
-        if img.shape[:2] != (h, w):
-            img = _resize_rgb(img.astype(np.uint8), h, w)
-        traces.append(go.Image(source=image_data_uri(img), hoverinfo="skip"))
-    traces.append(go.Heatmap(
-        z=a.astype(np.float32), zmin=vmin, zmax=vmax, colorscale=plotly_colorscale(cmap),
-        opacity=float(opacity) if image is not None else 1.0, showscale=show_colorbar,
-        colorbar=dict(thickness=10, len=0.9, tickfont=dict(size=9)),
-        hovertemplate=f"x=%{{x}}, y=%{{y}}<br>{hover_label}=%{{z:.4g}}<extra></extra>",
-    ))
-    fig = go.Figure(traces)
-    axis = dict(showticklabels=False, showgrid=False, zeroline=False, ticks="", constrain="domain")
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", **axis)
-    fig.update_xaxes(**axis)
-    fig.update_layout(height=height, margin=dict(l=0, r=0, t=28 if title else 4, b=0),
-                      title=dict(text=title, font=dict(size=13), x=0.02) if title else None,
-                      plot_bgcolor="white")
-    return fig
-
-
-def image_data_uri(image: np.ndarray, quality: int = 92) -> str:
-    """An RGB uint8 image as a JPEG data URI (compact; the browser decodes it natively, much faster
-    than letting plotly encode pixel arrays)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8)).save(
-        buf, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _fmt_limits(lim: Limits) -> str:
-    return f"±{lim.vmax:.3g}" if lim.vmin == -lim.vmax else f"{lim.vmin:.3g}…{lim.vmax:.3g}"
-
-
-def _colorbar_places(cells: dict, columns: int, rows: int, boxes: dict) -> dict:
-    """Where each group's colour bar goes: under its columns when the groups' columns are
-    disjoint (e.g. methods as columns), right of its rows when their rows are (methods as rows),
-    else stacked on the right. ``cells``: group -> [(row, col)]; ``boxes``: group -> paper
-    ``(x0, x1, y0, y1)`` of its cells."""
-    groups = list(cells)
-    cols = {g: {c for _, c in cells[g]} for g in groups}
-    rws = {g: {r for r, _ in cells[g]} for g in groups}
-    disjoint = lambda sets: all(not (sets[a] & sets[b]) for i, a in enumerate(groups) for b in groups[i + 1:])
-    out = {}
-    if len(groups) > 1 and disjoint(cols):
-        for g in groups:
-            x0, x1, _, _ = boxes[g]
-            out[g] = dict(orientation="h", x=(x0 + x1) / 2, xanchor="center", y=-0.01, yanchor="top",
-                          len=max(0.12, x1 - x0), lenmode="fraction", title=dict(side="top"))
-    elif len(groups) > 1 and disjoint(rws):
-        for g in groups:
-            _, _, y0, y1 = boxes[g]
-            out[g] = dict(x=1.01, xanchor="left", y=(y0 + y1) / 2, yanchor="middle", len=max(0.15, y1 - y0),
-                          lenmode="fraction", title=dict(side="right"))
-    else:
-        n = len(groups)
-        for i, g in enumerate(groups):
-            out[g] = dict(x=1.01, xanchor="left", y=1 - (i + 0.5) / n, yanchor="middle", len=0.9 / n,
-                          lenmode="fraction", title=dict(side="right"))
-    return out
-
-
-def heatmap_grid_figure(maps: Sequence, titles: Sequence[str], image=None, *, limits: Sequence[Limits] | None = None,
-                        cmap: str = "bwr", opacity: float = 0.6, columns: int = 4, cell_height: int = 250,
-                        shared: bool | None = None, hover_label: str = "relevance", groups: Sequence | None = None):
-    """Several maps in ONE plotly figure (a grid of subplots): one browser redraw instead of one per
-    map. With shared scales (``shared``; default: maps of one group have equal limits), the maps of
-    each group (``groups``: one label per map, default one group) share a coloraxis and one colour
-    bar titled with the group's label; otherwise each subplot has its own limits, written in its
-    title. A numerically zero map is titled "≈ 0". Hover shows values."""
-    import plotly.graph_objects as go
-
-    maps = [channel_sum(m) for m in maps]
-    if len(titles) != len(maps):
-        raise ValueError("one title per map")
-    if not maps:
-        raise ValueError("no maps to draw")
-    groups = list(groups) if groups is not None else [hover_label] * len(maps)
-    if len(groups) != len(maps):
-        raise ValueError("one group label per map")
-    if limits is None:
-        limits = color_limits(maps, scale="shared", cmap=cmap, groups=groups)
-    order = list(dict.fromkeys(groups))
-    if shared is None:
-        shared = all(len({l.as_tuple() for l, g in zip(limits, groups) if g == k}) == 1 for k in order)
-    n = len(maps)
-    columns = max(1, min(columns, n))
-    rows = -(-n // columns)
-    gap_x, gap_y, title_h = 0.015, 0.02, 0.09 / rows * 2
-    h, w = maps[0].shape
-    uri = None
-    if image is not None:
-        img = np.asarray(image)[..., :3]
-        if img.shape[:2] != (h, w):
-            img = _resize_rgb(img.astype(np.uint8), h, w)
-        uri = image_data_uri(img)
-    scale = plotly_colorscale(cmap)
-    axis_of = {g: "coloraxis" if i == 0 else f"coloraxis{i + 1}" for i, g in enumerate(order)}
-    traces, layout, notes = [], {}, []
-    cells, boxes, group_lim = {}, {}, {}
-    for i, (m, t, lim, g) in enumerate(zip(maps, titles, limits, groups)):
-        r, c = divmod(i, columns)
-        k = "" if i == 0 else str(i + 1)
-        x0, x1 = c / columns + gap_x, (c + 1) / columns - gap_x
-        y1 = 1 - r / rows - title_h / 2
-        y0 = 1 - (r + 1) / rows + gap_y
-        cells.setdefault(g, []).append((r, c))
-        bx = boxes.get(g, (x0, x1, y0, y1))
-        boxes[g] = (min(bx[0], x0), max(bx[1], x1), min(bx[2], y0), max(bx[3], y1))
-        group_lim.setdefault(g, lim)
-        axis = dict(showticklabels=False, showgrid=False, zeroline=False, ticks="", constrain="domain")
-        layout[f"xaxis{k}"] = dict(domain=[x0, x1], anchor=f"y{k}", **axis)
-        layout[f"yaxis{k}"] = dict(domain=[y0, y1], anchor=f"x{k}", autorange="reversed",
-                                   scaleanchor=f"x{k}", **axis)
-        if uri is not None:
-            traces.append(go.Image(source=uri, xaxis=f"x{k}", yaxis=f"y{k}", hoverinfo="skip"))
-        unit = g if len(order) > 1 else hover_label
-        hm = dict(z=m.astype(np.float32), xaxis=f"x{k}", yaxis=f"y{k}",
-                  opacity=float(opacity) if uri is not None else 1.0,
-                  hovertemplate=f"{t}<br>x=%{{x}}, y=%{{y}}<br>{unit}=%{{z:.4g}}<extra></extra>")
-        if shared:
-            hm["coloraxis"] = axis_of[g]
-        else:
-            hm.update(zmin=lim.vmin, zmax=lim.vmax, colorscale=scale, showscale=False)
-        traces.append(go.Heatmap(**hm))
-        zero = is_zero(m)
-        label = t + (" <span style='font-size:10px;color:#666'>(≈ 0)</span>" if zero else "")
-        if not shared and not zero:
-            label = f"{t}  <span style='font-size:10px;color:#666'>({_fmt_limits(lim)})</span>"
-        notes.append(dict(text=f"<b>{label}</b>", x=(x0 + x1) / 2, y=y1 + 0.005, xref="paper", yref="paper",
-                          xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=12)))
-    bottom = 8
-    if shared:
-        places = _colorbar_places(cells, columns, rows, boxes)
-        for g in order:
-            lim, key = group_lim[g], axis_of[g]
-            layout[key] = dict(cmin=lim.vmin, cmax=lim.vmax, colorscale=scale, showscale=False)
-            # The colour bar comes from an empty, fully opaque marker trace: one attached to the
-            # semi-transparent heatmaps would be drawn faded.
-            place = places[g]
-            title = dict(text=g if len(order) > 1 else hover_label, font=dict(size=11), **place.pop("title"))
-            if place.get("orientation") == "h":
-                bottom = 70
-            traces.append(go.Scatter(
-                x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
-                marker=dict(color=[lim.vmin], colorscale=scale, cmin=lim.vmin, cmax=lim.vmax, showscale=True,
-                            colorbar=dict(thickness=10, tickfont=dict(size=10), title=title, **place))))
-    fig = go.Figure(traces)
-    fig.update_layout(height=rows * cell_height + bottom + 2, margin=dict(l=0, r=0, t=8, b=bottom),
-                      annotations=notes, plot_bgcolor="white", showlegend=False, **layout)
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------

@@ -113,44 +113,17 @@ def test_colorbar_and_grid_png():
     assert grid.size[0] >= 30 and grid.size[1] >= 20
 
 
-def test_heatmap_figure_hover_values_and_scale():
-    a = np.array([[-2.0, 0.0], [1.0, 2.0]])
-    img = np.zeros((2, 2, 3), np.uint8)
-    fig = viz.heatmap_figure(a, img, cmap="bwr", vmin=-4, vmax=4, opacity=0.4, title="m")
-    heat = fig.data[-1]
-    assert heat.type == "heatmap" and heat.zmin == -4 and heat.zmax == 4 and heat.opacity == 0.4
-    np.testing.assert_allclose(np.asarray(heat.z), a)
-    assert "%{z" in heat.hovertemplate
-    assert fig.data[0].type == "image" and fig.data[0].source.startswith("data:image/jpeg;base64,")
-    fig2 = viz.heatmap_figure(a, cmap="hot")
-    assert len(fig2.data) == 1 and fig2.data[0].zmin == -2 and fig2.data[0].zmax == 2  # signed map
+def test_plotly_colorscale_matches_the_png_colours():
+    """The evaluation charts' scale has the colours the maps get at their limits and centre."""
+    scale = viz.plotly_colorscale("bwr", n=3)
+    assert [p for p, _ in scale] == [0.0, 0.5, 1.0]
+    ends = viz.colorize(np.array([[-1.0, 0.0, 1.0]]), "bwr", -1, 1)[0]
+    assert [c for _, c in scale] == [f"rgb({r},{g},{b})" for r, g, b in ends]
 
 
 def test_settings_json():
     s = json.loads(viz.settings_json({"a": (1, 2), "b": np.float32(0.5), "c": {3, 1}}))
     assert s == {"a": [1, 2], "b": 0.5, "c": [1, 3]}
-
-
-def test_heatmap_grid_figure_shared_and_per_map():
-    maps = [np.full((4, 5), 1.0), np.full((4, 5), 3.0), np.array([[-1.0] * 5] * 4)]
-    img = np.zeros((8, 10, 3), np.uint8)  # resized to the maps
-    lims = viz.color_limits(maps, scale="shared", cmap="bwr")
-    fig = viz.heatmap_grid_figure(maps, ["a", "b", "c"], img, limits=lims, cmap="bwr", opacity=0.5, columns=2)
-    heats = [t for t in fig.data if t.type == "heatmap"]
-    assert len(heats) == 3 and len([t for t in fig.data if t.type == "image"]) == 3
-    assert all(h.coloraxis == "coloraxis" for h in heats)
-    assert fig.layout.coloraxis.cmin == -3 and fig.layout.coloraxis.cmax == 3
-    assert {h.xaxis for h in heats} == {"x", "x2", "x3"} and all(h.opacity == 0.5 for h in heats)
-    assert fig.layout.yaxis3.autorange == "reversed" and fig.layout.yaxis3.scaleanchor == "x3"
-    np.testing.assert_allclose(np.asarray(heats[1].z), maps[1])
-    assert "a<br>" in heats[0].hovertemplate and "%{z" in heats[0].hovertemplate
-    per = viz.color_limits(maps, scale="per_map", cmap="bwr")
-    fig2 = viz.heatmap_grid_figure(maps, ["a", "b", "c"], None, limits=per, cmap="bwr")
-    heats2 = [t for t in fig2.data if t.type == "heatmap"]
-    assert [(h.zmin, h.zmax) for h in heats2] == [(-1, 1), (-3, 3), (-1, 1)]
-    assert heats2[0].opacity == 1.0  # no image: the map itself
-    with pytest.raises(ValueError):
-        viz.heatmap_grid_figure(maps, ["a"], None)
 
 
 def test_limits_are_shared_only_within_a_kind_and_zero_maps_stay_zero():
@@ -168,20 +141,6 @@ def test_limits_are_shared_only_within_a_kind_and_zero_maps_stay_zero():
     # without kinds (the old behaviour) the gradient flattens LRP to near white: the defect
     one = viz.color_limits([lrp, grad], cmap="bwr")
     assert one[0].as_tuple() == (-0.5, 0.5)
-
-
-def test_grid_figure_one_coloraxis_and_colour_bar_per_kind():
-    maps = [np.full((4, 4), 0.01), np.full((4, 4), 0.02), np.full((4, 4), 0.4), np.full((4, 4), 1e-9)]
-    kinds = ["relevance", "relevance", "sensitivity", "softmax relevance"]
-    lims = viz.color_limits(maps, cmap="bwr", groups=kinds)
-    fig = viz.heatmap_grid_figure(maps, ["LRP", "CLRP2", "Gradient", "SGLRP"], None, limits=lims, cmap="bwr",
-                                  groups=kinds, columns=4)
-    heats = [t for t in fig.data if t.type == "heatmap"]
-    assert [h.coloraxis for h in heats] == ["coloraxis", "coloraxis", "coloraxis2", "coloraxis3"]
-    assert (fig.layout.coloraxis.cmax, fig.layout.coloraxis2.cmax) == (0.02, 0.4)
-    bars = [t.marker.colorbar.title.text for t in fig.data if t.type == "scatter"]
-    assert bars == ["relevance", "sensitivity", "softmax relevance"]
-    assert any("≈ 0" in a.text for a in fig.layout.annotations if "SGLRP" in a.text)
 
 
 def test_grid_png_has_a_colour_bar_per_scale():
