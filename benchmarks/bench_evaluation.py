@@ -53,7 +53,7 @@ from clrp.models import LoadedModel, Preprocessing, build_architecture  # noqa: 
 from memory import memory_kind, peak_memory  # noqa: E402
 
 #: VOC07 test: 4,952 images, about 6,900 (image, class) pairs (difficult objects excluded).
-VOC07_TEST_IMAGES, VOC07_TEST_PAIRS = 4952, 6900
+VOC07_TEST_PAIRS = 6900
 
 
 def bundled_or_random():

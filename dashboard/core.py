@@ -335,18 +335,6 @@ def upload_suffix(name: str) -> str:
     return suffix
 
 
-def save_upload(name: str, data: bytes, folder: Path) -> Path:
-    """Write an uploaded archive as ``folder/dataset<suffix>`` (never using the client's path).
-    The server's upload store (per user, by content hash, quotas) is :class:`dashboard.jobs.UploadStore`."""
-    suffix = upload_suffix(name)
-    if not data:
-        raise DatasetError(f"{os.path.basename(str(name))} is empty")
-    folder = private_dir(folder)
-    p = folder / ("dataset" + suffix)
-    p.write_bytes(data)
-    return p
-
-
 def _relative_to_root(path: Path, roots: Sequence[Path]) -> str:
     """``path`` as the user typed it relative to its allowed root (``root-name/sub/dir``)."""
     for r in roots:

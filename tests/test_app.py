@@ -323,13 +323,10 @@ def test_data_roots_from_env(tmp_path):
     assert core.data_roots(f"{a}{os.pathsep}{b}{os.pathsep}") == [a.resolve()]  # missing folders dropped
 
 
-def test_save_upload_and_class_index(tmp_path):
+def test_upload_suffix_and_class_index():
     with pytest.raises(DatasetError):
-        core.save_upload("evil.exe", b"x", tmp_path)
-    with pytest.raises(DatasetError):
-        core.save_upload("d.zip", b"", tmp_path)
-    p = core.save_upload("../../x/d.zip", b"PK", tmp_path / "u")
-    assert p.parent == tmp_path / "u" and p.name == "dataset.zip"
+        core.upload_suffix("evil.exe")
+    assert core.upload_suffix("../../x/D.ZIP") == ".zip" and core.upload_suffix("d.tar.gz") == ".tar.gz"
     lm = core.load_model("dev:bundled")
     assert lm.class_index("star") == lm.class_names.index("star")
     assert lm.class_index("STAR") == lm.class_index(" star ") == lm.class_names.index("star")

@@ -21,8 +21,6 @@ import numpy as np
 
 from ..errors import DatasetError
 
-Box = tuple  # (x0, y0, x1, y1), floats, 0-based, exclusive end
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 

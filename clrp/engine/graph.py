@@ -10,7 +10,6 @@ path is also an alias of the node that produces the module's output (``layer1.0`
 from __future__ import annotations
 
 import difflib
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -119,9 +118,6 @@ class Graph:
     def layer_names(self) -> list[str]:
         """Names of the nodes relevance can flow through, in forward order (the input excluded)."""
         return [n.name for n in self.nodes if self.carries[n.index] and n.index != self.input]
-
-    def matches(self, node: Node, pattern: str) -> bool:
-        return any(fnmatch.fnmatchcase(n, pattern) for n in node.names)
 
     def preferred_name(self, i: int) -> str:
         """The shortest of a node's names (a module path such as ``layer4`` before ``layer4.1.relu_1``)."""

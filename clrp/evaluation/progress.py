@@ -12,9 +12,6 @@ from typing import Callable
 
 _local = threading.local()
 
-#: Units the evaluation code reports.
-UNITS = ("explanations", "perturbation steps", "ablations")
-
 
 @contextmanager
 def listening(callback: Callable[[str, int], None]):

@@ -492,13 +492,6 @@ def _process_batch(items, net, class_names, pp, mapping, cfg, report=None, regis
     return rows, ids, skipped
 
 
-@torch.no_grad()
-def _forward(net, x):
-    from .. import engine
-
-    return engine.forward(net, x)
-
-
 # ---------------------------------------------------------------------------------------------
 def load_results(out_dir: str) -> dict:
     """``{protocol: DataFrame}`` of every recorded part (orphans of an interrupted batch excluded)."""
