@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where does the hard preset's Pointing Game headroom go? A probe on variants of the world.
 
-    python scripts/headroom_probe.py --n 100 --variants shipped,apart --threads 1
+    python scripts/research/headroom_probe.py --n 100 --variants shipped,apart --threads 1
 
 For each variant of :mod:`clrp.scenes_hard` (its module constants changed for this process only;
 the preset itself is unchanged), ``--n`` scenes from seed ``--seed`` on are generated, exported as
@@ -17,11 +17,11 @@ partner whenever the scene has room), ``small`` (every object small), ``context`
 bands along the image edges; a model must be trained on it to learn them).
 
 ``--model VARIANT=WEIGHTS.pt`` evaluates that variant with a model trained on it
-(``scripts/train_hard_model.py --variant VARIANT``; its metadata ``WEIGHTS.json`` beside it)
+(``scripts/assets/train_hard_model.py --variant VARIANT``; its metadata ``WEIGHTS.json`` beside it)
 instead of the shipped one, e.g. on a GPU machine::
 
-    python scripts/train_hard_model.py --variant partners --depth-out /tmp/v
-    python scripts/headroom_probe.py --variants partners --model partners=/tmp/v/scene_vgg_d8_partners.pt --device cuda
+    python scripts/assets/train_hard_model.py --variant partners --depth-out /tmp/v
+    python scripts/research/headroom_probe.py --variants partners --model partners=/tmp/v/scene_vgg_d8_partners.pt --device cuda
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         mAP = scene_map(lm, scene_list)
         rows.append((name, lm.name, mAP, table, where, time.perf_counter() - t0))
         print(f"{name}: done in {rows[-1][-1]:.0f} s", file=sys.stderr)
-    print(f"`python scripts/headroom_probe.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
+    print(f"`python scripts/research/headroom_probe.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
     order = ["center"] + methods
     print("| variant | model | model mAP | pairs | " + " | ".join(order) + " | best - worst (non-centre) |")
     print("|---|---|---|---|" + "---|" * (len(order) + 1))

@@ -11,8 +11,8 @@
 # (LIMIT, seconds for the whole script: 450; TESTS_S for the tests: 170) and says when it was cut.
 # On a loaded CPU the smoke run needs longer (LIMIT 1200, TESTS_S 800 by default there).
 #
-#   OUT=/tmp/out bash scripts/device_check.sh          # or: bash scripts/device_check.sh /tmp/out
-#   OUT=/tmp/out SMOKE=1 bash scripts/device_check.sh  # tiny settings: checks the script on a CPU
+#   OUT=/tmp/out bash benchmarks/device_check.sh          # or: bash benchmarks/device_check.sh /tmp/out
+#   OUT=/tmp/out SMOKE=1 bash benchmarks/device_check.sh  # tiny settings: checks the script on a CPU
 #
 # Everything lands in $OUT and, after every stage, in the one archive $OUT/device_check.tar.gz.
 set -u

@@ -6,8 +6,8 @@
 # goes (the make_results stages are resumable: run the same make_results command on any machine
 # to finish or regenerate the document from the cache).
 #
-#   OUT=/tmp/out bash scripts/hard_gpu_pipeline.sh            # full run
-#   OUT=/tmp/out SMOKE=1 bash scripts/hard_gpu_pipeline.sh    # tiny settings, CPU is fine
+#   OUT=/tmp/out bash scripts/research/hard_gpu_pipeline.sh            # full run
+#   OUT=/tmp/out SMOKE=1 bash scripts/research/hard_gpu_pipeline.sh    # tiny settings, CPU is fine
 #
 # What happened when it ran (2026-11-26, one H200): stage 1 took 167 s (scenes 92 s, training 57 s)
 # and stage 2b 139 s; make_results failed at once (the machine lacked the `defusedxml` package the
@@ -43,26 +43,26 @@ else
 fi
 
 log "stage 1: bundled-hard (8 convs) on $DEV"
-timeout "$(left)" python scripts/train_hard_model.py --depths 8 $TRAIN --device "$DEV" --threads 4 --workers "$NCPU" \
+timeout "$(left)" python scripts/assets/train_hard_model.py --depths 8 $TRAIN --device "$DEV" --threads 4 --workers "$NCPU" \
   --cache-file "$CACHE" --out "$OUT/assets" --depth-out "$OUT/depth" --log "$OUT/assets/bundled_hard_training_log.txt" \
   > "$OUT/train8.out" 2>&1
 log "stage 1 rc=$? ($(tail -n 3 "$OUT/train8.out" | tr '\n' ' '))"
 cp "$OUT/assets/bundled_hard_vgg.pt" "$OUT/assets/bundled_hard_vgg.json" clrp/models/assets/ || log "no model to install"
 
 log "stage 2a: make_results --preset scenes-hard on $DEV (background)"
-( timeout "$(left)" python scripts/make_results.py --preset scenes-hard $MR --device "$DEV" --threads 4 \
+( timeout "$(left)" python scripts/docs/make_results.py --preset scenes-hard $MR --device "$DEV" --threads 4 \
     --work "$OUT/work" --doc "$OUT/docs/RESULTS.md" --figures "$OUT/docs/results" > "$OUT/make_results.out" 2>&1
   rc=$?
   echo "make_results rc=$rc" >> "$OUT/make_results.out"
   if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$(left)" -gt 30 ]; then   # a failure on the GPU: resume on the CPUs
-    timeout "$(left)" python scripts/make_results.py --preset scenes-hard $MR --device cpu --threads 8 \
+    timeout "$(left)" python scripts/docs/make_results.py --preset scenes-hard $MR --device cpu --threads 8 \
       --work "$OUT/work" --doc "$OUT/docs/RESULTS.md" --figures "$OUT/docs/results" > "$OUT/make_results_cpu.out" 2>&1
     echo "make_results (cpu resume) rc=$?" >> "$OUT/make_results.out"
   fi ) &
 MRPID=$!
 
 log "stage 2b: depth models $DEPTHS_REST"
-timeout "$(left)" python scripts/train_hard_model.py --depths "$DEPTHS_REST" $TRAIN --device "$DEV" --threads 4 \
+timeout "$(left)" python scripts/assets/train_hard_model.py --depths "$DEPTHS_REST" $TRAIN --device "$DEV" --threads 4 \
   --workers "$NCPU" --cache-file "$CACHE" --out "$OUT/depth/unused" --depth-out "$OUT/depth" --log "$OUT/depth/training_log_depths.txt" \
   > "$OUT/train_depths.out" 2>&1
 log "stage 2b rc=$?"
@@ -70,7 +70,7 @@ rm -rf "$OUT/depth/unused" "$CACHE".*.npy
 
 log "stage 3: depth study on $DEV"
 AVAIL=$(ls "$OUT"/depth/scene_vgg_d*.pt 2>/dev/null | sed 's/.*_d\([0-9]*\)\.pt/\1/' | sort -n | paste -sd, -)
-timeout "$(left)" python scripts/depth_study.py --models "$OUT/depth" --depths "$AVAIL" $DS --device "$DEV" --threads 4 \
+timeout "$(left)" python scripts/research/depth_study.py --models "$OUT/depth" --depths "$AVAIL" $DS --device "$DEV" --threads 4 \
   --doc "$OUT/docs/results/depth_study_hard.md" > "$OUT/depth_study.out" 2>&1
 log "stage 3 rc=$?"
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Train the ``bundled-hard`` scene classifier (and the depth-study models), deterministically.
 
-    python scripts/train_hard_model.py                         # the shipped model (8 convs), CUDA if present
-    python scripts/train_hard_model.py --depths 4,8,13 --depth-out artifacts/depth_study
-    python scripts/train_hard_model.py --train-scenes 256 --steps 20 --heldout 64 --monitor 0 \
+    python scripts/assets/train_hard_model.py                         # the shipped model (8 convs), CUDA if present
+    python scripts/assets/train_hard_model.py --depths 4,8,13 --depth-out artifacts/depth_study
+    python scripts/assets/train_hard_model.py --train-scenes 256 --steps 20 --heldout 64 --monitor 0 \
         --out /tmp/m --depth-out /tmp/m       # quick smoke run (CPU)
 
 ``--train-scenes`` hard scenes (:mod:`clrp.scenes_hard`, seeds 0 .. n-1, disjoint from the
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from clrp import scene_presets, scenes_hard  # noqa: E402
 from clrp.models import bundled, bundled_hard  # noqa: E402
@@ -211,7 +211,7 @@ def run(a) -> int:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    log(f"command: python scripts/train_hard_model.py {' '.join(a.argv)}")
+    log(f"command: python scripts/assets/train_hard_model.py {' '.join(a.argv)}")
     log(f"started {started:%Y-%m-%d %H:%M:%S} UTC on {platform.node() or '?'}; device {dev_name}; torch {torch.__version__}; "
         f"python {platform.python_version()}; threads {a.threads}; scene workers {a.workers}")
 
@@ -280,7 +280,7 @@ def run(a) -> int:
                 "train_seconds": round(train_s, 1), "parameters": n_params,
                 "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
                 "started_utc": f"{started:%Y-%m-%d %H:%M:%S}",
-                "command": "python scripts/train_hard_model.py " + " ".join(a.argv),
+                "command": "python scripts/assets/train_hard_model.py " + " ".join(a.argv),
             },
             "heldout_metrics": {
                 "scene_seeds": [bundled_hard.HELDOUT_SEED_BASE, bundled_hard.HELDOUT_SEED_BASE + a.heldout - 1],

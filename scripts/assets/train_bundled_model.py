@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Retrain the bundled scene classifier from scratch, deterministically, on CPU.
 
-    python scripts/train_bundled_model.py            # defaults = the shipped model
-    python scripts/train_bundled_model.py --steps 200 --out /tmp/m   # quick smoke run
-    python scripts/train_bundled_model.py --features 32,M,64,M,128,G --name scenes_vgg_d3 --out DIR
+    python scripts/assets/train_bundled_model.py            # defaults = the shipped model
+    python scripts/assets/train_bundled_model.py --steps 200 --out /tmp/m   # quick smoke run
+    python scripts/assets/train_bundled_model.py --features 32,M,64,M,128,G --name scenes_vgg_d3 --out DIR
                                                      # another depth (clrp.models.bundled.DEPTH_CONFIGS)
 
 ``--train-scenes`` scenes (seeds 0 .. n-1, disjoint from the held-out seeds 10_000_000+ and the
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from clrp import scene_presets, scenes  # noqa: E402
 from clrp.models import bundled  # noqa: E402
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
             "threads": a.threads, "workers": a.workers, "generation_seconds": round(gen_s, 1),
             "train_seconds": round(train_s, 1),
             **({} if a.name == bundled.WEIGHTS_FILE.stem else {
-                "command": "python scripts/train_bundled_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                "command": "python scripts/assets/train_bundled_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 "device": f"CPU ({os.cpu_count()} cores), torch threads {a.threads}"}),
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
         },
