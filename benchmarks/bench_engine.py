@@ -43,11 +43,11 @@ def plain_gradient(model, x, t):
 
 def _unchecked(fn):
     from clrp.engine import plan
-    plan._CHECK_CONTENTS = False
+    plan.CHECK_CONTENTS = False
     try:
         return fn()
     finally:
-        plan._CHECK_CONTENTS = True
+        plan.CHECK_CONTENTS = True
 
 
 def make_zennit(model, name):

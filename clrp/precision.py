@@ -44,7 +44,7 @@ def is_low_precision(model: nn.Module) -> bool:
 def _structure(model):
     from .engine.plan import Plan  # the plan's own notion of "what a trace bakes in"
 
-    return Plan._structure(model)
+    return Plan.structure_of(model)
 
 
 def _stamp(model):

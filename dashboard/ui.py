@@ -163,14 +163,15 @@ def get_model(key: str):
 
 
 @st.cache_data(ttl=60, show_spinner=False)
-def _choices():
+def cached_model_choices():
+    """:func:`core.model_choices`, cached for a minute (``.clear()`` when availability changed)."""
     return core.model_choices()
 
 
 def user_choices() -> list:
     """The models this user may pick: every one for admins; for others, downloads only of the
     models on ``[server.models] downloadable`` (:func:`core.restrict_downloads`)."""
-    choices = _choices()
+    choices = cached_model_choices()
     if is_admin():
         return choices
     return core.restrict_downloads(choices, server_settings().models)
@@ -249,11 +250,11 @@ def model_picker(where=None):
             if choice.downloadable and not choice.available:
                 with st.spinner(f"Downloading the weights of {md(picked)} into the server's cache (once)…"):
                     lm = get_model(picked)
-                _choices.clear()  # it is available now
+                cached_model_choices.clear()  # it is available now
             else:
                 lm = get_model(picked)
         except ClrpError:
-            _choices.clear()  # e.g. a failed download: list it as unavailable, with the reason
+            cached_model_choices.clear()  # e.g. a failed download: list it as unavailable, with the reason
             raise
     if lm is not None:
         from clrp.devices import describe, device_of

@@ -34,7 +34,7 @@ def warm(timeout: float = 60.0) -> None:
             time.sleep(0.05)
         from dashboard import core, ui
 
-        key = core.default_model_key(ui._choices())
+        key = core.default_model_key(ui.cached_model_choices())
         if key is not None:
             ui.get_model(key)
             ui.first_explanation(key)

@@ -47,7 +47,7 @@ def _env(monkeypatch, tmp_path):
     monkeypatch.delenv(core.ROOTS_ENV, raising=False)
     from dashboard import ui
 
-    ui._choices.clear()
+    ui.cached_model_choices.clear()
     yield
 
 
@@ -251,7 +251,7 @@ def test_no_model_available_is_a_message_on_every_page(monkeypatch, page):
 
     monkeypatch.setattr(core, "model_choices", lambda: [
         core.ModelChoice("bundled", "bundled", "bundled", "", False, "missing weights file x.pt")])
-    ui._choices.clear()
+    ui.cached_model_choices.clear()
     at = AppTest.from_file(str(ROOT / page), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert at.error and "missing weights file" in at.error[0].value
@@ -272,7 +272,7 @@ def test_model_that_fails_to_load_is_a_message(monkeypatch, page):
         raise ModelLoadError("cannot read weights file /srv/broken.pt: truncated")
 
     monkeypatch.setattr(core, "load_model", boom)
-    ui._choices.clear()
+    ui.cached_model_choices.clear()
     ui.get_model.clear()
     at = AppTest.from_file(str(ROOT / page), default_timeout=TIMEOUT).run()
     assert not at.exception
@@ -411,7 +411,7 @@ def test_lab_model_from_toml_config(monkeypatch, tmp_path):
         'mean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]\n\n'
         '[[models]]\nname = "lab-missing"\narchitecture = "vgg16"\nweights = "nope.pt"\nclass_names = "classes.txt"\n')
     monkeypatch.setenv("CLRP_MODELS_CONFIG", str(tmp_path / "lab.toml"))
-    ui._choices.clear()
+    ui.cached_model_choices.clear()
     choices = {c.key: c for c in core.model_choices()}
     assert choices["lab-scenes"].available and not choices["lab-missing"].available
     assert "nope.pt" in choices["lab-missing"].reason

@@ -295,7 +295,7 @@ def test_weights_error_names_mirror_and_paths_only_to_admins(tmp_path, monkeypat
         for user in ("alice@lab.org", "bob@lab.org"):
             b.user = user
             download.forget_failures()
-            ui._choices.clear()
+            ui.cached_model_choices.clear()
             at = page("pages/1_Explain.py").run()
             at.selectbox(key="_model_picker").set_value("squeezenet1_1").run()
             assert not at.exception and at.error
@@ -316,7 +316,7 @@ def test_lab_model_errors_hide_server_paths_from_visitors(tmp_path, monkeypatch)
     seen = {}
     for user in ("alice@lab.org", "bob@lab.org"):
         b.user = user
-        ui._choices.clear()
+        ui.cached_model_choices.clear()
         at = page("pages/1_Explain.py").run()
         seen[user] = " ".join(plain(c.value) for c in at.sidebar.caption if "lab-net" in plain(c.value))
     assert "secret-lab" in seen["bob@lab.org"]

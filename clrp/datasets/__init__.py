@@ -170,8 +170,7 @@ def open_dataset(path: str, format: str = "auto", *, split: Optional[str] = None
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         if tmp:
-            fin = weakref.finalize(ds, shutil.rmtree, tmp, True)
-            ds._cleanup = fin
+            ds.on_close(weakref.finalize(ds, shutil.rmtree, tmp, True))
         return ds
     return _open_named(path, format, display_name or path, split=split, images_dir=images_dir,
                        classes=classes, annotation_limits=limits.annotations, **reader_options)

@@ -12,6 +12,7 @@ slicing expects. PASCAL VOC XML boxes are 1-based inclusive, so VOC ``xmin..xmax
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -67,6 +68,13 @@ class Obj:
     @property
     def has_mask(self) -> bool:
         return self._mask is not None or self._mask_loader is not None
+
+    def portable(self) -> "Obj":
+        """A copy with its mask (if any) loaded and no file loader: it travels to another process
+        or machine without the files."""
+        o = copy.copy(self)
+        o._mask, o._mask_loader = self.mask, None
+        return o
 
     def region(self, height: int, width: int, use_mask: bool = True) -> np.ndarray:
         """Bool [H, W] ground-truth region: the mask if available (and ``use_mask``), else the box."""
@@ -386,6 +394,10 @@ class Dataset:
         return cm
 
     # --- resources ----------------------------------------------------------------------------
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once, when the dataset is closed (e.g. remove the folder it was extracted to)."""
+        self._cleanup = fn
+
     def close(self) -> None:
         if self._cleanup is not None:
             fn, self._cleanup = self._cleanup, None

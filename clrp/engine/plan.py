@@ -54,7 +54,7 @@ def fingerprint(t: torch.Tensor) -> torch.Tensor:
 
 
 # False only to measure what the check costs (benchmarks/bench_engine.py --check-cost): stale weights.
-_CHECK_CONTENTS = True
+CHECK_CONTENTS = True
 
 
 class _Entry:
@@ -83,7 +83,7 @@ class Plan:
         self.signature = signature
         self._model = weakref.ref(model)
         self._modules = {name: weakref.ref(m) for name, m in model.named_modules()}
-        self._module_ids = self._structure(model)
+        self._module_ids = self.structure_of(model)
         self._constants = constants
         self._const_cache: dict = {}
         self._weights: dict = {}
@@ -122,7 +122,7 @@ class Plan:
 
     # -- binding to the model -------------------------------------------------------------------
     @staticmethod
-    def _structure(model):
+    def structure_of(model):
         """The modules and their plain settings (strides, eps, ...): what a trace bakes in."""
         return tuple((id(m), tuple((k, v) for k, v in vars(m).items() if k != "training" and not k.startswith("_")
                                    and isinstance(v, (int, float, bool, str, tuple))))
@@ -137,7 +137,7 @@ class Plan:
     def current(self, model) -> bool:
         """The model still has the modules and settings it was traced with (none replaced or added,
         no eps or stride changed)."""
-        return self._structure(model) == self._module_ids
+        return self.structure_of(model) == self._module_ids
 
     def _tensor(self, leaf: Leaf):
         prefix, _, attr = leaf.name.rpartition(".")
@@ -185,7 +185,7 @@ class Plan:
         memo = ctx.fwd.fingerprints
         prints = memo.get(node.index)
         if prints is None:
-            prints = memo[node.index] = [fingerprint(t) for t in tensors] if _CHECK_CONTENTS else None
+            prints = memo[node.index] = [fingerprint(t) for t in tensors] if CHECK_CONTENTS else None
         hit = self._weights.get(key)
         if hit is not None and hit.valid(tensors, prints):
             return hit.value

@@ -18,14 +18,14 @@ from typing import Mapping
 
 import numpy as np
 
-from .pointing import _to_numpy_2d, resize_map
+from .pointing import saliency_2d, resize_map
 
 DEFAULT_Q = 0.1
 
 
 def _pair(a, b):
-    a = _to_numpy_2d(a)
-    b = _to_numpy_2d(b)
+    a = saliency_2d(a)
+    b = saliency_2d(b)
     if a.shape != b.shape:
         b = resize_map(b, *a.shape)
     return a, b
@@ -45,7 +45,7 @@ def top_mask(a, q: float = DEFAULT_Q) -> np.ndarray:
     """Bool mask of the ``ceil(q * size)`` largest pixels (ties: raster order)."""
     if not 0 < q <= 1:
         raise ValueError("q must be in (0, 1]")
-    a = _to_numpy_2d(a)
+    a = saliency_2d(a)
     flat = a.reshape(-1)
     n = max(1, int(math.ceil(q * flat.size - 1e-9)))
     idx = np.argsort(-flat, kind="stable")[:n]

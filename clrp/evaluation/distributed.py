@@ -44,13 +44,7 @@ def portable(items) -> list:
     for s, img in items:
         s2 = copy.copy(s)
         s2.loader = None
-        objs = []
-        for o in s.objects:
-            o2 = copy.copy(o)
-            if o.has_mask:
-                o2._mask, o2._mask_loader = o.mask, None
-            objs.append(o2)
-        s2.objects = objs
+        s2.objects = [o.portable() for o in s.objects]
         out.append((s2, img))
     return out
 

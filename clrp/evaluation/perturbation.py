@@ -183,7 +183,7 @@ def default_batch_size(x: torch.Tensor) -> int:
     return max(1, min(8, CPU_CHUNK_PIXELS // max(1, x.shape[-1] * x.shape[-2])))
 
 
-def _rank_map(order_idx: torch.Tensor, height, width, patch, device) -> torch.Tensor:
+def region_rank_map(order_idx: torch.Tensor, height, width, patch, device) -> torch.Tensor:
     """Per-pixel position of its region in the order: [H, W] long."""
     gh, gw = math.ceil(height / patch), math.ceil(width / patch)
     rank = torch.empty(gh * gw, dtype=torch.long)
@@ -219,7 +219,8 @@ def _prepare(x, relevance, patch, steps, patches_per_step):
     return x, h, w, n_regions, k
 
 
-def _fractions(order_idx, h, w, patch, k, pps) -> np.ndarray:
+def perturbed_fractions(order_idx, h, w, patch, k, pps) -> np.ndarray:
+    """Share of the image's pixels perturbed after each of the ``k`` steps (``k + 1`` values from 0)."""
     areas = torch.ones(h, w, dtype=torch.float64)
     per_region = patch_scores(areas, h, w, patch).reshape(-1)[order_idx]
     cum = torch.cat([torch.zeros(1, dtype=torch.float64), per_region.cumsum(0)])
@@ -243,7 +244,7 @@ def region_perturbation(model: Callable, x, relevance, target: int, *, order: st
     batch_size = max(1, int(batch_size))
     order_idx = patch_order(relevance, h, w, patch, order, seed, ties)
     base = make_baseline(x, baseline, patch=patch, blur_sigma=blur_sigma, seed=seed)
-    rank = _rank_map(order_idx, h, w, patch, x.device)
+    rank = region_rank_map(order_idx, h, w, patch, x.device)
     counts = torch.clamp(torch.arange(k + 1, device=x.device) * patches_per_step, max=n_regions)
     scores = []
     for a in range(0, k + 1, batch_size):
@@ -253,7 +254,7 @@ def region_perturbation(model: Callable, x, relevance, target: int, *, order: st
         scores.append(_score(model(batch), target, score).detach().to("cpu", torch.float64))
         tick("perturbation steps", len(c))
     s = torch.cat(scores).numpy()
-    return PerturbationCurve(order, s, _fractions(order_idx, h, w, patch, k, patches_per_step), aopc(s),
+    return PerturbationCurve(order, s, perturbed_fractions(order_idx, h, w, patch, k, patches_per_step), aopc(s),
                              _settings(patch, patches_per_step, baseline, score, seed, ties,
                                        tie_share(relevance, h, w, patch)))
 
@@ -282,7 +283,7 @@ def region_perturbation_naive(model: Callable, x, relevance, target: int, *, ord
             done += 1
         scores.append(float(_score(model(cur[None]), target, score)[0]))
     s = np.asarray(scores, dtype=np.float64)
-    return PerturbationCurve(order, s, _fractions(order_idx, h, w, patch, k, patches_per_step), aopc(s),
+    return PerturbationCurve(order, s, perturbed_fractions(order_idx, h, w, patch, k, patches_per_step), aopc(s),
                              _settings(patch, patches_per_step, baseline, score, seed, ties,
                                        tie_share(relevance, h, w, patch)))
 

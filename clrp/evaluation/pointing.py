@@ -71,7 +71,8 @@ def scaled_tolerance(height: int, width: int, base: float = DEFAULT_TOLERANCE, r
     return float(base) * min(int(height), int(width)) / float(reference)
 
 
-def _to_numpy_2d(saliency) -> np.ndarray:
+def saliency_2d(saliency) -> np.ndarray:
+    """A map ([H, W], [C, H, W] or [1, C, H, W]; NumPy or torch) as float64 ``[H, W]`` (channels summed)."""
     try:
         import torch
         if isinstance(saliency, torch.Tensor):
@@ -93,7 +94,7 @@ def resize_map(saliency, height: int, width: int, convention: str = "clrp") -> n
     (height, width) with bilinear interpolation (``align_corners=False``). Returns float64.
     ``convention="torchray"`` interpolates in float32, as TorchRay's ``resize_saliency`` does
     with a model's saliency: the rounding decides which pixel of a plateau is the maximum."""
-    a = _to_numpy_2d(saliency)
+    a = saliency_2d(saliency)
     if convention == "torchray":
         a = a.astype(np.float32)
     if a.shape == (height, width):
@@ -132,7 +133,7 @@ def map_to_image(saliency, height: int, width: int, crop_box=None, convention: s
 
 def argmax_point(saliency) -> Optional[tuple]:
     """(row, col) of the maximum; ties -> first in raster order; NaN ignored; None if all NaN."""
-    a = _to_numpy_2d(saliency)
+    a = saliency_2d(saliency)
     flat = a.reshape(-1)
     nan = np.isnan(flat)
     if nan.all():
@@ -151,7 +152,7 @@ def center_point(height: int, width: int, convention: str = "clrp") -> tuple:
 
 def torchray_point(saliency) -> tuple:
     """TorchRay's point: ``torch.argmax`` of the flattened map (first maximum; a NaN wins)."""
-    a = _to_numpy_2d(saliency)
+    a = saliency_2d(saliency)
     flat = a.reshape(-1)
     nan = np.flatnonzero(np.isnan(flat))
     i = int(nan[0]) if nan.size else int(np.argmax(flat))

@@ -117,7 +117,9 @@ def _model_parts(model):
     return m, list(names), pp
 
 
-def _eval_preprocessing(pp, geometry: str):
+def eval_preprocessing(pp, geometry: str):
+    """The preprocessing an evaluation uses: ``"full"`` keeps the image size (no resize), ``"model"``
+    the model's own."""
     if geometry == "full":
         return dataclasses.replace(pp, resize=None)
     if geometry == "model":
@@ -133,7 +135,9 @@ def default_ablation_layer(model, input_size=None) -> str:
     return engine.last_feature_layer(model, example)
 
 
-def _sample_classes(sample) -> list:
+def sample_classes(sample) -> list:
+    """The classes a sample is evaluated for: its non-difficult objects' classes (first-seen order),
+    else its image-level labels."""
     if sample.objects:
         out = []
         for o in sample.objects:
@@ -176,7 +180,7 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
             raise ClrpError(f"unknown method {m!r}; choose from {', '.join(clrp.METHODS)}")
     net, class_names, pp0 = _model_parts(model)
     place(model, device)
-    pp = _eval_preprocessing(pp0, cfg.geometry)
+    pp = eval_preprocessing(pp0, cfg.geometry)
     mapping = dataset.map_classes(class_names, cfg.mapping)
     mapping.require_some()
     options = {}
@@ -462,7 +466,7 @@ def _process_batch(items, net, class_names, pp, mapping, cfg, report=None, regis
     ids, skipped, pairs, inputs = [], [], [], []
     gt = {p.name: {} for p, _ in protocols}
     for i, (s, img) in enumerate(items):
-        classes = [c for c in _sample_classes(s) if c in mapping] if img is not None else []
+        classes = [c for c in sample_classes(s) if c in mapping] if img is not None else []
         for p, o in protocols if classes else ():
             try:
                 gt[p.name][i] = p.ground_truth(s, classes, o)

@@ -121,7 +121,7 @@ def curves_for_pair(net, x, maps: dict, target: int, *, patch, steps, pps, basel
             specs.append((m, f"{o}_raster", P.patch_order(r, h, w, patch, o, seed, ties="raster")))
     first = next(iter(maps.values()))
     specs.append(("random", "random", P.patch_order(first, h, w, patch, "random", seed)))
-    ranks = torch.stack([P._rank_map(oi, h, w, patch, x.device) for _, _, oi in specs])   # [S, H, W]
+    ranks = torch.stack([P.region_rank_map(oi, h, w, patch, x.device) for _, _, oi in specs])   # [S, H, W]
     # every (curve, step) image, built chunk by chunk
     total = len(specs) * (k + 1)
     scores = torch.empty(total, dtype=torch.float64)
@@ -138,7 +138,7 @@ def curves_for_pair(net, x, maps: dict, target: int, *, patch, steps, pps, basel
         rows.append({"method": m, "order": o, "aopc": P.aopc(s), "score_0": float(s[0]), "tie_share": shares.get(m),
                      "score_K": float(s[-1]), "steps": k, "scores": s.tolist(), "patch": patch,
                      "patches_per_step": pps, "baseline": baseline,
-                     "fraction_K": float(P._fractions(oi, h, w, patch, k, pps)[-1])})
+                     "fraction_K": float(P.perturbed_fractions(oi, h, w, patch, k, pps)[-1])})
     return rows
 
 
@@ -149,7 +149,7 @@ def run_perturbation(ds_root, lm, work, n, a):
     os.makedirs(out, exist_ok=True)
     ds = open_dataset(ds_root, "voc", split="test")
     mapping = ds.map_classes(lm.class_names)
-    pp = R._eval_preprocessing(lm.preprocessing, "full")
+    pp = R.eval_preprocessing(lm.preprocessing, "full")
     net = lm.model
     methods = list(clrp.METHODS)
     count = 0
@@ -163,7 +163,7 @@ def run_perturbation(ds_root, lm, work, n, a):
             continue
         img = s.load_image()
         x = pp.to_tensor(img).to(next(net.parameters()).device)
-        classes = [c for c in R._sample_classes(s) if c in mapping]
+        classes = [c for c in R.sample_classes(s) if c in mapping]
         rows = []
         for c in classes:
             t = mapping[c]
@@ -241,7 +241,7 @@ def depth_profile(lm, image_ids, methods=("lrp", "clrp1", "clrp2")):
     from clrp import engine
     from clrp.methods import layer_relevance
 
-    pp = R._eval_preprocessing(lm.preprocessing, "full")
+    pp = R.eval_preprocessing(lm.preprocessing, "full")
     plan = engine.plan_for(lm.model, torch.zeros(1, 3, *pp.input_size, device=next(lm.model.parameters()).device))
     labels = {"conv2d": "conv", "linear": "linear", "relu": "relu", "max_pool2d": "maxpool",
               "avg_pool2d": "avgpool", "adaptive_avg_pool2d": "adaptive_avgpool"}
@@ -270,7 +270,7 @@ def figure(lm, items, path, methods=("lrp", "clrp1", "clrp2", "gradcam")):
     """``items``: (image_id, class names or None for every object) -> one row per class."""
     from clrp import viz
 
-    pp = R._eval_preprocessing(lm.preprocessing, "full")
+    pp = R.eval_preprocessing(lm.preprocessing, "full")
     tiles, titles = [], []
     from PIL import Image
 
