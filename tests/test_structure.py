@@ -170,3 +170,28 @@ def test_no_python_file_in_clrp_over_600_lines():
     long = {str(p.relative_to(PKG.parent)): n for p in sorted(PKG.rglob("*.py"))
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long, f"files of clrp/ over {MAX_LINES} lines: " + ", ".join(f"{k} ({v})" for k, v in long.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# The repository around the package: every script and every generated document has its line.
+
+ROOT = PKG.parent
+
+
+def test_every_script_has_a_line_in_the_scripts_readme():
+    readme = (ROOT / "scripts" / "README.md").read_text(encoding="utf-8")
+    scripts = [p for p in sorted((ROOT / "scripts").rglob("*")) if p.suffix in (".py", ".sh") and p.name != "__init__.py"]
+    assert scripts
+    missing = [str(p.relative_to(ROOT)) for p in scripts if f"`{p.name}`" not in readme]
+    assert not missing, "scripts without a line in scripts/README.md: " + ", ".join(missing)
+
+
+def test_every_file_of_docs_results_is_indexed():
+    index = (ROOT / "docs" / "results" / "README.md").read_text(encoding="utf-8")
+    files = [p for p in sorted((ROOT / "docs" / "results").iterdir()) if p.name != "README.md"]
+    assert all(p.is_file() for p in files), "docs/results/ holds documents only (weights and logs: research/)"
+    missing = [p.name for p in files if f"`{p.name}`" not in index]
+    assert not missing, "files of docs/results/ missing from its README.md: " + ", ".join(missing)
+    research = (ROOT / "research" / "README.md").read_text(encoding="utf-8")
+    missing = [p.name for p in sorted((ROOT / "research").iterdir()) if p.is_dir() and f"`{p.name}/`" not in research]
+    assert not missing, "folders of research/ missing from its README.md: " + ", ".join(missing)
