@@ -55,53 +55,51 @@ def stats_line(label: str, st: dict) -> str:
 
 
 def checksums(n_seeds: int = 3) -> list[str]:
-    from clrp import scene_presets, scenes, scenes_hard
+    from clrp.scenes import easy, export, hard, presets
 
     lines: list[str] = []
-    easy_seeds = list(range(n_seeds)) + [scenes.SAMPLE_SEED, scenes.EVALUATION_SEED]
+    easy_seeds = list(range(n_seeds)) + [presets.SAMPLE_SEED, presets.EVALUATION_SEED]
     for s in easy_seeds:
-        lines += scene_lines(f"scenes seed={s}", scenes.generate_scene(s))
-    lines += scene_lines("scenes seed=5 n_objects=3", scenes.generate_scene(5, n_objects=3))
-    lines += scene_lines("scenes seed=5 size=96", scenes.generate_scene(5, size=96))
-    for name in scenes_hard.VARIANTS:
-        with scenes_hard.variant(name):
-            lines.append(stats_line(f"scenes-hard variant={name}", scenes_hard.class_statistics()))
-            for s in list(range(n_seeds)) + [30_000_000]:
-                lines += scene_lines(f"scenes-hard variant={name} seed={s}", scenes_hard.generate_scene(s))
-                lines.append(f"scenes-hard variant={name} seed={s} classes {scenes_hard.scene_classes(s)}")
-    lines += scene_lines("scenes-hard seed=7 size=160", scenes_hard.generate_scene(7, size=160))
+        lines += scene_lines(f"scenes seed={s}", easy.generate_scene(s))
+    lines += scene_lines("scenes seed=5 n_objects=3", easy.generate_scene(5, n_objects=3))
+    lines += scene_lines("scenes seed=5 size=96", easy.generate_scene(5, size=96))
+    for name, world in hard.VARIANTS.items():
+        lines.append(stats_line(f"scenes-hard variant={name}", hard.class_statistics(world)))
+        for s in list(range(n_seeds)) + [30_000_000]:
+            lines += scene_lines(f"scenes-hard variant={name} seed={s}", hard.generate_scene(s, world=world))
+            lines.append(f"scenes-hard variant={name} seed={s} classes {hard.scene_classes(s, world)}")
+    lines += scene_lines("scenes-hard seed=7 size=160", hard.generate_scene(7, size=160))
 
     class Identity:  # render_arrays's preprocessing: the scene image as it is
         @staticmethod
         def display_array(img):
             return img
 
-    for preset in scene_presets.PRESETS:
-        x, y = scene_presets.render_arrays(preset, 3, 11, Identity(), chunk=2)
+    for preset in presets.PRESETS:
+        x, y = presets.render_arrays(preset, 3, 11, Identity(), chunk=2)
         lines.append(f"render_arrays {preset} {sha1(x.tobytes())} {sha1(y.tobytes())}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        scenes.export_voc(scenes.iter_scenes(2, 3), os.path.join(tmp, "easy"), "val")
+        export.export_voc(easy.iter_scenes(2, 3), os.path.join(tmp, "easy"), "val")
         lines += folder_lines("export_voc scenes", os.path.join(tmp, "easy"))
-        for preset in scene_presets.PRESETS:
-            root = scene_presets.dataset_dir(f"{preset}:2:30000000", os.path.join(tmp, "cache"))
+        for preset in presets.PRESETS:
+            root = presets.dataset_dir(f"{preset}:2:30000000", os.path.join(tmp, "cache"))
             lines += folder_lines(f"voc_cache {preset}", root)
-        for mod in ("clrp.scenes", "clrp.scenes_hard"):  # the command line export of each world
+        # the command line export of each world (labelled by its former entry point, python -m MODULE)
+        for mod, preset in (("clrp.scenes", "scenes"), ("clrp.scenes_hard", "scenes-hard")):
             dest = os.path.join(tmp, mod)
             with redirect_stdout(io.StringIO()):
-                cli_export(mod, [dest, "-n", "2", "--seed", "12", "--split", "train"])
+                cli_export([dest, "-n", "2", "--seed", "12", "--split", "train", "--preset", preset])
             lines += folder_lines(f"cli export {mod}", dest)
     return lines
 
 
-def cli_export(module: str, argv: list[str]) -> None:
-    """``python -m <module> ARGV`` (the export entry point of each world), in this process."""
-    from clrp import scenes, scenes_hard
+def cli_export(argv: list[str]) -> None:
+    """``python -m clrp scenes export ARGV``, in this process."""
+    from clrp.cli import main
 
-    if module == "clrp.scenes":
-        scenes.export_main(argv)
-    else:
-        scenes.export_main(argv, scenes_from=scenes_hard.iter_scenes, folder_name="CLRPHardScenes")
+    if main(["scenes", "export", *argv]) != 0:
+        raise SystemExit(f"python -m clrp scenes export {' '.join(argv)} failed")
 
 
 def main(argv=None) -> int:
