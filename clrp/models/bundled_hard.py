@@ -1,5 +1,5 @@
 """The ``bundled-hard`` scene classifier: a deeper VGG-pattern :class:`~clrp.models.bundled.SceneVGG`
-for the hard scene preset (:mod:`clrp.scenes_hard`), and the models of the depth study.
+for the hard scene preset (:mod:`clrp.scenes.hard`), and the models of the depth study.
 
 Same building blocks as the bundled model (3x3 convs trained with batch norm, which is folded into
 the convs before shipping; 2x2 max-pools; a global max-pool; one hidden dense layer), more convs:
