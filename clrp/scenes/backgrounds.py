@@ -12,6 +12,22 @@ def random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, 256, size=3).astype(np.float32)
 
 
+def contrasting_colour(rng: np.random.Generator, local_mean: np.ndarray, min_contrast: float, push: float) -> np.ndarray:
+    """A random colour farther than ``min_contrast`` from ``local_mean`` (up to 12 draws), else the
+    farthest draw moved to ``push`` from it."""
+    best, best_d = None, -1.0
+    for _ in range(12):
+        c = random_colour(rng)
+        d = float(np.linalg.norm(c - local_mean))
+        if d > min_contrast:
+            return c
+        if d > best_d:
+            best, best_d = c, d
+    diff = best - local_mean
+    n = float(np.linalg.norm(diff)) or 1.0
+    return np.clip(local_mean + diff / n * push, 0, 255)
+
+
 def background(rng: np.random.Generator, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
     # linear gradient between two colours in a random direction

@@ -24,7 +24,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .backgrounds import background, random_colour, strokes
+from .backgrounds import background, contrasting_colour, strokes
 from .shapes import CLASS_NAMES, FLIPPABLE, MAX_ROTATION, NUM_CLASSES, Scene, SceneObject, coverage, shape_ops
 
 __all__ = ["CLASS_NAMES", "SCENE_SIZE", "generate_scene", "generate_dataset", "iter_scenes"]
@@ -47,22 +47,6 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
         for dx in range(2 * r + 1):
             out |= p[dy:dy + h, dx:dx + w]
     return out
-
-
-def _object_colour(rng: np.random.Generator, local_mean: np.ndarray) -> np.ndarray:
-    """A random colour with a minimum contrast to the local background."""
-    best, best_d = None, -1.0
-    for _ in range(12):
-        c = random_colour(rng)
-        d = float(np.linalg.norm(c - local_mean))
-        if d > 110:
-            return c
-        if d > best_d:
-            best, best_d = c, d
-    # push the best candidate away from the background
-    diff = best - local_mean
-    n = float(np.linalg.norm(diff)) or 1.0
-    return np.clip(local_mean + diff / n * 140.0, 0, 255)
 
 
 def generate_scene(seed: int, size: int = SCENE_SIZE, n_objects: int | None = None) -> Scene:
@@ -112,7 +96,7 @@ def generate_scene(seed: int, size: int = SCENE_SIZE, n_objects: int | None = No
     objects: list[SceneObject] = []
     for ci, cov, mask in placed:
         local = img[mask].mean(axis=0)
-        colour = _object_colour(rng, local)
+        colour = contrasting_colour(rng, local, 110, 140.0)   # a minimum contrast to the local background
         # object texture: shading gradient + own noise, computed on the coverage's bounding box
         cys, cxs = np.nonzero(cov > 0)
         ya, yb, xa, xb = int(cys.min()), int(cys.max()) + 1, int(cxs.min()), int(cxs.max()) + 1

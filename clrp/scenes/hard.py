@@ -43,10 +43,11 @@ painting, so :func:`scene_classes` (class set only, ~0.1 ms) and :func:`generate
 (geometry and masks, no painting) agree exactly with :func:`generate_scene`. The painting is
 :mod:`clrp.scenes.hard_paint`.
 
-World variants (:class:`HardWorld`, :data:`VARIANTS`) change some of the constants above, passed in
-as ``world=`` to the generator (:data:`PRESET` is the preset), for experiments on where the Pointing Game's headroom comes from (``scripts/headroom_probe.py``,
-``scripts/train_hard_model.py --variant``): objects apart, crowded scenes, partners whenever there is
-room, only small objects, or *class context* (bands along the image edges in a style that predicts
+World variants (:data:`VARIANTS`: :class:`HardWorld` values passed as ``world=`` to the generator;
+:data:`PRESET` is the preset) change some of the constants above, for experiments on where the
+Pointing Game's headroom comes from (``scripts/headroom_probe.py``, ``scripts/train_hard_model.py
+--variant``): objects apart, crowded scenes, partners whenever there is room, only small objects,
+or *class context* (bands along the image edges in a style that predicts
 a class without proving it, as water predicts a boat); the preset itself draws none of them.
 
 Seeds follow the easy preset's convention: training < 10,000,000, held-out 10,000,000+,
@@ -61,7 +62,6 @@ from typing import Iterable
 
 import numpy as np
 
-from .export import export_voc  # noqa: F401 (the world's export, as before)
 from .hard_paint import context_masks, paint
 from .shapes import CLASS_NAMES, FLIPPABLE, MAX_ROTATION, NUM_CLASSES, Scene, SceneObject, coverage, shape_ops
 
@@ -84,7 +84,6 @@ __all__ = [
     "generate_scene",
     "generate_dataset",
     "iter_scenes",
-    "export_voc",
     "VARIANTS",
     "world_variant",
     "context_masks",

@@ -6,25 +6,12 @@ import math
 
 import numpy as np
 
-from .backgrounds import background, strokes
+from .backgrounds import background, contrasting_colour, strokes
 from .shapes import CLASS_NAMES, DISTRACTOR_SHAPES, NUM_CLASSES, coverage, distractor_ops
 
+#: a class-context band: its depth range (px) and the image edges it lies along
 CONTEXT_WIDTH = (28.0, 56.0)
 CONTEXT_EDGES = ("top", "bottom", "left", "right")
-
-
-def _colour(rng: np.random.Generator, local_mean: np.ndarray, min_contrast: float = 70.0) -> np.ndarray:
-    best, best_d = None, -1.0
-    for _ in range(12):
-        c = rng.integers(0, 256, size=3).astype(np.float32)
-        d = float(np.linalg.norm(c - local_mean))
-        if d > min_contrast:
-            return c
-        if d > best_d:
-            best, best_d = c, d
-    diff = best - local_mean
-    n = float(np.linalg.norm(diff)) or 1.0
-    return np.clip(local_mean + diff / n * (min_contrast + 20), 0, 255)
 
 
 def _texture(rng: np.random.Generator, colour: np.ndarray, ya: int, yb: int, xa: int, xb: int, size: int) -> np.ndarray:
@@ -62,7 +49,7 @@ def _composite(img: np.ndarray, cov: np.ndarray, rng: np.random.Generator, min_c
     ya, yb, xa, xb = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
     a = cov[ya:yb, xa:xb, None]
     local = (img[ya:yb, xa:xb] * a).sum((0, 1)) / max(float(a.sum()), 1e-6)
-    tex = _texture(rng, _colour(rng, local, min_contrast), ya, yb, xa, xb, img.shape[0])
+    tex = _texture(rng, contrasting_colour(rng, local, min_contrast, min_contrast + 20), ya, yb, xa, xb, img.shape[0])
     img[ya:yb, xa:xb] = img[ya:yb, xa:xb] * (1 - a) + tex * a
 
 
