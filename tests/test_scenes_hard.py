@@ -252,3 +252,19 @@ def test_context_variant_bands_follow_their_rates_and_leave_the_layout_alone():
     assert abs(drawn - present * p) <= 4.5 * (present * p * (1 - p)) ** 0.5
     assert abs(false - n * q) <= 4.5 * (n * q * (1 - q)) ** 0.5
     assert H.PRESET.context_p == 0.0 and H.PRESET.context_false_p == 0.0
+
+
+def test_render_arrays_draws_the_world_it_is_given():
+    """The training scripts' scene arrays come from the variant passed in (train_hard_model --variant)."""
+    class Identity:
+        @staticmethod
+        def display_array(img):
+            return img
+
+    x, y = presets.render_arrays("scenes-hard", 3, 30_000_000, Identity(), chunk=2, world=H.VARIANTS["crowded"])
+    assert x.shape == (3, H.SCENE_SIZE, H.SCENE_SIZE, 3) and (y.sum(1) == 5).all()
+    assert x[0].tobytes() == H.generate_scene(30_000_000, world=H.VARIANTS["crowded"]).image.tobytes()
+    shipped = presets.render_arrays("scenes-hard", 3, 30_000_000, Identity())[1]
+    assert (shipped.sum(1) < 5).any()
+    with pytest.raises(ClrpError, match="no world variants"):
+        presets.render_arrays("scenes", 1, 0, Identity(), world=H.VARIANTS["crowded"])

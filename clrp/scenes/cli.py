@@ -14,9 +14,9 @@ from .presets import PRESETS, get_preset
 
 def _add_export_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("dest", help="output folder or .zip")
-    ap.add_argument("-n", type=int, default=100, help="number of scenes")
-    ap.add_argument("--seed", type=int, default=9_000_000, help="seed of the first scene (the others follow)")
-    ap.add_argument("--split", default="test", help="VOC split name (ImageSets/Main/<split>.txt)")
+    ap.add_argument("-n", type=int, default=100, help="number of scenes (default 100)")
+    ap.add_argument("--seed", type=int, default=9_000_000, help="seed of the first scene, the others follow (default 9000000)")
+    ap.add_argument("--split", default="test", help="VOC split name: ImageSets/Main/<split>.txt (default test)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(a, argv=None) -> int:
-    """Run a parsed ``scenes`` command; prints the path written."""
+    """Run a parsed ``scenes`` command (``export``, its only subcommand); prints the path written."""
     from .hard import world_variant
 
     p = get_preset(a.preset)
