@@ -34,10 +34,10 @@ SAMPLE_SEED = 20_000_006
 @dataclass(frozen=True)
 class ScenePreset:
     """A preset: a world (its generator module), what it is, the model trained on it and the names
-    its datasets carry."""
+    its datasets carry. ``world=`` arguments are variants of the hard world (``HardWorld`` values)."""
 
     name: str            # the spec's prefix
-    world: ModuleType    # generate_scene, iter_scenes, CLASS_NAMES, SCENE_SIZE
+    module: ModuleType   # the world: generate_scene, iter_scenes, CLASS_NAMES, SCENE_SIZE
     description: str
     model: str           # the model trained on it (``clrp.models.load(model)``)
     generator: str       # recorded in settings.json and the cache's complete.json (stable across versions)
@@ -46,15 +46,15 @@ class ScenePreset:
 
     def generate_scene(self, seed: int, world=None):
         """Scene ``seed``; ``world``: a variant (:class:`clrp.scenes.hard.HardWorld`, hard preset only)."""
-        return self.world.generate_scene(int(seed), **self._variant(world))
+        return self.module.generate_scene(int(seed), **self._variant(world))
 
     def iter_scenes(self, n: int, seed: int, world=None):
-        return self.world.iter_scenes(n, seed, **self._variant(world))
+        return self.module.iter_scenes(n, seed, **self._variant(world))
 
     def _variant(self, world) -> dict:
         if world is None:
             return {}
-        if self.world is not hard:
+        if self.module is not hard:
             raise ClrpError(f"the {self.name} preset has no world variants")
         return {"world": world}
 
@@ -79,7 +79,7 @@ def get_preset(name: str) -> ScenePreset:
 
 def preset_module(name: str) -> ModuleType:
     """The generator module of preset ``name`` (``generate_scene``, ``iter_scenes``, ``CLASS_NAMES``)."""
-    return get_preset(name).world
+    return get_preset(name).module
 
 
 @dataclass(frozen=True)
