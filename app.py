@@ -8,7 +8,8 @@ import streamlit as st
 
 
 def home() -> None:
-    from clrp import scenes, viz
+    from clrp import viz
+    from clrp.scenes import presets
     from dashboard import core, ui
 
     ui.page("Home", ":material/home:")
@@ -26,7 +27,7 @@ def home() -> None:
     if lm is not None:
         with ui.guard("the first explanation"):
             key = st.session_state[ui.MODEL_STATE]
-            seed = scenes.SAMPLE_SEED
+            seed = presets.SAMPLE_SEED
             image, top, items = ui.first_explanation(key)
             info = core.scene_info(seed) if lm.architecture == "scene_vgg" else None
             st.subheader("A first explanation")

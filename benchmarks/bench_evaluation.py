@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import clrp  # noqa: E402
-from clrp import scenes  # noqa: E402
+from clrp.scenes import easy, presets  # noqa: E402
 from clrp.devices import describe, place, resolve_device  # noqa: E402
 from clrp.datasets import open_dataset  # noqa: E402
 from clrp.evaluation.perturbation import region_perturbation, region_perturbation_naive  # noqa: E402
@@ -63,10 +63,10 @@ def bundled_or_random():
         return models.load("bundled"), "bundled (shipped weights)"
     except models.ModelLoadError:
         torch.manual_seed(0)
-        net = build_architecture("scene_vgg", len(scenes.CLASS_NAMES)).eval()
+        net = build_architecture("scene_vgg", len(easy.CLASS_NAMES)).eval()
         from clrp.models.bundled import bundled_preprocessing
 
-        return (LoadedModel(net, list(scenes.CLASS_NAMES), bundled_preprocessing(), "scene_vgg-random"),
+        return (LoadedModel(net, list(easy.CLASS_NAMES), bundled_preprocessing(), "scene_vgg-random"),
                 "bundled architecture, RANDOM weights (shipped weights not installed)")
 
 
@@ -76,7 +76,7 @@ def vgg16_random(arch="vgg16"):
     torch.manual_seed(0)
     net = torchvision.models.get_model(arch).eval()   # random weights; nothing downloaded
     # the scenes' classes as the first 10 outputs' names (the weights are random anyway)
-    names = list(scenes.CLASS_NAMES) + [f"class_{i}" for i in range(10, 1000)]
+    names = list(easy.CLASS_NAMES) + [f"class_{i}" for i in range(10, 1000)]
     pp = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_size=(224, 224), resize=None)
     return LoadedModel(net, names, pp, f"{arch}-random", architecture=arch)
 
@@ -199,7 +199,7 @@ def main():
     try:
         if a.all_methods_images or a.all_methods_vgg_images:
             n = max(a.all_methods_images, a.all_methods_vgg_images)
-            root = scenes.voc_cache(n, scenes.EVALUATION_SEED, tmp)
+            root = presets.voc_cache(n, presets.EVALUATION_SEED, tmp)
             out["all_methods"] = {}
             runs = []
             if a.all_methods_images:
@@ -226,7 +226,7 @@ def main():
                       + (f"; no rows for {r['methods_without_rows']}" if r["methods_without_rows"] else ""))
                 sys.stdout.flush()
         if not a.skip_pointing:
-            root = scenes.voc_cache(max(a.images, a.vgg_images), scenes.EVALUATION_SEED, tmp)
+            root = presets.voc_cache(max(a.images, a.vgg_images), presets.EVALUATION_SEED, tmp)
             lm, what = bundled_or_random()
             out["pointing"] = {}
             models = [(lm, what, a.images)]

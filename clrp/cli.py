@@ -31,7 +31,8 @@ from .errors import ClrpError
 #: Default first seed of ``scenes:N``: disjoint from the bundled model's training scenes
 #: (seeds 0 .. 9,999,999), its held-out/monitor sets (10,000,000+) and ``bundled_metrics``
 #: (20,000,000+).
-from .scenes import EVALUATION_SEED as SCENES_DEFAULT_SEED  # noqa: E402
+from .scenes.presets import EVALUATION_SEED as SCENES_DEFAULT_SEED  # noqa: E402
+from .scenes import cli as scenes_cli  # noqa: E402
 from .datasets import FORMATS as DATASET_FORMATS  # noqa: E402
 EXIT_USAGE = 2
 EXIT_NOTHING = 1  # the run finished but evaluated no image
@@ -123,8 +124,8 @@ class FilteredDataset:
 
 
 def _parse_scenes(spec: str):
-    """``scenes:N[:SEED]`` / ``scenes-hard:N[:SEED]`` -> :class:`clrp.scene_presets.SceneSpec`."""
-    from .scene_presets import parse_spec
+    """``scenes:N[:SEED]`` / ``scenes-hard:N[:SEED]`` -> :class:`clrp.scenes.presets.SceneSpec`."""
+    from .scenes.presets import parse_spec
 
     try:
         return parse_spec(spec, SCENES_DEFAULT_SEED)
@@ -133,14 +134,14 @@ def _parse_scenes(spec: str):
 
 
 def scenes_dataset_dir(n: int, seed: int, folder: str, progress: bool = False, preset: str = "scenes") -> str:
-    """Generated scenes as a cached VOC folder (see :func:`clrp.scenes.voc_cache`)."""
-    from . import scenes
+    """Generated scenes as a cached VOC folder (see :func:`clrp.scenes.presets.voc_cache`)."""
+    from .scenes import presets
 
-    return scenes.voc_cache(n, seed, folder, progress=progress, preset=preset)
+    return presets.voc_cache(n, seed, folder, progress=progress, preset=preset)
 
 
 def _is_scenes_spec(text: str) -> bool:
-    from .scene_presets import is_spec
+    from .scenes.presets import is_spec
 
     return is_spec(text)
 
@@ -646,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--png", help="save a heatmap PNG")
     x.add_argument("--overlay", action="store_true", help="PNG: heatmap over the image")
     x.add_argument("--scale", type=int, default=1, help="PNG: enlarge by this factor")
+    scenes_cli.add_parser(sub)
     return ap
 
 
@@ -670,6 +672,7 @@ def cmd_protocols(a, argv) -> int:
 
 COMMANDS = {"evaluate": cmd_evaluate, "merge": cmd_merge, "methods": cmd_methods, "models": cmd_models,
             "explain": cmd_explain, "protocols": cmd_protocols}
+COMMANDS["scenes"] = scenes_cli.run
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -31,7 +31,7 @@ import torch
 
 import clrp
 from clrp.errors import ClrpError, DatasetError, ModelLoadError
-from clrp.scenes import EVALUATION_SEED
+from clrp.scenes.presets import EVALUATION_SEED
 
 DEV_ENV = "CLRP_DEV_RANDOM_MODELS"
 ROOTS_ENV = "CLRP_DATA_ROOTS"
@@ -161,11 +161,11 @@ def _dev_model(key: str):
             return LoadedModel(model, names, Preprocessing(), name=key, description=DEV_MODELS[key],
                                architecture="vgg16", multilabel=False)
         if key == "dev:bundled":
-            from clrp import scenes
             from clrp.models.bundled import build_model, bundled_preprocessing
+            from clrp.scenes.shapes import CLASS_NAMES
 
-            model = build_model({"num_classes": len(scenes.CLASS_NAMES)}).eval()
-            return LoadedModel(model, list(scenes.CLASS_NAMES), bundled_preprocessing(), name=key,
+            model = build_model({"num_classes": len(CLASS_NAMES)}).eval()
+            return LoadedModel(model, list(CLASS_NAMES), bundled_preprocessing(), name=key,
                                description=DEV_MODELS[key], architecture="scene_vgg", multilabel=True)
     raise ModelLoadError(f"unknown development model {key!r}")
 
@@ -179,15 +179,16 @@ def digest(data: bytes) -> str:
 
 def scene_png(seed: int) -> bytes:
     """A bundled procedural scene as PNG bytes (so samples and uploads take one code path)."""
-    from clrp import scenes, viz
+    from clrp import viz
+    from clrp.scenes import easy
 
-    return viz.to_png(scenes.generate_scene(int(seed)).image)
+    return viz.to_png(easy.generate_scene(int(seed)).image)
 
 
 def scene_info(seed: int) -> dict:
-    from clrp import scenes
+    from clrp.scenes import easy
 
-    sc = scenes.generate_scene(int(seed))
+    sc = easy.generate_scene(int(seed))
     return {"seed": int(seed), "classes": sc.class_names, "boxes": [list(o.box) for o in sc.objects]}
 
 
@@ -308,16 +309,16 @@ def runs_dir() -> Path:
 
 
 def scenes_dataset(n: int, seed: int = EVALUATION_SEED, root: Optional[Path] = None, preset: str = "scenes") -> Path:
-    """A VOC folder of ``n`` generated scenes of ``preset`` (``clrp.scene_presets.PRESETS``: the
+    """A VOC folder of ``n`` generated scenes of ``preset`` (``clrp.scenes.presets.PRESETS``: the
     bundled ``scenes`` or ``scenes-hard``; seeds ``seed..seed+n-1``), generated once and kept in the
     cache folder (never half-written, safe for several sessions) -- the ``scenes:N:SEED`` /
     ``scenes-hard:N:SEED`` datasets of the command line."""
-    from clrp.scene_presets import SceneSpec, dataset_dir, preset_module
+    from clrp.scenes.presets import SceneSpec, dataset_dir, get_preset
 
     n = int(n)
     if not 1 <= n <= 5000:
         raise DatasetError("choose between 1 and 5000 scenes")
-    preset_module(preset)  # an unknown preset: a message listing them
+    get_preset(preset)  # an unknown preset: a message listing them
     return Path(dataset_dir(SceneSpec(preset, n, int(seed)), root if root is not None else cache_dir()))
 
 

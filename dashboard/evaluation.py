@@ -15,7 +15,7 @@ import dataclasses
 
 import clrp
 from clrp import viz
-from clrp.scene_presets import DEFAULT_SEED, PRESET_MODEL, PRESETS
+from clrp.scenes.presets import DEFAULT_SEED, PRESET_MODEL, PRESETS
 from clrp.errors import ClrpError
 from clrp.datasets import FORMATS as DATASET_FORMATS
 from clrp.evaluation.runner import format_seconds
@@ -53,7 +53,7 @@ def dataset_source(kind: str) -> dict | None:
     if src == "Bundled scenes":
         c0, c1, c2 = st.columns([2, 1, 1])
         preset = c0.selectbox("Preset", list(PRESETS), key=f"{kind}_preset",
-                              format_func=lambda p: f"{p} — {PRESETS[p][1]}",
+                              format_func=lambda p: f"{p} — {PRESETS[p].description}",
                               help="The same datasets as `python -m clrp evaluate --dataset scenes:N` / `scenes-hard:N`; "
                                    "each preset has its model (" + ", ".join(f"{p}: {m}" for p, m in PRESET_MODEL.items())
                                    + "), any model with the same ten classes can be evaluated on it")

@@ -14,9 +14,10 @@ import numpy as np
 import streamlit as st
 import torch
 
-from clrp import notices, scenes, viz
+from clrp import notices, viz
 from clrp.errors import ClrpError
 from clrp.methods import MAP_KINDS, METHOD_LABELS, map_kind
+from clrp.scenes.presets import SAMPLE_SEED
 
 from . import core, identity
 from .safetext import md, redact, safe_filename
@@ -302,7 +303,7 @@ def set_image(data: bytes, name: str, scene: Optional[int] = None) -> None:
 
 def current_image() -> dict:
     if IMAGE_STATE not in st.session_state:
-        seed = scenes.SAMPLE_SEED
+        seed = SAMPLE_SEED
         set_image(core.scene_png(seed), f"scene {seed}", seed)
     return st.session_state[IMAGE_STATE]
 
@@ -316,7 +317,7 @@ def image_picker(key: str = "img") -> dict:
                        index=0 if img.get("scene") is not None else 1)
         if src == "Bundled scene":
             seed = st.number_input("Scene seed", min_value=0, max_value=2**31 - 1, step=1,
-                                   value=int(img["scene"]) if img.get("scene") is not None else scenes.SAMPLE_SEED,
+                                   value=int(img["scene"]) if img.get("scene") is not None else SAMPLE_SEED,
                                    key=f"{key}_img_seed", help="Procedural scenes with 1-3 shapes; the bundled model "
                                                            "never saw seeds from 10,000,000 on in training.")
             if img.get("scene") != int(seed):
@@ -387,7 +388,7 @@ def first_explanation(model_key: str):
     """The home page's first explanation, from the caches: ``(image, top 3 classes, map items)``.
     The server computes it once at start (:mod:`dashboard.warmup`), so the first visitor gets it
     from the cache."""
-    data = core.scene_png(scenes.SAMPLE_SEED)
+    data = core.scene_png(SAMPLE_SEED)
     dig = core.digest(data)
     x, image, _ = prepare_image(model_key, dig, data)
     top = top_classes(model_key, dig, x, 3)

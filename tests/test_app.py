@@ -399,12 +399,12 @@ def test_cancel_keeps_finished_batches(tmp_path):
 def test_lab_model_from_toml_config(monkeypatch, tmp_path):
     import torch
 
-    from clrp import scenes
     from clrp.models.bundled import build_model
+    from clrp.scenes.shapes import CLASS_NAMES
     from dashboard import ui
 
-    torch.save(build_model({"num_classes": len(scenes.CLASS_NAMES)}).state_dict(), tmp_path / "lab.pt")
-    (tmp_path / "classes.txt").write_text("\n".join(scenes.CLASS_NAMES))
+    torch.save(build_model({"num_classes": len(CLASS_NAMES)}).state_dict(), tmp_path / "lab.pt")
+    (tmp_path / "classes.txt").write_text("\n".join(CLASS_NAMES))
     (tmp_path / "lab.toml").write_text(
         '[[models]]\nname = "lab-scenes"\narchitecture = "scene_vgg"\nweights = "lab.pt"\n'
         'class_names = "classes.txt"\nmultilabel = true\nresize = false\ninput_size = [96, 96]\n'
@@ -425,9 +425,9 @@ def test_lab_model_from_toml_config(monkeypatch, tmp_path):
 
 
 def test_pointing_game_on_an_uploaded_voc_zip(tmp_path):
-    from clrp import scenes
+    from clrp.scenes import easy, export
 
-    z = scenes.export_voc(scenes.iter_scenes(3, 11), tmp_path / "voc.zip")
+    z = export.export_voc(easy.iter_scenes(3, 11), tmp_path / "voc.zip")
     at = app("pages/4_Pointing_Game.py").run()
     at.radio(key="pointing_src").set_value("Upload an archive").run()
     at.file_uploader(key="pointing_archive").set_value(("voc.zip", z.read_bytes(), "application/zip")).run()
@@ -442,10 +442,10 @@ def test_pointing_game_on_an_uploaded_voc_zip(tmp_path):
 
 
 def test_pointing_game_on_a_server_folder(monkeypatch, tmp_path):
-    from clrp import scenes
+    from clrp.scenes import easy, export
 
     root = tmp_path / "datasets"
-    scenes.export_voc(scenes.iter_scenes(3, 7), root / "voc3")
+    export.export_voc(easy.iter_scenes(3, 7), root / "voc3")
     monkeypatch.setenv(core.ROOTS_ENV, str(root))
     at = app("pages/4_Pointing_Game.py").run()
     at.radio(key="pointing_src").set_value("Folder on the server").run()
@@ -622,10 +622,10 @@ def test_upload_store_is_bounded(tmp_path):
     jobs.UPLOAD_MAX_AGE_S; tests/test_jobs.py)."""
     import shutil
 
-    from clrp import scenes as sc
+    from clrp.scenes import easy, export
 
     voc = tmp_path / "voc"
-    sc.export_voc(sc.iter_scenes(2, 30_000_000), voc)
+    export.export_voc(easy.iter_scenes(2, 30_000_000), voc)
     data = Path(shutil.make_archive(str(tmp_path / "voc"), "zip", voc)).read_bytes()
     r = _run("pointing", "dev:bundled", {"kind": "upload"}, {"methods": ["lrp"], "protocols": ["pointing"]},
              upload=("new.zip", data))

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 
-from clrp import scenes  # noqa: E402
+from clrp.scenes.presets import SAMPLE_SEED  # noqa: E402
 from clrp.models import bundled  # noqa: E402
 from dashboard import core  # noqa: E402
 from tests.test_app import MODEL, _env, app, heatmaps, map_grids, no_errors, png_bytes  # noqa: E402,F401 (_env: autouse)
@@ -32,7 +32,7 @@ def top(data: bytes, k: int):
 
 def scene_with_other_top(k: int = 1) -> int:
     """A scene seed whose top-k classes differ from the sample scene's."""
-    first = top(core.scene_png(scenes.SAMPLE_SEED), k)
+    first = top(core.scene_png(SAMPLE_SEED), k)
     for seed in range(20_000_100, 20_000_200):
         if set(top(core.scene_png(seed), k)).isdisjoint(first):
             return seed
@@ -65,7 +65,7 @@ def _value(at, key):
 def test_a_new_scene_or_upload_selects_its_top_classes(page, prefix, widget, k):
     at = app(page).run()
     no_errors(at)
-    assert _value(at, widget) == top(core.scene_png(scenes.SAMPLE_SEED), k)
+    assert _value(at, widget) == top(core.scene_png(SAMPLE_SEED), k)
     seed = scene_with_other_top(k)
     at.number_input(key=f"{prefix}_img_seed").set_value(seed).run()
     no_errors(at)
@@ -79,7 +79,7 @@ def test_a_new_scene_or_upload_selects_its_top_classes(page, prefix, widget, k):
 
 def test_a_class_the_user_pinned_stays_with_a_new_image():
     at = app("pages/1_Explain.py").run()
-    first = top(core.scene_png(scenes.SAMPLE_SEED), 1)
+    first = top(core.scene_png(SAMPLE_SEED), 1)
     pinned = [c for c in range(3) if [c] != first][:1] + first
     at.multiselect(key="explain_classes").set_value(pinned).run()
     at.number_input(key="explain_img_seed").set_value(scene_with_other_top()).run()
@@ -91,7 +91,7 @@ def test_a_new_layer_selects_its_top_channels_and_keeps_the_pair_row():
     at = app("pages/3_Neuron_contrast.py").run()
     no_errors(at)
     lm = _lm()
-    x = lm.load_image(core.scene_png(scenes.SAMPLE_SEED)).tensor
+    x = lm.load_image(core.scene_png(SAMPLE_SEED)).tensor
     target = at.session_state["neuron_class"]
     layers = at.selectbox(key="neuron_layer").options
     other = next(layer for layer in layers if layer != at.selectbox(key="neuron_layer").value)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from clrp import models, scenes_hard
+from clrp import models
+from clrp.scenes import hard
 from clrp.models import bundled, bundled_hard
 from clrp.models.bundled_metrics import evaluate_model
 
@@ -20,12 +21,12 @@ def lm():
 
 def test_loads_by_name_with_its_metadata(lm):
     assert lm.name == "bundled-hard" and lm.multilabel
-    assert lm.class_names == list(scenes_hard.CLASS_NAMES)
+    assert lm.class_names == list(hard.CLASS_NAMES)
     assert tuple(lm.preprocessing.input_size) == (bundled_hard.INPUT_SIZE,) * 2
     meta = json.loads(bundled_hard.META_FILE.read_text())
     assert meta["architecture"]["features"] == bundled_hard.HARD_CONFIG["features"]
-    assert meta["scene_preset"] == "scenes-hard" and meta["scene_size"] == scenes_hard.SCENE_SIZE
-    assert set(meta["heldout_metrics"]["per_class_AP"]) == set(scenes_hard.CLASS_NAMES)
+    assert meta["scene_preset"] == "scenes-hard" and meta["scene_size"] == hard.SCENE_SIZE
+    assert set(meta["heldout_metrics"]["per_class_AP"]) == set(hard.CLASS_NAMES)
     assert meta["heldout_metrics"]["scene_seeds"][0] == bundled_hard.HELDOUT_SEED_BASE
     # deeper than the bundled model, batch norm folded away, small enough for the repository
     convs = [m for m in lm.model.modules() if isinstance(m, nn.Conv2d)]

@@ -456,10 +456,11 @@ def test_box_to_mask_fractional_and_clipped():
 
 
 def test_voc_masks_from_scene_export_and_segmentation_object(tmp_path):
-    scenes = pytest.importorskip("clrp.scenes")
-    sc = [scenes.generate_scene(s) for s in (11, 12, 13)]
+    from clrp.scenes import easy, export
+
+    sc = [easy.generate_scene(s) for s in (11, 12, 13)]
     z = tmp_path / "scenes.zip"
-    scenes.export_voc(sc, z, split="test")
+    export.export_voc(sc, z, split="test")
     with open_dataset(str(z), split="test") as ds:
         got = list(ds)
         assert len(got) == 3 and ds.problems == []

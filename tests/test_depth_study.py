@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from clrp import scenes, scenes_hard
+from clrp.scenes import easy as easy_world
+from clrp.scenes import hard as hard_world
 from clrp.models import bundled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def test_trainer_features_and_study_end_to_end(tmp_path, torch_globals):
             assert -1.0 <= r[f"{m} mean r"] <= 1.0
         assert 0.0 <= r["share with a present logit < 0"] <= 1.0
     seeds = numbers["seeds"]
-    assert len(seeds) == 2 and all(len(scenes.generate_scene(s).objects) == 2 for s in seeds)
+    assert len(seeds) == 2 and all(len(easy_world.generate_scene(s).objects) == 2 for s in seeds)
     assert seeds[0] >= 30_000_000
 
 
@@ -86,8 +87,8 @@ def test_two_class_seeds_per_world():
     study = _script("depth_study")
     easy = study.two_class_seeds(3, 30_000_000, "scenes")
     hard = study.two_class_seeds(3, 30_000_000, "scenes-hard")
-    assert all(len(scenes.generate_scene(s).objects) == 2 for s in easy)
-    assert all(len(scenes_hard.scene_classes(s)) == 2 for s in hard)
+    assert all(len(easy_world.generate_scene(s).objects) == 2 for s in easy)
+    assert all(len(hard_world.scene_classes(s)) == 2 for s in hard)
     assert study.two_class_seeds(3, 30_000_000) == hard              # the default world is unchanged
 
 
@@ -108,7 +109,7 @@ def test_variant_training_and_headroom_probe_with_its_model(tmp_path, torch_glob
     meta = json.loads((out / "scene_vgg_d4_small.json").read_text())
     assert meta["name"] == "scene_vgg_d4_small" and "small" in meta["scene_variant"]
     assert "--variant small" in meta["training"]["command"]
-    assert scenes_hard.SIZE_CATEGORIES[0][1] == 0.5            # the preset is restored after the run
+    assert hard_world.PRESET.size_categories[0][1] == 0.5      # the preset is untouched by the run
     assert {p: p.stat().st_mtime_ns for p in (ROOT / "clrp" / "models" / "assets").iterdir()} == shipped
     # another depth of the preset's world: its log goes beside its weights, not over the shipped log
     assert train.main([*common, "--depth-out", str(tmp_path / "p")]) == 0
@@ -130,8 +131,7 @@ def test_variant_training_and_headroom_probe_with_its_model(tmp_path, torch_glob
 
     lm = probe.variant_model(models.load("bundled-hard"), out / "scene_vgg_d4_small.pt")
     assert lm.preprocessing.input_size == (64, 64)
-    with scenes_hard.variant("small"):
-        sc = list(scenes_hard.iter_scenes(2, 30_000_000))   # the probe's scenes
+    sc = list(hard_world.iter_scenes(2, 30_000_000, world=hard_world.VARIANTS["small"]))   # the probe's scenes
     logits = predict_scenes(lm.model, sc, preprocessing=lm.preprocessing)
     labels = np.stack([s.labels for s in sc])
     want = np.nanmean([average_precision(logits[:, k], labels[:, k]) for k in range(labels.shape[1])])
@@ -144,10 +144,9 @@ def test_headroom_probe_places_of_the_arg_max():
     import pandas as pd
 
     probe = _script("headroom_probe")
-    with scenes_hard.variant("context"):
-        sc = next(s for s in scenes_hard.iter_scenes(50, 30_000_000)
-                  if len({c for c, *_ in s.contexts} & {o.class_name for o in s.objects}) >= 2)
-    bands = scenes_hard.context_masks(sc)
+    sc = next(s for s in hard_world.iter_scenes(50, 30_000_000, world=hard_world.VARIANTS["context"])
+              if len({c for c, *_ in s.contexts} & {o.class_name for o in s.objects}) >= 2)
+    bands = hard_world.context_masks(sc)
     objects = np.any([o.mask for o in sc.objects], axis=0)
     a, b = [o.class_name for o in sc.objects if o.class_name in bands][:2]
 
@@ -166,4 +165,4 @@ def test_headroom_probe_places_of_the_arg_max():
                           "point_x": float(x), "skipped": None} for i, (y, x) in enumerate(pts)])
     where = probe.argmax_places(rows, [sc])
     assert [where.loc[f"m{i}"].idxmax() for i in range(5)] == list(probe.PLACES)
-    assert probe.argmax_places(rows, [scenes_hard.generate_scene(30_000_000)]) is None
+    assert probe.argmax_places(rows, [hard_world.generate_scene(30_000_000)]) is None

@@ -324,10 +324,10 @@ def test_lab_model_errors_hide_server_paths_from_visitors(tmp_path, monkeypatch)
 
 
 def _voc_root(tmp_path):
-    from clrp import scenes
+    from clrp.scenes import easy, export
 
     root = tmp_path / "datasets"
-    scenes.export_voc(scenes.iter_scenes(2, 7), root / "voc2")
+    export.export_voc(easy.iter_scenes(2, 7), root / "voc2")
     return root
 
 

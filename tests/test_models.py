@@ -12,7 +12,7 @@ from clrp.errors import ClrpError
 from clrp.models import (LoadedModel, ModelLoadError, UnsafeWeights, WeightsNotFound, available_models, load,
                          load_finetuned, load_state_dict)
 from clrp.models import bundled
-from clrp.scenes import CLASS_NAMES
+from clrp.scenes.shapes import CLASS_NAMES
 
 SUPPORTED = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Linear,
              nn.Dropout, nn.Sequential)
@@ -307,7 +307,7 @@ def test_unknown_model_and_options():
 def test_loaded_model_image_helpers():
     from PIL import Image
 
-    from clrp.scenes import generate_scene
+    from clrp.scenes.easy import generate_scene
 
     lm = load()
     sc = generate_scene(20_900_001)

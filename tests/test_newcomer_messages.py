@@ -152,15 +152,15 @@ def test_mapping_advice_fits_where_it_is_shown(tmp_path, capsys):
     no Python argument; the command line adds its --mapping option."""
     import torch
 
-    from clrp import scenes
+    from clrp.scenes.shapes import CLASS_NAMES
     from clrp.evaluation.runner import run_evaluation
     from clrp.models import build_architecture
 
     root = _unmapped_dataset(tmp_path)
     torch.manual_seed(0)
-    net = build_architecture("scene_vgg", len(scenes.CLASS_NAMES))
+    net = build_architecture("scene_vgg", len(CLASS_NAMES))
     torch.save(net.state_dict(), tmp_path / "w.pt")
-    (tmp_path / "classes.txt").write_text("\n".join(scenes.CLASS_NAMES))
+    (tmp_path / "classes.txt").write_text("\n".join(CLASS_NAMES))
     from clrp.models import load
 
     lm = load("tiny", architecture="scene_vgg", weights=str(tmp_path / "w.pt"),

@@ -87,11 +87,11 @@ def test_the_command_line_lists_and_runs_a_registered_protocol(toy, tmp_path, ca
 
     from .test_cli import _model_args
 
-    from clrp import scenes
+    from clrp.scenes.shapes import CLASS_NAMES
     from clrp.models import build_architecture
     torch.manual_seed(0)
-    torch.save(build_architecture("scene_vgg", len(scenes.CLASS_NAMES)).state_dict(), tmp_path / "rand.pt")
-    (tmp_path / "classes.txt").write_text("\n".join(scenes.CLASS_NAMES))
+    torch.save(build_architecture("scene_vgg", len(CLASS_NAMES)).state_dict(), tmp_path / "rand.pt")
+    (tmp_path / "classes.txt").write_text("\n".join(CLASS_NAMES))
     out = tmp_path / "run"
     code = cli.main(["evaluate", "--dataset", "scenes:3", "--cache-dir", str(tmp_path / "cache"), *_model_args(tmp_path),
                      "--methods", "lrp", "--protocols", "pointing,toy_mass", "--set", "toy_mass.threshold=0.1",

@@ -124,9 +124,9 @@ def test_shell_command_runs_as_documented(line, cmd, tmp_path):
     if "photo.jpg" in cmd:  # the user's photo: a bundled scene saved as JPEG
         from PIL import Image
 
-        from clrp import scenes
+        from clrp.scenes import easy, presets
 
-        Image.fromarray(scenes.generate_scene(scenes.SAMPLE_SEED).image).save(tmp_path / "photo.jpg", quality=92)
+        Image.fromarray(easy.generate_scene(presets.SAMPLE_SEED).image).save(tmp_path / "photo.jpg", quality=92)
     args = shlex.split(cmd)
     for s, extra in SHORTEN.items():
         if s in cmd:

@@ -7,8 +7,9 @@ import pytest
 from defusedxml.ElementTree import fromstring as safe_fromstring
 from PIL import Image
 
-from clrp import scenes
-from clrp.scenes import CLASS_NAMES, SCENE_SIZE, export_voc, generate_dataset, generate_scene
+from clrp.scenes.easy import SCENE_SIZE, generate_dataset, generate_scene
+from clrp.scenes.export import export_voc, scene_to_voc_xml
+from clrp.scenes.shapes import CLASS_NAMES, Scene, SceneObject
 
 
 def _digest(scene):
@@ -128,6 +129,6 @@ def test_voc_box_convention_exact():
     # a tiny hand-checkable case: box (x0,y0,x1,y1) 0-based inclusive -> VOC 1-based inclusive
     mask = np.zeros((8, 8), bool)
     mask[2:5, 3:7] = True
-    sc = scenes.Scene(np.zeros((8, 8, 3), np.uint8), [scenes.SceneObject("star", 3, (3, 2, 6, 4), mask)], seed=1)
-    _, _, objs = _parse_voc(scenes.scene_to_voc_xml(sc, "x.jpg"))
+    sc = Scene(np.zeros((8, 8, 3), np.uint8), [SceneObject("star", 3, (3, 2, 6, 4), mask)], seed=1)
+    _, _, objs = _parse_voc(scene_to_voc_xml(sc, "x.jpg"))
     assert objs == [("star", 0, (4, 3, 7, 5))]

@@ -1,4 +1,4 @@
-"""The hard scene preset (clrp.scenes_hard) and the scenes-hard:N dataset spec."""
+"""The hard scene preset (clrp.scenes.hard), its world variants and the scenes-hard:N dataset spec."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from clrp import scene_presets, scenes_hard as H
+from clrp.scenes import hard as H
+from clrp.scenes import presets
+from clrp.scenes.hard_paint import CONTEXT_EDGES, CONTEXT_WIDTH, paint
 from clrp.errors import ClrpError
 
 SEEDS = list(range(30_000_000, 30_000_000 + 40))
@@ -75,7 +77,7 @@ def test_objects_are_painted_where_their_masks_are(some_scenes):
     # the visible pixels of an object differ from the scene without it: its mask is where it is drawn
     sc = some_scenes[0]
     objs, vis = H._layout(sc.seed, H.SCENE_SIZE)
-    img_without, *_ = H._paint(sc.seed, objs, [v * 0 for v in vis], H.SCENE_SIZE)
+    img_without, *_ = paint(H._rng(sc.seed, 2), H._rng(sc.seed, 3), objs, [v * 0 for v in vis], H.SCENE_SIZE, H.PRESET)
     for o in sc.objects:
         diff = np.abs(sc.image.astype(int) - img_without.astype(int)).sum(-1)
         assert np.median(diff[o.mask]) > 20
@@ -130,16 +132,16 @@ def test_sample_classes_is_the_scene_code_path():
 
 
 def test_scene_specs():
-    sp = scene_presets.parse_spec("scenes-hard:12")
-    assert (sp.preset, sp.n, sp.seed) == ("scenes-hard", 12, scene_presets.DEFAULT_SEED)
-    assert scene_presets.parse_spec("scenes:3:7") == scene_presets.SceneSpec("scenes", 3, 7)
-    assert scene_presets.is_spec("scenes-hard:5") and scene_presets.is_spec("scenes:5")
-    assert not scene_presets.is_spec("/data/voc") and not scene_presets.is_spec("scenes-hard")
+    sp = presets.parse_spec("scenes-hard:12")
+    assert (sp.preset, sp.n, sp.seed) == ("scenes-hard", 12, presets.DEFAULT_SEED)
+    assert presets.parse_spec("scenes:3:7") == presets.SceneSpec("scenes", 3, 7)
+    assert presets.is_spec("scenes-hard:5") and presets.is_spec("scenes:5")
+    assert not presets.is_spec("/data/voc") and not presets.is_spec("scenes-hard")
     for bad in ("scenes-hard:x", "scenes-hard:0", "scenes-hard:3:4:5", "scenes-hard:3:-1", "scenes-easy:3"):
         with pytest.raises(ClrpError):
-            scene_presets.parse_spec(bad)
-    assert scene_presets.generate_scene("hard_00000003").image.shape[0] == H.SCENE_SIZE
-    assert scene_presets.generate_scene("scene_00000003").image.shape[0] == 128
+            presets.parse_spec(bad)
+    assert presets.scene_from_id("hard_00000003").image.shape[0] == H.SCENE_SIZE
+    assert presets.scene_from_id("scene_00000003").image.shape[0] == 128
 
 
 def test_cli_parser_accepts_scenes_hard():
@@ -155,9 +157,9 @@ def test_cli_parser_accepts_scenes_hard():
 def test_voc_export_round_trip(tmp_path):
     from clrp.datasets import open_dataset
 
-    root = scene_presets.dataset_dir("scenes-hard:3:40000000", tmp_path)
+    root = presets.dataset_dir("scenes-hard:3:40000000", tmp_path)
     assert root.endswith("scenes-hard-3-40000000")
-    assert scene_presets.dataset_dir("scenes-hard:3:40000000", tmp_path) == root   # cached
+    assert presets.dataset_dir("scenes-hard:3:40000000", tmp_path) == root   # cached
     ds = open_dataset(root, "voc", split="test")
     samples = list(ds.samples())
     assert [s.image_id for s in samples] == [f"hard_{40000000 + i:08d}" for i in range(3)]
@@ -170,36 +172,48 @@ def test_voc_export_round_trip(tmp_path):
             assert (gt == o.mask).all()      # the exported mask is the visible part
 
 
-def test_world_variants_change_the_world_and_restore_it():
-    """scenes_hard.variant: the world changes inside the block (the exact statistics too), the preset
-    is restored after it, also after an error; the shipped variant is the preset."""
+def test_world_variants_are_values_passed_in():
+    """hard.VARIANTS: a variant changes the world of the calls it is passed to (the exact statistics
+    too); the preset, its statistics and the module constants never change; shipped is the preset."""
     ci = H.CLASS_NAMES.index
     before = H.class_statistics()["pair"].copy()
     seeds = range(20_000_000, 20_000_040)
     shipped = [H.scene_classes(s) for s in seeds]
-    with H.variant("partners"):
-        st = H.class_statistics()
-        cond = st["pair"] / st["class"][:, None]
-        # a partner is added whenever the scene has room (it has none when its class is drawn last)
-        assert all(0.84 < cond[ci(a), ci(b)] < 0.85 and before[ci(a), ci(b)] / before[ci(a), ci(a)] < 0.81
-                   for a, b in H.PARTNERS)
-    with H.variant("crowded"):
-        assert all(len(H.scene_classes(s)) == 5 for s in seeds)
-    with H.variant("small"):
-        objs = [o for s in range(40) for o in H.generate_layout(s)]
-        assert all((o.box[2] - o.box[0] + 1) * (o.box[3] - o.box[1] + 1) < H.SMALL_AREA for o in objs)
-    with pytest.raises(RuntimeError):
-        with H.variant("apart"):
-            assert H.OCCLUDE_P == 0.0
-            raise RuntimeError("inside")
-    assert H.OCCLUDE_P == 0.5 and H.PARTNER_P == 0.9
+    st = H.class_statistics(H.world_variant("partners"))
+    cond = st["pair"] / st["class"][:, None]
+    # a partner is added whenever the scene has room (it has none when its class is drawn last)
+    assert all(0.84 < cond[ci(a), ci(b)] < 0.85 and before[ci(a), ci(b)] / before[ci(a), ci(a)] < 0.81
+               for a, b in H.PARTNERS)
+    assert all(len(H.scene_classes(s, H.VARIANTS["crowded"])) == 5 for s in seeds)
+    objs = [o for s in range(40) for o in H.generate_layout(s, world=H.VARIANTS["small"])]
+    assert all((o.box[2] - o.box[0] + 1) * (o.box[3] - o.box[1] + 1) < H.SMALL_AREA for o in objs)
+    assert H.VARIANTS["apart"].occlude_p == 0.0 and H.VARIANTS["apart"].changes() == {"OCCLUDE_P": 0.0}
+    assert H.OCCLUDE_P == 0.5 and H.PARTNER_P == 0.9 and H.PRESET.occlude_p == 0.5
     assert np.array_equal(H.class_statistics()["pair"], before)
     assert [H.scene_classes(s) for s in seeds] == shipped
-    with H.variant("shipped"):
-        assert [H.scene_classes(s) for s in seeds] == shipped
+    assert H.VARIANTS["shipped"] == H.PRESET and H.PRESET.changes() == {}
+    assert [H.scene_classes(s, H.VARIANTS["shipped"]) for s in seeds] == shipped
     with pytest.raises(ValueError, match="known: shipped"):
-        with H.variant("nope"):
-            pass
+        H.world_variant("nope")
+    with pytest.raises(Exception):   # a value: nobody changes the preset in place
+        H.PRESET.occlude_p = 0.0
+
+
+def test_world_variants_generate_concurrently():
+    """Several worlds generated at once in threads give the scenes each gives alone (the former
+    module-global switch could not)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(s, name) for s in (30_000_000, 30_000_001) for name in ("shipped", "crowded", "small", "context")]
+
+    def digest(job):
+        sc = H.generate_scene(job[0], world=H.VARIANTS[job[1]])
+        return sc.image.tobytes(), [(o.class_index, o.box) for o in sc.objects], sc.contexts
+
+    alone = [digest(j) for j in jobs]
+    with ThreadPoolExecutor(4) as ex:
+        assert list(ex.map(digest, jobs)) == alone
+    assert len({a[0] for a in alone}) == len(jobs)
 
 
 def test_context_variant_bands_follow_their_rates_and_leave_the_layout_alone():
@@ -208,34 +222,49 @@ def test_context_variant_bands_follow_their_rates_and_leave_the_layout_alone():
     those of the preset's scene of the same seed; the preset itself draws no band."""
     seeds = range(20_000_000, 20_000_300)
     assert all(H.generate_scene(s).contexts == () for s in seeds[:5])
-    with H.variant("context"):
-        p, q = H.CONTEXT_P, H.CONTEXT_FALSE_P
-        present = drawn = false = 0
-        for s in seeds:
-            sc = H.generate_scene(s)
-            names = {o.class_name for o in sc.objects}
-            bands = [c for c, *_ in sc.contexts]
-            assert all(edge in H.CONTEXT_EDGES and H.CONTEXT_WIDTH[0] <= w <= H.CONTEXT_WIDTH[1]
-                       for _, edge, w, *_ in sc.contexts)
-            masks = H.context_masks(sc)
-            assert set(masks) == set(bands)
-            for c, edge, w, *_ in sc.contexts:   # a band lies along its edge, at most width + 8 px deep
-                ys, xs = np.nonzero(masks[c])
-                depth = {"top": ys, "bottom": 223 - ys, "left": xs, "right": 223 - xs}[edge]
-                assert depth.min() == 0 and depth.max() <= w + 8
-            present += len(names)
-            drawn += sum(c in names for c in bands)
-            extra = [c for c in bands if c not in names]
-            assert len(extra) <= 1
-            false += len(extra)
-            if s < seeds[0] + 5:
-                lay = H.generate_layout(s)
-                with H.variant("shipped"):
-                    plain = H.generate_scene(s)
-                assert [(o.class_index, o.box) for o in lay] == [(o.class_index, o.box) for o in plain.objects]
-                assert all((o.mask == m.mask).all() for o, m in zip(plain.objects, sc.objects))
-                assert plain.contexts == () and plain.image.tobytes() != sc.image.tobytes()
-        n = len(seeds)
-        assert abs(drawn - present * p) <= 4.5 * (present * p * (1 - p)) ** 0.5
-        assert abs(false - n * q) <= 4.5 * (n * q * (1 - q)) ** 0.5
-    assert H.CONTEXT_P == 0.0 and H.CONTEXT_FALSE_P == 0.0
+    ctx = H.VARIANTS["context"]
+    p, q = ctx.context_p, ctx.context_false_p
+    present = drawn = false = 0
+    for s in seeds:
+        sc = H.generate_scene(s, world=ctx)
+        names = {o.class_name for o in sc.objects}
+        bands = [c for c, *_ in sc.contexts]
+        assert all(edge in CONTEXT_EDGES and CONTEXT_WIDTH[0] <= w <= CONTEXT_WIDTH[1]
+                   for _, edge, w, *_ in sc.contexts)
+        masks = H.context_masks(sc)
+        assert set(masks) == set(bands)
+        for c, edge, w, *_ in sc.contexts:   # a band lies along its edge, at most width + 8 px deep
+            ys, xs = np.nonzero(masks[c])
+            depth = {"top": ys, "bottom": 223 - ys, "left": xs, "right": 223 - xs}[edge]
+            assert depth.min() == 0 and depth.max() <= w + 8
+        present += len(names)
+        drawn += sum(c in names for c in bands)
+        extra = [c for c in bands if c not in names]
+        assert len(extra) <= 1
+        false += len(extra)
+        if s < seeds[0] + 5:
+            lay = H.generate_layout(s, world=ctx)
+            plain = H.generate_scene(s)
+            assert [(o.class_index, o.box) for o in lay] == [(o.class_index, o.box) for o in plain.objects]
+            assert all((o.mask == m.mask).all() for o, m in zip(plain.objects, sc.objects))
+            assert plain.contexts == () and plain.image.tobytes() != sc.image.tobytes()
+    n = len(seeds)
+    assert abs(drawn - present * p) <= 4.5 * (present * p * (1 - p)) ** 0.5
+    assert abs(false - n * q) <= 4.5 * (n * q * (1 - q)) ** 0.5
+    assert H.PRESET.context_p == 0.0 and H.PRESET.context_false_p == 0.0
+
+
+def test_render_arrays_draws_the_world_it_is_given():
+    """The training scripts' scene arrays come from the variant passed in (train_hard_model --variant)."""
+    class Identity:
+        @staticmethod
+        def display_array(img):
+            return img
+
+    x, y = presets.render_arrays("scenes-hard", 3, 30_000_000, Identity(), chunk=2, world=H.VARIANTS["crowded"])
+    assert x.shape == (3, H.SCENE_SIZE, H.SCENE_SIZE, 3) and (y.sum(1) == 5).all()
+    assert x[0].tobytes() == H.generate_scene(30_000_000, world=H.VARIANTS["crowded"]).image.tobytes()
+    shipped = presets.render_arrays("scenes-hard", 3, 30_000_000, Identity())[1]
+    assert (shipped.sum(1) < 5).any()
+    with pytest.raises(ClrpError, match="no world variants"):
+        presets.render_arrays("scenes", 1, 0, Identity(), world=H.VARIANTS["crowded"])

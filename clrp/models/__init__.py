@@ -2,9 +2,9 @@
 
 Entries
 - ``bundled`` (default): a small VGG-style CNN trained multi-label on clrp's procedural shape
-  scenes (:mod:`clrp.scenes`); weights ship inside the package (``clrp/models/assets/``).
+  scenes (:mod:`clrp.scenes.easy`); weights ship inside the package (``clrp/models/assets/``).
 - ``bundled-hard``: a deeper VGG-pattern CNN (8 convs) trained the same way on the hard scene
-  preset (:mod:`clrp.scenes_hard`, 224 px scenes seen at 128 px); also ships with the package.
+  preset (:mod:`clrp.scenes.hard`, 224 px scenes seen at 128 px); also ships with the package.
 - every torchvision classification model (``torchvision.models.list_models(module=
   torchvision.models)``: ``resnet50``, ``densenet121``, ``efficientnet_b0``, ``vgg16``, ``vit_b_16``,
   ...) with its default ImageNet weights, or other weights by tag (``resnet50.IMAGENET1K_V1``).

@@ -31,12 +31,12 @@ DEFAULT_CONFIG: dict = {
 }
 
 
-#: Networks of the easy-world depth study (``scripts/depth_study.py --world scenes``), by number of
+#: Networks of the easy-world depth study (``scripts/research/depth_study.py --world scenes``), by number of
 #: convs: the shipped 5-conv model and the same family with 3, 4 and 9 convs (the 9-conv one in VGG's
 #: pattern of blocks of 1-1-2-2-3 convs between pools, its upper widths 64 and 96 instead of 128 so
 #: that its weights stay near 2 MB and it trains as fast as the shipped one on a CPU); input size,
 #: global max-pool and hidden layer alike. Trained on the shipped model's training scenes with its
-#: recipe: ``scripts/train_bundled_model.py --features 32,M,64,M,128,G --name scenes_vgg_d3`` etc.
+#: recipe: ``scripts/assets/train_bundled_model.py --features 32,M,64,M,128,G --name scenes_vgg_d3`` etc.
 DEPTH_CONFIGS: dict[int, dict] = {
     3: dict(DEFAULT_CONFIG, features=[32, "M", 64, "M", 128, "G"]),
     4: dict(DEFAULT_CONFIG, features=[32, "M", 64, "M", 128, "M", 128, "G"]),
@@ -117,7 +117,7 @@ def build_model(config: dict | None = None, batch_norm: bool = False) -> SceneVG
 
 
 def load_trained(weights) -> tuple[SceneVGG, dict]:
-    """A network written by the training scripts (``scripts/train_*_model.py``): the weights file
+    """A network written by the training scripts (``scripts/assets/train_*_model.py``): the weights file
     and its metadata ``.json`` beside it -> ``(model in eval mode, metadata)``; tensors only."""
     import json
     from pathlib import Path

@@ -1,14 +1,14 @@
 """The ``bundled-hard`` scene classifier: a deeper VGG-pattern :class:`~clrp.models.bundled.SceneVGG`
-for the hard scene preset (:mod:`clrp.scenes_hard`), and the models of the depth study.
+for the hard scene preset (:mod:`clrp.scenes.hard`), and the models of the depth study.
 
 Same building blocks as the bundled model (3x3 convs trained with batch norm, which is folded into
 the convs before shipping; 2x2 max-pools; a global max-pool; one hidden dense layer), more convs:
 VGG's pattern of blocks of two (and three) convs between pools. Input: the whole 224 px scene
 resized to 128 x 128 (small objects, 20-44 px in the scene, are 11-25 px there).
 
-``DEPTH_CONFIGS`` holds the networks of ``scripts/depth_study.py``: the same family with 4, 8
+``DEPTH_CONFIGS`` holds the networks of ``scripts/research/depth_study.py``: the same family with 4, 8
 (= ``HARD_CONFIG``) and 13 convs (VGG16's pattern of 2-2-3-3-3), trained on the same scenes with
-the same recipe (``scripts/train_hard_model.py --depth``).
+the same recipe (``scripts/assets/train_hard_model.py --depth``).
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
     python -m clrp.models.bundled_metrics [--model bundled|bundled-hard|all] [-n 1000] [--seed 20000000]
 
-``bundled`` is evaluated on the easy preset (:mod:`clrp.scenes`), ``bundled-hard`` on the hard
-preset (:mod:`clrp.scenes_hard`). Seeds default to 20_000_000+, disjoint from the training seeds
+``bundled`` is evaluated on the easy preset (:mod:`clrp.scenes.easy`), ``bundled-hard`` on the hard
+preset (:mod:`clrp.scenes.hard`). Seeds default to 20_000_000+, disjoint from the training seeds
 (< 10_000_000) and from the held-out set recorded in the metadata (10_000_000+).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .. import scenes
+from ..scenes import easy
 from . import bundled
 
 
@@ -40,11 +40,11 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
 #: shipped model -> (scene preset, preprocessing factory)
 def _model_world(name: str):
-    from .. import scenes_hard
+    from ..scenes import hard
     from . import bundled_hard
 
-    worlds = {"bundled": (scenes, bundled.bundled_preprocessing),
-              "bundled-hard": (scenes_hard, bundled_hard.hard_preprocessing)}
+    worlds = {"bundled": (easy, bundled.bundled_preprocessing),
+              "bundled-hard": (hard, bundled_hard.hard_preprocessing)}
     if name not in worlds:
         raise ValueError(f"no scene world for model {name!r}; choose from {', '.join(worlds)}")
     return worlds[name]

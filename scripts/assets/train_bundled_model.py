@@ -30,14 +30,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from clrp import scene_presets, scenes  # noqa: E402
+from clrp.scenes import easy, presets  # noqa: E402
 from clrp.models import bundled  # noqa: E402
 from clrp.models.bundled_metrics import evaluate_model, format_metrics  # noqa: E402
 
 
 def build_cache(n: int, seed_base: int, workers: int):
     """``n`` easy scenes (seeds ``seed_base ..``) at the model's input geometry."""
-    return scene_presets.render_arrays("scenes", n, seed_base, bundled.bundled_preprocessing(), workers=workers,
+    return presets.render_arrays("scenes", n, seed_base, bundled.bundled_preprocessing(), workers=workers,
                                        chunk=1000)
 
 
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     torch.use_deterministic_algorithms(True)
 
     cfg = dict(bundled.DEFAULT_CONFIG, features=bundled.parse_features(a.features))
-    cfg["num_classes"] = len(scenes.CLASS_NAMES)
+    cfg["num_classes"] = len(easy.CLASS_NAMES)
     model = bundled.build_model(cfg, batch_norm=True)  # BN folded into the convs after training
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params} parameters, config {cfg}", flush=True)
@@ -161,9 +161,9 @@ def main(argv=None) -> int:
         "name": "bundled" if a.name == bundled.WEIGHTS_FILE.stem else a.name,
         "description": "VGG-style CNN (no batch norm) trained multi-label on clrp's procedural shape scenes",
         **({} if a.name == bundled.WEIGHTS_FILE.stem else {"n_convs": bundled.n_convs(cfg)}),
-        "class_names": list(scenes.CLASS_NAMES),
+        "class_names": list(easy.CLASS_NAMES),
         "preprocessing": bundled.bundled_preprocessing().to_dict(),
-        "scene_size": scenes.SCENE_SIZE,
+        "scene_size": easy.SCENE_SIZE,
         "architecture": cfg,
         "training": {
             "seed": a.seed, "steps": a.steps, "batch": a.batch, "lr": a.lr, "weight_decay": a.weight_decay,

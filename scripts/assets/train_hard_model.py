@@ -6,7 +6,7 @@
     python scripts/assets/train_hard_model.py --train-scenes 256 --steps 20 --heldout 64 --monitor 0 \
         --out /tmp/m --depth-out /tmp/m       # quick smoke run (CPU)
 
-``--train-scenes`` hard scenes (:mod:`clrp.scenes_hard`, seeds 0 .. n-1, disjoint from the
+``--train-scenes`` hard scenes (:mod:`clrp.scenes.hard`, seeds 0 .. n-1, disjoint from the
 held-out seeds 10_000_000+ and the metrics seeds 20_000_000+) are generated once in ``--workers``
 processes (each scene is a pure function of its seed: the cache does not depend on the number of
 workers), resized to the model's 128 x 128 input and kept in memory (on the GPU when training
@@ -20,7 +20,7 @@ the batch norms are folded into the convs. On CUDA the forward/backward runs in 
 Outputs: the 8-conv network goes to ``--out`` as the shipped model (``bundled_hard_vgg.pt`` +
 ``bundled_hard_vgg.json`` with the held-out mAP on ``--heldout`` scenes of seeds 10,000,000+);
 every depth (8 included) to ``--depth-out/scene_vgg_d<depth>.{pt,json}``. ``--variant NAME`` trains on
-a world variant (:data:`clrp.scenes_hard.VARIANTS`, for headroom experiments): training, held-out
+a world variant (:data:`clrp.scenes.hard.VARIANTS`, for headroom experiments): training, held-out
 and monitor scenes all come from that variant, nothing replaces the shipped model, and the files
 are ``scene_vgg_d<depth>_<variant>.{pt,json}``. The whole console
 output is also written to ``--log`` (default ``<out>/bundled_hard_training_log.txt``).
@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from clrp import scene_presets, scenes_hard  # noqa: E402
+from clrp.scenes import hard, presets  # noqa: E402
 from clrp.models import bundled, bundled_hard  # noqa: E402
 from clrp.models.bundled_metrics import average_precision  # noqa: E402
 
@@ -56,10 +56,11 @@ def log(msg: str = "") -> None:
         _LOG.flush()
 
 
-def build_cache(n: int, seed_base: int, workers: int, chunk: int = 250, size: int = bundled_hard.INPUT_SIZE):
-    """``n`` hard scenes (seeds ``seed_base ..``) at the model's input geometry."""
-    return scene_presets.render_arrays("scenes-hard", n, seed_base, bundled_hard.hard_preprocessing(size),
-                                       workers=workers, chunk=chunk)
+def build_cache(n: int, seed_base: int, workers: int, chunk: int = 250, size: int = bundled_hard.INPUT_SIZE,
+                world: hard.HardWorld = hard.PRESET):
+    """``n`` hard scenes of ``world`` (seeds ``seed_base ..``) at the model's input geometry."""
+    return presets.render_arrays("scenes-hard", n, seed_base, bundled_hard.hard_preprocessing(size),
+                                 workers=workers, chunk=chunk, world=world)
 
 
 class GpuData:
@@ -93,7 +94,7 @@ def logits_of(model, data: GpuData, batch: int = 256) -> np.ndarray:
 
 
 def ap_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
-    per = {name: average_precision(logits[:, k], labels[:, k]) for k, name in enumerate(scenes_hard.CLASS_NAMES)}
+    per = {name: average_precision(logits[:, k], labels[:, k]) for k, name in enumerate(hard.CLASS_NAMES)}
     return {"mAP": float(np.nanmean(list(per.values()))), "per_class_AP": per,
             "exact_match": float(((logits > 0) == labels.astype(bool)).all(1).mean())}
 
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
                     help="model input side (default 128; the depth-study models trained on a CPU: 80)")
     ap.add_argument("--width", type=float, default=1.0,
                     help="scale every conv's channel count (depth-study models trained on a CPU: 0.5)")
-    ap.add_argument("--variant", default="shipped", choices=list(scenes_hard.VARIANTS),
+    ap.add_argument("--variant", default="shipped", choices=list(hard.VARIANTS),
                     help="world variant to train on (default: the preset as shipped)")
     ap.add_argument("--cache-file", type=Path, default=None,
                     help="optional .npy pair prefix to save the generated training scenes to / load them from")
@@ -186,8 +187,7 @@ def main(argv=None) -> int:
     a.argv = sys.argv[1:] if argv is None else [str(x) for x in argv]   # what the metadata records
     if a.variant != "shipped" and a.depth_out is None:
         ap.error("--variant needs --depth-out (a variant's model never goes into the shipped assets)")
-    with scenes_hard.variant(a.variant):   # every scene of this run comes from the variant's world
-        return run(a)
+    return run(a)
 
 
 def run(a) -> int:
@@ -196,6 +196,7 @@ def run(a) -> int:
     depth_out = a.depth_out or a.out
     depth_out.mkdir(parents=True, exist_ok=True)
     tag = "" if a.variant == "shipped" else f"_{a.variant}"
+    world = hard.VARIANTS[a.variant]   # every scene of this run comes from the variant's world
     # the shipped model's log only when this run writes the shipped model
     writes_shipped = (str(SHIPPED_DEPTH) in a.depths.split(",") and a.width == 1.0 and not tag
                       and a.input_size == bundled_hard.INPUT_SIZE)
@@ -228,17 +229,18 @@ def run(a) -> int:
         assert len(x) == n, f"{cx} holds {len(x)} scenes, not {n}"
         log(f"loaded {n} training scenes from {cx} in {time.time() - t0:.0f} s")
     else:
-        x, y = build_cache(n, bundled_hard.TRAIN_SEED_BASE, a.workers, size=a.input_size)
+        x, y = build_cache(n, bundled_hard.TRAIN_SEED_BASE, a.workers, size=a.input_size, world=world)
         log(f"generated {n} training scenes in {time.time() - t0:.0f} s ({x.nbytes / 1e9:.2f} GB at {a.input_size} px)")
         if cx is not None:
             np.save(cx, x)
             np.save(cy, y)
     gen_s = time.time() - t0
     t0 = time.time()
-    hx, hy = build_cache(a.heldout, bundled_hard.HELDOUT_SEED_BASE, a.workers, size=a.input_size)
+    hx, hy = build_cache(a.heldout, bundled_hard.HELDOUT_SEED_BASE, a.workers, size=a.input_size, world=world)
     mon = None
     if a.monitor:
-        mx, my = build_cache(a.monitor, bundled_hard.HELDOUT_SEED_BASE + 5_000_000, a.workers, size=a.input_size)
+        mx, my = build_cache(a.monitor, bundled_hard.HELDOUT_SEED_BASE + 5_000_000, a.workers, size=a.input_size,
+                             world=world)
         mon = GpuData(mx, my, device)
     log(f"generated {a.heldout} held-out + {a.monitor} monitor scenes in {time.time() - t0:.0f} s")
     train = GpuData(x, y, device)
@@ -246,7 +248,7 @@ def run(a) -> int:
 
     summary = {}
     for d in depths:
-        cfg = dict(bundled_hard.DEPTH_CONFIGS[d], num_classes=len(scenes_hard.CLASS_NAMES), input_size=a.input_size)
+        cfg = dict(bundled_hard.DEPTH_CONFIGS[d], num_classes=len(hard.CLASS_NAMES), input_size=a.input_size)
         if a.width != 1.0:
             cfg["features"] = [v if v in ("M", "G") else max(1, int(round(v * a.width))) for v in cfg["features"]]
         model, train_s, n_params = train_one(d, cfg, train, mon, a, device)
@@ -260,11 +262,11 @@ def run(a) -> int:
             "name": "bundled-hard" if shipped else f"scene_vgg_d{d}{tag}",
             "description": (f"deeper VGG-pattern CNN ({bundled.n_convs(cfg)} convs, no batch norm) trained "
                             "multi-label on clrp's hard procedural scenes"),
-            "class_names": list(scenes_hard.CLASS_NAMES),
+            "class_names": list(hard.CLASS_NAMES),
             "preprocessing": bundled_hard.hard_preprocessing(a.input_size).to_dict(),
-            "scene_size": scenes_hard.SCENE_SIZE,
+            "scene_size": hard.SCENE_SIZE,
             "scene_preset": "scenes-hard",
-            **({"scene_variant": {a.variant: {k: repr(v) for k, v in scenes_hard.VARIANTS[a.variant].items()}}}
+            **({"scene_variant": {a.variant: {k: repr(v) for k, v in hard.VARIANTS[a.variant].changes().items()}}}
                if tag else {}),
             "architecture": cfg,
             "n_convs": bundled.n_convs(cfg),

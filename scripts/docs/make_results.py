@@ -26,7 +26,7 @@ model's training seeds 0..9,999,999, its held-out/monitor sets 10,000,000+ and t
 Every stage is resumable (the runner writes per batch, the perturbation stage per image): run
 the same command again after an interruption.
 
-``--preset scenes-hard`` evaluates the hard preset (:mod:`clrp.scenes_hard`, 224 px, 2-5 objects)
+``--preset scenes-hard`` evaluates the hard preset (:mod:`clrp.scenes.hard`, 224 px, 2-5 objects)
 with ``bundled-hard`` and writes its report as the block between ``<!-- hard preset -->`` markers at
 the end of the document (the easy report keeps that block when it is regenerated, and the other
 way round); it adds the headroom checks of issue 10 (centre baseline <= 30 %, no method above
@@ -50,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 import clrp  # noqa: E402
-from clrp import scene_presets, scenes  # noqa: E402
+from clrp.scenes import presets  # noqa: E402
 from clrp.datasets import open_dataset  # noqa: E402
 from clrp.evaluation import perturbation as P  # noqa: E402
 from clrp.evaluation import pointing as Pt  # noqa: E402
@@ -74,13 +74,13 @@ def load_model(a):
         lm = models.load("finetuned", architecture=a.architecture, weights=a.weights,
                          class_names=a.class_names)
     else:
-        lm = models.load(a.model or scene_presets.PRESET_MODEL[a.preset])
+        lm = models.load(a.model or presets.PRESET_MODEL[a.preset])
     lm.model.to(a.device)
     return lm
 
 
 def scene_of(image_id: str):
-    return scene_presets.generate_scene(str(image_id))
+    return presets.scene_from_id(str(image_id))
 
 
 def write_doc(path: str, text: str, hard: bool) -> None:
@@ -296,7 +296,7 @@ def figure(lm, items, path, methods=("lrp", "clrp1", "clrp2", "gradcam")):
 # ---------------------------------------------------------------------------------------------
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="scenes", choices=list(scene_presets.PRESETS),
+    ap.add_argument("--preset", default="scenes", choices=list(presets.PRESETS),
                     help="scene world (default scenes; scenes-hard: the hard preset with bundled-hard)")
     ap.add_argument("--model", default=None, help="default: the preset's model (bundled / bundled-hard)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -306,7 +306,7 @@ def main():
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--n-perturbation", type=int, default=60)
     ap.add_argument("--n-ablation", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=scenes.EVALUATION_SEED)
+    ap.add_argument("--seed", type=int, default=presets.EVALUATION_SEED)
     ap.add_argument("--patch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=18)
     ap.add_argument("--pps", type=int, default=4, help="regions per perturbation step")
@@ -363,7 +363,7 @@ def main():
 
     t0 = time.perf_counter()
     fresh = not os.path.isdir(os.path.join(work, f"{a.preset}-{a.n}-{a.seed}"))
-    root = scenes.voc_cache(a.n, a.seed, work, preset=a.preset)
+    root = presets.voc_cache(a.n, a.seed, work, preset=a.preset)
     timed("scene generation + VOC export", time.perf_counter() - t0, fresh)
 
     methods = tuple(clrp.METHODS)
@@ -408,9 +408,9 @@ def main():
     loc_all, loc_multi = argmax_locations(pt)
     partner_tab = None
     if hard:
-        from clrp import scenes_hard
+        from clrp.scenes.hard import PARTNERS
 
-        partner = {a: b for p in scenes_hard.PARTNERS for a, b in (p, p[::-1])}
+        partner = {a: b for p in PARTNERS for a, b in (p, p[::-1])}
         df = argmax_locations.records
         df = df[df["class_name"].map(lambda c: c in partner) &
                 df.apply(lambda r: partner.get(r["class_name"]) in r["present"], axis=1)]
@@ -475,7 +475,7 @@ def main():
         L.append(f"- Model quality recorded in its metadata: held-out mAP {heldout.get('mAP', float('nan')):.4f} on "
                  f"{heldout.get('n_scenes')} scenes (seeds {heldout.get('scene_seeds')}); lowest per-class AP "
                  f"{min((heldout.get('per_class_AP') or {'-': float('nan')}).values()):.4f}.")
-    L.append(f"- Data: {a.n} procedural scenes (preset `{a.preset}`: {scene_presets.PRESETS[a.preset][1]}), "
+    L.append(f"- Data: {a.n} procedural scenes (preset `{a.preset}`: {presets.PRESETS[a.preset].description}), "
              f"seeds {a.seed}..{a.seed + a.n - 1} (never used in training: "
              "training used seeds 0..9,999,999), exported as VOC with object masks; "
              f"{len(two)} of them hold exactly two classes.")

@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 import clrp  # noqa: E402
-from clrp import scene_presets, scenes, scenes_hard  # noqa: E402
+from clrp.scenes import easy, hard, presets  # noqa: E402
 from clrp.models import bundled, bundled_hard  # noqa: E402
 from scripts.tables import md_table  # noqa: E402
 
@@ -70,8 +70,8 @@ WORLDS = {
 
 def scene_classes(world: str, seed: int) -> list[int]:
     if world == "scenes-hard":
-        return scenes_hard.scene_classes(seed)
-    return sorted({o.class_index for o in scenes.generate_scene(seed).objects})
+        return hard.scene_classes(seed)
+    return sorted({o.class_index for o in easy.generate_scene(seed).objects})
 
 
 def two_class_seeds(n: int, seed: int, world: str = "scenes-hard") -> list[int]:
@@ -106,7 +106,7 @@ def study(model, seeds, device, input_size: int = bundled_hard.INPUT_SIZE,
     from clrp import engine
     from clrp.methods import layer_relevance
 
-    gen = scene_presets.preset_module(world)
+    gen = presets.preset_module(world)
     pp = WORLDS[world]["preprocessing"](input_size)
     plan = engine.plan_for(model, torch.zeros(1, 3, *pp.input_size, device=device))
     nodes = [nd for nd in plan.graph.nodes if nd.op_name in KINDS and plan.graph.carries[nd.index]]
@@ -150,7 +150,7 @@ def write(a, seeds, done, summary, layer_tables, metas, times, started, t_all):
          f"in {(time.perf_counter() - t_all) / 60:.1f} min ({os.cpu_count()} CPU cores, torch threads "
          f"{torch.get_num_threads()}, device {a.device}: {dev}).\n",
          "## Setting\n",
-         f"- World: `{a.world}` ({scene_presets.PRESETS[a.world][1]}).",
+         f"- World: `{a.world}` ({presets.PRESETS[a.world].description}).",
          f"- Models: VGG-pattern `scene_vgg` networks of `clrp.models.{w['configs']}.DEPTH_CONFIGS` (2x2 max-pools, "
          "a global max-pool, one hidden dense layer of 256 units; batch norm during training, folded), conv widths: "
          + "; ".join(f"{lab}: {[v for v in metas[d]['architecture']['features'] if v not in ('M', 'G')]}"

@@ -3,14 +3,14 @@
 
     python scripts/research/headroom_probe.py --n 100 --variants shipped,apart --threads 1
 
-For each variant of :mod:`clrp.scenes_hard` (its module constants changed for this process only;
-the preset itself is unchanged), ``--n`` scenes from seed ``--seed`` on are generated, exported as
+For each variant of :mod:`clrp.scenes.hard` (a :class:`~clrp.scenes.hard.HardWorld` passed to the
+generator; the preset itself is unchanged), ``--n`` scenes from seed ``--seed`` on are generated, exported as
 VOC and evaluated with the shipped ``bundled-hard`` model (trained on the shipped world): the
 Pointing Game accuracy ("all", TorchRay's 15 px tolerance and mean of per-class accuracies) of
 each method and of the centre baseline, and the model's mAP on those scenes (how far the variant
 is from what the model knows). Prints a markdown table.
 
-Variants (:data:`clrp.scenes_hard.VARIANTS`): ``shipped`` (the preset as it is), ``apart`` (no
+Variants (:data:`clrp.scenes.hard.VARIANTS`): ``shipped`` (the preset as it is), ``apart`` (no
 object placed against another: ``OCCLUDE_P = 0``; objects still overlap when random placement
 makes them), ``crowded`` (5 objects in every scene), ``partners`` (a partner class comes with its
 partner whenever the scene has room), ``small`` (every object small), ``context`` (class-context
@@ -47,16 +47,17 @@ def main(argv=None) -> int:
 
     import torch
 
-    from clrp import models, scenes_hard
+    from clrp import models
     from clrp.datasets import open_dataset
     from clrp.evaluation.runner import load_results, run_evaluation, summarize
+    from clrp.scenes import export, hard
 
     torch.set_num_threads(a.threads)
     variants = [v for v in a.variants.split(",") if v]
     trained = dict(m.split("=", 1) for m in a.model)
     for v in [*variants, *trained]:
-        if v not in scenes_hard.VARIANTS:
-            raise SystemExit(f"unknown variant {v!r}; known: {', '.join(scenes_hard.VARIANTS)}")
+        if v not in hard.VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; known: {', '.join(hard.VARIANTS)}")
     shipped = models.load("bundled-hard")
     methods = [m for m in a.methods.split(",") if m]
     rows = []
@@ -64,10 +65,9 @@ def main(argv=None) -> int:
         lm = variant_model(shipped, trained[name]) if name in trained else shipped
         lm.model.to(a.device)
         t0 = time.perf_counter()
-        with scenes_hard.variant(name):
-            scene_list = list(scenes_hard.iter_scenes(a.n, a.seed))
+        scene_list = list(hard.iter_scenes(a.n, a.seed, world=hard.VARIANTS[name]))
         with tempfile.TemporaryDirectory() as tmp:
-            scenes_hard.export_voc(scene_list, f"{tmp}/voc", "test", folder_name="CLRPHardScenes")
+            export.export_voc(scene_list, f"{tmp}/voc", "test", folder_name="CLRPHardScenes")
             ds = open_dataset(f"{tmp}/voc")
             run_evaluation(ds, lm, f"{tmp}/run", methods=methods, protocols=["pointing"], resume=False)
             table = summarize(f"{tmp}/run")["pointing"]
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         spread = max(acc[m] for m in methods) - min(acc[m] for m in methods)
         print(f"| {name} | {model_name} | {mAP:.3f} | {int(table['n_all'].iloc[0])} | "
               + " | ".join(f"{100 * acc[m]:.1f}" for m in order) + f" | {100 * spread:.1f} |")
-    print("\nVariants: " + "; ".join(f"{n} = {scenes_hard.VARIANTS[n] or 'as shipped'}" for n, *_ in rows) + ".")
+    print("\nVariants: " + "; ".join(f"{n} = {hard.VARIANTS[n].changes() or 'as shipped'}" for n, *_ in rows) + ".")
     for name, model_name, mAP, table, where, secs in rows:
         if where is None:
             continue
@@ -108,7 +108,7 @@ def argmax_places(rows, scene_list):
     import numpy as np
     import pandas as pd
 
-    from clrp import scenes_hard
+    from clrp.scenes import hard
 
     if not any(sc.contexts for sc in scene_list):
         return None
@@ -120,7 +120,7 @@ def argmax_places(rows, scene_list):
         h, w = sc.image.shape[:2]
         y, x = (min(max(int(round(v)), 0), n - 1) for v, n in ((r.point_y, h), (r.point_x, w)))
         if sc.name not in band_cache:
-            band_cache[sc.name] = scenes_hard.context_masks(sc)
+            band_cache[sc.name] = hard.context_masks(sc)
         bands = dict(band_cache[sc.name])
         own = bands.pop(r.class_name, np.zeros((h, w), bool))
         target = np.any([o.mask for o in sc.objects if o.class_name == r.class_name], axis=0)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The hard preset's open headroom question (issue 10), on one GPU run: train the 8-conv network on
-# world variants (clrp.scenes_hard.VARIANTS) with the shipped recipe, then measure each variant's
+# world variants (clrp.scenes.hard.VARIANTS) with the shipped recipe, then measure each variant's
 # Pointing Game with the model trained on it (scripts/research/headroom_probe.py). About 150 s of training
 # and 60 s of probing per variant on one H100/H200 with 16 CPU cores.
 #
