@@ -47,7 +47,7 @@ from .source_base import ModelSource
 from .source_file import load_finetuned, read_class_names
 from .source_lab import CONFIG_ENV
 from .source_torchvision import imagenet_weights_path
-from .sources import available_models, load, read_config, register_source, sources, unregister_source
+from .sources import available_models, load, read_config, register_source, unregister_source
 from .weights import load_state_dict
 
 __all__ = [
@@ -75,7 +75,6 @@ __all__ = [
     "ModelSource",
     "register_source",
     "unregister_source",
-    "sources",
 ]
 
 

@@ -30,7 +30,7 @@ from .source_lab import read_config as _read_lab_config
 from .source_timm import TimmSource
 from .source_torchvision import TorchvisionSource
 
-__all__ = ["ModelSource", "ENTRY_POINT_GROUP", "register_source", "unregister_source", "sources", "get_source",
+__all__ = ["ModelSource", "ENTRY_POINT_GROUP", "register_source", "unregister_source", "registered", "get_source",
            "source_for", "load", "available_models", "grouped", "read_config"]
 
 ENTRY_POINT_GROUP = "clrp.model_sources"
@@ -72,9 +72,10 @@ def _load_plugins() -> None:
     _plugins_seen_on = tuple(sys.path)
     from importlib.metadata import entry_points
 
+    _plugin_errors.clear()  # those still broken are found again below
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         key = f"{ep.name} = {ep.value}"
-        if key in _plugin_errors or any(getattr(s, "_entry_point", None) == key for s in _SOURCES.values()):
+        if any(getattr(s, "_entry_point", None) == key for s in _SOURCES.values()):
             continue
         try:
             source = ep.load()
@@ -85,7 +86,7 @@ def _load_plugins() -> None:
             _plugin_errors[key] = f"{type(e).__name__}: {e}"
 
 
-def sources() -> list[ModelSource]:
+def registered() -> list[ModelSource]:
     """The registered sources in listing order (``order``, then registration)."""
     _load_plugins()
     return sorted(_SOURCES.values(), key=lambda s: s.order)  # stable: registration order within an order
@@ -113,7 +114,7 @@ def source_for(name: str, config: str | os.PathLike | None = None) -> ModelSourc
 
 def _reserved(name: str) -> bool:
     """Whether ``name`` is another source's than the lab TOML's."""
-    return any(name in s.reserved or s.claims(name) for s in sources() if s.kind != "lab")
+    return any(name in s.reserved or s.claims(name) for s in registered() if s.kind != "lab")
 
 
 def read_config(config: str | os.PathLike | None = None) -> dict[str, dict]:
@@ -136,7 +137,7 @@ def load(name: str = "bundled", *, weights: str | os.PathLike | None = None, con
     - ``load("<lab model>", config="lab.toml")`` or with ``$CLRP_MODELS_CONFIG`` set
     - ``load("<prefix>:<name>")`` of a registered plug-in source.
     """
-    by_option = [s for s in sources() if any(k in kw for k in s.options)]
+    by_option = [s for s in registered() if any(k in kw for k in s.options)]
     if by_option:
         source = by_option[0]
     else:
@@ -144,7 +145,7 @@ def load(name: str = "bundled", *, weights: str | os.PathLike | None = None, con
             raise ModelLoadError(f"unexpected options for {name!r}: {sorted(kw)}")
         source = source_for(name, config)
         if source is None:
-            hints = [h for h in (s.hint(config) for s in sources()) if h]
+            hints = [h for h in (s.hint(config) for s in registered()) if h]
             raise ModelLoadError(f"unknown model {name!r}; available: {', '.join(hints)}")
     return source.load(name, weights=weights, config=config, download=download, progress=progress, **kw)
 
@@ -159,7 +160,7 @@ def available_models(config: str | os.PathLike | None = None, *, timm: Sequence[
     one unavailable entry named ``<config>``; a broken plug-in one named ``<kind>``."""
     names = {"timm": timm or (), **names}
     out: list[ModelInfo] = []
-    for s in sources():
+    for s in registered():
         try:
             out.extend(s.available(config, names.get(s.kind, ())))
         except ModelLoadError as e:
