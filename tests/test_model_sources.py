@@ -175,3 +175,26 @@ def test_python_dash_m_clrp_models_lists_and_loads_an_installed_plug_in(tmp_path
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                        timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "['cat', 'dog']", r.stderr
+
+
+def test_the_dashboard_picker_offers_and_explains_with_a_plug_in_model(mylab, monkeypatch):
+    pytest.importorskip("streamlit")
+    import json
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard import core, ui
+
+    zoo.register_source(mylab.MyLabZoo())
+    monkeypatch.setenv(core.RUNS_ENV, str(Path(mylab.__file__).parent / "runs"))
+    ui._choices.clear()
+    root = Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "pages" / "1_Explain.py"), default_timeout=120)
+    at.session_state["clrp_model_key"] = "mylab:tiny"
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    assert at.selectbox(key="_model_picker").value == "mylab:tiny"
+    grids = [json.loads(c.proto.json) for c in at.get("bidi_component") if c.proto.component_name == "clrp_map_grid"]
+    assert sum(len(g["maps"]) for g in grids) == len(core.DEFAULT_METHODS)  # every default method drawn
+    ui._choices.clear()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import Sequence
 
 from ._errors import ModelLoadError
@@ -36,8 +37,8 @@ __all__ = ["ModelSource", "ENTRY_POINT_GROUP", "register_source", "unregister_so
 ENTRY_POINT_GROUP = "clrp.model_sources"
 
 _SOURCES: dict[str, ModelSource] = {}
-_plugins_seen_on: tuple | None = None  # sys.path when the entry points were last read
-_plugin_errors: dict[str, str] = {}  # entry point -> why it could not be loaded
+_plugins: dict = {"seen_on": None, "errors": {}}  # sys.path when the entry points were last read; why some failed
+_lock = threading.RLock()  # the dashboard lists and loads from several threads
 
 
 def register_source(source: ModelSource, *, replace: bool = False) -> ModelSource:
@@ -48,48 +49,51 @@ def register_source(source: ModelSource, *, replace: bool = False) -> ModelSourc
         source = source()
     if not isinstance(source, ModelSource) or not source.kind:
         raise ModelLoadError(f"a model source must be a clrp.models.ModelSource with a kind, not {source!r}")
-    old = _SOURCES.get(source.kind)
-    if old is not None and not replace:
-        raise ModelLoadError(f"a model source of kind {source.kind!r} is already registered ({type(old).__name__})")
-    for other in _SOURCES.values():
-        if other.kind != source.kind and source.prefix and other.prefix == source.prefix:
-            raise ModelLoadError(f"the prefix {source.prefix!r} is already the model source {other.kind!r}'s")
-    _SOURCES[source.kind] = source
+    with _lock:
+        old = _SOURCES.get(source.kind)
+        if old is not None and not replace:
+            raise ModelLoadError(f"a model source of kind {source.kind!r} is already registered ({type(old).__name__})")
+        for other in _SOURCES.values():
+            if other.kind != source.kind and source.prefix and other.prefix == source.prefix:
+                raise ModelLoadError(f"the prefix {source.prefix!r} is already the model source {other.kind!r}'s")
+        _SOURCES[source.kind] = source
     return source
 
 
 def unregister_source(kind: str) -> None:
     """Remove the source of ``kind`` (a plug-in's; tests)."""
-    _SOURCES.pop(kind, None)
+    with _lock:
+        _SOURCES.pop(kind, None)
 
 
 def _load_plugins() -> None:
     """Register the sources of the ``clrp.model_sources`` entry points (again when ``sys.path``
     changed: a folder added at run time may bring new ones). A broken one is listed, not raised."""
-    global _plugins_seen_on
-    if _plugins_seen_on == tuple(sys.path):
-        return
-    _plugins_seen_on = tuple(sys.path)
-    from importlib.metadata import entry_points
+    with _lock:
+        if _plugins["seen_on"] == tuple(sys.path):
+            return
+        _plugins["seen_on"] = tuple(sys.path)
+        from importlib.metadata import entry_points
 
-    _plugin_errors.clear()  # those still broken are found again below
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        key = f"{ep.name} = {ep.value}"
-        if any(getattr(s, "_entry_point", None) == key for s in _SOURCES.values()):
-            continue
-        try:
-            source = ep.load()
-            source = source() if isinstance(source, type) else source
-            source._entry_point = key
-            register_source(source)
-        except Exception as e:  # a lab's code: its failure must not take the listing down
-            _plugin_errors[key] = f"{type(e).__name__}: {e}"
+        errors = _plugins["errors"] = {}  # those still broken are found again below
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            key = f"{ep.name} = {ep.value}"
+            if any(getattr(s, "_entry_point", None) == key for s in _SOURCES.values()):
+                continue
+            try:
+                source = ep.load()
+                source = source() if isinstance(source, type) else source
+                source._entry_point = key
+                register_source(source)
+            except Exception as e:  # a lab's code: its failure must not take the listing down
+                errors[key] = f"{type(e).__name__}: {e}"
 
 
 def registered() -> list[ModelSource]:
     """The registered sources in listing order (``order``, then registration)."""
     _load_plugins()
-    return sorted(_SOURCES.values(), key=lambda s: s.order)  # stable: registration order within an order
+    with _lock:
+        return sorted(_SOURCES.values(), key=lambda s: s.order)  # stable: registration order within an order
 
 
 def get_source(kind: str) -> ModelSource:
@@ -103,10 +107,12 @@ def get_source(kind: str) -> ModelSource:
 def source_for(name: str, config: str | os.PathLike | None = None) -> ModelSource | None:
     """The source of ``name``: the first with its prefix, else the first that claims it."""
     _load_plugins()
-    for s in _SOURCES.values():
+    with _lock:
+        in_order = list(_SOURCES.values())
+    for s in in_order:
         if s.prefix and str(name).startswith(s.prefix):
             return s
-    for s in _SOURCES.values():
+    for s in in_order:
         if not s.prefix and s.claims(name, config):
             return s
     return None
@@ -165,7 +171,7 @@ def available_models(config: str | os.PathLike | None = None, *, timm: Sequence[
             out.extend(s.available(config, names.get(s.kind, ())))
         except ModelLoadError as e:
             out.append(ModelInfo(f"<{s.kind}>", s.kind, s.heading(), False, str(e)))
-    for key, why in _plugin_errors.items():
+    for key, why in _plugins["errors"].items():
         out.append(ModelInfo(f"<{key.split(' = ')[0]}>", "plug-in", f"model source {key}", False,
                              f"could not be loaded: {why}"))
     return out
