@@ -39,9 +39,9 @@ from . import download  # noqa: F401  (clrp.models.download)
 from . import timm_zoo  # noqa: F401
 from . import torchvision_zoo as _tvz
 from ._errors import CorruptWeights, UnsafeWeights, WeightsNotFound
-from .architectures import (ARCHITECTURES, build_architecture, classifier_outputs, find_classifier,  # noqa: F401
-                            replace_classifier)
-from .loaded import LoadedModel, ModelInfo
+from .architectures import (ARCHITECTURES, build_architecture, build_from_factory, classifier_outputs,  # noqa: F401
+                            describe_supported, find_classifier, parse_factory, replace_classifier)
+from .loaded import IMAGENET_DOMAIN, LoadedModel, ModelInfo  # noqa: F401
 from .preprocessing import Preprocessing
 from .source_base import ModelSource
 from .source_file import load_finetuned, read_class_names
