@@ -470,7 +470,7 @@ def cmd_methods(a, argv) -> int:
 
 
 def cmd_models(a, argv) -> int:
-    from .models import available_models, download
+    from .models.sources import available_models, grouped
 
     infos = available_models(a.models_config, timm=_split_list(a.timm or ""))
     if a.available:
@@ -479,19 +479,9 @@ def cmd_models(a, argv) -> int:
         print("no model is available")
         return 0
     w = max(len(i.name) for i in infos)
-    groups = [("bundled", "bundled and lab models"), ("torchvision", "torchvision classifiers (ImageNet-1k weights)"),
-              ("timm", "timm models ($CLRP_TIMM_MODELS, --timm and those in the Hugging Face cache)")]
-    for kind, title in groups:
-        rows = [i for i in infos if i.kind == kind or (kind == "bundled" and i.kind == "lab")]
-        if not rows:
-            continue
-        if kind == "torchvision":
-            where = download.hub_checkpoints()
-            mode = ("downloads are off ($CLRP_OFFLINE=1)" if not download.downloads_enabled()
-                    else f"missing ones are downloaded there on first use from {download.source_url(download.TORCHVISION_BASE)}")
-            title += f"; weights in {where}, {mode}"
-        print(f"{title}:")
-        for i in rows:
+    for heading, rows in grouped(infos):  # one group per source heading (clrp.models.sources)
+        print(f"{heading}:")
+        for i, reason in rows:
             if i.available:
                 status = "available"
             elif i.downloadable:
@@ -499,9 +489,8 @@ def cmd_models(a, argv) -> int:
             else:
                 status = "NOT available"
             print(f"  {i.name:<{w}}  {status:<13}  {i.description}")
-            # torchvision rows share their reason (the header says it) unless a download failed
-            if not i.available and (kind != "torchvision" or "failed" in (i.reason or "")):
-                print(f"  {'':<{w}}  {'':<13}  {i.reason}")
+            if reason:
+                print(f"  {'':<{w}}  {'':<13}  {reason}")
     return 0
 
 

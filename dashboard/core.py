@@ -31,6 +31,7 @@ import torch
 
 import clrp
 from clrp.errors import ClrpError, DatasetError, ModelLoadError
+from clrp.models import ModelSource, register_source
 from clrp.scenes.presets import EVALUATION_SEED
 
 DEV_ENV = "CLRP_DEV_RANDOM_MODELS"
@@ -49,7 +50,7 @@ DEFAULT_METHODS = ("lrp", "clrp1", "clrp2", "sglrp", "gradient", "gradcam")
 class ModelChoice:
     key: str            # what load_model() takes
     label: str          # what the picker shows
-    kind: str           # bundled | lab | dev | torchvision | timm
+    kind: str           # its source's: bundled | lab | dev | torchvision | timm | a plug-in's
     description: str
     available: bool     # weights on the server now
     reason: Optional[str] = None   # why not available (or what a download would fetch)
@@ -70,7 +71,29 @@ def dev_models_enabled() -> bool:
     return os.environ.get(DEV_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-_ORDER = {"bundled": 0, "lab": 1, "dev": 2, "torchvision": 3, "timm": 4}
+class DevModels(ModelSource):
+    """``dev:...``: models with RANDOM weights, listed only with ``$CLRP_DEV_RANDOM_MODELS=1``
+    (registered in every process that imports the dashboard: the server and its job workers)."""
+
+    kind = "dev"
+    title = "development models (RANDOM weights)"
+    prefix = "dev:"
+
+    def list(self, config=None, names=()) -> list[str]:
+        return list(DEV_MODELS) if dev_models_enabled() else []
+
+    def available(self, config=None, names=()) -> list:
+        from clrp.models import ModelInfo
+
+        return [ModelInfo(k, self.kind, DEV_MODELS[k], True, label=DEV_MODELS[k]) for k in self.list()]
+
+    def load(self, name, **ignored):
+        if not dev_models_enabled():
+            raise ModelLoadError(f"{name} is a development model; set {DEV_ENV}=1 to enable it")
+        return _dev_model(name)
+
+
+register_source(DevModels(), replace=True)
 
 
 def _size_note(description: str) -> str:
@@ -81,24 +104,29 @@ def _size_note(description: str) -> str:
 
 
 def model_choices() -> list[ModelChoice]:
-    """Every model the picker lists, available or not (with the reason): the bundled model, lab
-    models, dev models, then torchvision and timm models -- those whose weights are on the server
-    first, then those downloaded on first use. Fast: no network, no model is built."""
+    """Every model the picker lists, available or not (with the reason), in the order of their
+    sources (clrp.models.sources: the bundled models, lab models, plug-ins and dev models, then
+    torchvision and timm models -- of those, the ones whose weights are on the server first, then
+    those downloaded on first use). Fast: no network, no model is built."""
     from clrp.models import available_models
+    from clrp.models.sources import get_source
 
-    out = []
+    out, rank, downloads = [], {}, {}
     for m in available_models():
         if m.available:
-            label = m.name
+            label = m.label or m.name
         elif m.downloadable:
             label = f"{m.name} — downloads{_size_note(m.description)} on first use"
         else:
             label = f"{m.name} (unavailable)"
         out.append(ModelChoice(m.name, label, m.kind, m.description, m.available, m.reason, m.downloadable))
-    if dev_models_enabled():
-        for k, label in DEV_MODELS.items():
-            out.append(ModelChoice(k, label, "dev", label, True, None))
-    return sorted(out, key=lambda c: (_ORDER.get(c.kind, 5), c.kind in ("torchvision", "timm") and not c.available))
+        if m.kind not in rank:
+            rank[m.kind] = len(rank)
+            try:
+                downloads[m.kind] = get_source(m.kind).downloads
+            except ModelLoadError:  # a broken plug-in's entry
+                downloads[m.kind] = False
+    return sorted(out, key=lambda c: (rank[c.kind], downloads[c.kind] and not c.available))
 
 
 def default_model_key(choices: Sequence[ModelChoice]) -> Optional[str]:
@@ -137,11 +165,8 @@ def restrict_downloads(choices: Sequence[ModelChoice], models_settings) -> list[
 
 
 def load_model(key: str):
-    """A ``clrp.models.LoadedModel`` for a picker key. Raises ``ModelLoadError`` (a ClrpError)."""
-    if key.startswith("dev:"):
-        if not dev_models_enabled():
-            raise ModelLoadError(f"{key} is a development model; set {DEV_ENV}=1 to enable it")
-        return _dev_model(key)
+    """A ``clrp.models.LoadedModel`` for a picker key, from its source. Raises ``ModelLoadError``
+    (a ClrpError)."""
     from clrp.models import load
 
     return load(key)

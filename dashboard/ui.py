@@ -241,7 +241,7 @@ def model_picker(where=None):
         if picked is None:
             st.info("No model's weights are on this server yet: choose one to download.", icon=":material/download:")
             return None
-        if picked.startswith("dev:"):
+        if by_key[picked].kind == "dev":
             st.warning("Random weights: explanations of this model mean nothing. For development and "
                        "benchmarks only.", icon=":material/warning:")
     choice = by_key[picked]

@@ -445,7 +445,7 @@ def test_every_torchvision_classifier_is_listed_with_its_library_metadata(hub):
         assert info[name].kind == "torchvision" and info[name].available is False
         assert fname in info[name].reason and info[name].source == w.url
         assert zoo.ARCHITECTURES[name]["weights_enum"] == type(w).__name__
-        t, pre = w.transforms(), zoo._imagenet_preprocessing(name)
+        t, pre = w.transforms(), zoo.torchvision_zoo.preprocessing(name)
         assert pre.input_size == (t.crop_size[0],) * 2 and pre.resize == t.resize_size[0], name
         assert pre.mean == pytest.approx(tuple(t.mean)) and pre.std == pytest.approx(tuple(t.std))
         assert pre.interpolation == t.interpolation.value
@@ -515,8 +515,8 @@ def test_other_weights_by_tag_and_unknown_tags(hub):
         load("resnet50.IMAGENET9K")
     with pytest.raises(ModelLoadError, match="feature extractor"):
         load("vgg16.IMAGENET1K_FEATURES")
-    pre = zoo._imagenet_preprocessing("resnet50.IMAGENET1K_V1")
-    assert pre.resize == 256 and zoo._imagenet_preprocessing("resnet50").resize == 232
+    pre = zoo.torchvision_zoo.preprocessing("resnet50.IMAGENET1K_V1")
+    assert pre.resize == 256 and zoo.torchvision_zoo.preprocessing("resnet50").resize == 232
 
 
 # ------------------------------------------------------------------------------ downloads (local server)
@@ -579,7 +579,7 @@ def online(hub, monkeypatch, squeezenet_checkpoint):
     m, data, fname = squeezenet_checkpoint
     real = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.url
     url = dl.TORCHVISION_BASE + fname
-    monkeypatch.setattr(zoo, "_weights_url", lambda w: url if w.url == real else w.url)
+    monkeypatch.setattr(zoo.source_torchvision, "_weights_url", lambda w: url if w.url == real else w.url)
     servers = []
 
     def serve(files):
@@ -704,7 +704,7 @@ def test_listing_is_fast_and_offline(monkeypatch, tmp_path):
         raise AssertionError("the listing must not build models or use the network")
 
     monkeypatch.setattr(tvm, "get_model", forbidden)
-    monkeypatch.setattr(zoo, "build_architecture", forbidden)
+    monkeypatch.setattr(zoo.architectures, "build_architecture", forbidden)
     monkeypatch.setattr(socket.socket, "connect", forbidden)
     monkeypatch.delenv(dl.OFFLINE_ENV)
     t = time.monotonic()

@@ -21,7 +21,7 @@ from . import torchvision_zoo as tvz
 from ._errors import ModelLoadError
 
 __all__ = ["ARCHITECTURES", "build_architecture", "find_classifier", "replace_classifier", "classifier_outputs",
-           "build_from_factory", "parse_factory", "describe_supported"]
+           "build_from_factory", "parse_factory", "describe_supported", "pretrained_preprocessing"]
 
 
 class _Architectures(Mapping):
@@ -140,6 +140,29 @@ def build_architecture(architecture: str, num_classes: int, config: dict | None 
         except TypeError as e:
             raise ModelLoadError(f"architecture {arch!r}: options {config} not accepted by torchvision: {e}") from None
     raise ModelLoadError(f"unknown architecture {architecture!r}; supported: {describe_supported()}")
+
+
+def pretrained_preprocessing(arch: str) -> dict:
+    """The preprocessing an architecture's pretrained weights use (a fine-tuned model usually
+    keeps it): torchvision's default weights' transforms, timm's data config, ImageNet defaults."""
+    from ..errors import ClrpError
+    from .preprocessing import Preprocessing
+
+    low = arch.lower()
+    if low == "scene_vgg":
+        from .bundled import bundled_preprocessing
+
+        return bundled_preprocessing().to_dict()
+    try:
+        if low in tvz.names():
+            return tvz.preprocessing(low).to_dict()
+        if low.startswith(timm_zoo.PREFIX) and timm_zoo.installed():
+            cfg = timm_zoo.pretrained_cfg(low)
+            if cfg is not None:
+                return timm_zoo.preprocessing(cfg).to_dict()
+    except ClrpError:
+        pass
+    return Preprocessing().to_dict()  # ImageNet defaults: resize 256, crop 224
 
 
 # ---------------------------------------------------------------------------------------------
