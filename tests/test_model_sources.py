@@ -188,7 +188,7 @@ def test_the_dashboard_picker_offers_and_explains_with_a_plug_in_model(mylab, mo
 
     zoo.register_source(mylab.MyLabZoo())
     monkeypatch.setenv(core.RUNS_ENV, str(Path(mylab.__file__).parent / "runs"))
-    ui._choices.clear()
+    ui.cached_model_choices.clear()
     root = Path(__file__).resolve().parents[1]
     at = AppTest.from_file(str(root / "pages" / "1_Explain.py"), default_timeout=120)
     at.session_state["clrp_model_key"] = "mylab:tiny"
@@ -197,4 +197,4 @@ def test_the_dashboard_picker_offers_and_explains_with_a_plug_in_model(mylab, mo
     assert at.selectbox(key="_model_picker").value == "mylab:tiny"
     grids = [json.loads(c.proto.json) for c in at.get("bidi_component") if c.proto.component_name == "clrp_map_grid"]
     assert sum(len(g["maps"]) for g in grids) == len(core.DEFAULT_METHODS)  # every default method drawn
-    ui._choices.clear()
+    ui.cached_model_choices.clear()

@@ -1,5 +1,5 @@
 """Scene SHA-1s are those of the code before clrp/scenes/ became a package (a committed table,
-the output of ``python scripts/scene_checksums.py`` at commit 54b53da, a subset), and the former
+the output of ``python scripts/assets/scene_checksums.py`` at commit 54b53da, a subset), and the former
 module names still work for one release."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from clrp.scenes import easy, export, hard, presets
 
-# lines of scripts/scene_checksums.py's output (same format): a few scenes of each preset and variant
+# lines of scripts/assets/scene_checksums.py's output (same format): a few scenes of each preset and variant
 # and two small VOC exports
 TABLE = """
 scenes seed=0 image 4f063fad270e97d34b70bdfdc42381fbc8495897 (128, 128, 3)

@@ -1,8 +1,8 @@
 """SHA-1s of generated scenes (images, boxes, masks) for every preset and world variant, and of
 small VOC exports: a restructuring of the scene code must leave this output byte-identical.
 
-    python scripts/scene_checksums.py [--seeds 3] > before.txt   # ... change the code ...
-    python scripts/scene_checksums.py [--seeds 3] | diff before.txt -
+    python scripts/assets/scene_checksums.py [--seeds 3] > before.txt   # ... change the code ...
+    python scripts/assets/scene_checksums.py [--seeds 3] | diff before.txt -
 
 tests/test_scene_checksums.py checks a few of these lines against a committed table.
 """
@@ -18,7 +18,7 @@ from contextlib import redirect_stdout
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 
 def sha1(data: bytes) -> str:
