@@ -83,10 +83,6 @@ def pretrained_cfg(name: str) -> dict | None:
     return d
 
 
-def _arch(name: str) -> str:
-    return strip(name).split(".", 1)[0]
-
-
 def hf_cache_dir() -> Path:
     """The Hugging Face hub cache (read at call time, like ``huggingface_hub`` at import)."""
     env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
