@@ -447,3 +447,60 @@ def test_gamma_with_shared_products_equals_the_four_product_form_on_a_vit_and_a_
     slow = dataclasses.replace(RULES["epsilon_gamma_box"], conv=FourProductGamma(0.25))
     ours, ref = (clrp.explain(cnn, x, t, "lrp", rules=r) for r in ("epsilon_gamma_box", slow))
     assert _relative_error(ours, ref) < tol
+
+
+# ---------------------------------------------------------------------------------------------
+# Swin, MaxViT (einsum attention), timm Swin
+
+
+class EinsumHead(nn.Module):
+    """One attention head written with einsum (as MaxViT) or matmul."""
+
+    def __init__(self, einsum: bool):
+        super().__init__()
+        torch.manual_seed(6)
+        self.qkv, self.out, self.einsum = nn.Linear(4, 12), nn.Linear(4, 3), einsum
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if self.einsum:
+            attn = torch.einsum("bid,bjd->bij", q, k).softmax(-1)
+            o = torch.einsum("bij,bjd->bid", attn, v)
+        else:
+            o = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.out(o[:, 0])
+
+
+@pytest.mark.parametrize("rules", ["attnlrp", "cp_lrp"])
+def test_einsum_attention_equals_matmul_attention(rules):
+    x = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(9))
+    ours, ref = (clrp.explain(EinsumHead(e), x, 1, "lrp", rules=rules, box=(-4, 4)) for e in (True, False))
+    assert float(ref.abs().sum()) > 0 and torch.allclose(ours, ref, rtol=1e-5, atol=1e-7)
+
+
+def _every_lrp_method_runs(model, size):
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(10))
+    for method in ("lrp", "clrp1", "clrp2", "sglrp"):
+        r = clrp.explain(model.eval(), x, 3, method, rules="attnlrp")
+        assert r.shape == x.shape and torch.isfinite(r).all() and float(r.abs().sum()) > 0, method
+        if method == "clrp2":
+            assert (r >= 0).all()
+
+
+@pytest.mark.slow
+def test_swin_and_maxvit():
+    import torchvision
+    from torchvision.models.maxvit import MaxVit
+
+    torch.manual_seed(0)
+    _every_lrp_method_runs(torchvision.models.swin_t(num_classes=10), 64)
+    _every_lrp_method_runs(MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[8, 16],
+                                  block_layers=[1, 1], head_dim=4, stochastic_depth_prob=0.0, num_classes=10), 32)
+
+
+@pytest.mark.slow
+def test_timm_swin():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    _every_lrp_method_runs(timm.create_model("swin_tiny_patch4_window7_224", num_classes=10, img_size=56,
+                                             depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 1, 1, 1)), 56)
