@@ -106,9 +106,12 @@ def two_class(args):
                 maps[f"{method} ({rules})"] = {str(c): r[k] for k, c in enumerate(classes)}
         rows += discriminativeness_rows(scene.name, maps)
     summary = discriminativeness_summary(rows)
+    # a map seeded with a negative logit is the same pattern with the opposite sign: |r| shows it
+    summary["abs_pearson_mean"] = {m: sum(abs(r["pearson"]) for r in rows if r["method"] == m) /
+                                   sum(1 for r in rows if r["method"] == m) for m in summary.index}
     print(f"# two-class scenes: {used} of seeds {args.seed}..{args.seed + args.n - 1}; ViT with RANDOM weights\n")
-    print(summary[["pearson_mean", "pearson_median", "iou_top_mean", "n_pairs", "n_undefined"]]
-          .sort_values("pearson_mean").to_markdown(floatfmt=".3f"))
+    print(summary[["pearson_mean", "pearson_median", "abs_pearson_mean", "iou_top_mean", "n_pairs", "n_undefined"]]
+          .sort_values("abs_pearson_mean").to_markdown(floatfmt=".3f"))
 
 
 def main(argv=None):
