@@ -88,6 +88,7 @@ def coverage(args):
 def two_class(args):
     from torchvision.models.vision_transformer import VisionTransformer
 
+    torch.manual_seed(0)
     model = randomised(VisionTransformer(image_size=128, patch_size=16, num_layers=4, num_heads=3, hidden_dim=192,
                                          mlp_dim=768, num_classes=NUM_CLASSES))
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
