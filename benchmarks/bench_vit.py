@@ -7,7 +7,9 @@ dependency) runs its documented recipe for torchvision's ViT: its patches (CP-LR
 identity on GELU, LayerNorm with the deviation detached) and zennit's Gamma on Conv2d/Linear
 modules, gradient times input; "lxt AttnLRP" swaps in lxt's AttnLRP attention wrapper. clrp runs
 the matching presets (``cp_lrp``, ``attnlrp``). Runs are interleaved (drift hits all alike);
-median of ``--reps`` after one warm-up (which includes clrp's one-off trace).
+median of ``--reps`` after one warm-up (which includes clrp's one-off trace). "four-product gamma"
+is clrp's ``attnlrp`` with the gamma rule as zennit writes it (the same numbers, the cost before
+clrp shared the products); ``--only`` keeps a subset (the plain gradient always runs).
 """
 from __future__ import annotations
 
