@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import torch
 
 from .errors import ClrpError
+from .stabilizers import Relative, relative, stabilize, stabilizer_for  # noqa: F401  (re-exported)
 
 __all__ = [
     "Rule", "ZPlus", "ZBox", "Epsilon", "Gamma", "AlphaBeta", "Flat", "WSquare", "Gradient",
@@ -44,49 +45,6 @@ def box_from_normalization(mean, std):
     return (0 - mean) / std, (1 - mean) / std
 
 
-class Relative(float):
-    """A stabiliser relative to the layer's output scale: ``eps * mean |z|`` over each sample's
-    denominators instead of ``eps``. An absolute stabiliser absorbs nearly all relevance on a
-    network with tiny activations (default-init mnasnet, efficientnet: logits ~1e-14); a relative one
-    keeps the same share at every scale. ``relative(1e-6)``, or ``rules={"preset": ...,
-    "stabilizer": "relative"}`` for every rule of a preset."""
-
-    def __repr__(self):
-        return f"relative({float(self)!r})"
-
-    def __eq__(self, other):  # never equal to the absolute stabiliser of the same size
-        return isinstance(other, Relative) and float(self) == float(other)
-
-    def __ne__(self, other):
-        return not self == other
-
-    def __hash__(self):
-        return hash(("relative", float(self)))
-
-
-def relative(eps: float) -> Relative:
-    return Relative(eps)
-
-
-def stabilizer_for(z: torch.Tensor, eps):
-    """The stabiliser's size for denominators ``z``: ``eps`` (a number), or for a :class:`Relative`
-    one ``eps * mean |z|`` per sample (shaped to broadcast; the absolute value where all z are 0)."""
-    if not isinstance(eps, Relative):
-        return eps
-    scale = z.abs().flatten(1).mean(1) if z.ndim > 1 else z.abs().mean().reshape(1)
-    scale = torch.where(scale > 0, scale * float(eps), torch.full_like(scale, float(eps)))
-    return scale.view(-1, *([1] * (z.ndim - 1))) if z.ndim > 1 else scale
-
-
-def stabilize(z: torch.Tensor, eps) -> torch.Tensor:
-    # zennit's convention: shift away from zero by eps with the sign of z (zero counted as positive;
-    # -0.0 gets -eps, which cannot matter: such a unit has only zero contributions).
-    e = stabilizer_for(z, eps)
-    if not isinstance(e, torch.Tensor):
-        e = torch.tensor(e, dtype=z.dtype, device=z.device)
-    return z + torch.copysign(e, z)
-
-
 @dataclass(frozen=True)
 class WeightModifier:
     """A change of a layer's weights a rule needs (w+, w-, ...). The engine caches the modified
@@ -99,18 +57,8 @@ class WeightModifier:
         return self.fn(w)
 
 
-@dataclass(frozen=True)
-class GammaModifier:
-    """w + gamma * w+ (``sign`` +1) or w + gamma * w- (``sign`` -1)."""
-
-    gamma: float
-    sign: int
-
-    def __call__(self, w):
-        return w + self.gamma * (w.clamp(min=0) if self.sign > 0 else w.clamp(max=0))
-
-
 POSITIVE = WeightModifier("w+", lambda w: w.clamp(min=0))
+ABSOLUTE = WeightModifier("|w|", torch.abs)
 NEGATIVE = WeightModifier("w-", lambda w: w.clamp(max=0))
 ONES = WeightModifier("ones", torch.ones_like)
 SQUARE = WeightModifier("w^2", lambda w: w * w)
@@ -219,7 +167,13 @@ class ZPlus(AlphaBeta):
 
 
 class Gamma(Rule):
-    """Generalised gamma rule (as zennit): w + gamma w+ for positive outputs, w + gamma w- for negative."""
+    """Generalised gamma rule (as zennit): w + gamma w+ for positive outputs, w + gamma w- for negative.
+
+    zennit's four products and four transposes (a± against w + gamma w±) share their terms: with
+    z0 = a w and A = |a| |w|, a+ w+ + a- w- = (z0 + A) / 2, so each denominator is
+    ``z0 + gamma (z0 ± A) / 2`` (one product; z0 comes from the forward where the layer's output is
+    exact), and the relevance is ``(1 + gamma/2) a ⊙ wᵀσ + gamma/2 |a| ⊙ |w|ᵀ(sign(out) σ)`` with
+    σ the stabilised ratio: two transposes."""
 
     name = "gamma"
 
@@ -230,23 +184,29 @@ class Gamma(Rule):
 
     def relevance(self, op, a, R, out):
         g = self.gamma
-        w_up = op.modified(GammaModifier(g, 1))  # w + g w+
-        w_dn = op.modified(GammaModifier(g, -1))  # w + g w-
-        b = op.bias if self.bias else None
-        b_up = None if b is None else b + g * b.clamp(min=0)
-        b_dn = None if b is None else b + g * b.clamp(max=0)
-        a_pos, a_neg = _split_input(op, a)
-        out_e = op.expand(out)
-        r = 0
-        for mask, w_main, w_other, bias in ((out_e > 0, w_up, w_dn, b_up), (out_e < 0, w_dn, w_up, b_dn)):
-            z = op.forward(a_pos, w_main, bias)
-            if a_neg is not None:
-                z = z + op.forward(a_neg, w_other, None)
-            s = mask.to(R.dtype) * R / stabilize(op.expand(z), self.stabilizer)
-            r = r + op.expand(a_pos) * op.transpose(s, w_main)
-            if a_neg is not None:
-                r = r + op.expand(a_neg) * op.transpose(s, w_other)
-        return r
+        w, b = op.weight, op.bias
+        a_abs = a if getattr(op, "nonnegative_input", False) else a.abs()
+        absw = op.modified(ABSOLUTE)
+        if getattr(op, "exact_output", False):  # out = forward(a, w, b): no product for z0
+            z0 = out if b is None else out - _bias_map(op, b, out)
+        else:
+            z0 = op.forward(a, w, None)
+        sign = torch.sign(out)
+        z = z0 + (g / 2) * (z0 + sign * op.forward(a_abs, absw, None))
+        if self.bias and b is not None:  # b + g b+ where the output is positive, b + g b- elsewhere
+            z = z + torch.where(out > 0, _bias_map(op, b + g * b.clamp(min=0), out),
+                                _bias_map(op, b + g * b.clamp(max=0), out))
+        s = (op.expand(out) != 0).to(R.dtype) * R / stabilize(op.expand(z), self.stabilizer)
+        r = op.transpose(s, w).mul_(op.expand(a) * (1 + g / 2))
+        return r.add_(op.expand(a_abs) * op.transpose(op.expand(sign) * s, absw), alpha=g / 2)
+
+
+def _bias_map(op, b, like):
+    """A layer's per-channel vector ``b`` laid out against its output ``like``: the layer's own
+    broadcast, or (an element-wise affine layer) the layer run on zeros."""
+    if hasattr(op, "broadcast"):
+        return op.broadcast(b, like.ndim)
+    return op.forward(torch.zeros_like(like[:1]), op.weight, b)
 
 
 class ZBox(Rule):

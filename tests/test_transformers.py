@@ -350,3 +350,157 @@ def test_timm_vision_transformers_and_a_clear_refusal_for_two_parallel_heads():
         else:
             r = clrp.explain(model, x, 3, "clrp2", rules="attnlrp")
             assert (r >= 0).all() and float(r.sum()) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The gamma rule's shared products against zennit's formulation (four products, four transposes)
+
+
+class FourProductGamma(clrp.rules.Rule):
+    """zennit's Gamma written out: a+ and a- against w + gamma w+ and w + gamma w-, each sign of the
+    output with its own denominator (what clrp did before sharing the products)."""
+
+    name = "gamma"
+
+    def __init__(self, gamma):
+        self.gamma, self.stabilizer = gamma, 1e-6
+
+    def relevance(self, op, a, R, out):
+        g = self.gamma
+        w, b = op.weight, op.bias
+        w_up, w_dn = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
+        b_up = None if b is None else b + g * b.clamp(min=0)
+        b_dn = None if b is None else b + g * b.clamp(max=0)
+        a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
+        out_e = op.expand(out)
+        r = 0
+        for mask, w_main, w_other, bias in ((out_e > 0, w_up, w_dn, b_up), (out_e < 0, w_dn, w_up, b_dn)):
+            z = op.forward(a_pos, w_main, bias) + op.forward(a_neg, w_other, None)
+            s = mask.to(R.dtype) * R / clrp.rules.stabilize(op.expand(z), self.stabilizer)
+            r = r + op.expand(a_pos) * op.transpose(s, w_main) + op.expand(a_neg) * op.transpose(s, w_other)
+        return r
+
+
+class Dense:
+    """The rules' layer interface on a plain dense layer (no engine)."""
+
+    nonnegative_input = False
+
+    def __init__(self, weight, bias, exact):
+        self.weight, self.bias, self.exact_output = weight, bias, exact
+
+    def expand(self, t):
+        return t
+
+    def modified(self, modifier):
+        return modifier(self.weight)
+
+    def forward(self, x, w, b):
+        return F.linear(x, w, b)
+
+    def transpose(self, s, w, channels=None):
+        return s @ w
+
+    def broadcast(self, b, ndim):
+        return b
+
+
+def _relative_error(ours, ref):
+    return float((ours - ref).abs().max() / ref.abs().max())
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["output-reused", "output-recomputed"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gamma_with_shared_products_equals_the_four_product_form_on_a_dense_layer(exact, bias):
+    gen = torch.Generator().manual_seed(7)
+    w, b = torch.randn(6, 9, generator=gen, dtype=torch.float64), torch.randn(6, generator=gen, dtype=torch.float64)
+    a = torch.randn(4, 9, generator=gen, dtype=torch.float64)  # inputs of both signs
+    a[0] = a[0].abs()  # and a row of one sign
+    layer = Dense(w, b if bias else None, exact)
+    out = layer.forward(a, w, layer.bias)
+    R = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    for gamma in (0.05, 0.25, 1.0):
+        ref = FourProductGamma(gamma).relevance(layer, a, R, out)
+        ours = clrp.rules.Gamma(gamma).relevance(layer, a, R, out)
+        assert _relative_error(ours, ref) < 1e-12, gamma
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gamma_with_shared_products_equals_the_four_product_form_on_a_vit_and_a_cnn(dtype):
+    vit = small_vit(seed=4).to(dtype)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(8), dtype=dtype)
+    x[2] = x[0]  # a repeated row: one forward row for two relevance rows
+    t = torch.tensor([1, 3, 4])
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for preset in ("attnlrp", "cp_lrp"):
+        slow = dataclasses.replace(RULES[preset], linear=FourProductGamma(0.05), conv=FourProductGamma(0.25))
+        for method in ("lrp", "clrp2"):
+            ours, ref = (clrp.explain(vit, x, t, method, rules=r) for r in (preset, slow))
+            assert _relative_error(ours, ref) < tol, (preset, method)
+    torch.manual_seed(5)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
+                        nn.ReLU(), nn.Conv2d(8, 6, 3, stride=2), nn.Flatten(), nn.LazyLinear(5))
+    cnn(x[:1].float())
+    cnn = cnn.to(dtype).eval()
+    with torch.no_grad():
+        cnn[3].running_mean.normal_(), cnn[3].running_var.uniform_(0.5, 2)
+    slow = dataclasses.replace(RULES["epsilon_gamma_box"], conv=FourProductGamma(0.25))
+    ours, ref = (clrp.explain(cnn, x, t, "lrp", rules=r) for r in ("epsilon_gamma_box", slow))
+    assert _relative_error(ours, ref) < tol
+
+
+# ---------------------------------------------------------------------------------------------
+# Swin, MaxViT (einsum attention), timm Swin
+
+
+class EinsumHead(nn.Module):
+    """One attention head written with einsum (as MaxViT) or matmul."""
+
+    def __init__(self, einsum: bool):
+        super().__init__()
+        torch.manual_seed(6)
+        self.qkv, self.out, self.einsum = nn.Linear(4, 12), nn.Linear(4, 3), einsum
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if self.einsum:
+            attn = torch.einsum("bid,bjd->bij", q, k).softmax(-1)
+            o = torch.einsum("bij,bjd->bid", attn, v)
+        else:
+            o = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.out(o[:, 0])
+
+
+@pytest.mark.parametrize("rules", ["attnlrp", "cp_lrp"])
+def test_einsum_attention_equals_matmul_attention(rules):
+    x = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(9))
+    ours, ref = (clrp.explain(EinsumHead(e), x, 1, "lrp", rules=rules, box=(-4, 4)) for e in (True, False))
+    assert float(ref.abs().sum()) > 0 and torch.allclose(ours, ref, rtol=1e-5, atol=1e-7)
+
+
+def _every_lrp_method_runs(model, size):
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(10))
+    for method in ("lrp", "clrp1", "clrp2", "sglrp"):
+        r = clrp.explain(model.eval(), x, 3, method, rules="attnlrp")
+        assert r.shape == x.shape and torch.isfinite(r).all() and float(r.abs().sum()) > 0, method
+        if method == "clrp2":
+            assert (r >= 0).all()
+
+
+@pytest.mark.slow
+def test_swin_and_maxvit():
+    import torchvision
+    from torchvision.models.maxvit import MaxVit
+
+    torch.manual_seed(0)
+    _every_lrp_method_runs(torchvision.models.swin_t(num_classes=10), 64)
+    _every_lrp_method_runs(MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[8, 16],
+                                  block_layers=[1, 1], head_dim=4, stochastic_depth_prob=0.0, num_classes=10), 32)
+
+
+@pytest.mark.slow
+def test_timm_swin():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    _every_lrp_method_runs(timm.create_model("swin_tiny_patch4_window7_224", num_classes=10, img_size=56,
+                                             depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 1, 1, 1)), 56)

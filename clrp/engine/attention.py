@@ -6,8 +6,8 @@ defaults leave every CNN explanation as it was.
 The rules are AttnLRP's (Achtibat et al., ICML 2024), written as relevance maps so that one pass
 serves CLRP's contrast as for CNNs:
 
-- a product of two input-dependent values ``O = A ⊗ B`` (matmul, bmm, an element-wise product
-  that is not a gate): each factor's LRP-0 relevance ``A ⊙ ∂(s·O)/∂A`` with ``s = R / O``, times
+- a product of two input-dependent values ``O = A ⊗ B`` (matmul, bmm, einsum, an element-wise
+  product that is not a gate): each factor's LRP-0 relevance ``A ⊙ ∂(s·O)/∂A`` with ``s = R / O``, times
   its share from the preset's product rule (uniform: 1/2 each; CP-LRP: a softmax/sigmoid factor
   is a constant and takes nothing);
 - softmax: ``R_x = x ⊙ (R - s Σ R)`` (AttnLRP's softmax rule: gradient times input);
@@ -51,25 +51,47 @@ class _Product(Op):
             node.extra["problem"] = f"its argument {others[0]!r} is computed from the input"
 
     def backward(self, node, R, ctx):
-        factors = node.extra["factors"]
-        rule = ctx.rules.get(node.index)
-        shares = rule.shares(node.extra["gates"])
         b = {k: ctx.fwd.expand(v) for k, v in bind(node, ctx.resolve(node.args), ctx.resolve(node.kwargs)).items()}
-        out = ctx.fwd.expand(ctx.fwd.values[node.index])
-        s = R / stabilize(out, rule.stabilizer)
-        with torch.enable_grad():
-            probes = {}
-            for name, j in factors:
-                b[name] = probes[name] = b[name].detach().requires_grad_(True)
-            y = node.target(**b)
-            grads = torch.autograd.grad(y, list(probes.values()), s)
-        return [(j, reduce_to(probes[name].detach() * g * share, ctx.fwd.values[j].shape[1:]))
-                for (name, j), g, share in zip(factors, grads, shares) if share]
+        return _split(node, R, ctx, b, lambda b: node.target(**b))
+
+
+def _split(node, R, ctx, args, call):
+    """Each factor ``args[key]`` of ``node.extra["factors"]`` ([(key, value index)]) takes its
+    LRP-0 relevance times its share; ``call(args)`` recomputes the product."""
+    factors = node.extra["factors"]
+    rule = ctx.rules.get(node.index)
+    shares = rule.shares(node.extra["gates"])
+    out = ctx.fwd.expand(ctx.fwd.values[node.index])
+    s = R / stabilize(out, rule.stabilizer)
+    with torch.enable_grad():
+        probes = []
+        for key, j in factors:
+            args[key] = args[key].detach().requires_grad_(True)
+            probes.append(args[key])
+        grads = torch.autograd.grad(call(args), probes, s)
+    return [(j, reduce_to(p.detach() * g * share, ctx.fwd.values[j].shape[1:]))
+            for (_, j), p, g, share in zip(factors, probes, grads, shares) if share]
 
 
 @register("matmul", "bmm", "mm")
 class MatMul(_Product):
     FACTORS = ("self", "other", "mat2")
+
+
+@register("einsum")
+class Einsum(_Product):
+    """An einsum (MaxViT's attention: q·kᵀ and attention·v) is a product of its input-dependent
+    operands; constant operands are part of the map, as a weight is."""
+
+    def prepare(self, node, graph):
+        operands = bind(node)["tensors"]
+        node.extra["factors"] = [(k, t.index) for k, t in enumerate(operands) if _carried(graph, t)]
+        node.extra["gates"] = [_is_gate(graph, j) for _, j in node.extra["factors"]]
+
+    def backward(self, node, R, ctx):
+        b = bind(node, ctx.resolve(node.args), ctx.resolve(node.kwargs))
+        operands = [ctx.fwd.expand(t) for t in b["tensors"]]
+        return _split(node, R, ctx, operands, lambda ts: torch.einsum(b["equation"], *ts))
 
 
 @register("baddbmm")

@@ -657,6 +657,10 @@ class LayerView:
         self.nonnegative_input = ctx.plan.nonnegative_input(node) and not ctx.fwd.masked
         # zB stacks on dimension 1: the channels of a conv, the features of a dense layer on [N, F] only
         self.stackable = node.extra["bound"]["groups"] == 1 if node.extra["conv"] else len(self.in_shape) == 1
+        self.exact_output = not ctx.fwd.masked  # rules may reuse the output as a·w + b (no ablation mask on it)
+
+    def broadcast(self, b, ndim):  # a per-output-channel vector against an output of ``ndim`` dimensions
+        return b.view((1, -1) + (1,) * (ndim - 2)) if self.node.extra["conv"] else b
 
     @property
     def box(self):  # computed only for the rules that use it (zB)
