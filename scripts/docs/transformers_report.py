@@ -3,8 +3,8 @@ two-class correlation of the maps (as docs/RESULTS.md reports it for CNNs). RAND
 pretrained weights cannot be downloaded here, so these numbers say what the rules do on an
 untrained network, not what a trained one has learnt.
 
-    python scripts/transformers_report.py coverage            # every model x method, conservation
-    python scripts/transformers_report.py two-class --n 40    # Pearson r of the two classes' maps
+    python scripts/docs/transformers_report.py coverage            # every model x method, conservation
+    python scripts/docs/transformers_report.py two-class --n 40    # Pearson r of the two classes' maps
 
 ``coverage``: torchvision vit_b_16 (64 px), swin_t (64 px), a MaxViT of maxvit_t's design at
 tiny width (32 px: maxvit_t needs 224 px), and timm vit/deit (distilled)/swin tiny configurations
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import clrp  # noqa: E402
 from clrp.evaluation.discriminativeness import discriminativeness_rows, discriminativeness_summary  # noqa: E402
 from clrp.rules import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
