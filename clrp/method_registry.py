@@ -18,7 +18,7 @@ import numpy as np
 from .errors import ClrpError
 
 __all__ = ["Option", "Method", "REGISTRY", "register_method", "METHODS", "METHOD_LABELS", "MAP_KINDS", "map_kind",
-           "FAMILIES", "family", "lookup", "check_options", "resolve_options"]
+           "FAMILIES", "family", "with_layer_relevance", "lookup", "check_options", "resolve_options"]
 
 #: The families: ``relevance`` needs a relevance rule at every node (the LRP family; rule presets
 #: and the zB box apply), ``gradient`` and ``cam`` need only autograd on the traced graph.
@@ -106,6 +106,9 @@ class Method:
     run: Callable
     options: tuple = ()  # Option records, in the order they are listed
     autograd_only: bool = False  # needs nothing but autograd: runs on the model itself when it cannot be traced
+    #: ``layer(ctx, index)``: the relevance at hidden node ``index`` (``clrp.layer_relevance``, the
+    #: ablation protocol's ranking, the Neuron contrast page); None: the method has none
+    layer: Callable | None = None
 
     @property
     def defaults(self) -> dict:
@@ -128,6 +131,8 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
         raise ClrpError("a method needs a non-empty name")
     if method.family not in FAMILIES:
         raise ClrpError(f"method {method.name!r}: family must be {_alternatives(FAMILIES)}, not {method.family!r}")
+    if method.layer is not None and method.family != "relevance":
+        raise ClrpError(f"method {method.name!r}: only an LRP-family method (family 'relevance') has layer relevance")
     if method.name in REGISTRY and not replace:
         raise ClrpError(f"a method named {method.name!r} is already registered (pass replace=True to replace it)")
     names = [o.name for o in method.options]
@@ -158,6 +163,11 @@ def check_options(options_by_method: dict) -> None:
 def family(name: str) -> list:
     """The registered methods of one family."""
     return [n for n, m in REGISTRY.items() if m.family == name]
+
+
+def with_layer_relevance() -> list:
+    """The registered methods that give relevance at a hidden layer (``Method.layer``)."""
+    return [n for n, m in REGISTRY.items() if m.layer is not None]
 
 
 def resolve_options(method: Method, given: dict) -> dict:

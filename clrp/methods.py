@@ -21,8 +21,8 @@ from .engine.trace import select_output
 from .errors import ClrpError, InvalidTarget, UnsupportedModel
 from .explain_inputs import (batch_targets, check_channel, check_inputs_untraced, check_targets, position_index,
                              resolve_box)
-from .method_registry import (MAP_KINDS, METHOD_LABELS, METHODS, REGISTRY, Method, Option, family, integer, map_kind,
-                              non_negative, register_method, resolve_options)
+from .method_registry import (MAP_KINDS, METHOD_LABELS, METHODS, REGISTRY, Method, Option, integer, map_kind,
+                              non_negative, register_method, resolve_options, with_layer_relevance)
 from .rules import Epsilon, Gamma, Gradient, resolve_composite
 
 __all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "Option", "REGISTRY", "register_method",
@@ -161,8 +161,8 @@ def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, 
     with skip connections this is the relevance that reaches ``layer`` (what bypasses it is not
     counted); at a block output it is all of it."""
     spec = REGISTRY.get(method)
-    if spec is None or spec.family != "relevance":
-        raise ClrpError(f"layer relevance needs an LRP-family method ({', '.join(family('relevance'))})")
+    if spec is None or spec.layer is None:
+        raise ClrpError(f"layer relevance needs an LRP-family method ({', '.join(with_layer_relevance())})")
     model, inputs = precision.for_explanation(model, inputs)
     plan = plan_for(model, inputs, output=output)
     x = engine.check_inputs(plan, inputs)
@@ -175,7 +175,7 @@ def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, 
     plan.require_lrp()
     ctx.box = resolve_box(box, plan, x, composite)
     idx = plan.layer_index(layer)
-    R = _at_batch_size(ctx, rows, lambda c: _relevance(c, method, stop_at=idx))
+    R = _at_batch_size(ctx, rows, lambda c: spec.layer(c, idx))
     if spatial or R.ndim == 2:
         return R
     return R.sum(dim=tuple(range(2, R.ndim)))
@@ -488,14 +488,17 @@ _BATCH = Option("batch_size", None, "inputs per gradient call (default: 16 per s
 
 for _m in (
     Method("lrp", "LRP", "Layer-wise Relevance Propagation of the target logit (rule preset via `rules`)",
-           "relevance", "relevance", lambda c: _relevance(c, "lrp"), (_SEED, _CONDITION, _BOX)),
+           "relevance", "relevance", lambda c: _relevance(c, "lrp"), (_SEED, _CONDITION, _BOX),
+           layer=lambda c, i: _relevance(c, "lrp", stop_at=i)),
     Method("clrp1", "CLRP1", "Contrastive LRP, dual = all other classes (dual='uniform' as the paper, 'abs_logits' "
            "as its code)", "relevance", "relevance", lambda c: _relevance(c, "clrp1"),
-           (_SEED, _CONDITION, _BOX, _CONTRAST, _DUAL)),
+           (_SEED, _CONDITION, _BOX, _CONTRAST, _DUAL), layer=lambda c, i: _relevance(c, "clrp1", stop_at=i)),
     Method("clrp2", "CLRP2", "Contrastive LRP, dual = the target's output weights negated",
-           "relevance", "relevance", lambda c: _relevance(c, "clrp2"), (_SEED, _CONDITION, _BOX, _CONTRAST)),
+           "relevance", "relevance", lambda c: _relevance(c, "clrp2"), (_SEED, _CONDITION, _BOX, _CONTRAST),
+           layer=lambda c, i: _relevance(c, "clrp2", stop_at=i)),
     Method("sglrp", "SGLRP", "Softmax-gradient LRP (Iwana et al. 2019): seeded with the softmax gradient",
-           "relevance", "softmax relevance", lambda c: _relevance(c, "sglrp"), (_CONDITION, _BOX)),
+           "relevance", "softmax relevance", lambda c: _relevance(c, "sglrp"), (_CONDITION, _BOX),
+           layer=lambda c, i: _relevance(c, "sglrp", stop_at=i)),
     Method("gradient", "Gradient", "Vanilla gradient of the target logit (Simonyan et al.)", "gradient", "sensitivity",
            lambda c: _gradient(c, GRADIENT), autograd_only=True),
     Method("gradient_x_input", "Gradient×Input", "Gradient times input", "gradient", "attribution",

@@ -93,3 +93,17 @@ def test_every_builtin_record_is_complete():
     assert map_kind("clrp2", {"contrast": "reference"}) == "normalised relevance" == map_kind("clrp1", {"contrast": "reference"})
     assert map_kind("clrp2") == "relevance" and map_kind("sglrp") == "softmax relevance" and map_kind("nope") == "nope"
     assert list(clrp.METHOD_LABELS)[-1] == "center"  # the Pointing Game's baseline is labelled too
+
+
+def test_layer_relevance_is_a_capability_of_the_record():
+    """Only a record with ``layer`` gives relevance at a hidden layer: an LRP-family plug-in without
+    one is refused (it is not taken for one of the built-in seeds)."""
+    register_method(Method("relevance_plugin", "Relevance plug-in", "", "relevance", "relevance",
+                           lambda ctx: ctx.x))
+    try:
+        with pytest.raises(ClrpError, match=r"needs an LRP-family method \(lrp, clrp1, clrp2, sglrp\)"):
+            clrp.layer_relevance(_model(), torch.rand(1, 3, 2, 2), 0, "1", method="relevance_plugin")
+    finally:
+        del REGISTRY["relevance_plugin"]
+    with pytest.raises(ClrpError, match="only an LRP-family method"):
+        register_method(Method("odd", "Odd", "", "gradient", "sensitivity", _scaled_input, layer=lambda c, i: c.x))
