@@ -21,8 +21,8 @@ from .engine.trace import select_output
 from .errors import ClrpError, InvalidTarget, UnsupportedModel
 from .explain_inputs import (batch_targets, check_channel, check_inputs_untraced, check_targets, position_index,
                              resolve_box)
-from .method_registry import (MAP_KINDS, METHOD_LABELS, METHODS, REGISTRY, Method, Option, integer, map_kind,
-                              non_negative, register_method, resolve_options, with_layer_relevance)
+from .method_registry import (MAP_KINDS, METHOD_LABELS, METHODS, REGISTRY, Method, Option, integer, lookup,
+                              map_kind, non_negative, register_method, resolve_options, with_layer_relevance)
 from .rules import Epsilon, Gamma, Gradient, resolve_composite
 
 __all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "Option", "REGISTRY", "register_method",
@@ -85,9 +85,7 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", out
     (``"out"``), an index (``0``) or a function of the output (``lambda out: out.logits``); a model
     returning several tensors without it is refused, naming them.
     """
-    if method not in REGISTRY:
-        raise ClrpError(f"unknown method {method!r}; known methods: {', '.join(REGISTRY)}")
-    spec = REGISTRY[method]
+    spec = lookup(method)
     opts = resolve_options(spec, options)
     box = opts.pop("box", None)
     model, inputs = precision.for_explanation(model, inputs)  # float16/bfloat16: computed in float32
