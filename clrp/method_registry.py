@@ -8,6 +8,8 @@ and the dashboard (its method list, labels, option controls and colour scales) a
 """
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -18,7 +20,7 @@ import numpy as np
 from .errors import ClrpError
 
 __all__ = ["Option", "Method", "REGISTRY", "register_method", "METHODS", "METHOD_LABELS", "MAP_KINDS", "map_kind",
-           "FAMILIES", "family", "with_layer_relevance", "lookup", "check_options", "resolve_options"]
+           "FAMILIES", "family", "with_layer_relevance", "lookup", "built_in", "reference", "register_reference", "check_options", "resolve_options"]
 
 #: The families: ``relevance`` needs a relevance rule at every node (the LRP family; rule presets
 #: and the zB box apply), ``gradient`` and ``cam`` need only autograd on the traced graph.
@@ -145,6 +147,31 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
             raise ClrpError(f"method {method.name!r}: the default of option {o.name!r} is not allowed ({e})") from None
     REGISTRY[method.name] = method
     return method
+
+
+def built_in(name: str) -> bool:
+    """Whether ``name`` is one of clrp's own methods (not a plug-in)."""
+    return name in REGISTRY and REGISTRY[name].run.__module__ == "clrp.methods"
+
+
+def reference(name: str) -> str:
+    """``module:variable`` of a plug-in method's record, from which another process (a dashboard
+    worker) registers it again (:func:`register_reference`); refused when the record is not a
+    module-level variable of the module that defines its ``run``."""
+    method = lookup(name)
+    module = sys.modules.get(method.run.__module__)
+    for variable, value in vars(module).items() if module else ():
+        if value is method:
+            return f"{module.__name__}:{variable}"
+    raise ClrpError(f"method {name!r} cannot run in a worker process: its Method record must be a module-level "
+                    f"variable of {method.run.__module__}, the module of its run function")
+
+
+def register_reference(ref: str) -> Method:
+    """Register the method record a :func:`reference` names (again), unless it is registered."""
+    module, _, variable = ref.partition(":")
+    method = getattr(importlib.import_module(module), variable)
+    return REGISTRY.get(method.name) or register_method(method)
 
 
 def lookup(name: str) -> Method:

@@ -107,3 +107,30 @@ def test_layer_relevance_is_a_capability_of_the_record():
         del REGISTRY["relevance_plugin"]
     with pytest.raises(ClrpError, match="only an LRP-family method"):
         register_method(Method("odd", "Odd", "", "gradient", "sensitivity", _scaled_input, layer=lambda c, i: c.x))
+
+
+def test_a_dashboard_evaluation_runs_a_plugin_method_in_its_worker_process(plugin, monkeypatch, tmp_path):
+    """The job's worker is a new process: it registers the plug-in's record again from where the
+    server found it (module:variable), as it does for plug-in protocols."""
+    from .test_app import _run_page
+
+    monkeypatch.setenv("CLRP_DEV_RANDOM_MODELS", "1")
+    monkeypatch.setenv("CLRP_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CLRP_CACHE_DIR", str(tmp_path / "cache"))
+    _, run = _run_page("pages/4_Pointing_Game.py", "pointing", 2, {"pg_methods": ["scaled_input"]})
+    res, _ = core.run_results(run.out_dir)
+    assert set(res["pointing"]["method"]) == {"scaled_input", "center"}
+
+
+def test_a_plugin_record_a_worker_cannot_import_is_refused_by_name(plugin):
+    from clrp.method_registry import built_in, reference, register_reference
+
+    assert built_in("lrp") and not built_in("scaled_input")
+    assert reference("scaled_input") == "tests.test_method_registry:PLUGIN"
+    assert register_reference("tests.test_method_registry:PLUGIN") is PLUGIN
+    register_method(Method("local_only", "Local", "", "gradient", "sensitivity", _scaled_input))
+    try:
+        with pytest.raises(ClrpError, match="'local_only' cannot run in a worker process"):
+            reference("local_only")
+    finally:
+        del REGISTRY["local_only"]
