@@ -63,7 +63,7 @@ class Option:
     #: None: set from code or the command line only
     control: str | None = None
     #: the map's kind when the option has one of these values (else the method's kind)
-    kinds: Mapping = field(default_factory=dict)
+    kinds: Mapping = field(default_factory=dict, hash=False)
 
     def resolve(self, value):
         """The value to use, or a ClrpError saying what is allowed."""
