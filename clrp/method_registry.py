@@ -59,7 +59,7 @@ class Option:
     choices: tuple = ()
     #: ``check(name, value) -> value to use``, raising ClrpError (e.g. :func:`integer`)
     check: Callable[[str, Any], Any] | None = None
-    #: the label of the dashboard control that sets it (options of one name share one control);
+    #: the label of the dashboard control that sets it (options with one label share the control);
     #: None: set from code or the command line only
     control: str | None = None
     #: the map's kind when the option has one of these values (else the method's kind)
@@ -115,9 +115,6 @@ class Method:
     @property
     def defaults(self) -> dict:
         return {o.name: o.default for o in self.options}
-
-    def option(self, name: str) -> Option | None:
-        return next((o for o in self.options if o.name == name), None)
 
 
 #: Every method by name, in the order they were registered (built-ins first).
