@@ -18,10 +18,8 @@ never imports Streamlit.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
 import shlex
 import sys
 from typing import Optional, Sequence
@@ -34,6 +32,9 @@ from .errors import ClrpError
 from .scenes.presets import EVALUATION_SEED as SCENES_DEFAULT_SEED  # noqa: E402
 from .scenes import cli as scenes_cli  # noqa: E402
 from .datasets import FORMATS as DATASET_FORMATS  # noqa: E402
+# shard selection, merging and the results tables live next to the runner; public here too
+from .evaluation.cli_support import (FilteredDataset, merge_dirs, parse_shard, print_summaries,  # noqa: E402,F401
+                                     shard_of, write_tables)
 EXIT_USAGE = 2
 EXIT_NOTHING = 1  # the run finished but evaluated no image
 EXIT_INTERRUPTED = 130
@@ -43,84 +44,6 @@ EXIT_INTERRUPTED = 130
 # helpers
 def _split_list(text: str) -> list:
     return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
-def _versions() -> dict:
-    import torch
-
-    import clrp
-
-    v = {"clrp": getattr(clrp, "__version__", "?"), "torch": torch.__version__,
-         "python": platform.python_version(), "platform": platform.platform()}
-    try:
-        import torchvision
-
-        v["torchvision"] = torchvision.__version__
-    except Exception:  # pragma: no cover - torchvision is a dependency
-        v["torchvision"] = None
-    try:
-        import numpy
-
-        v["numpy"] = numpy.__version__
-    except Exception:  # pragma: no cover
-        pass
-    return v
-
-
-def shard_of(image_id, count: int) -> int:
-    """Shard (0 .. count-1) of an image id: SHA-1 of the id's UTF-8 bytes modulo ``count``."""
-    h = hashlib.sha1(str(image_id).encode("utf-8")).digest()
-    return int.from_bytes(h[:8], "big") % int(count)
-
-
-def parse_shard(text: Optional[str]):
-    if not text:
-        return None
-    try:
-        i, n = (int(p) for p in text.split("/"))
-    except ValueError:
-        raise ClrpError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise ClrpError(f"--shard {text}: need 0 <= i < n")
-    return i, n
-
-
-class FilteredDataset:
-    """A dataset seen through a filter on image ids (``--shard``, ``--subset`` with an id list).
-    Delegates everything else (problems, class mapping, report) to the wrapped dataset."""
-
-    def __init__(self, dataset, shard=None, ids=None):
-        self._ds = dataset
-        self._shard = shard
-        self._ids = set(ids) if ids is not None else None
-
-    def _keep(self, image_id) -> bool:
-        if self._ids is not None and str(image_id) not in self._ids:
-            return False
-        if self._shard is not None and shard_of(image_id, self._shard[1]) != self._shard[0]:
-            return False
-        return True
-
-    def samples(self):
-        for s in self._ds.samples():
-            if self._keep(s.image_id):
-                yield s
-
-    __iter__ = samples
-
-    @property
-    def unfiltered(self):
-        """The whole dataset (its digest is recorded: merged shards must come from one dataset)."""
-        return self._ds
-
-    def __len__(self):
-        ids = getattr(self._ds, "ids", None)
-        if ids is None:
-            raise TypeError("length unknown")
-        return sum(1 for i in ids if self._keep(i))
-
-    def __getattr__(self, name):
-        return getattr(self._ds, name)
 
 
 def _parse_scenes(spec: str):
@@ -251,68 +174,17 @@ def _resume_command(argv) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# results files
-def write_tables(out_dir: str, print_summary: bool = True, stream=None) -> dict:
-    """Write ``results/<protocol>.{csv,parquet}`` and ``summary/<protocol>.csv`` from the runner's
-    parts in ``out_dir``; print the summary tables. Returns ``summarize(out_dir)``."""
-    from .evaluation.runner import load_results, summarize
-    from .evaluation.runs import flat_for_csv
-
-    from .fileio import makedirs, write_atomic, write_csv
-
-    stream = stream or sys.stdout
-    res = load_results(out_dir)
-    makedirs(os.path.join(out_dir, "results"))
-    makedirs(os.path.join(out_dir, "summary"))
-    for proto, df in res.items():  # exports of the parts: a failed write leaves the run resumable
-        table = os.path.join(out_dir, "results", proto)
-        write_atomic(table + ".parquet", lambda p: df.to_parquet(p, index=False))
-        write_atomic(table + ".csv", lambda p: write_csv(flat_for_csv(df), p))
-    summ = summarize(res)
-    for proto, table in summ.items():
-        write_atomic(os.path.join(out_dir, "summary", f"{proto}.csv"), lambda p: write_csv(table, p, index=True))
-    if print_summary:
-        print_summaries(summ, stream)
-    return summ
-
-
-def print_summaries(summ: dict, stream=None) -> None:
-    import pandas as pd
-
-    stream = stream or sys.stdout
-    with pd.option_context("display.width", 160, "display.max_columns", 40, "display.float_format",
-                           "{:.4f}".format):
-        for proto, table in summ.items():
-            print(f"\n== {proto} ==", file=stream)
-            if table is None or len(table) == 0:
-                print("(no rows)", file=stream)
-                continue
-            if proto == "pointing":
-                main_cols = [c for c in table.columns if not str(c).startswith("class:")]
-                print(table[main_cols].to_string(), file=stream)
-                per_class = table[[c for c in table.columns if str(c).startswith("class:")]]
-                if per_class.shape[1]:
-                    print("\nper-class accuracy (all):", file=stream)
-                    print(per_class.rename(columns=lambda c: c[6:]).T.to_string(), file=stream)
-            else:
-                print(table.to_string(), file=stream)
-            note = table.attrs.get("settings") if hasattr(table, "attrs") else None
-            if note:
-                print(f"({note})", file=stream)
-
-
-# ---------------------------------------------------------------------------------------------
 # commands
 def cmd_evaluate(a, argv) -> int:
     from .datasets import NoClassMapped, open_dataset
     from .evaluation.runner import RunConfig, run_evaluation
+    from .method_registry import check_options, lookup
     import clrp
 
     out = a.out
     methods = list(clrp.METHODS) if a.methods == "all" else _split_list(a.methods)
     for m in methods:
-        if m not in clrp.METHODS:
-            raise ClrpError(f"unknown method {m!r}; choose from {', '.join(clrp.METHODS)}")
+        lookup(m)
     protocols = _split_list(a.protocols)
     if a.rules not in clrp.RULES:
         raise ClrpError(f"unknown rule preset {a.rules!r}; choose from {', '.join(clrp.RULES)}")
@@ -322,6 +194,7 @@ def cmd_evaluate(a, argv) -> int:
     for m in options:
         if m not in methods:
             raise ClrpError(f"--option for {m!r}, which is not among --methods")
+    check_options(options)  # bad values before the model is loaded
     mapping = _read_mapping(a.mapping)
 
     from .evaluation.runs import RunFolder
@@ -418,30 +291,6 @@ def cmd_evaluate(a, argv) -> int:
     return 0
 
 
-def merge_dirs(inputs: Sequence[str], out: str) -> dict:
-    """Join the results of several runs (e.g. shards) into ``out`` (see
-    :func:`clrp.evaluation.runs.merge`); the runs must agree on everything but the selection."""
-    from .evaluation.runner import _identity
-    from .evaluation.runs import merge
-
-    def comparable(settings):
-        ident = dict(_identity(settings))
-        ident.pop("selection")
-        ident.pop("dataset")  # each shard sees its own part of the dataset
-        return ident
-
-    merged = merge(inputs, out, comparable=comparable)
-    shards = merged.get("shards") or []
-    if shards and all(shards):
-        n = {s[1] for s in shards}
-        got = {s[0] for s in shards}
-        if len(n) == 1 and got != set(range(next(iter(n)))):
-            missing = sorted(set(range(next(iter(n)))) - got)
-            print(f"note: shards {missing} of {next(iter(n))} are not among the inputs", file=sys.stderr)
-    from .evaluation.runs import RunFolder
-    return {"images": len(RunFolder(out).read_progress().done)}
-
-
 def cmd_merge(a, argv) -> int:
     for d in a.inputs:
         if not os.path.isdir(d):
@@ -454,13 +303,12 @@ def cmd_merge(a, argv) -> int:
 
 def cmd_methods(a, argv) -> int:
     import clrp
-    from .methods import REGISTRY
+    from .method_registry import REGISTRY
 
     print("Methods (--methods):")
     w = max(len(m) for m in clrp.METHODS)
     for m, d in clrp.METHODS.items():
-        opts = getattr(REGISTRY.get(m), "options", {}) or {}
-        o = ", ".join(f"{k}={v!r}" for k, v in opts.items())
+        o = ", ".join(f"{k}={v!r}" for k, v in REGISTRY[m].defaults.items())
         print(f"  {m:<{w}}  {d}" + (f"  [options: {o}]" if o else ""))
     print("\nRule presets (--rules):")
     w = max(len(r) for r in clrp.RULES)
@@ -508,9 +356,10 @@ def cmd_explain(a, argv) -> int:
 
     import clrp
     from . import viz
+    from .method_registry import check_options
 
-    if a.method not in clrp.METHODS:
-        raise ClrpError(f"unknown method {a.method!r}; choose from {', '.join(clrp.METHODS)}")
+    options = _method_options(a.option).get(a.method, {})
+    check_options({a.method: options})  # an unknown method or a bad option before the model is loaded
     if a.rules not in clrp.RULES:
         raise ClrpError(f"unknown rule preset {a.rules!r}; choose from {', '.join(clrp.RULES)}")
     if not os.path.exists(a.image):
@@ -523,7 +372,7 @@ def cmd_explain(a, argv) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     x = loaded.on_model_device(img.tensor, dtype=False)  # float32 inputs: a half-precision model is explained in float32
     target = _resolve_target(a.target, loaded, x)
-    r = loaded.explain(x, [target], a.method, a.rules, **_method_options(a.option).get(a.method, {}))
+    r = loaded.explain(x, [target], a.method, a.rules, **options)
     m = viz.channel_sum(r.detach().cpu())
     print("top classes: " + ", ".join(f"{n} ({i}) {s:.3f}" for i, n, s in loaded.top_classes(x, 5)))
     print(f"{a.method} ({a.rules}) for class {loaded.class_names[target]!r} ({target}): map {m.shape[0]}x{m.shape[1]}, "

@@ -1,4 +1,5 @@
-"""explain(), the method registry, hidden-neuron explanations and layer relevances.
+"""explain(), hidden-neuron explanations, layer relevances and the built-in methods (their records are
+:class:`clrp.method_registry.Method`, in the registry that explain(), the CLI and the dashboard read).
 
 Every method is a seed plus a walk over the engine's one propagation mechanism: LRP-family
 methods differ only in their output-layer seed (and CLRP's dual), gradient-family methods only
@@ -9,8 +10,6 @@ differentiate (on the traced graph, or on the model itself when it cannot be tra
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
-from typing import Callable
 
 import numpy as np
 import torch
@@ -19,35 +18,21 @@ import torch.nn.functional as F
 from . import engine, precision
 from .engine import DECONVNET, GRADIENT, GUIDED, gradients, layer_step, plan_for, propagate, run_forward
 from .engine.trace import select_output
-from .errors import ClrpError, InvalidInput, InvalidTarget, UnsupportedModel
-from .rules import (Epsilon, Gamma, Gradient, IMAGENET_MEAN, IMAGENET_STD, REFERENCE_BOX, ZBox, box_from_normalization,
-                    resolve_composite)
+from .errors import ClrpError, InvalidTarget, UnsupportedModel
+from .explain_inputs import (batch_targets, check_channel, check_inputs_untraced, check_targets, position_index,
+                             resolve_box)
+from .method_registry import (MAP_KINDS, METHOD_LABELS, METHODS, REGISTRY, Method, Option, integer, lookup,
+                              map_kind, non_negative, register_method, resolve_options, with_layer_relevance)
+from .rules import Epsilon, Gamma, Gradient, resolve_composite
 
-__all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "REGISTRY", "MAP_KINDS", "METHOD_LABELS",
-           "map_kind", "ExplanationInfo", "VANISHING"]
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    description: str
-    family: str  # "relevance" (LRP family) | "gradient" | "cam"
-    options: dict  # option name -> default
-    run: Callable
-
-
-REGISTRY: dict[str, Method] = {}
-
-# Methods that need nothing but autograd: they run on the model itself when it cannot be traced.
-_AUTOGRAD_ONLY = {"gradient", "gradient_x_input", "integrated_gradients", "smoothgrad"}
-
-
-def _register(name, description, family, options, run):
-    REGISTRY[name] = Method(name, description, family, dict(options), run)
+__all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "Option", "REGISTRY", "register_method",
+           "MAP_KINDS", "METHOD_LABELS", "map_kind", "ExplanationInfo", "VANISHING"]
 
 
 @dataclass
 class _Ctx:
+    """What a method's ``run`` gets (see :class:`clrp.method_registry.Method`)."""
+
     plan: engine.Plan | None  # None: the model could not be traced (autograd-only methods)
     model: torch.nn.Module
     x: torch.Tensor
@@ -100,32 +85,30 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", out
     (``"out"``), an index (``0``) or a function of the output (``lambda out: out.logits``); a model
     returning several tensors without it is refused, naming them.
     """
-    if method not in REGISTRY:
-        raise ClrpError(f"unknown method {method!r}; known methods: {', '.join(REGISTRY)}")
-    spec = REGISTRY[method]
-    opts = _options(spec, options)
+    spec = lookup(method)
+    opts = resolve_options(spec, options)
     box = opts.pop("box", None)
     model, inputs = precision.for_explanation(model, inputs)  # float16/bfloat16: computed in float32
     try:
         plan = plan_for(model, inputs, output=output)
     except UnsupportedModel:
-        if method not in _AUTOGRAD_ONLY:
+        if not spec.autograd_only:
             raise
         plan = None
     if plan is None:
         if model.training:
             raise ClrpError(f"{type(model).__name__} could not be traced and is in training mode: call model.eval() "
                             "before explaining it (its own forward would update BatchNorm statistics)")
-        x = _untraced_inputs(model, inputs)
+        x = check_inputs_untraced(model, inputs)
     else:
         x = engine.check_inputs(plan, inputs)
     rows = x.shape[0]
-    x, t = _batch(x, targets)
+    x, t = batch_targets(x, targets)
     composite = resolve_composite(rules)
     ctx = _Ctx(plan, model, x, t, composite, None, opts, output=output)
     if spec.family == "relevance":
         plan.require_lrp()
-        ctx.box = _resolve_box(box, plan, x, composite)
+        ctx.box = resolve_box(box, plan, x, composite)
     R = _at_batch_size(ctx, rows, spec.run)
     info = _check_result(ctx, method, spec, composite, R)
     return (R, info) if return_info else R
@@ -176,21 +159,21 @@ def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, 
     with skip connections this is the relevance that reaches ``layer`` (what bypasses it is not
     counted); at a block output it is all of it."""
     spec = REGISTRY.get(method)
-    if spec is None or spec.family != "relevance":
-        raise ClrpError(f"layer relevance needs an LRP-family method ({', '.join(_family('relevance'))})")
+    if spec is None or spec.layer is None:
+        raise ClrpError(f"layer relevance needs an LRP-family method ({', '.join(with_layer_relevance())})")
     model, inputs = precision.for_explanation(model, inputs)
     plan = plan_for(model, inputs, output=output)
     x = engine.check_inputs(plan, inputs)
     rows = x.shape[0]
-    x, t = _batch(x, targets)
-    opts = _options(spec, options)
+    x, t = batch_targets(x, targets)
+    opts = resolve_options(spec, options)
     composite = resolve_composite(rules)
     ctx = _Ctx(plan, model, x, t, composite, None, opts, output=output)
     box = opts.pop("box", None)
     plan.require_lrp()
-    ctx.box = _resolve_box(box, plan, x, composite)
+    ctx.box = resolve_box(box, plan, x, composite)
     idx = plan.layer_index(layer)
-    R = _at_batch_size(ctx, rows, lambda c: _relevance(c, method, stop_at=idx))
+    R = _at_batch_size(ctx, rows, lambda c: spec.layer(c, idx))
     if spatial or R.ndim == 2:
         return R
     return R.sum(dim=tuple(range(2, R.ndim)))
@@ -218,9 +201,9 @@ def explain_neuron(model, inputs, layer: str, channel: int, *, position=None, co
     if A.ndim < 2:
         raise InvalidTarget(f"layer {layer!r} has no channels to explain")
     k = A.shape[1]
-    _check_channel(channel, k, layer)
+    check_channel(channel, k, layer)
     sel = torch.zeros_like(A)
-    pos = _position_index(position, A, layer)
+    pos = position_index(position, A, layer)
     sel[(slice(None), channel, *pos)] = 1
     R = A * sel
     if contrast is not None:
@@ -228,7 +211,7 @@ def explain_neuron(model, inputs, layer: str, channel: int, *, position=None, co
             other = torch.ones_like(A)
             other[:, channel] = 0
         elif isinstance(contrast, (int, np.integer)) and not isinstance(contrast, bool):
-            _check_channel(int(contrast), k, layer)
+            check_channel(int(contrast), k, layer)
             if int(contrast) == channel:
                 raise InvalidTarget("contrast channel must differ from the explained channel")
             other = torch.zeros_like(A)
@@ -242,7 +225,7 @@ def explain_neuron(model, inputs, layer: str, channel: int, *, position=None, co
         dual = A * other
         R = R - dual * _ratio(_total(R), _total(dual)).view(-1, *([1] * (A.ndim - 1)))
     composite = resolve_composite(rules)
-    out = propagate(plan, fwd, {idx: R}, rules=plan.rules_for(composite), box=_resolve_box(box, plan, x, composite))
+    out = propagate(plan, fwd, {idx: R}, rules=plan.rules_for(composite), box=resolve_box(box, plan, x, composite))
     if contrast is not None and output == "clamp":
         out = out.clamp(min=0)
     return out
@@ -258,7 +241,7 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
     logits = fwd.logits
     if logits.ndim != 2:
         raise UnsupportedModel(f"the model's output has shape {tuple(logits.shape)}; expected logits [N, classes]")
-    t = _check_targets(ctx.targets, logits.shape[1])
+    t = check_targets(ctx.targets, logits.shape[1])
     rules = plan.rules_for(ctx.rules)
     out_layer = plan.output_layer
     if out_layer is not None and ctx.rules.output is not None:  # the preset's output-layer rule
@@ -275,8 +258,6 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
     y_t = logits.gather(1, t[:, None])
     if o.get("seed", "logit") == "abs_logit":
         y_t = y_t.abs()
-    elif o.get("seed", "logit") != "logit":
-        raise ClrpError("seed must be 'logit' or 'abs_logit'")
 
     if kind == "lrp":
         R = propagate(plan, fwd, {g.output: onehot * y_t}, **walk)
@@ -301,8 +282,6 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
                                f"are computed by several ({', '.join(parallel)}), so there is no single layer to form "
                                "the dual at")
     contrast = o.get("contrast", "clamp")
-    if contrast not in ("clamp", "signed", "reference"):
-        raise ClrpError("contrast must be 'clamp', 'signed' or 'reference'")
     node = g.nodes[out_layer]
 
     def below(seed, negate=False):
@@ -315,14 +294,11 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
         if n_cls < 2:
             raise InvalidTarget("CLRP1 needs a model with at least two classes")
         others = 1 - onehot
-        dual = o.get("dual", "uniform")
-        if dual == "uniform":
+        if o.get("dual", "uniform") == "uniform":
             weights = others / (n_cls - 1)
-        elif dual == "abs_logits":
+        else:  # abs_logits
             weights = logits.abs() * others
             weights = weights * _ratio(1.0, weights.sum(1)).view(-1, 1)
-        else:
-            raise ClrpError("dual must be 'uniform' or 'abs_logits'")
         low_d = below(weights * y_t)
     else:  # clrp2: the output layer with the target's weights negated, seeded with the target score
         if isinstance(rules[out_layer], (Epsilon, Gradient, Gamma)):
@@ -374,7 +350,7 @@ def _condition(plan, fwd, condition):
     out = fwd.values[idx]
     channels = [channels] if isinstance(channels, (int, np.integer)) else list(channels)
     for c in channels:
-        _check_channel(c, out.shape[1], layer)
+        check_channel(c, out.shape[1], layer)
     mask = torch.zeros((1, out.shape[1], *[1] * (out.ndim - 2)), dtype=out.dtype, device=out.device)
     mask[0, channels] = 1
     return {idx: mask}
@@ -388,7 +364,7 @@ def _gradient(ctx: _Ctx, mode: str, x=None, targets=None) -> torch.Tensor:
     targets = ctx.targets if targets is None else targets
 
     def seed(logits):
-        t = _check_targets(targets, logits.shape[1])
+        t = check_targets(targets, logits.shape[1])
         return F.one_hot(t, logits.shape[1]).to(logits.dtype)
 
     if ctx.plan is None:  # untraceable model: autograd on the model itself
@@ -452,10 +428,7 @@ def _path_coefficients(method, n):
         w[-1] /= 2
         return torch.linspace(0, 1, n).tolist(), w
     alphas = {"riemann_left": torch.linspace(0, 1 - 1 / n, n), "riemann_right": torch.linspace(1 / n, 1, n),
-              "riemann_middle": torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n)}.get(method)
-    if alphas is None:
-        raise ClrpError("integration must be gausslegendre, riemann_left, riemann_right, riemann_middle "
-                        "or riemann_trapezoid")
+              "riemann_middle": torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n)}[method]
     return alphas.tolist(), [1 / n] * n
 
 
@@ -479,7 +452,7 @@ def _gradcam(ctx: _Ctx) -> torch.Tensor:
     else:
         idx = plan.layer_index(o["layer"])
     t = ctx.targets
-    _, g, fwd = gradients(plan, x, lambda logits: F.one_hot(_check_targets(t, logits.shape[1]), logits.shape[1])
+    _, g, fwd = gradients(plan, x, lambda logits: F.one_hot(check_targets(t, logits.shape[1]), logits.shape[1])
                           .to(logits.dtype), wrt=(idx,))
     A = fwd.values[idx].detach()
     if A.ndim != 4:
@@ -495,209 +468,61 @@ def _gradcam(ctx: _Ctx) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# Registry
+# The built-in methods' records
 
-_LRP_OPTS = {"seed": "logit", "condition": None, "box": None}
-_CLRP_OPTS = {**_LRP_OPTS, "contrast": "clamp"}
-_BATCH = {"batch_size": None}
+_SEED = Option("seed", "logit", "logit (signed, default) or |logit| as in the reference code",
+               choices=("logit", "abs_logit"), control="Output seed")
+_CONDITION = Option("condition", None, "(layer, channels): only the relevance that flows through these channels")
+_BOX = Option("box", None, "zB bounds (low, high), scalars or one per input channel, or 'reference' "
+                           "(default: ImageNet normalisation)")
+_CONTRAST = Option("contrast", "clamp", "clamp: max(0, target - dual) as in the paper; signed: keep negative evidence "
+                                        "(shown on a diverging scale); reference: the authors' code's "
+                                        "normalise-then-subtract",
+                   choices=("clamp", "signed", "reference"), control="CLRP output",
+                   kinds={"reference": "normalised relevance"})
+_DUAL = Option("dual", "uniform", "uniform: the paper's text; abs_logits: the reference code",
+               choices=("uniform", "abs_logits"), control="CLRP1 dual")
+_BATCH = Option("batch_size", None, "inputs per gradient call (default: 16 per sample)", check=integer(1, optional=True))
 
-_register("lrp", "Layer-wise Relevance Propagation of the target logit (rule preset via `rules`)",
-          "relevance", _LRP_OPTS, lambda c: _relevance(c, "lrp"))
-_register("clrp1", "Contrastive LRP, dual = all other classes (dual='uniform' as the paper, 'abs_logits' as its code)",
-          "relevance", {**_CLRP_OPTS, "dual": "uniform"}, lambda c: _relevance(c, "clrp1"))
-_register("clrp2", "Contrastive LRP, dual = the target's output weights negated",
-          "relevance", _CLRP_OPTS, lambda c: _relevance(c, "clrp2"))
-_register("sglrp", "Softmax-gradient LRP (Iwana et al. 2019): seeded with the softmax gradient",
-          "relevance", {"condition": None, "box": None}, lambda c: _relevance(c, "sglrp"))
-_register("gradient", "Vanilla gradient of the target logit (Simonyan et al.)", "gradient", {},
-          lambda c: _gradient(c, GRADIENT))
-_register("gradient_x_input", "Gradient times input", "gradient", {}, lambda c: _gradient(c, GRADIENT) * c.x)
-_register("deconvnet", "DeConvNet (Zeiler & Fergus): ReLUs pass the positive part of the upper signal",
-          "gradient", {}, lambda c: _gradient(c, DECONVNET))
-_register("guided_backprop", "Guided backpropagation (Springenberg et al.)", "gradient", {},
-          lambda c: _gradient(c, GUIDED))
-_register("gradcam", "Grad-CAM (Selvaraju et al.) at the last convolutional feature map, upsampled", "cam",
-          {"layer": None, "relu": True, "interpolation": "bilinear"}, _gradcam)
-_register("integrated_gradients", "Integrated Gradients (Sundararajan et al.), zero baseline by default",
-          "gradient", {"steps": 50, "baseline": None, "integration": "gausslegendre", **_BATCH}, _integrated_gradients)
-_register("smoothgrad", "SmoothGrad (Smilkov et al.): gradient averaged over noisy copies", "gradient",
-          {"samples": 25, "noise": 0.15, "random_state": 0, **_BATCH}, _smoothgrad)
-
-METHODS = MappingProxyType({name: m.description for name, m in REGISTRY.items()})
-
-
-def _family(family):
-    return [n for n, m in REGISTRY.items() if m.family == family]
-
-
-#: What the values of a map measure. Maps compare on one colour scale only within a kind: an LRP
-#: map (logit units, ~1e-3 per pixel) next to a gradient (per input unit, ~0.1-1) would be white.
-MAP_KINDS = MappingProxyType({
-    "relevance": "LRP-family relevance (logit units)",
-    "normalised relevance": "CLRP reference output (maps normalised before subtracting)",
-    "softmax relevance": "SGLRP relevance (softmax-gradient units)",
-    "sensitivity": "gradient-type signal (per unit of input)",
-    "attribution": "gradient × input attribution (logit units)",
-    "cam": "Grad-CAM (feature-map units)",
-    "neuron relevance": "relevance of a hidden unit (activation units)",
-})
-_KIND_OF = {"lrp": "relevance", "clrp1": "relevance", "clrp2": "relevance", "sglrp": "softmax relevance",
-            "gradient": "sensitivity", "deconvnet": "sensitivity", "guided_backprop": "sensitivity",
-            "smoothgrad": "sensitivity", "gradient_x_input": "attribution", "integrated_gradients": "attribution",
-            "gradcam": "cam"}
-
-
-#: How each method is named in tables, charts and the dashboard (one spelling everywhere).
-METHOD_LABELS = MappingProxyType({
-    "lrp": "LRP", "clrp1": "CLRP1", "clrp2": "CLRP2", "sglrp": "SGLRP", "gradient": "Gradient",
-    "gradient_x_input": "Gradient×Input", "deconvnet": "DeConvNet", "guided_backprop": "Guided BP",
-    "gradcam": "Grad-CAM", "integrated_gradients": "Integrated Gradients", "smoothgrad": "SmoothGrad",
-    "center": "Centre baseline"})
-
-
-def map_kind(method: str, options: dict | None = None) -> str:
-    """The :data:`MAP_KINDS` key of ``method``'s maps under ``options`` (unknown methods: their own kind)."""
-    if method in ("clrp1", "clrp2") and (options or {}).get("contrast") == "reference":
-        return "normalised relevance"
-    return _KIND_OF.get(method, method)
-
-
-# ----------------------------------------------------------------------------------------------
-# Argument checking
-
-def _options(spec: Method, given: dict) -> dict:
-    unknown = set(given) - set(spec.options) - {"box"}
-    if unknown:
-        allowed = ", ".join(sorted(spec.options)) or "none"
-        raise ClrpError(f"method {spec.name!r} has no option {', '.join(sorted(unknown))}; its options: {allowed}")
-    opts = {**spec.options, **given}
-    for key, low in (("steps", 1), ("samples", 1), ("batch_size", 1)):
-        if key in opts and opts[key] is not None:
-            v = opts[key]
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise ClrpError(f"{key} must be an integer >= {low}, got {v!r}")
-            opts[key] = int(v)
-    if "noise" in opts and not (isinstance(opts["noise"], (int, float)) and opts["noise"] >= 0):
-        raise ClrpError(f"noise must be a number >= 0, got {opts['noise']!r}")
-    return opts
-
-
-def _resolve_box(box, plan, x, composite):
-    """zB bounds: ``(low, high)`` (scalars or one value per input channel) or "reference"; default
-    ImageNet normalisation. Checked against the input only when a zB rule will use them."""
-    if isinstance(box, str):
-        if box != "reference":
-            raise ClrpError("box must be (low, high) or 'reference'")
-        return REFERENCE_BOX
-    rules = plan.rules_for(composite)
-    needs = any(isinstance(r, ZBox) and r.low is None for r in rules.values())
-    channels = x.shape[1] if x.ndim >= 2 else 1
-    if box is None:
-        if needs and channels != 3:
-            raise ClrpError(
-                f"the zB rule of this preset needs the range of the model's inputs; the default is ImageNet's "
-                f"3-channel normalisation but this model takes {channels} channel(s). Pass box=(low, high) (e.g. "
-                f"clrp.box_from_normalization(mean, std)) or use a preset without zB (e.g. rules='zplus')")
-        return _default_box(plan, x) if needs else box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
-    try:
-        low, high = box
-    except (TypeError, ValueError):
-        raise ClrpError("box must be (low, high) or 'reference'") from None
-    for b in (low, high):
-        try:
-            t = torch.as_tensor(b, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
-            raise ClrpError(f"box bounds must be numbers, got {b!r}") from None
-        if t.ndim > 1 or (t.ndim == 1 and t.numel() not in (1, channels)):
-            raise ClrpError(f"box bounds must be scalars or {channels} values (one per input channel); got shape "
-                            f"{tuple(t.shape)}")
-        if not bool(torch.isfinite(t).all()):
-            raise ClrpError("box bounds must be finite")
-    return low, high
-
-
-def _default_box(plan, x):
-    """ImageNet images, in the model's input space: normalised by ImageNet's statistics, unless the
-    model normalises them itself before its first layer (a torchvision-style ``Normalize`` module,
-    ``(x - mean) / std`` in its forward): then it takes pixels in [0, 1], recognised by [0, 1] reaching
-    the first layer as ImageNet's normalised range. A model that transforms its input otherwise
-    (other than Inception's ``transform_input``, which maps normalised images to [-1, 1]) gets a
-    warning: the box may not be its inputs' range."""
-    normalised = box_from_normalization(IMAGENET_MEAN, IMAGENET_STD)
-    g = plan.graph
-    firsts = {engine.first_ref(g.nodes[i]) for i in plan.first_layers} - {g.input}
-    firsts = [i for i in sorted(firsts) if g.nodes[i].shape == tuple(x.shape[1:])]
-    if not firsts:
-        return normalised
-    want = tuple(engine.propagate_box(plan, g.input, normalised, x))
-    pixels = [engine.propagate_box(plan, i, (0.0, 1.0), x) for i in firsts]
-    if all(torch.allclose(p, w, atol=1e-4) for lo_hi in pixels for p, w in zip(lo_hi, want)):
-        return 0.0, 1.0
-    reached = [engine.propagate_box(plan, i, normalised, x) for i in firsts]
-    unchanged = all(torch.allclose(r, w, atol=1e-4) for lo_hi in reached for r, w in zip(lo_hi, want))
-    inception = all(torch.allclose(lo_hi[0], torch.full_like(lo_hi[0], -1.0), atol=1e-4)
-                    and torch.allclose(lo_hi[1], torch.ones_like(lo_hi[1]), atol=1e-4) for lo_hi in reached)
-    if not (unchanged or inception):
-        model = plan.model()
-        node = g.nodes[firsts[0]]
-        engine.warn_once(model, "box", f"{type(model).__name__} transforms its inputs before its first layer "
-                         f"({node.describe()}) in a way clrp does not recognise: the zB rule's default box assumes "
-                         "ImageNet-normalised inputs and may not be their range; pass box=(low, high) with your "
-                         "inputs' range")
-    return normalised
-
-
-def _untraced_inputs(model, inputs) -> torch.Tensor:
-    if not isinstance(inputs, torch.Tensor):
-        raise InvalidInput(f"inputs must be a torch.Tensor of shape [N, C, H, W], got {type(inputs).__name__}")
-    if not inputs.is_floating_point() or inputs.ndim < 2 or inputs.shape[0] == 0:
-        raise InvalidInput(f"inputs must be a non-empty floating point batch [N, C, H, W]; got {inputs.dtype} "
-                           f"{tuple(inputs.shape)}")
-    if not bool(torch.isfinite(inputs).all()):
-        raise InvalidInput("inputs contain NaN or infinite values")
-    return inputs.detach()
-
-
-def _batch(x, targets):
-    n = x.shape[0]
-    if isinstance(targets, (int, np.integer)) and not isinstance(targets, bool):
-        t = torch.full((n,), int(targets), dtype=torch.long)
-    else:
-        try:
-            t = torch.as_tensor(targets)
-        except (TypeError, ValueError, RuntimeError):
-            raise InvalidTarget(f"targets must be an int, a sequence or a tensor of class indices, "
-                                f"got {targets!r}") from None
-        if t.is_floating_point() or t.dtype == torch.bool:
-            raise InvalidTarget("targets must be integer class indices")
-        t = t.reshape(-1).long()
-        if t.numel() != n:
-            if n == 1 and t.numel() > 0:
-                x = x.expand(t.numel(), *x.shape[1:])  # one image, several targets: one forward
-            else:
-                raise InvalidTarget(f"got {t.numel()} targets for {n} inputs; give one target per sample")
-    return x, t.to(x.device)
-
-
-def _check_targets(t, n_cls):
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_cls):
-        bad = t[(t < 0) | (t >= n_cls)][0].item()
-        raise InvalidTarget(f"class index {bad} is out of range: the model has {n_cls} classes (0..{n_cls - 1})")
-    return t
-
-
-def _check_channel(c, k, layer):
-    if not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not 0 <= int(c) < k:
-        raise InvalidTarget(f"channel {c!r} does not exist in layer {layer!r} (it has {k} channels)")
-
-
-def _position_index(position, A, layer):
-    if position is None:
-        return ()
-    if A.ndim != 4 or len(position) != 2:
-        raise InvalidTarget(f"position (row, col) applies only to feature maps; layer {layer!r} has shape "
-                            f"{tuple(A.shape[1:])}")
-    r, c = (int(p) for p in position)
-    if not (0 <= r < A.shape[2] and 0 <= c < A.shape[3]):
-        raise InvalidTarget(f"position {position} is outside the {A.shape[2]}x{A.shape[3]} map of {layer!r}")
-    return (r, c)
+for _m in (
+    Method("lrp", "LRP", "Layer-wise Relevance Propagation of the target logit (rule preset via `rules`)",
+           "relevance", "relevance", lambda c: _relevance(c, "lrp"), (_SEED, _CONDITION, _BOX),
+           layer=lambda c, i: _relevance(c, "lrp", stop_at=i)),
+    Method("clrp1", "CLRP1", "Contrastive LRP, dual = all other classes (dual='uniform' as the paper, 'abs_logits' "
+           "as its code)", "relevance", "relevance", lambda c: _relevance(c, "clrp1"),
+           (_SEED, _CONDITION, _BOX, _CONTRAST, _DUAL), layer=lambda c, i: _relevance(c, "clrp1", stop_at=i)),
+    Method("clrp2", "CLRP2", "Contrastive LRP, dual = the target's output weights negated",
+           "relevance", "relevance", lambda c: _relevance(c, "clrp2"), (_SEED, _CONDITION, _BOX, _CONTRAST),
+           layer=lambda c, i: _relevance(c, "clrp2", stop_at=i)),
+    Method("sglrp", "SGLRP", "Softmax-gradient LRP (Iwana et al. 2019): seeded with the softmax gradient",
+           "relevance", "softmax relevance", lambda c: _relevance(c, "sglrp"), (_CONDITION, _BOX),
+           layer=lambda c, i: _relevance(c, "sglrp", stop_at=i)),
+    Method("gradient", "Gradient", "Vanilla gradient of the target logit (Simonyan et al.)", "gradient", "sensitivity",
+           lambda c: _gradient(c, GRADIENT), autograd_only=True),
+    Method("gradient_x_input", "Gradient×Input", "Gradient times input", "gradient", "attribution",
+           lambda c: _gradient(c, GRADIENT) * c.x, autograd_only=True),
+    Method("deconvnet", "DeConvNet", "DeConvNet (Zeiler & Fergus): ReLUs pass the positive part of the upper signal",
+           "gradient", "sensitivity", lambda c: _gradient(c, DECONVNET)),
+    Method("guided_backprop", "Guided BP", "Guided backpropagation (Springenberg et al.)", "gradient", "sensitivity",
+           lambda c: _gradient(c, GUIDED)),
+    Method("gradcam", "Grad-CAM", "Grad-CAM (Selvaraju et al.) at the last convolutional feature map, upsampled",
+           "cam", "cam", _gradcam,
+           (Option("layer", None, "the feature map's layer (default: the last one every path goes through)"),
+            Option("relu", True, "keep only the positive part of the CAM"),
+            Option("interpolation", "bilinear", "how the CAM is upsampled to the input (a torch interpolation mode)"))),
+    Method("integrated_gradients", "Integrated Gradients",
+           "Integrated Gradients (Sundararajan et al.), zero baseline by default", "gradient", "attribution",
+           _integrated_gradients,
+           (Option("steps", 50, "points on the path", check=integer(1)),
+            Option("baseline", None, "the path's start (default: zeros)"),
+            Option("integration", "gausslegendre", "the quadrature (as captum's)",
+                   choices=("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")),
+            _BATCH), autograd_only=True),
+    Method("smoothgrad", "SmoothGrad", "SmoothGrad (Smilkov et al.): gradient averaged over noisy copies", "gradient",
+           "sensitivity", _smoothgrad,
+           (Option("samples", 25, "noisy copies", check=integer(1)),
+            Option("noise", 0.15, "noise standard deviation, as a share of each input's value range",
+                   check=non_negative),
+            Option("random_state", 0, "seed of the noise"), _BATCH), autograd_only=True),
+):
+    register_method(_m)

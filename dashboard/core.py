@@ -31,6 +31,7 @@ import torch
 
 import clrp
 from clrp.errors import ClrpError, DatasetError, ModelLoadError
+from clrp.method_registry import REGISTRY
 from clrp.models import ModelSource, register_source
 from clrp.scenes.presets import EVALUATION_SEED
 
@@ -41,6 +42,23 @@ CACHE_ENV = "CLRP_CACHE_DIR"
 
 #: Methods shown by default in the Explain grid (all of clrp.METHODS can be chosen).
 DEFAULT_METHODS = ("lrp", "clrp1", "clrp2", "sglrp", "gradient", "gradcam")
+
+
+def method_controls() -> dict:
+    """The Explain page's method option controls, from the method records: control label -> the
+    first option registered with that label (its choices, default and help); options of several
+    methods that share a label share the control."""
+    controls = {}
+    for method in REGISTRY.values():
+        for o in method.options:
+            if o.control and o.choices:
+                controls.setdefault(o.control, o)
+    return controls
+
+
+def options_for(method: str, values: dict) -> dict:
+    """The options of ``method`` that the page's controls set ({control label: chosen value})."""
+    return {o.name: values[o.control] for o in REGISTRY[method].options if o.control in values}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -344,6 +344,11 @@ class JobService:
         plugins = sorted({f"{type(REGISTRY[p]).__module__}:{type(REGISTRY[p]).__qualname__}"
                           for p in config.get("protocols") or () if p in REGISTRY and not REGISTRY[p].built_in})
         config = {**config, PLUGINS_KEY: plugins} if plugins else config
+        # and so are plug-in methods (their records)
+        from clrp.method_registry import built_in, reference
+
+        method_refs = sorted(reference(m) for m in config.get("methods") or () if not built_in(m))
+        config = {**config, METHOD_PLUGINS_KEY: method_refs} if method_refs else config
         lim = self.limits
         job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(8)
         src = {k: v for k, v in source.items() if k != "data"}
@@ -617,6 +622,8 @@ def _lower_priority(lim: LimitSettings) -> None:
 
 #: the job's config key listing the plug-in protocol classes it uses (``module:qualname``)
 PLUGINS_KEY = "protocol_modules"
+#: the job's config key listing the plug-in methods' records it uses (``module:variable``)
+METHOD_PLUGINS_KEY = "method_records"
 
 
 def run_job(root: str, job_id: str) -> int:
@@ -657,6 +664,10 @@ def run_job(root: str, job_id: str) -> int:
                 cls = getattr(cls, part)
             if cls.name not in REGISTRY:
                 register_protocol(cls)
+        from clrp.method_registry import register_reference
+
+        for ref in settings.pop(METHOD_PLUGINS_KEY, ()):  # plug-in methods, as the submitting server had them
+            register_reference(ref)
         cfg = RunConfig.build(**settings)
         if job.kind == ESTIMATE:
             est = estimate_duration(ds, lm, cfg)

@@ -3,7 +3,6 @@ import streamlit as st
 
 import clrp
 from clrp.errors import ClrpError
-from clrp.methods import REGISTRY
 from dashboard import core, ui
 
 lm, key, img, x, image = ui.image_page("Explain an image", "explain")
@@ -38,14 +37,11 @@ with st.expander("Method options"):
     extra_presets = st.multiselect("Also LRP with these rule presets", [p for p in presets if p != rules],
                                    key="explain_presets", help="Adds LRP maps under other presets to the grid, "
                                                                "to compare rule choices side by side")
-    o1, o2, o3 = st.columns(3)
-    contrast = o1.selectbox("CLRP output", ["clamp", "signed", "reference"], key="explain_contrast",
-                            help="clamp: max(0, target - dual) as in the paper; signed: keep negative evidence "
-                                 "(shown on a diverging scale); reference: the authors' code's normalise-then-subtract")
-    dual = o2.selectbox("CLRP1 dual", ["uniform", "abs_logits"], key="explain_dual",
-                        help="uniform: the paper's text; abs_logits: the reference code")
-    seed = o3.selectbox("Output seed", ["logit", "abs_logit"], key="explain_outseed",
-                        help="logit (signed, default) or |logit| as in the reference code")
+    # one control per option label of the method records (plug-in methods' options included)
+    controls = core.method_controls()
+    control_values = {label: col.selectbox(label, list(o.choices), index=list(o.choices).index(o.default),
+                                           key=f"explain_option_{label}", help=o.help)
+                      for col, (label, o) in zip(st.columns(max(1, len(controls))), controls.items())}
 
 if not classes or not methods:
     st.info("Choose at least one class and one method.")
@@ -53,16 +49,7 @@ if not classes or not methods:
 
 
 def options_for(method):
-    if REGISTRY[method].family != "relevance":
-        return {}
-    o = {}
-    if method in ("lrp", "clrp1", "clrp2"):
-        o["seed"] = seed
-    if method in ("clrp1", "clrp2"):
-        o["contrast"] = contrast
-    if method == "clrp1":
-        o["dual"] = dual
-    return o
+    return core.options_for(method, control_values)
 
 
 # One row per class; within a row, maps of one kind (same units) side by side, so each kind's

@@ -7,6 +7,7 @@ import streamlit as st
 
 import clrp
 from clrp.errors import ClrpError
+from clrp.method_registry import with_layer_relevance
 from dashboard import ui
 
 lm, key, img, x, image = ui.image_page(
@@ -33,7 +34,8 @@ with c2:
     target = st.selectbox("Class", list(range(lm.num_classes)), format_func=lambda i: ui.class_label(lm, i),
                           key="neuron_class")
 with c3:
-    method = st.selectbox("Ranking method", ["lrp", "clrp1", "clrp2", "sglrp"], format_func=ui.method_label,
+    # every method of the registry that gives relevance at a hidden layer (plug-ins too)
+    method = st.selectbox("Ranking method", with_layer_relevance(), format_func=ui.method_label,
                           key="neuron_method", help="Relevance of each channel for the class (contrastive: "
                                                     "target minus dual, signed)")
 with c4:

@@ -142,6 +142,38 @@ def test_explain_sample_scene_all_methods_and_display_change():
     downloads_do_not_rerun(at)
 
 
+def test_explain_page_offers_a_plugin_method_with_a_control_for_its_option():
+    """A method registered once (clrp.method_registry.register_method) is listed on the Explain page,
+    gets a control for its option (derived from its record, not written into the page) and is
+    explained with the value chosen there, in the kind of map its record names."""
+    import base64
+
+    import numpy as np
+
+    from clrp.method_registry import REGISTRY, Method, Option, register_method
+
+    register_method(Method("scaled_input_app", "Scaled input", "the input times a factor", "gradient", "my units",
+                           lambda ctx: ctx.x * ctx.opts["scale"],
+                           (Option("scale", 1.0, "the factor", choices=(1.0, 2.0), control="Plug-in scale",
+                                   kinds={2.0: "attribution"}),)))
+    try:
+        at = app("pages/1_Explain.py").run()
+        assert "Scaled input" in at.multiselect(key="explain_methods").options
+        at.multiselect(key="explain_methods").set_value(["scaled_input_app"]).run()
+        no_errors(at)
+        values = {}
+        for scale in (1.0, 2.0):
+            at.selectbox(key="explain_option_Plug-in scale").set_value(scale).run()
+            no_errors(at)
+            (grid,) = map_grids(at)
+            (item,) = grid["maps"]
+            values[scale] = np.frombuffer(base64.b64decode(item["values"]), dtype="<f4")
+            assert item["group"] == ("attribution" if scale == 2.0 else "my units")
+        assert np.abs(values[1.0]).max() > 0 and np.allclose(values[2.0], 2 * values[1.0])
+    finally:
+        del REGISTRY["scaled_input_app"]
+
+
 def test_explain_upload_image_and_bad_file():
     at = app("pages/1_Explain.py").run()
     at.radio(key="explain_img_src").set_value("Upload").run()

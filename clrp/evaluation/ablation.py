@@ -174,12 +174,12 @@ class FeatureAblation(Protocol):
         return o
 
     def rows(self, batch, o):
-        from ..methods import REGISTRY
+        from ..method_registry import with_layer_relevance
 
         if not batch.pairs:
             return []
         methods = ([o.ablation_method] if o.ablation_method else
-                   [m for m in batch.run.methods if getattr(REGISTRY.get(m), "family", None) == "relevance"])
+                   [m for m in batch.run.methods if m in with_layer_relevance()])
         x = torch.cat([batch.inputs[i] for i, _, _ in batch.pairs], 0)
         targets = [t for _, _, t in batch.pairs]
         ids = [batch.samples[i].image_id for i, _, _ in batch.pairs]

@@ -163,8 +163,8 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
     output folder is the same either way, so a run can be resumed with either. ``device``: where
     the model runs (``clrp.devices.place``: "auto", "cpu", "cuda:N"; the model is moved there once).
     """
-    import clrp
     from ..devices import place
+    from ..method_registry import check_options
 
     base = config or RunConfig()
     if overrides:
@@ -175,9 +175,7 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
         cfg = base
     for p in cfg.protocols:
         protocol(p)  # unknown protocols: a message listing the registry
-    for m in cfg.methods:
-        if m not in clrp.METHODS:
-            raise ClrpError(f"unknown method {m!r}; choose from {', '.join(clrp.METHODS)}")
+    check_options({m: cfg.method_options.get(m) for m in cfg.methods})  # unknown methods, bad options
     net, class_names, pp0 = _model_parts(model)
     place(model, device)
     pp = eval_preprocessing(pp0, cfg.geometry)
@@ -333,7 +331,7 @@ def methods_used(cfg: RunConfig, net, pp) -> dict:
 
     out = {}
     for m in cfg.methods:
-        opts = {**REGISTRY[m].options, **cfg.method_options.get(m, {})}
+        opts = {**REGISTRY[m].defaults, **cfg.method_options.get(m, {})}
         if "box" in opts or REGISTRY[m].family == "relevance":
             box = pp.method_options(opts)["box"]
             opts["box"] = [[float(v) for v in torch.as_tensor(b, dtype=torch.float64).reshape(-1)] for b in box]
