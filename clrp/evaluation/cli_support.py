@@ -72,11 +72,11 @@ class FilteredDataset:
 def merge_dirs(inputs: Sequence[str], out: str) -> dict:
     """Join the results of several runs (e.g. shards) into ``out`` (see
     :func:`clrp.evaluation.runs.merge`); the runs must agree on everything but the selection."""
-    from .runner import _identity
+    from .runner import run_identity
     from .runs import merge
 
     def comparable(settings):
-        ident = dict(_identity(settings))
+        ident = dict(run_identity(settings))
         ident.pop("selection")
         ident.pop("dataset")  # each shard sees its own part of the dataset
         return ident

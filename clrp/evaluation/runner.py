@@ -200,7 +200,7 @@ def run_evaluation(dataset, model, out_dir: str, config: Optional[RunConfig] = N
                 raise ClrpError(f"{out_dir} already holds results; use resume=True or another folder")
             if old.get("format") != SETTINGS_FORMAT:
                 raise ClrpError(f"{out_dir} holds results of an older clrp version; use another folder")
-            diff = _first_difference(_identity(_with_option_defaults(old)), _identity(settings))
+            diff = _first_difference(run_identity(_with_option_defaults(old)), run_identity(settings))
             if diff:
                 raise ClrpError(f"{out_dir} holds results of different settings ({diff}); use another folder")
             settings["started"] = old.get("started")
@@ -387,7 +387,7 @@ def _legacy_keys(cfg) -> dict:
     return out
 
 
-def _identity(s: dict) -> dict:
+def run_identity(s: dict) -> dict:
     """What must agree for a run to be continued."""
     return {"config": {k: v for k, v in (s.get("config") or {}).items() if k not in ("limit", "explain_batch")},
             "model weights": (s.get("model") or {}).get("weights_fingerprint_sha1"),
