@@ -317,7 +317,7 @@ def load(path: Path, entry_key: str) -> tuple[dict, dict] | None:
 
 
 def rebuild_graph(record: dict, input_op) -> Graph:
-    from .trace import BatchGuards
+    from .trace_export import BatchGuards
 
     nodes = decode_nodes(record["nodes"], input_op)
     graph = Graph(nodes, int(record["input"]), int(record["output"]), batch_dynamic=bool(record["batch_dynamic"]))
@@ -331,7 +331,7 @@ def agrees(model: nn.Module, clone: nn.Module, graph: Graph, constants: dict, sa
     from .plan import Plan
     from .propagate import run_forward
     from .ops import GRADIENT
-    from .trace import select_output
+    from .trace_export import select_output
 
     for node in graph.nodes:
         node.op.prepare(node, graph)
