@@ -209,7 +209,7 @@ def cnn_row(name, model, x, times):
     row = [name, *times, str(len(plan.graph.nodes))]
     problem = plan.lrp_problem()
     if problem:
-        return row + [f"refused: {problem}", f"`{layer}`", "", "", "", "", ""]
+        return row + [f"refused: {_cut(problem)}", f"`{layer}`", "", "", "", "", ""]
     results, zeros = [], [0, 0]
     for biased in (False, True):  # a model of its own per setting: a ClrpWarning is said once per model
         model = build(name).double()
@@ -223,7 +223,7 @@ def cnn_row(name, model, x, times):
         maps, ratio, (zero, warned) = explain_family(model, x, t, "paper")
         zeros = [zeros[0] + zero, zeros[1] + warned]
         results.append((model, t, maps, ratio))
-    refused = [f"{m}: {v}" for m, v in results[0][2].items() if isinstance(v, str)]
+    refused = [f"{m}: {_cut(v)}" for m, v in results[0][2].items() if isinstance(v, str)]
     zr = zd = ""
     model, t, maps, _ = results[1]
     if name in ZENNIT_CANONIZED:
@@ -248,9 +248,14 @@ def transformer_row(name, model, x, times):
         layer = str(exc)
     t = engine.forward(model, x).argmax(1)
     maps, ratio, (zero, warned) = explain_family(model, x, t, "attnlrp")
-    cells = ["✓" if isinstance(v, torch.Tensor) else f"refused: {v}" for v in maps.values()]
+    cells = ["✓" if isinstance(v, torch.Tensor) else f"refused: {_cut(v)}" for v in maps.values()]
     return [name, f"{x.shape[-1]} px", *times, str(len(plan.graph.nodes)), *cells, layer, _fmt(ratio, 4),
             f"{zero} ({warned} warned)"]
+
+
+def _cut(text, limit=300):
+    """A refusal for a table cell (the engine's text; long lists of layers cut)."""
+    return text if len(text) <= limit else text[:limit].rstrip() + " …"
 
 
 def _fmt(v, digits):
