@@ -50,6 +50,19 @@ print(json.dumps({"first": first, "second": second, "export": spent["export"]}))
 """
 
 
+def code_at(rev: str, folder: Path) -> Path:
+    """The ``clrp`` package of git revision ``rev``, extracted under ``folder`` (returns the folder
+    to put on ``sys.path``)."""
+    root = folder / f"clrp-{rev}"
+    root.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "clrp"], capture_output=True, check=True).stdout
+    archive_path = folder / f"clrp-{rev}.tar"
+    archive_path.write_bytes(archive)
+    with tarfile.open(archive_path) as tar:
+        tar.extractall(root, filter="data")
+    return root
+
+
 def run(code_root: Path, model: str, cache: str, threads: int) -> dict:
     env = {**os.environ, "CLRP_TRACE_CACHE": cache, "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run([sys.executable, "-c", WORKER, str(code_root), model], env=env, capture_output=True,
@@ -66,14 +79,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        before = Path(tmp) / "before"
-        before.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", a.before, "clrp"], capture_output=True,
-                                 check=True).stdout
-        archive_path = Path(tmp) / "before.tar"
-        archive_path.write_bytes(archive)
-        with tarfile.open(archive_path) as tar:
-            tar.extractall(before, filter="data")
+        before = code_at(a.before, Path(tmp))
         rows = []
         for model in a.models:
             res = {"before": [], "cold": [], "cached": []}

@@ -6,10 +6,12 @@ stabiliser dominates. ``calibrate`` sets each BatchNorm's running variance to th
 its input on the test batch, keeping running means and biases at zero: activations keep their
 scale and every folded bias stays zero, so the "biases ignored" paper preset must conserve.
 """
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
-from torch import nn
 
 import clrp
 from clrp import engine
@@ -18,45 +20,21 @@ from .conftest import relative_error
 
 timm = pytest.importorskip("timm")
 
-# Every conv/dense output reaches the next conv/dense only through a ReLU (possibly after a
-# residual add): z+/zB without biases conserve exactly. The others have linear bottlenecks
-# (a conv whose output is not rectified) or non-ReLU activations: z+ loses the relevance of
-# units that receive relevance but have no positive contribution; docs/ARCHITECTURES.md reports it.
-RELU_NETS = {"alexnet", "vgg16_bn", "resnet18", "resnet50", "resnext50_32x4d", "densenet121", "googlenet",
-             "inception_v3", "squeezenet1_1", "timm:resnet18", "timm:vgg11"}
-CNNS = ["alexnet", "vgg16_bn", "resnet18", "resnet50", "resnext50_32x4d", "densenet121", "mobilenet_v2",
-        "mobilenet_v3_small", "efficientnet_b0", "googlenet", "inception_v3", "squeezenet1_1",
-        "shufflenet_v2_x1_0", "regnet_y_400mf", "mnasnet0_5", "convnext_tiny",
-        "timm:resnet18", "timm:efficientnet_b0", "timm:convnext_atto", "timm:vgg11"]
+
+def _matrix_script():
+    """scripts/docs/architectures.py (the model coverage matrix): the architecture lists and the
+    builders are the script's, so the tests and docs/MODEL_COVERAGE.md cover the same models."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "docs" / "architectures.py"
+    spec = importlib.util.spec_from_file_location("_model_coverage_matrix", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_MATRIX = _matrix_script()
+CNNS, RELU_NETS, build, calibrate, inputs = (_MATRIX.CNNS, _MATRIX.RELU_NETS, _MATRIX.build, _MATRIX.calibrate,
+                                              _MATRIX.inputs)
 OPTIONS = {"integrated_gradients": {"steps": 3}, "smoothgrad": {"samples": 2}}
-
-
-def build(name, classes=10):
-    torch.manual_seed(0)
-    if name.startswith("timm:"):
-        return timm.create_model(name[5:], pretrained=False, num_classes=classes).eval()
-    kw = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
-    return torchvision.models.get_model(name, num_classes=classes, **kw).eval()
-
-
-def calibrate(model, x):
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            def pre(mod, args):
-                a = args[0]
-                mod.running_var.copy_(a.pow(2).mean([d for d in range(a.ndim) if d != 1]).clamp(min=1e-4))
-            handles.append(m.register_forward_pre_hook(pre))
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return model
-
-
-def inputs(name):
-    size = 75 if name == "inception_v3" else 64
-    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.mark.slow
@@ -78,7 +56,7 @@ def test_every_method_on_the_cnns_people_use(name):
     if name in RELU_NETS:
         assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-4), ratio
     else:
-        assert (ratio > 0).all() and (ratio < 1.5).all(), ratio  # measured in docs/ARCHITECTURES.md
+        assert (ratio > 0).all() and (ratio < 1.5).all(), ratio  # measured in docs/MODEL_COVERAGE.md
     # hidden layers by the user's module names, and the last feature map by default
     layer = engine.last_feature_layer(model, x)
     rel = clrp.layer_relevance(model, x, t, layer)

@@ -2,6 +2,7 @@
 guards, the explained output, forward hooks, wrappers, meta tensors, and what a refusal says."""
 import collections
 import copy
+import functools
 import warnings
 
 import pytest
@@ -334,6 +335,36 @@ def test_a_cache_entry_never_describes_another_model(tmp_path, monkeypatch):
     model = Scaled().eval()
     assert torch.allclose(clrp.explain(model, x, 0, "gradient"), _autograd(model, x, [0]), atol=1e-6)
     assert __import__("json").loads(a.read_text())["nodes"] != record["nodes"]  # rewritten
+
+
+class Configured(nn.Module):
+    """Settings as timm and torchvision keep them: a config dict (timm's ``pretrained_cfg``) and a
+    layer factory (torchvision's ``norm_layer=partial(nn.LayerNorm, eps=1e-6)``)."""
+
+    def __init__(self, cfg=None, eps=1e-6):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pretrained_cfg = cfg or {"mean": (0.5, 0.5, 0.5), "classifier": "fc", "tags": ["a"]}
+        self.norm_layer = functools.partial(nn.LayerNorm, eps=eps)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = self.norm_layer(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.norm(torch.relu(self.conv(x)).mean((2, 3))))
+
+
+def test_timm_and_torchvision_settings_are_part_of_the_key_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLRP_TRACE_CACHE", str(tmp_path))
+    x = torch.randn(2, 3, 8, 8)
+    expected = clrp.explain(Configured().eval(), x, [0, 2], "lrp", rules="epsilon_plus")
+    assert len(_entries(tmp_path)) == 1  # written, although the model holds a dict and a partial
+    for other in (Configured(cfg={"mean": (0.4, 0.5, 0.5), "classifier": "fc", "tags": ["a"]}),
+                  Configured(eps=1e-5)):
+        clrp.explain(other.eval(), x, 0, "gradient")
+    assert len(_entries(tmp_path)) == 3  # another setting is another key
+    _no_export(monkeypatch)
+    assert torch.equal(clrp.explain(Configured().eval(), x, [0, 2], "lrp", rules="epsilon_plus"), expected)
 
 
 def test_corrupt_entries_are_ignored_and_rebuilt(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ import torch
 from ..errors import ClrpError
 from ..rules import stabilize
 from .graph import Ref
-from .ops import Add, Mul, Norm, Op, _is_gate, bind, first_ref, reduce_to, register
+from .ops import Add, Mul, Norm, Op, is_gate, bind, first_ref, reduce_to, register
 
 
 def _carried(graph, v) -> bool:
@@ -45,7 +45,7 @@ class _Product(Op):
     def prepare(self, node, graph):
         b = bind(node)
         node.extra["factors"] = [(name, b[name].index) for name in self.FACTORS if _carried(graph, b.get(name))]
-        node.extra["gates"] = [_is_gate(graph, j) for _, j in node.extra["factors"]]
+        node.extra["gates"] = [is_gate(graph, j) for _, j in node.extra["factors"]]
         others = [k for k, v in b.items() if k not in self.FACTORS and _carried(graph, v)]
         if others:
             node.extra["problem"] = f"its argument {others[0]!r} is computed from the input"
@@ -86,7 +86,7 @@ class Einsum(_Product):
     def prepare(self, node, graph):
         operands = bind(node)["tensors"]
         node.extra["factors"] = [(k, t.index) for k, t in enumerate(operands) if _carried(graph, t)]
-        node.extra["gates"] = [_is_gate(graph, j) for _, j in node.extra["factors"]]
+        node.extra["gates"] = [is_gate(graph, j) for _, j in node.extra["factors"]]
 
     def backward(self, node, R, ctx):
         b = bind(node, ctx.resolve(node.args), ctx.resolve(node.kwargs))
@@ -114,7 +114,7 @@ class ProductMul(Mul):
         if node.extra["problem"] and all(_carried(graph, b[k]) for k in ("self", "other")):
             node.extra["problem"] = None
             node.extra["factors"] = [b["self"].index, b["other"].index]
-            node.extra["gates"] = [_is_gate(graph, j) for j in node.extra["factors"]]
+            node.extra["gates"] = [is_gate(graph, j) for j in node.extra["factors"]]
 
     def rule_kind(self, node):
         return "product" if "factors" in node.extra else None

@@ -21,6 +21,7 @@ arguments are not plain data. ``CLRP_TRACE_CACHE`` chooses the folder (default
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -123,9 +124,29 @@ def _plain(v):
         return repr(v)
     if isinstance(v, (tuple, list)):
         return f"{type(v).__name__}({', '.join(_plain(x) for x in v)})"
+    if isinstance(v, dict):  # e.g. timm's pretrained_cfg
+        return f"{type(v).__name__}({', '.join(sorted(f'{_plain(k)}: {_plain(x)}' for k, x in v.items()))})"
     if isinstance(v, (torch.dtype, torch.device, torch.Size)):
         return repr(v)
+    if isinstance(v, type):  # a layer class kept as a setting (norm_layer=nn.LayerNorm)
+        return f"class {v.__module__}.{v.__qualname__} {_class_digest(v)}"
+    if isinstance(v, functools.partial):  # torchvision's norm_layer=partial(nn.LayerNorm, eps=1e-6)
+        return f"partial({_callable(v.func)}, {_plain(v.args)}, {_plain(v.keywords)})"
     raise NotCacheable(type(v).__name__)
+
+
+def _callable(f) -> str:
+    """A function or class by name and code (a lambda or a closure by its code and cell values)."""
+    if isinstance(f, type):
+        return _plain(f)
+    if isinstance(f, types.FunctionType):
+        h = hashlib.sha256()
+        _code_digest(f.__code__, h, f.__globals__, {f})
+        cells = tuple(c.cell_contents for c in f.__closure__ or ())
+        return f"function {f.__module__}.{f.__qualname__} {h.hexdigest()} {_plain(cells)} {_plain(f.__defaults__)}"
+    if isinstance(f, types.BuiltinFunctionType) and f.__module__ and f.__module__.split(".")[0] == "torch":
+        return f"builtin {f.__module__}.{f.__qualname__}"  # torch's own: covered by torch's version
+    raise NotCacheable(f"callable {f!r}")
 
 
 def key(model: nn.Module, sample_shape, dtype, device, output, batch) -> str:
@@ -154,7 +175,7 @@ def key(model: nn.Module, sample_shape, dtype, device, output, batch) -> str:
                     h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
             elif isinstance(v, nn.Module):
                 continue
-            elif callable(v) and not isinstance(v, type):
+            elif callable(v) and not isinstance(v, (type, functools.partial)):
                 raise NotCacheable(f"a callable attribute {k}")
             else:
                 h.update(f"{k}={_plain(v)}".encode())
@@ -317,7 +338,7 @@ def load(path: Path, entry_key: str) -> tuple[dict, dict] | None:
 
 
 def rebuild_graph(record: dict, input_op) -> Graph:
-    from .trace import BatchGuards
+    from .trace_export import BatchGuards
 
     nodes = decode_nodes(record["nodes"], input_op)
     graph = Graph(nodes, int(record["input"]), int(record["output"]), batch_dynamic=bool(record["batch_dynamic"]))
@@ -331,7 +352,7 @@ def agrees(model: nn.Module, clone: nn.Module, graph: Graph, constants: dict, sa
     from .plan import Plan
     from .propagate import run_forward
     from .ops import GRADIENT
-    from .trace import select_output
+    from .trace_export import select_output
 
     for node in graph.nodes:
         node.op.prepare(node, graph)
