@@ -10,7 +10,7 @@ from torch import nn
 import clrp
 from clrp import engine
 from clrp.errors import ClrpError, InvalidInput, InvalidTarget, UnsupportedModel
-from clrp.rules import Composite, ZBox, ZPlus
+from clrp.rules import Composite, Epsilon, ZBox, ZPlus
 
 from .conftest import on_device, relative_error
 
@@ -518,3 +518,28 @@ def test_input_independent_first_layer_rules_match_zennit(rule):
         _, theirs = attributor(x.clone().requires_grad_(True), seed)
     ours = clrp.explain(model, x, t, "lrp", rules={"preset": "epsilon_plus", "0": rule})
     assert relative_error(ours, theirs) < 1e-4
+
+
+def test_a_model_ending_in_a_sum_over_positions_is_explained():
+    """``x.sum(dims)`` as the last op gave an expanded (stride-0) gradient that the pooling rule
+    wrote into in place: a RuntimeError instead of a map. LRP-0 on a bias-free ReLU network with
+    sum pooling equals gradient x input, a closed form to check against."""
+
+    class SumHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3, bias=False)
+            self.l = nn.Linear(4, 5, bias=False)
+
+        def forward(self, x):
+            return self.l(torch.relu(self.c(x)).permute(0, 2, 3, 1)).sum((1, 2))
+
+    torch.manual_seed(0)
+    model = SumHead().eval().double()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0, 3])
+    lrp0 = Epsilon(1e-12)  # zero denominators (dead positions) carry zero relevance
+    R = clrp.explain(model, x, t, "lrp", rules={"c": lrp0, "l": lrp0})
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(xg).gather(1, t[:, None]).sum(), xg)
+    torch.testing.assert_close(R, x * g, rtol=1e-5, atol=1e-8)  # the pool's own stabiliser: 1e-6

@@ -78,7 +78,8 @@ class AvgPool(Op):
         eps = ctx.rules.get(node.index, self.stabilizer) if ctx.rules else self.stabilizer  # the composite's
         s = R / stabilize(ctx.fwd.expand(z), eps)
         g = vjp(lambda t: node.target(t, *rest, **kwargs), a.shape[1:], s)
-        return [(i, g.mul_(ctx.fwd.expand(a)))]
+        # a sum's vjp is a broadcast view (stride 0): multiply out of place there
+        return [(i, g.mul_(ctx.fwd.expand(a)) if 0 not in g.stride() else g * ctx.fwd.expand(a))]
 
     def nonnegative(self, node, graph, nonneg):
         return nonneg[first_ref(node)]
