@@ -195,3 +195,15 @@ def test_every_file_of_docs_results_is_indexed():
     research = (ROOT / "research" / "README.md").read_text(encoding="utf-8")
     missing = [p.name for p in sorted((ROOT / "research").iterdir()) if p.is_dir() and f"`{p.name}/`" not in research]
     assert not missing, "folders of research/ missing from its README.md: " + ", ".join(missing)
+
+
+def test_clrp_never_imports_streamlit_or_the_dashboard():
+    """The core package is usable without the web front end: no import of ``streamlit`` or
+    ``dashboard`` anywhere in clrp/, at any level (function-level imports count here)."""
+    found = []
+    for name, path in _modules().items():
+        for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            roots = ([a.name for a in n.names] if isinstance(n, ast.Import)
+                     else [n.module or ""] if isinstance(n, ast.ImportFrom) and not n.level else [])
+            found += [f"{name}: {r}" for r in roots if r.split(".")[0] in ("streamlit", "dashboard")]
+    assert not found, found
