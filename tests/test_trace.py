@@ -367,6 +367,41 @@ def test_timm_and_torchvision_settings_are_part_of_the_key_and_cached(tmp_path, 
     assert torch.equal(clrp.explain(Configured().eval(), x, [0, 2], "lrp", rules="epsilon_plus"), expected)
 
 
+_KEY_OF_A_SET_LITERAL = """
+import sys, torch
+from torch import nn
+sys.path.insert(0, sys.argv[1])
+from clrp.engine import trace_cache
+
+class Picky(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.mode = "token"
+
+    def forward(self, x):
+        if self.mode in {"token", "avg", "max", "avgmax", "map"}:  # a frozenset constant, as in timm
+            return self.fc(x)
+        return x
+
+print(trace_cache.key(Picky(), (4,), torch.float32, "cpu", None, 2))
+"""
+
+
+def test_the_key_is_the_same_in_every_process():
+    """A set literal in a model's code (timm: ``if pool in {"token", "avg", ...}``) is a frozenset
+    constant whose repr depends on the process's string hash seed: it must not change the key."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    keys = {subprocess.run([sys.executable, "-c", _KEY_OF_A_SET_LITERAL, root], capture_output=True, text=True,
+                           check=True, env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout.strip()
+            for seed in ("1", "2", "3")}
+    assert len(keys) == 1, keys
+
+
 def test_corrupt_entries_are_ignored_and_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("CLRP_TRACE_CACHE", str(tmp_path))
     x = torch.randn(1, 3, 8, 8)

@@ -87,12 +87,22 @@ def _code_digest(code: types.CodeType, h, glob: dict, seen: set) -> None:
         if isinstance(c, types.CodeType):
             _code_digest(c, h, glob, seen)
         else:
-            h.update(repr(c).encode())
+            h.update(_const_repr(c).encode())
     for name in code.co_names:  # module-level helpers the method calls
         f = glob.get(name)
         if isinstance(f, types.FunctionType) and f not in seen:
             seen.add(f)
             _code_digest(f.__code__, h, f.__globals__, seen)
+
+
+def _const_repr(c) -> str:
+    """``repr`` of a code constant, the same in every process (a set literal's order follows the
+    process's string hash seed)."""
+    if isinstance(c, frozenset):
+        return f"frozenset({sorted(_const_repr(x) for x in c)})"
+    if isinstance(c, tuple):
+        return f"({', '.join(_const_repr(x) for x in c)},)"
+    return repr(c)
 
 
 def _class_digest(cls: type) -> str:
