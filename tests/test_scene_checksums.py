@@ -3,13 +3,12 @@ the output of ``python scripts/assets/scene_checksums.py`` at commit 54b53da, a 
 module names still work for one release."""
 from __future__ import annotations
 
-import hashlib
-import os
+import importlib.util
 import runpy
 import subprocess
 import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
 
 from clrp.scenes import easy, export, hard, presets
@@ -125,30 +124,17 @@ cli export clrp.scenes_hard Masks/hard_00000013_1.png 06f853cecf9d6b4055ce6b205b
 """
 
 
-def _sha1(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
+def _checksum_script():
+    """scripts/assets/scene_checksums.py, whose line formats the table above was made with."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "assets" / "scene_checksums.py"
+    spec = importlib.util.spec_from_file_location("_scene_checksums", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def _scene_lines(label: str, sc) -> list[str]:
-    objs = sc.objects
-    out = [f"{label} image {_sha1(np.ascontiguousarray(sc.image).tobytes())} {sc.image.shape}",
-           f"{label} boxes {_sha1(repr([(o.class_name, o.class_index, o.box) for o in objs]).encode())}",
-           f"{label} masks {_sha1(b''.join(np.ascontiguousarray(o.mask).tobytes() for o in objs))}"]
-    if hasattr(sc, "distractors"):
-        out += [f"{label} full_masks {_sha1(b''.join(np.ascontiguousarray(o.full_mask).tobytes() for o in objs))}",
-                f"{label} depth {_sha1(repr([(o.depth, o.size_class) for o in objs]).encode())}",
-                f"{label} extras {_sha1(repr((sc.name, sc.distractors, sc.contexts)).encode())}"]
-    return out
-
-
-def _folder_lines(label: str, root) -> list[str]:
-    out = []
-    for dirpath, _, files in sorted(os.walk(root)):
-        for f in sorted(files):
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out.append(f"{label} {os.path.relpath(p, root).replace(os.sep, '/')} {_sha1(fh.read())}")
-    return out
+_script = _checksum_script()
+_sha1, _scene_lines, _folder_lines = _script.sha1, _script.scene_lines, _script.folder_lines
 
 
 def _expected(prefix: str) -> list[str]:
