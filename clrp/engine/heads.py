@@ -44,16 +44,15 @@ def _not_a_positive_sum(node, g) -> str | None:
     """Why ``node`` is not a step of a sum with constant positive weights (None when it is)."""
     op = node.op
     if isinstance(op, Add):
-        if node.op_name != "add" or len(node.extra["terms"]) != len(g.carried_inputs(node.index)) or \
-                len(node.extra.get("constants", ())) or any(c <= 0 for _, c in node.extra["terms"]):
+        if node.op_name != "add" or len(node.extra["terms"]) != 2 or any(c <= 0 for _, c in node.extra["terms"]):
             return "is not a sum of the heads with positive weights"
         return None
     if isinstance(op, Mul):
         b = bind(node)
         signal = node.extra.get("signal")
-        factor = b["other"] if signal is not None and getattr(b["self"], "index", None) == signal else b["self"]
-        if len(g.carried_inputs(node.index)) == 1 and isinstance(factor, Real) and not isinstance(factor, bool) \
-                and factor > 0:
+        factor = b["other"] if getattr(b["self"], "index", None) == signal else b["self"]
+        if signal is not None and len(g.carried_inputs(node.index)) == 1 and isinstance(factor, Real) and \
+                not isinstance(factor, bool) and factor > 0:
             return None
         return "is not a multiplication by a positive constant"
     if type(op) in (Identity, Reshape) and node.shape == g.nodes[first_ref(node)].shape:
