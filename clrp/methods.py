@@ -46,8 +46,9 @@ class _Ctx:
 
 
 #: LRP with a conserving preset passes on the seed: |sum of the input relevance| / |seed| below this
-#: means the stabilisers absorbed it (a network with tiny activations): a warning, and the ratio in
-#: the ExplanationInfo. Non-ReLU activations (identity rule) and pools move it a little, not 10x.
+#: means the stabilisers absorbed it (a network with tiny activations) or a non-conserving rule did
+#: (AttnLRP's softmax on near-uniform attention): a warning, and the ratio in the ExplanationInfo.
+#: Non-ReLU activations (identity rule), pools and biases' shares move it a little, not 10x.
 VANISHING = 0.1
 
 
@@ -116,8 +117,9 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", out
 
 
 def _check_result(ctx, method, spec, composite, R) -> ExplanationInfo:
-    """Say when relevance vanished: an all-zero map (any method), or for a conserving preset's LRP
-    a conservation ratio below VANISHING (an absolute stabiliser absorbing tiny activations)."""
+    """Say when relevance vanished: an all-zero map (any method), or for LRP a conservation ratio below
+    VANISHING (an absolute stabiliser absorbing tiny activations, AttnLRP's softmax rule on
+    near-uniform attention; a preset whose biases take a share rarely loses 90% otherwise)."""
     all_zero = R.detach().flatten(1).abs().amax(1) == 0
     ratio = ctx.info.get("conservation")
     relevance = spec.family == "relevance"
@@ -127,12 +129,17 @@ def _check_result(ctx, method, spec, composite, R) -> ExplanationInfo:
     if bool(all_zero.any()):
         rows = all_zero.nonzero().flatten().tolist()
         notes.append(f"the {method} map of sample(s) {rows[:10]} is zero everywhere.{fix}")
-    if relevance and ratio is not None and composite.conserving:
+    if relevance and ratio is not None:
         low = (ratio < VANISHING) & ~all_zero
         if bool(low.any()):
             rows = low.nonzero().flatten().tolist()
+            why = ("a conserving preset passes on ~1" if composite.conserving else
+                   "this preset lets biases take a share, rarely 90%")
+            if ctx.plan is not None and any(n.op_name in ("softmax", "_softmax") for n in ctx.plan.graph.nodes):
+                fix += (" Where attention is near-uniform, AttnLRP's softmax rule passes almost nothing on: "
+                        "rules='cp_lrp' keeps the attention weights constant.")
             notes.append(f"only {float(ratio[low].min()):.3g} of the seed's relevance reaches the input (sample(s) "
-                         f"{rows[:10]}; a conserving preset passes on ~1).{fix}")
+                         f"{rows[:10]}; {why}).{fix}")
     if notes and ctx.opts.get("condition") is None:  # a conditioned map is a part: zero where nothing flows
         engine.warn_once(ctx.model, f"vanishing:{method}", f"{type(ctx.model).__name__}: " + " ".join(notes))
     return ExplanationInfo(method, composite.description if relevance else None, ratio, all_zero.cpu(), tuple(notes))
