@@ -24,7 +24,7 @@ from .explain_inputs import (batch_targets, check_channel, check_inputs_untraced
                              resolve_box)
 from .method_registry import (MAP_KINDS, METHOD_LABELS, METHODS, REGISTRY, Method, Option, integer, lookup,
                               map_kind, non_negative, register_method, resolve_options, with_layer_relevance)
-from .rules import Epsilon, Gamma, Gradient, resolve_composite
+from .rules import Epsilon, Gamma, GateConstant, Gradient, resolve_composite
 
 __all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "Option", "REGISTRY", "register_method",
            "MAP_KINDS", "METHOD_LABELS", "map_kind", "ExplanationInfo", "VANISHING"]
@@ -119,7 +119,7 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", out
 def _check_result(ctx, method, spec, composite, R) -> ExplanationInfo:
     """Say when relevance vanished: an all-zero map (any method), or for LRP a conservation ratio below
     VANISHING (an absolute stabiliser absorbing tiny activations, AttnLRP's softmax rule on
-    near-uniform attention; a preset whose biases take a share rarely loses 90% otherwise)."""
+    near-uniform attention, biases taking nearly all of it)."""
     all_zero = R.detach().flatten(1).abs().amax(1) == 0
     ratio = ctx.info.get("conservation")
     relevance = spec.family == "relevance"
@@ -134,8 +134,9 @@ def _check_result(ctx, method, spec, composite, R) -> ExplanationInfo:
         if bool(low.any()):
             rows = low.nonzero().flatten().tolist()
             why = ("a conserving preset passes on ~1" if composite.conserving else
-                   "this preset lets biases take a share, rarely 90%")
-            if ctx.plan is not None and any(n.op_name in ("softmax", "_softmax") for n in ctx.plan.graph.nodes):
+                   "this preset does not conserve: biases take their shares")
+            if not isinstance(composite.product, GateConstant) and ctx.plan is not None and any(
+                    n.op_name in ("softmax", "_softmax") for n in ctx.plan.graph.nodes):
                 fix += (" Where attention is near-uniform, AttnLRP's softmax rule passes almost nothing on: "
                         "rules='cp_lrp' keeps the attention weights constant.")
             notes.append(f"only {float(ratio[low].min()):.3g} of the seed's relevance reaches the input (sample(s) "
