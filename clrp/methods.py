@@ -283,12 +283,12 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
         return propagate(plan, fwd, {g.output: torch.where(onehot.bool(), p_t * (1 - p_t), -p_t * p)}, **walk)
 
     if several is not None or not heads:
-        names = ", ".join(g.preferred_name(h) for h in output_heads(plan)[0]) or "none"
+        names = ", ".join(g.preferred_name(h) for h in output_heads(plan)[0])
+        where = f"end in the layers {names}, and {several}" if names else "go through no conv or dense layer"
         raise UnsupportedModel(
             f"CLRP forms its dual at the output layer: one conv or dense layer every path to the logits goes "
             f"through, or several whose outputs the logits sum or average with constant positive weights (e.g. "
-            f"DeiT's head and head_dist). The paths to the logits of {type(ctx.model).__name__} end in the layers "
-            f"{names}, and {several}. Explain one head's logits (a wrapper module returning them, or output=... if "
+            f"DeiT's head and head_dist). The paths to the logits of {type(ctx.model).__name__} {where}. Explain one head's logits (a wrapper module returning them, or output=... if "
             "the model returns them apart), or use lrp or sglrp, which need no dual")
     contrast = o.get("contrast", "clamp")
 
