@@ -17,13 +17,14 @@ import torch.nn.functional as F
 
 from . import engine, precision
 from .engine import DECONVNET, GRADIENT, GUIDED, gradients, layer_step, plan_for, propagate, run_forward
+from .engine.heads import output_heads
 from .engine.trace import select_output
 from .errors import ClrpError, InvalidTarget, UnsupportedModel
 from .explain_inputs import (batch_targets, check_channel, check_inputs_untraced, check_targets, position_index,
                              resolve_box)
 from .method_registry import (MAP_KINDS, METHOD_LABELS, METHODS, REGISTRY, Method, Option, integer, lookup,
                               map_kind, non_negative, register_method, resolve_options, with_layer_relevance)
-from .rules import Epsilon, Gamma, Gradient, resolve_composite
+from .rules import Epsilon, Gamma, GateConstant, Gradient, resolve_composite
 
 __all__ = ["explain", "explain_neuron", "layer_relevance", "METHODS", "Method", "Option", "REGISTRY", "register_method",
            "MAP_KINDS", "METHOD_LABELS", "map_kind", "ExplanationInfo", "VANISHING"]
@@ -45,8 +46,9 @@ class _Ctx:
 
 
 #: LRP with a conserving preset passes on the seed: |sum of the input relevance| / |seed| below this
-#: means the stabilisers absorbed it (a network with tiny activations): a warning, and the ratio in
-#: the ExplanationInfo. Non-ReLU activations (identity rule) and pools move it a little, not 10x.
+#: means the stabilisers absorbed it (a network with tiny activations) or a non-conserving rule did
+#: (AttnLRP's softmax on near-uniform attention): a warning, and the ratio in the ExplanationInfo.
+#: Non-ReLU activations (identity rule), pools and biases' shares move it a little, not 10x.
 VANISHING = 0.1
 
 
@@ -115,8 +117,9 @@ def explain(model, inputs, targets, method: str = "clrp2", *, rules="paper", out
 
 
 def _check_result(ctx, method, spec, composite, R) -> ExplanationInfo:
-    """Say when relevance vanished: an all-zero map (any method), or for a conserving preset's LRP
-    a conservation ratio below VANISHING (an absolute stabiliser absorbing tiny activations)."""
+    """Say when relevance vanished: an all-zero map (any method), or for LRP a conservation ratio below
+    VANISHING (an absolute stabiliser absorbing tiny activations, AttnLRP's softmax rule on
+    near-uniform attention, biases taking nearly all of it)."""
     all_zero = R.detach().flatten(1).abs().amax(1) == 0
     ratio = ctx.info.get("conservation")
     relevance = spec.family == "relevance"
@@ -126,12 +129,18 @@ def _check_result(ctx, method, spec, composite, R) -> ExplanationInfo:
     if bool(all_zero.any()):
         rows = all_zero.nonzero().flatten().tolist()
         notes.append(f"the {method} map of sample(s) {rows[:10]} is zero everywhere.{fix}")
-    if relevance and ratio is not None and composite.conserving:
+    if relevance and ratio is not None:
         low = (ratio < VANISHING) & ~all_zero
         if bool(low.any()):
             rows = low.nonzero().flatten().tolist()
+            why = ("a conserving preset passes on ~1" if composite.conserving else
+                   "this preset does not conserve: biases take their shares")
+            if not isinstance(composite.product, GateConstant) and ctx.plan is not None and any(
+                    n.op_name in ("softmax", "_softmax") for n in ctx.plan.graph.nodes):
+                fix += (" Where attention is near-uniform, AttnLRP's softmax rule passes almost nothing on: "
+                        "rules='cp_lrp' keeps the attention weights constant.")
             notes.append(f"only {float(ratio[low].min()):.3g} of the seed's relevance reaches the input (sample(s) "
-                         f"{rows[:10]}; a conserving preset passes on ~1).{fix}")
+                         f"{rows[:10]}; {why}).{fix}")
     if notes and ctx.opts.get("condition") is None:  # a conditioned map is a part: zero where nothing flows
         engine.warn_once(ctx.model, f"vanishing:{method}", f"{type(ctx.model).__name__}: " + " ".join(notes))
     return ExplanationInfo(method, composite.description if relevance else None, ratio, all_zero.cpu(), tuple(notes))
@@ -243,14 +252,15 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
         raise UnsupportedModel(f"the model's output has shape {tuple(logits.shape)}; expected logits [N, classes]")
     t = check_targets(ctx.targets, logits.shape[1])
     rules = plan.rules_for(ctx.rules)
-    out_layer = plan.output_layer
-    if out_layer is not None and ctx.rules.output is not None:  # the preset's output-layer rule
-        node = g.nodes[out_layer]
-        rules = {**rules, out_layer: ctx.rules.rule_for(node.names, node.module_type, node.op.rule_kind(node),
-                                                        out_layer in plan.first_layers, is_output=True)}
-    if stop_at is not None and out_layer is not None and stop_at >= out_layer:
+    heads, several = output_heads(plan)  # several: why the logits are no sum of the heads (None: they are)
+    heads = heads if several is None else [plan.output_layer] if plan.output_layer is not None else []
+    for h in heads if ctx.rules.output is not None else ():  # the preset's output-layer rule
+        node = g.nodes[h]
+        rules = {**rules, h: ctx.rules.rule_for(node.names, node.module_type, node.op.rule_kind(node),
+                                                h in plan.first_layers, is_output=True)}
+    if stop_at is not None and heads and stop_at >= min(heads):
         raise InvalidTarget("choose a hidden layer (before the output layer) for layer relevance")
-    condition = _condition(plan, fwd, o.get("condition"))
+    condition = _condition(plan, fwd, o.get("condition"), min(heads) if heads else None)
     walk = dict(rules=rules, box=ctx.box, condition=condition, until=stop_at)
 
     n_cls = logits.shape[1]
@@ -272,24 +282,25 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
         p_t = p.gather(1, t[:, None])
         return propagate(plan, fwd, {g.output: torch.where(onehot.bool(), p_t * (1 - p_t), -p_t * p)}, **walk)
 
-    if out_layer is None:
-        raise UnsupportedModel("CLRP needs logits computed by a conv or dense output layer that every path goes "
-                               "through; this model has none")
-    parallel = [n.name for n in g.nodes[out_layer + 1:] if n.op.rule_kind(n) in ("conv", "linear")
-                and g.carries[n.index]]
-    if parallel:  # e.g. DeiT's class and distillation heads: the last common layer is the patch embedding
-        raise UnsupportedModel(f"CLRP needs one output layer that every path to the logits goes through; the logits "
-                               f"are computed by several ({', '.join(parallel)}), so there is no single layer to form "
-                               "the dual at")
+    if several is not None or not heads:
+        names = ", ".join(g.preferred_name(h) for h in output_heads(plan)[0])
+        where = f"end in the layers {names}, and {several}" if names else "go through no conv or dense layer"
+        raise UnsupportedModel(
+            f"CLRP forms its dual at the output layer: one conv or dense layer every path to the logits goes "
+            f"through, or several whose outputs the logits sum or average with constant positive weights (e.g. "
+            f"DeiT's head and head_dist). The paths to the logits of {type(ctx.model).__name__} {where}. Explain one head's logits (a wrapper module returning them, or output=... if "
+            "the model returns them apart), or use lrp or sglrp, which need no dual")
     contrast = o.get("contrast", "clamp")
-    node = g.nodes[out_layer]
 
-    def below(seed, negate=False):
-        top = seed if out_layer == g.output else propagate(plan, fwd, {g.output: seed}, rules=rules, box=ctx.box,
-                                                             until=out_layer)
-        return layer_step(plan, fwd, out_layer, top, rules=rules, box=ctx.box, negate=negate)
+    def tops(seed):  # the relevance of ``seed`` (at the logits) at each head's output
+        return {h: seed if h == g.output else propagate(plan, fwd, {g.output: seed}, rules=rules, box=ctx.box, until=h)
+                for h in heads}
 
-    low_t = below(onehot * y_t)
+    def below(top, negate=False):  # ... and at each head's input
+        return {h: layer_step(plan, fwd, h, r, rules=rules, box=ctx.box, negate=negate) for h, r in top.items()}
+
+    top_t = tops(onehot * y_t)
+    low_t = below(top_t)
     if kind == "clrp1":
         if n_cls < 2:
             raise InvalidTarget("CLRP1 needs a model with at least two classes")
@@ -299,24 +310,31 @@ def _relevance(ctx: _Ctx, kind: str, stop_at: int | None = None) -> torch.Tensor
         else:  # abs_logits
             weights = logits.abs() * others
             weights = weights * _ratio(1.0, weights.sum(1)).view(-1, 1)
-        low_d = below(weights * y_t)
+        # several heads: each gets the same dual, carrying its share of the target score
+        low_d = below(tops(weights * y_t) if len(heads) == 1 else {h: r.gather(1, t[:, None]) * weights
+                                                                    for h, r in top_t.items()})
     else:  # clrp2: the output layer with the target's weights negated, seeded with the target score
-        if isinstance(rules[out_layer], (Epsilon, Gradient, Gamma)):
-            names = node.name
-            raise ClrpError(
-                f"CLRP2 is identically zero when the output layer {names!r} uses the {rules[out_layer].name} rule: "
-                f"negating the weights negates both numerator and denominator, so the dual equals the target. Use "
-                f"z+ or alpha-beta there, e.g. rules={{'preset': ..., {names!r}: 'zplus'}}")
+        for h in heads:
+            if isinstance(rules[h], (Epsilon, Gradient, Gamma)):
+                name = g.nodes[h].name
+                raise ClrpError(
+                    f"CLRP2 is identically zero when the output layer {name!r} uses the {rules[h].name} rule: "
+                    f"negating the weights negates both numerator and denominator, so the dual equals the target. "
+                    f"Use z+ or alpha-beta there, e.g. rules={{'preset': ..., {name!r}: 'zplus'}}")
         # The relevance at the output layer is non-zero for the target only, so negating every row
         # of the layer equals negating the target's row.
-        low_d = below(onehot * y_t, negate=True)
-    if contrast == "reference":
-        low = low_t * _ratio(1.0, _total(low_t)).view(-1, *[1] * (low_t.ndim - 1)) - \
-            low_d * _ratio(1.0, _total(low_d)).view(-1, *[1] * (low_d.ndim - 1))
-    else:
-        low = low_t - low_d
-    start = node.args[0].index
-    R = propagate(plan, fwd, {start: low}, **walk)
+        low_d = below(top_t, negate=True)
+    total_t, total_d = (sum(_total(r) for r in low.values()) for low in (low_t, low_d))
+    seeds = {}
+    for h in heads:
+        if contrast == "reference":
+            low = low_t[h] * _ratio(1.0, total_t).view(-1, *[1] * (low_t[h].ndim - 1)) - \
+                low_d[h] * _ratio(1.0, total_d).view(-1, *[1] * (low_d[h].ndim - 1))
+        else:
+            low = low_t[h] - low_d[h]
+        start = g.nodes[h].args[0].index
+        seeds[start] = low if start not in seeds else seeds[start] + low
+    R = propagate(plan, fwd, seeds, **walk)
     if stop_at is not None:
         return R
     if contrast == "clamp":
@@ -337,7 +355,7 @@ def _ratio(num, den):
     return torch.where(den == 0, torch.zeros_like(den), num / safe)
 
 
-def _condition(plan, fwd, condition):
+def _condition(plan, fwd, condition, end):
     if condition is None:
         return None
     try:
@@ -345,7 +363,7 @@ def _condition(plan, fwd, condition):
     except (TypeError, ValueError):
         raise ClrpError("condition must be (layer_name, channels)") from None
     idx = plan.layer_index(layer)
-    if plan.output_layer is not None and idx >= plan.output_layer:
+    if end is not None and idx >= end:
         raise InvalidTarget("condition on a hidden layer, not the output layer")
     out = fwd.values[idx]
     channels = [channels] if isinstance(channels, (int, np.integer)) else list(channels)

@@ -10,6 +10,7 @@ from torch import nn
 
 import clrp
 from clrp import engine
+from clrp.methods import VANISHING
 
 from . import lrp_reference as ref
 from .conftest import relative_error
@@ -238,3 +239,41 @@ def test_the_weight_checksum_sees_every_single_change_and_reordered_units(dtype)
     b = torch.randn(5).to(dtype)
     assert not torch.equal(fingerprint(b.flip(0)), fingerprint(b))  # vectors: bit for bit
     assert torch.equal(fingerprint(w.clone()), base)
+
+
+class UniformAttention(nn.Module):
+    """Four layers of self-attention over 4 tokens whose scores are tiny (near-uniform weights), no
+    residuals, then a dense head: AttnLRP's softmax rule passes almost nothing, so each layer keeps
+    about the half of the relevance that goes to the values."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4 * 3, 5)
+
+    def forward(self, x):  # x [N, 4, 3]
+        for _ in range(4):
+            x = (x @ x.transpose(1, 2) * 1e-3).softmax(-1) @ x
+        return self.head(x.flatten(1))
+
+
+def test_relevance_vanishing_under_a_non_conserving_preset_is_said_too():
+    torch.manual_seed(0)
+    model, x = UniformAttention().eval(), torch.rand(1, 4, 3) + 0.5
+    with pytest.warns(engine.ClrpWarning, match="reaches the input.*cp_lrp"):
+        r, info = clrp.explain(model, x, 2, "lrp", rules="attnlrp", box=(0, 2), return_info=True)
+    assert float(info.conservation[0]) < VANISHING and info.vanished and (r != 0).any()
+    _, info = clrp.explain(model, x, 2, "lrp", rules="cp_lrp", box=(0, 2), return_info=True)  # attention weights constant
+    assert float(info.conservation[0]) > 0.5 and not info.vanished
+
+
+@pytest.mark.slow
+def test_default_init_maxvit_vanishes_with_a_warning_under_attnlrp_and_not_under_cp_lrp():
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.maxvit_t().eval()  # near-uniform attention: the softmax rule passes ~nothing
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(engine.ClrpWarning, match="reaches the input"):
+        _, info = clrp.explain(model, x, 3, "lrp", rules="attnlrp", return_info=True)
+    assert float(info.conservation[0]) < VANISHING
+    _, info = clrp.explain(model, x, 3, "lrp", rules="cp_lrp", return_info=True)
+    assert 0.5 < float(info.conservation[0]) < 1.5 and not info.vanished

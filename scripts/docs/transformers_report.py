@@ -5,6 +5,7 @@ untrained network, not what a trained one has learnt.
 
     python scripts/docs/transformers_report.py coverage            # every model x method, conservation
     python scripts/docs/transformers_report.py two-class --n 40    # Pearson r of the two classes' maps
+    python scripts/docs/transformers_report.py maxvit               # maxvit_t 224 px: where relevance goes
 
 ``coverage``: torchvision vit_b_16 (64 px), swin_t (64 px), a MaxViT of maxvit_t's design at
 tiny width (32 px: maxvit_t needs 224 px), and timm vit/deit (distilled)/swin tiny configurations
@@ -13,6 +14,9 @@ conservation ratio sum(R) / logit, for CLRP2 whether the map is non-negative and
 ``two-class``: a small ViT (torchvision VisionTransformer, 4 layers, width 192, patch 16, 128 px)
 with random weights on the bundled scenes with exactly two classes (seeds from 30,000,000, as
 scripts/make_results.py), maps of both classes, Pearson r via clrp.evaluation.discriminativeness.
+``maxvit``: torchvision maxvit_t with its default initialisation (seed 0), one 224 px image (seed
+0), class 3: the conservation ratio of ``lrp`` under ``attnlrp``, with relative stabilisers, and
+under ``cp_lrp``, and whether explain warned.
 """
 from __future__ import annotations
 
@@ -115,15 +119,29 @@ def two_class(args):
           .sort_values("abs_pearson_mean").to_markdown(floatfmt=".3f"))
 
 
+def maxvit(args):
+    import warnings
+
+    torch.manual_seed(0)
+    model = torchvision.models.maxvit_t().eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    print("| rules | sum(R) / logit of `lrp` | warned |\n|---|---:|---|")
+    for rules in ("attnlrp", {"preset": "attnlrp", "stabilizer": "relative"}, "cp_lrp"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, info = clrp.explain(model, x, 3, "lrp", rules=rules, return_info=True)
+        print(f"| {rules} | {float(info.conservation[0]):.4f} | {info.vanished} |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["coverage", "two-class"])
+    p.add_argument("part", choices=["coverage", "two-class", "maxvit"])
     p.add_argument("--rules", default="attnlrp", help="coverage: the preset")
     p.add_argument("--presets", nargs="+", default=["attnlrp", "cp_lrp"], help="two-class: the presets")
     p.add_argument("--n", type=int, default=40, help="two-class: scenes generated (those with two classes are used)")
     p.add_argument("--seed", type=int, default=30_000_000)
     args = p.parse_args(argv)
-    (coverage if args.part == "coverage" else two_class)(args)
+    {"coverage": coverage, "two-class": two_class, "maxvit": maxvit}[args.part](args)
 
 
 if __name__ == "__main__":
