@@ -244,6 +244,59 @@ def test_conservation_on_a_bias_free_vision_transformer():
     assert not torch.allclose(r.flatten(1).sum(1), logit, rtol=1e-2)
 
 
+BLOCK = "encoder.layers.encoder_layer_1"  # [N, tokens, dim]: dim 1 (the channel) is the token
+HEADS = BLOCK + ".self_attention.scaled_dot_product_attention"  # [N, heads, tokens, head_dim]
+
+
+def _activation(model, x, layer):
+    from clrp.methods import plan_for, run_forward
+
+    plan = plan_for(model, x)
+    idx = plan.layer_index(layer)
+    return run_forward(plan, x, stop=idx).value(idx)
+
+
+@pytest.mark.parametrize("layer, channel, position", [(BLOCK, 3, (7,)), (BLOCK, 0, None), (HEADS, 1, None),
+                                                      (HEADS, 0, (4, 2))],
+                         ids=["token-feature", "class-token", "head", "head-token-feature"])
+def test_a_token_feature_or_a_head_explained_conserves_its_activation(layer, channel, position):
+    """Bias-free ViT under CP-LRP: the input relevance of a neuron (one feature of one token, a
+    whole token, one attention head's output, one feature of a head at one token) sums to its
+    activation; "rest" and another channel as contrast give other, non-negative maps."""
+    model = small_vit(bias_free=True).double()  # float64: a token's sum cancels to ~0.1 of its parts
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    A = _activation(model, x, layer)[:, channel]
+    value = A[(slice(None), *position)] if position else A.flatten(1).sum(1)
+    r = clrp.explain_neuron(model, x, layer, channel, position=position, rules="cp_lrp")
+    assert r.shape == x.shape and torch.isfinite(r).all() and (r.flatten(1).abs().sum(1) > 0).all()
+    assert torch.allclose(r.flatten(1).sum(1), value, rtol=1e-4, atol=0), (r.flatten(1).sum(1), value)
+    for contrast in ("rest", 1 - channel if channel < 2 else 0):
+        c = clrp.explain_neuron(model, x, layer, channel, position=position, contrast=contrast, rules="cp_lrp")
+        assert c.shape == x.shape and torch.isfinite(c).all() and (c >= 0).all()
+        assert float(c.abs().sum()) > 0 and not torch.allclose(c, r.clamp(min=0)), contrast
+
+
+def test_layer_relevance_per_token_and_per_head():
+    model = small_vit()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    t = model(x).argmax(1)
+    tokens = clrp.layer_relevance(model, x, t, BLOCK, rules="attnlrp", spatial=True)
+    assert tokens.shape == (2, 17, 16) and torch.isfinite(tokens).all()
+    heads = clrp.layer_relevance(model, x, t, HEADS, rules="attnlrp")
+    assert heads.shape == (2, 2) and torch.isfinite(heads).all() and float(heads.abs().sum()) > 0
+    signed = clrp.layer_relevance(model, x, t, HEADS, "clrp2", rules="attnlrp")
+    assert signed.shape == (2, 2) and not torch.allclose(signed, heads)
+
+
+def test_a_position_that_does_not_fit_the_layer_is_refused():
+    model = small_vit()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(clrp.errors.InvalidTarget, match="takes 1 indices"):
+        clrp.explain_neuron(model, x, BLOCK, 0, position=(1, 2))
+    with pytest.raises(clrp.errors.InvalidTarget, match="outside"):
+        clrp.explain_neuron(model, x, BLOCK, 0, position=(16,))
+
+
 # ---------------------------------------------------------------------------------------------
 # Oracle: lxt (LRP-eXplains-Transformers)
 
