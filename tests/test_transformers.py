@@ -553,3 +553,36 @@ def test_timm_swin():
     torch.manual_seed(0)
     _every_lrp_method_runs(timm.create_model("swin_tiny_patch4_window7_224", num_classes=10, img_size=56,
                                              depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 1, 1, 1)), 56)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation protocols on a vision transformer
+
+
+def test_pointing_game_run_on_a_vision_transformer(tmp_path):
+    """The runner takes a ViT like a CNN: LRP and CLRP2 on 4 bundled scenes, Pointing Game rows
+    for every (image, class) pair and method."""
+    from clrp.datasets import VocDataset
+    from clrp.evaluation import runner
+    from clrp.models import LoadedModel
+    from clrp.models.bundled import bundled_preprocessing
+    from clrp.scenes.presets import voc_cache
+    from clrp.scenes.shapes import CLASS_NAMES
+
+    torch.manual_seed(0)
+    net = VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                            num_classes=len(CLASS_NAMES)).eval()
+    with torch.no_grad():
+        nn.init.normal_(net.heads.head.weight, std=0.1)  # torchvision zeroes the head
+    pre = dataclasses.replace(bundled_preprocessing(), input_size=(64, 64))
+    lm = LoadedModel(net, list(CLASS_NAMES), pre, name="tiny-vit", architecture="vit", multilabel=True)
+    data = VocDataset(voc_cache(4, 11, str(tmp_path / "scenes")))
+    out = str(tmp_path / "run")
+    result = runner.run_evaluation(data, lm, out, methods=("lrp", "clrp2"), protocols=("pointing",), device="cpu")
+    assert result.images_new == 4 and not result.problems
+    rows = runner.load_results(out)["pointing"]
+    assert set(rows["method"]) >= {"lrp", "clrp2"} and len(rows) > 0
+    per_method = rows.groupby("method").size()
+    assert per_method["lrp"] == per_method["clrp2"] >= 4  # every scene has at least one object
+    assert rows["hit"].isin([True, False]).all()
+    assert 0 <= runner.summarize(out)["pointing"].loc["lrp", "all"] <= 1
