@@ -48,7 +48,8 @@ def test_neuron_contrast_page_on_a_vision_transformer():
     no_errors(at)
     assert heatmaps(at) == 3 * 3 + 2
     layers = list(at.selectbox(key="neuron_layer").options)
-    block, heads = "encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_0.self_attention.scaled_dot_product_attention"
+    block = "encoder.layers.encoder_layer_0"
+    heads = block + ".self_attention.scaled_dot_product_attention"
     assert {block, heads} <= set(layers) and layers.index(heads) < layers.index(block), layers
     at.selectbox(key="neuron_layer").set_value(block).run()
     no_errors(at)
