@@ -119,6 +119,14 @@ def check_channel(c, k, layer):
         raise InvalidTarget(f"channel {c!r} does not exist in layer {layer!r} (it has {k} channels)")
 
 
+def check_batch_first(plan, idx, layer):
+    """A layer's channels are dimension 1 of a [N, ...] value; where dimension 0 is not the batch
+    (sequence-first code inside nn.MultiheadAttention) they would mix the samples."""
+    if not plan.graph.nodes[idx].batch_first:
+        raise InvalidTarget(f"layer {layer!r} does not have the batch as its first dimension (sequence-first code); "
+                            "name a layer before or after it")
+
+
 def position_index(position, A, layer):
     """Index of one position along the dimensions after the channel: (row, col) on a feature map
     [N, C, H, W], (index,) on a token layer [N, tokens, dim] (dim 1 is the channel)."""

@@ -288,6 +288,25 @@ def test_layer_relevance_per_token_and_per_head():
     assert signed.shape == (2, 2) and not torch.allclose(signed, heads)
 
 
+@pytest.mark.parametrize("node", ["linear", "reshape", "linear_1"])
+def test_a_node_whose_first_dimension_is_not_the_batch_is_refused_and_not_listed(node):
+    """Inside nn.MultiheadAttention (sequence first) dimension 0 is the token: its "channels" would
+    mix the samples of a batch, so naming the node is refused and layer lists leave it out."""
+    model = small_vit()
+    x = torch.randn(3, 3, 32, 32)
+    layer = f"encoder.layers.encoder_layer_0.self_attention.{node}"
+    with pytest.raises(clrp.errors.InvalidTarget, match="batch"):
+        clrp.layer_relevance(model, x, torch.tensor([0, 1, 2]), layer)
+    with pytest.raises(clrp.errors.InvalidTarget, match="batch"):
+        clrp.explain_neuron(model, x, layer, 0)
+    with pytest.raises(clrp.errors.InvalidTarget, match="batch"):
+        clrp.explain(model, x, 0, "lrp", condition=(layer, 0))
+    with pytest.raises(clrp.errors.InvalidTarget, match="batch"):
+        clrp.explain(model, x, 0, "gradcam", layer=layer)
+    layers = engine.feature_layers(model, x)
+    assert layer not in layers and HEADS in layers and BLOCK.replace("_1", "_0") in layers
+
+
 def test_a_position_that_does_not_fit_the_layer_is_refused():
     model = small_vit()
     x = torch.randn(1, 3, 32, 32)

@@ -49,7 +49,7 @@ def feature_layers(model, inputs: torch.Tensor | None = None, *, output=None) ->
     plan = plan_for(model, inputs, output=output)
     g = plan.graph
     end = plan.output_layer if plan.output_layer is not None else g.output
-    return [g.preferred_name(n.index) for n in g.nodes[:end] if g.carries[n.index] and n.index not in plan.prefix
+    return [g.preferred_name(n.index) for n in g.nodes[:end] if g.carries[n.index] and n.index not in plan.prefix and n.batch_first
             and n.shape is not None and len(n.shape) in (1, 2, 3)]
 
 
