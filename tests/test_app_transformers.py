@@ -7,7 +7,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from dashboard import core  # noqa: E402
-from tests.test_app import ROOT, TIMEOUT, _env, heatmaps, no_errors  # noqa: E402,F401 (_env: autouse)
+from tests.test_app import ROOT, TIMEOUT, _env, _run, heatmaps, no_errors  # noqa: E402,F401 (_env: autouse)
 
 VIT = "dev:vit"
 
@@ -58,3 +58,14 @@ def test_neuron_contrast_page_on_a_vision_transformer():
     no_errors(at)
     assert len(at.multiselect(key="neuron_picked").options) == 2  # two heads
     assert heatmaps(at) == 2 * 3 + 2  # (neuron, vs rest, conditioned) per head + the pair
+
+
+@pytest.mark.slow
+def test_pointing_game_job_on_a_vision_transformer():
+    """A dashboard job (its own worker process) runs the Pointing Game with LRP and CLRP2 on the ViT."""
+    r = _run("pointing", VIT, {"kind": "scenes", "n": 4}, {"methods": ["lrp", "clrp2"], "protocols": ["pointing"]})
+    assert r.state == "done", (r.state, r.message, r.detail)
+    from clrp.evaluation.runner import load_results
+
+    rows = load_results(r.out_dir)["pointing"]
+    assert r.done == 4 and {"lrp", "clrp2"} <= set(rows["method"]) and rows["hit"].isin([True, False]).all()
