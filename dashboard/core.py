@@ -15,7 +15,7 @@ Environment (set by whoever starts the server):
   Both are created 0700 and refused when they belong to another user.
 - Jobs at once, queues and upload quotas: ``[server.limits]`` of the lab TOML (:mod:`dashboard.settings`).
 - ``CLRP_DEV_RANDOM_MODELS=1``: also offer models with RANDOM weights (VGG16, the bundled
-  architecture), clearly labelled -- for development and benchmarks only.
+  architecture, a tiny 64 px ViT), clearly labelled -- for development and benchmarks only.
 """
 from __future__ import annotations
 
