@@ -119,13 +119,25 @@ def check_channel(c, k, layer):
         raise InvalidTarget(f"channel {c!r} does not exist in layer {layer!r} (it has {k} channels)")
 
 
+def check_batch_first(plan, idx, layer):
+    """A layer's channels are dimension 1 of a [N, ...] value; where dimension 0 is not the batch
+    (sequence-first code inside nn.MultiheadAttention) they would mix the samples."""
+    if not plan.graph.nodes[idx].batch_first:
+        raise InvalidTarget(f"layer {layer!r} does not have the batch as its first dimension (sequence-first code); "
+                            "name a layer before or after it")
+
+
 def position_index(position, A, layer):
+    """Index of one position along the dimensions after the channel: (row, col) on a feature map
+    [N, C, H, W], (index,) on a token layer [N, tokens, dim] (dim 1 is the channel)."""
     if position is None:
         return ()
-    if A.ndim != 4 or len(position) != 2:
-        raise InvalidTarget(f"position (row, col) applies only to feature maps; layer {layer!r} has shape "
-                            f"{tuple(A.shape[1:])}")
-    r, c = (int(p) for p in position)
-    if not (0 <= r < A.shape[2] and 0 <= c < A.shape[3]):
-        raise InvalidTarget(f"position {position} is outside the {A.shape[2]}x{A.shape[3]} map of {layer!r}")
-    return (r, c)
+    dims = tuple(A.shape[2:])
+    if not dims or len(position) != len(dims):
+        want = "(row, col)" if len(dims) == 2 else f"{len(dims)} indices" if dims else "no position"
+        raise InvalidTarget(f"position {tuple(position)} does not fit layer {layer!r} of shape {tuple(A.shape[1:])}: "
+                            f"it takes {want}")
+    pos = tuple(int(p) for p in position)
+    if not all(0 <= p < d for p, d in zip(pos, dims)):
+        raise InvalidTarget(f"position {tuple(position)} is outside the {'x'.join(map(str, dims))} map of {layer!r}")
+    return pos

@@ -20,8 +20,8 @@ from .engine import DECONVNET, GRADIENT, GUIDED, gradients, layer_step, plan_for
 from .engine.heads import output_heads
 from .engine.trace import select_output
 from .errors import ClrpError, InvalidTarget, UnsupportedModel
-from .explain_inputs import (batch_targets, check_channel, check_inputs_untraced, check_targets, position_index,
-                             resolve_box)
+from .explain_inputs import (batch_targets, check_batch_first, check_channel, check_inputs_untraced, check_targets,
+                             position_index, resolve_box)
 from .method_registry import (MAP_KINDS, METHOD_LABELS, METHODS, REGISTRY, Method, Option, integer, lookup,
                               map_kind, non_negative, register_method, resolve_options, with_layer_relevance)
 from .rules import Epsilon, Gamma, GateConstant, Gradient, resolve_composite
@@ -182,6 +182,7 @@ def layer_relevance(model, inputs, targets, layer: str, method: str = "lrp", *, 
     plan.require_lrp()
     ctx.box = resolve_box(box, plan, x, composite)
     idx = plan.layer_index(layer)
+    check_batch_first(plan, idx, layer)
     R = _at_batch_size(ctx, rows, lambda c: spec.layer(c, idx))
     if spatial or R.ndim == 2:
         return R
@@ -204,6 +205,7 @@ def explain_neuron(model, inputs, layer: str, channel: int, *, position=None, co
     plan = plan_for(model, inputs, output=model_output)
     x = engine.check_inputs(plan, inputs)
     idx = plan.layer_index(layer)
+    check_batch_first(plan, idx, layer)
     plan.require_lrp(idx)
     fwd = run_forward(plan, x, stop=idx)
     A = fwd.value(idx)
@@ -363,6 +365,7 @@ def _condition(plan, fwd, condition, end):
     except (TypeError, ValueError):
         raise ClrpError("condition must be (layer_name, channels)") from None
     idx = plan.layer_index(layer)
+    check_batch_first(plan, idx, layer)
     if end is not None and idx >= end:
         raise InvalidTarget("condition on a hidden layer, not the output layer")
     out = fwd.values[idx]
@@ -469,6 +472,7 @@ def _gradcam(ctx: _Ctx) -> torch.Tensor:
             raise ClrpError("Grad-CAM found no spatial feature map that every path goes through; pass layer=")
     else:
         idx = plan.layer_index(o["layer"])
+        check_batch_first(plan, idx, o["layer"])
     t = ctx.targets
     _, g, fwd = gradients(plan, x, lambda logits: F.one_hot(check_targets(t, logits.shape[1]), logits.shape[1])
                           .to(logits.dtype), wrt=(idx,))

@@ -15,7 +15,7 @@ Environment (set by whoever starts the server):
   Both are created 0700 and refused when they belong to another user.
 - Jobs at once, queues and upload quotas: ``[server.limits]`` of the lab TOML (:mod:`dashboard.settings`).
 - ``CLRP_DEV_RANDOM_MODELS=1``: also offer models with RANDOM weights (VGG16, the bundled
-  architecture), clearly labelled -- for development and benchmarks only.
+  architecture, a tiny 64 px ViT), clearly labelled -- for development and benchmarks only.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import hashlib
 import os
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -82,6 +82,7 @@ class ModelChoice:
 DEV_MODELS = {
     "dev:bundled": "bundled architecture (RANDOM weights, dev only)",
     "dev:vgg16": "vgg16 (RANDOM weights, dev/benchmark only)",
+    "dev:vit": "tiny vision transformer, 64 px (RANDOM weights, dev only)",
 }
 
 
@@ -210,6 +211,19 @@ def _dev_model(key: str):
             model = build_model({"num_classes": len(CLASS_NAMES)}).eval()
             return LoadedModel(model, list(CLASS_NAMES), bundled_preprocessing(), name=key,
                                description=DEV_MODELS[key], architecture="scene_vgg", multilabel=True)
+        if key == "dev:vit":
+            from torchvision.models.vision_transformer import VisionTransformer
+
+            from clrp.models.bundled import bundled_preprocessing
+            from clrp.scenes.shapes import CLASS_NAMES
+
+            model = VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32,
+                                      mlp_dim=64, num_classes=len(CLASS_NAMES)).eval()
+            with torch.no_grad():  # torchvision's init zeroes the head: every logit 0 and every map empty
+                torch.nn.init.normal_(model.heads.head.weight, std=0.1)
+            pre = replace(bundled_preprocessing(), input_size=(64, 64))
+            return LoadedModel(model, list(CLASS_NAMES), pre, name=key, description=DEV_MODELS[key],
+                               architecture="vit", multilabel=True)
     raise ModelLoadError(f"unknown development model {key!r}")
 
 

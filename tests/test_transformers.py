@@ -244,6 +244,78 @@ def test_conservation_on_a_bias_free_vision_transformer():
     assert not torch.allclose(r.flatten(1).sum(1), logit, rtol=1e-2)
 
 
+BLOCK = "encoder.layers.encoder_layer_1"  # [N, tokens, dim]: dim 1 (the channel) is the token
+HEADS = BLOCK + ".self_attention.scaled_dot_product_attention"  # [N, heads, tokens, head_dim]
+
+
+def _activation(model, x, layer):
+    from clrp.methods import plan_for, run_forward
+
+    plan = plan_for(model, x)
+    idx = plan.layer_index(layer)
+    return run_forward(plan, x, stop=idx).value(idx)
+
+
+@pytest.mark.parametrize("layer, channel, position", [(BLOCK, 3, (7,)), (BLOCK, 0, None), (HEADS, 1, None),
+                                                      (HEADS, 0, (4, 2))],
+                         ids=["token-feature", "class-token", "head", "head-token-feature"])
+def test_a_token_feature_or_a_head_explained_conserves_its_activation(layer, channel, position):
+    """Bias-free ViT under CP-LRP: the input relevance of a neuron (one feature of one token, a
+    whole token, one attention head's output, one feature of a head at one token) sums to its
+    activation; "rest" and another channel as contrast give other, non-negative maps."""
+    model = small_vit(bias_free=True).double()  # float64: a token's sum cancels to ~0.1 of its parts
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    A = _activation(model, x, layer)[:, channel]
+    value = A[(slice(None), *position)] if position else A.flatten(1).sum(1)
+    r = clrp.explain_neuron(model, x, layer, channel, position=position, rules="cp_lrp")
+    assert r.shape == x.shape and torch.isfinite(r).all() and (r.flatten(1).abs().sum(1) > 0).all()
+    assert torch.allclose(r.flatten(1).sum(1), value, rtol=1e-4, atol=0), (r.flatten(1).sum(1), value)
+    for contrast in ("rest", 1 - channel if channel < 2 else 0):
+        c = clrp.explain_neuron(model, x, layer, channel, position=position, contrast=contrast, rules="cp_lrp")
+        assert c.shape == x.shape and torch.isfinite(c).all() and (c >= 0).all()
+        assert float(c.abs().sum()) > 0 and not torch.allclose(c, r.clamp(min=0)), contrast
+
+
+def test_layer_relevance_per_token_and_per_head():
+    model = small_vit()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    t = model(x).argmax(1)
+    tokens = clrp.layer_relevance(model, x, t, BLOCK, rules="attnlrp", spatial=True)
+    assert tokens.shape == (2, 17, 16) and torch.isfinite(tokens).all()
+    heads = clrp.layer_relevance(model, x, t, HEADS, rules="attnlrp")
+    assert heads.shape == (2, 2) and torch.isfinite(heads).all() and float(heads.abs().sum()) > 0
+    signed = clrp.layer_relevance(model, x, t, HEADS, "clrp2", rules="attnlrp")
+    assert signed.shape == (2, 2) and not torch.allclose(signed, heads)
+
+
+@pytest.mark.parametrize("node", ["linear", "reshape", "linear_1"])
+def test_a_node_whose_first_dimension_is_not_the_batch_is_refused_and_not_listed(node):
+    """Inside nn.MultiheadAttention (sequence first) dimension 0 is the token: its "channels" would
+    mix the samples of a batch, so naming the node is refused and layer lists leave it out."""
+    model = small_vit()
+    x = torch.randn(3, 3, 32, 32)
+    layer = f"encoder.layers.encoder_layer_0.self_attention.{node}"
+    with pytest.raises(clrp.errors.InvalidTarget, match="batch"):
+        clrp.layer_relevance(model, x, torch.tensor([0, 1, 2]), layer)
+    with pytest.raises(clrp.errors.InvalidTarget, match="batch"):
+        clrp.explain_neuron(model, x, layer, 0)
+    with pytest.raises(clrp.errors.InvalidTarget, match="batch"):
+        clrp.explain(model, x, 0, "lrp", condition=(layer, 0))
+    with pytest.raises(clrp.errors.InvalidTarget, match="batch"):
+        clrp.explain(model, x, 0, "gradcam", layer=layer)
+    layers = engine.feature_layers(model, x)
+    assert layer not in layers and HEADS in layers and BLOCK.replace("_1", "_0") in layers
+
+
+def test_a_position_that_does_not_fit_the_layer_is_refused():
+    model = small_vit()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(clrp.errors.InvalidTarget, match="takes 1 indices"):
+        clrp.explain_neuron(model, x, BLOCK, 0, position=(1, 2))
+    with pytest.raises(clrp.errors.InvalidTarget, match="outside"):
+        clrp.explain_neuron(model, x, BLOCK, 0, position=(16,))
+
+
 # ---------------------------------------------------------------------------------------------
 # Oracle: lxt (LRP-eXplains-Transformers)
 
@@ -500,3 +572,36 @@ def test_timm_swin():
     torch.manual_seed(0)
     _every_lrp_method_runs(timm.create_model("swin_tiny_patch4_window7_224", num_classes=10, img_size=56,
                                              depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 1, 1, 1)), 56)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation protocols on a vision transformer
+
+
+def test_pointing_game_run_on_a_vision_transformer(tmp_path):
+    """The runner takes a ViT like a CNN: LRP and CLRP2 on 4 bundled scenes, Pointing Game rows
+    for every (image, class) pair and method."""
+    from clrp.datasets import VocDataset
+    from clrp.evaluation import runner
+    from clrp.models import LoadedModel
+    from clrp.models.bundled import bundled_preprocessing
+    from clrp.scenes.presets import voc_cache
+    from clrp.scenes.shapes import CLASS_NAMES
+
+    torch.manual_seed(0)
+    net = VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                            num_classes=len(CLASS_NAMES)).eval()
+    with torch.no_grad():
+        nn.init.normal_(net.heads.head.weight, std=0.1)  # torchvision zeroes the head
+    pre = dataclasses.replace(bundled_preprocessing(), input_size=(64, 64))
+    lm = LoadedModel(net, list(CLASS_NAMES), pre, name="tiny-vit", architecture="vit", multilabel=True)
+    data = VocDataset(voc_cache(4, 11, str(tmp_path / "scenes")))
+    out = str(tmp_path / "run")
+    result = runner.run_evaluation(data, lm, out, methods=("lrp", "clrp2"), protocols=("pointing",), device="cpu")
+    assert result.images_new == 4 and not result.problems
+    rows = runner.load_results(out)["pointing"]
+    assert set(rows["method"]) >= {"lrp", "clrp2"} and len(rows) > 0
+    per_method = rows.groupby("method").size()
+    assert per_method["lrp"] == per_method["clrp2"] >= 4  # every scene has at least one object
+    assert rows["hit"].isin([True, False]).all()
+    assert 0 <= runner.summarize(out)["pointing"].loc["lrp", "all"] <= 1

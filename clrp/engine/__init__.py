@@ -43,13 +43,14 @@ def layer_names(model, inputs: torch.Tensor | None = None, *, output=None) -> li
 
 
 def feature_layers(model, inputs: torch.Tensor | None = None, *, output=None) -> list[str]:
-    """Layers whose value is a feature map [C, h, w] or a feature vector before the output layer, in
-    forward order: the layers whose channels can be explained, ablated or conditioned on."""
+    """Layers whose value is a feature map [C, h, w], a token sequence [tokens, dim] (the channel is
+    the token) or a feature vector before the output layer, in forward order: the layers whose
+    channels can be explained, ablated or conditioned on."""
     plan = plan_for(model, inputs, output=output)
     g = plan.graph
     end = plan.output_layer if plan.output_layer is not None else g.output
-    return [g.preferred_name(n.index) for n in g.nodes[:end] if g.carries[n.index] and n.index not in plan.prefix
-            and n.shape is not None and len(n.shape) in (1, 3)]
+    return [g.preferred_name(n.index) for n in g.nodes[:end] if g.carries[n.index] and n.index not in plan.prefix and n.batch_first
+            and n.shape is not None and len(n.shape) in (1, 2, 3)]
 
 
 def last_feature_layer(model, inputs: torch.Tensor | None = None, *, output=None) -> str:
