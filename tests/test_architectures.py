@@ -6,10 +6,9 @@ stabiliser dominates. ``calibrate`` sets each BatchNorm's running variance to th
 its input on the test batch, keeping running means and biases at zero: activations keep their
 scale and every folded bias stays zero, so the "biases ignored" paper preset must conserve.
 """
-import importlib.util
-from pathlib import Path
 
 import pytest
+from .script_modules import load_script
 import torch
 import torchvision
 
@@ -21,17 +20,10 @@ from .conftest import relative_error
 timm = pytest.importorskip("timm")
 
 
-def _matrix_script():
-    """scripts/docs/architectures.py (the model coverage matrix): the architecture lists and the
-    builders are the script's, so the tests and docs/MODEL_COVERAGE.md cover the same models."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / "docs" / "architectures.py"
-    spec = importlib.util.spec_from_file_location("_model_coverage_matrix", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+# the architecture lists and builders are the script's (scripts/docs/architectures.py), so the tests
+# and docs/MODEL_COVERAGE.md cover the same models
+_MATRIX = load_script("architectures")
 
-
-_MATRIX = _matrix_script()
 CNNS, RELU_NETS, build, calibrate, inputs = (_MATRIX.CNNS, _MATRIX.RELU_NETS, _MATRIX.build, _MATRIX.calibrate,
                                               _MATRIX.inputs)
 OPTIONS = {"integrated_gradients": {"steps": 3}, "smoothgrad": {"samples": 2}}

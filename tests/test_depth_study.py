@@ -2,12 +2,12 @@
 trainer's ``--features`` (scripts/assets/train_bundled_model.py)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from .script_modules import load_script
 import torch
 
 from clrp.scenes import easy as easy_world
@@ -17,13 +17,7 @@ from clrp.models import bundled
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str):
-    """Load ``scripts/<purpose>/<name>.py`` as a module."""
-    path, = (ROOT / "scripts").glob(f"*/{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_script = load_script
 
 
 @pytest.fixture

@@ -3,13 +3,12 @@ the output of ``python scripts/assets/scene_checksums.py`` at commit 54b53da, a 
 module names still work for one release."""
 from __future__ import annotations
 
-import importlib.util
 import runpy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from .script_modules import load_script
 
 from clrp.scenes import easy, export, hard, presets
 
@@ -124,16 +123,7 @@ cli export clrp.scenes_hard Masks/hard_00000013_1.png 06f853cecf9d6b4055ce6b205b
 """
 
 
-def _checksum_script():
-    """scripts/assets/scene_checksums.py, whose line formats the table above was made with."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / "assets" / "scene_checksums.py"
-    spec = importlib.util.spec_from_file_location("_scene_checksums", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_script = _checksum_script()
+_script = load_script("scene_checksums")  # the line formats the table above was made with
 _sha1, _scene_lines, _folder_lines = _script.sha1, _script.scene_lines, _script.folder_lines
 
 
